@@ -1,0 +1,289 @@
+//! `nuvol.toml`, the provisioning file on the boot partition.
+//!
+//! Every key is optional: an empty file (or no file at all) gives a box that
+//! takes DHCP on every wired NIC and serves its panel on port 80. Unknown keys
+//! are errors, so a typo is reported instead of silently ignored. A file that
+//! does not parse never stops the box: [`load_or_default`] falls back to the
+//! defaults and returns the problem (file, line, column, message) so the agent
+//! can show it on the console and on the status page.
+
+mod network;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use network::{InterfaceConfig, NetworkConfig, RouteConfig};
+
+/// Largest provisioning file accepted; anything bigger is not a config file.
+pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
+/// The whole provisioning file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Host name of the box. Default: `nuvol`.
+    pub hostname: Option<String>,
+    /// The web panel and JSON API.
+    pub panel: PanelConfig,
+    /// Links, addresses, routes and DNS.
+    pub network: NetworkConfig,
+}
+
+/// Where the panel listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PanelConfig {
+    /// TCP port of the panel on every address. Default: 80.
+    pub port: u16,
+}
+
+impl Default for PanelConfig {
+    fn default() -> Self {
+        PanelConfig { port: 80 }
+    }
+}
+
+/// Default host name when the file names none.
+pub const DEFAULT_HOSTNAME: &str = "nuvol";
+
+impl Config {
+    /// The host name to set: the configured one or [`DEFAULT_HOSTNAME`].
+    pub fn hostname(&self) -> &str {
+        self.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME)
+    }
+
+    /// Parse a provisioning file's text. `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    /// Read and parse a provisioning file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let io = |source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+                size: meta.len(),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        let text = String::from_utf8(bytes).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Checks that serde cannot express. Returns the dotted key and the problem.
+    fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(h) = &self.hostname {
+            validate_hostname(h).map_err(|m| ("hostname".to_string(), m))?;
+        }
+        if self.panel.port == 0 {
+            return Err(("panel.port".into(), "port 0 is not a port".into()));
+        }
+        self.network.validate()
+    }
+}
+
+/// RFC 1123 host name: 1..=63 chars of letters, digits and inner hyphens.
+pub fn validate_hostname(h: &str) -> Result<(), String> {
+    let ok = !h.is_empty()
+        && h.len() <= 63
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !h.starts_with('-')
+        && !h.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{h:?} is not a valid host name (1-63 letters, digits or inner '-')"
+        ))
+    }
+}
+
+/// What went wrong with the provisioning file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: file is {size} bytes, more than the {MAX_CONFIG_BYTES} allowed", path.display())]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}: key `{key}`: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Line of the problem (1-based) where known.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Syntax { line, .. } if *line > 0 => Some(*line),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of loading the file at boot: the config in force and, if the
+/// file was bad, why the defaults are in force instead.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub path: PathBuf,
+    pub problem: Option<String>,
+    /// False when no file existed (defaults in force, nothing wrong).
+    pub found: bool,
+}
+
+impl fmt::Display for Loaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.problem, self.found) {
+            (Some(p), _) => write!(f, "{p}; running with safe defaults"),
+            (None, true) => write!(f, "{}: loaded", self.path.display()),
+            (None, false) => write!(f, "{}: not found; using defaults", self.path.display()),
+        }
+    }
+}
+
+/// Load the provisioning file; a missing file means defaults, a bad one means
+/// defaults plus a problem. Never fails: the box must boot regardless.
+pub fn load_or_default(path: &Path) -> Loaded {
+    match Config::load(path) {
+        Ok(config) => Loaded {
+            config,
+            path: path.to_path_buf(),
+            problem: None,
+            found: true,
+        },
+        Err(ConfigError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Loaded {
+                config: Config::default(),
+                path: path.to_path_buf(),
+                problem: None,
+                found: false,
+            }
+        }
+        Err(e) => Loaded {
+            config: Config::default(),
+            path: path.to_path_buf(),
+            problem: Some(e.to_string()),
+            found: true,
+        },
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p() -> &'static Path {
+        Path::new("/boot/nuvol.toml")
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", p()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.hostname(), "nuvol");
+        assert_eq!(c.panel.port, 80);
+    }
+
+    #[test]
+    fn shipped_default_file_parses() {
+        let text = include_str!("../../../image/nuvol.toml");
+        let c = Config::parse(text, p()).unwrap();
+        assert_eq!(c.hostname(), "nuvol");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_line() {
+        let err = Config::parse("hostname = \"a\"\n\nhostnme = \"b\"\n", p()).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.line(), Some(3), "{msg}");
+        assert!(msg.starts_with("/boot/nuvol.toml:3:1:"), "{msg}");
+        assert!(msg.contains("hostnme"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let err = Config::parse("[panel]\nport = = 8\n", p()).unwrap_err();
+        assert_eq!(err.line(), Some(2), "{err}");
+        assert!(err.to_string().contains(":2:"), "{err}");
+    }
+
+    #[test]
+    fn bad_hostname_names_key() {
+        let err = Config::parse("hostname = \"no_underscores\"\n", p()).unwrap_err();
+        assert!(err.to_string().contains("key `hostname`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported() {
+        let err = Config::parse("[panel]\nport = \"eighty\"\n", p()).unwrap_err();
+        assert_eq!(err.line(), Some(2), "{err}");
+    }
+
+    #[test]
+    fn load_or_default_never_fails() {
+        let dir = std::env::temp_dir().join(format!("nuvol-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = load_or_default(&dir.join("none.toml"));
+        assert!(!missing.found && missing.problem.is_none());
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "panel = [").unwrap();
+        let l = load_or_default(&bad);
+        assert!(l.found);
+        assert_eq!(l.config, Config::default());
+        assert!(l.problem.unwrap().contains("bad.toml:1:"));
+        std::fs::write(&bad, [0xffu8, 0xfe]).unwrap();
+        assert!(load_or_default(&bad).problem.unwrap().contains("UTF-8"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
