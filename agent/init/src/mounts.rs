@@ -1,0 +1,157 @@
+//! Mounting the pseudo filesystems and the two partitions.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::{say, Layout};
+
+fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> bool {
+    let _ = std::fs::create_dir_all(target);
+    match mount(Some(src), target, Some(fstype), flags, data) {
+        Ok(()) | Err(Errno::EBUSY) => true,
+        Err(e) => {
+            say!("mount {fstype} on {target}: {e}");
+            false
+        }
+    }
+}
+
+/// The pseudo filesystems every process expects.
+pub fn early() {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mnt("proc", "/proc", "proc", nodev, None);
+    mnt("sysfs", "/sys", "sysfs", nodev, None);
+    mnt(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    );
+    mnt(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("gid=5,mode=0620,ptmxmode=0666"),
+    );
+    mnt("tmpfs", "/dev/shm", "tmpfs", nodev, Some("mode=1777"));
+    mnt(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    );
+    mnt(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    );
+    mnt(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        nodev,
+        Some("nsdelegate"),
+    );
+    // Stop the kernel from rebooting on Ctrl-Alt-Del: we get SIGINT instead.
+    let _ = nix::sys::reboot::set_cad_enabled(false);
+}
+
+/// Find, grow and mount the boot and data partitions. Returns whether data
+/// is mounted.
+pub fn disks(layout: &Layout) -> bool {
+    let sys = Path::new("/sys/class/block");
+    let dev = Path::new("/dev");
+    let deadline = Instant::now() + layout.disk_wait;
+    let (mut boot, mut data) = (None, None);
+    loop {
+        boot = boot.or_else(|| nuvol_disk::find_partition(sys, dev, nuvol_disk::BOOT_PARTNAME));
+        data = data.or_else(|| nuvol_disk::find_partition(sys, dev, nuvol_disk::DATA_PARTNAME));
+        if (boot.is_some() && data.is_some()) || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    match &boot {
+        Some(p) => {
+            let target = layout.boot_mount.to_string_lossy();
+            if mnt(
+                &p.dev.to_string_lossy(),
+                &target,
+                "vfat",
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("umask=0077,shortname=mixed"),
+            ) {
+                say!("boot partition {} on {target}", p.dev.display());
+            }
+        }
+        None => say!(
+            "no partition named {}: using built-in defaults",
+            nuvol_disk::BOOT_PARTNAME
+        ),
+    }
+    let Some(p) = data else {
+        say!("no partition named {}", nuvol_disk::DATA_PARTNAME);
+        return false;
+    };
+    match nuvol_disk::grow_data_partition(&p) {
+        Ok(Some(g)) => say!(
+            "grew {} from {} to {} sectors",
+            p.dev.display(),
+            g.old_end_lba - g.start_lba + 1,
+            g.new_end_lba - g.start_lba + 1
+        ),
+        Ok(None) => {}
+        Err(e) => say!(
+            "growing {}: {e} (continuing at its current size)",
+            p.dev.display()
+        ),
+    }
+    let target = layout.data_mount.to_string_lossy().into_owned();
+    if !mnt(
+        &p.dev.to_string_lossy(),
+        &target,
+        "ext4",
+        MsFlags::MS_NOATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    ) {
+        return false;
+    }
+    match nuvol_disk::grow_ext4(&layout.data_mount, &p.dev) {
+        Ok(Some(blocks)) => say!("data filesystem grown to {blocks} blocks"),
+        Ok(None) => {}
+        Err(e) => say!("growing data filesystem: {e}"),
+    }
+    say!("data partition {} on {target}", p.dev.display());
+    if let Err(e) = std::fs::create_dir_all(&layout.state_dir) {
+        say!("create {}: {e}", layout.state_dir.display());
+    }
+    true
+}
+
+/// Unmount data and boot before power-off. Failures are reported, not fatal:
+/// a remount read-only is attempted so the journal is clean.
+pub fn unmount_all(layout: &Layout) {
+    for target in [&layout.data_mount, &layout.boot_mount] {
+        match umount2(target.as_path(), MntFlags::empty()) {
+            Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+            Err(e) => {
+                say!("umount {}: {e}; remounting read-only", target.display());
+                let _ = mount(
+                    None::<&str>,
+                    target.as_path(),
+                    None::<&str>,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                );
+            }
+        }
+    }
+}
