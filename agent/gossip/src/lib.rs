@@ -1,0 +1,5 @@
+//! nuvol-gossip: HashiCorp memberlist + Serf wire-compatible gossip.
+#![forbid(unsafe_code)]
+
+pub mod lzw;
+pub mod msgpack;
