@@ -1,0 +1,110 @@
+//! One error type for the whole crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong with a bundle, a key or the store.
+///
+/// Each rejection reason has its own variant so callers (API, CLI, tests) can
+/// tell a wrong key from a revoked key from a truncated file.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a nuvol bundle (bad magic)")]
+    BadMagic,
+    #[error("unsupported bundle format version {0}")]
+    UnsupportedVersion(u16),
+    #[error("unknown image type {0} (1 = squashfs, 2 = erofs)")]
+    UnknownImageType(u8),
+    #[error("reserved header bytes are not zero")]
+    ReservedNotZero,
+    #[error("bundle is truncated: expected {expected} bytes, file has {actual}")]
+    Truncated { expected: u64, actual: u64 },
+    #[error("bundle has {extra} bytes of trailing data after the image")]
+    TrailingData { extra: u64 },
+    #[error("manifest is {size} bytes; the limit is {limit}")]
+    ManifestTooLarge { size: u64, limit: u64 },
+    #[error("manifest is empty")]
+    ManifestEmpty,
+    #[error("image is {size} bytes; the limit is {limit}")]
+    ImageTooLarge { size: u64, limit: u64 },
+    #[error("image is empty")]
+    ImageEmpty,
+    #[error("header says the image starts at {found}, the format requires {expected}")]
+    BadImageOffset { expected: u64, found: u64 },
+    #[error("padding between signature and image is not zero")]
+    PaddingNotZero,
+    #[error("bundle is not signed")]
+    Unsigned,
+    #[error("unsupported signature algorithm {0:?} (want \"Ed\" or \"ED\")")]
+    UnsupportedSignatureAlgorithm([u8; 2]),
+    #[error("signing key {0} is not in the keyring")]
+    UnknownKey(String),
+    #[error("signing key {0} is revoked")]
+    RevokedKey(String),
+    #[error("signature does not verify with key {0}")]
+    BadSignature(String),
+    #[error("image digest mismatch: header says {expected}, image hashes to {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    #[error("manifest: {0}")]
+    Manifest(String),
+    #[error("manifest field `{field}`: {message}")]
+    ManifestInvalid { field: String, message: String },
+    #[error("path traversal: {0:?}")]
+    PathTraversal(String),
+    #[error("symlink {path:?} -> {target:?} escapes the image root")]
+    SymlinkEscape { path: String, target: String },
+    #[error(
+        "device node {0:?} not allowed (manifest does not declare devices or policy forbids them)"
+    )]
+    DeviceNode(String),
+    #[error(
+        "setuid/setgid file {0:?} not allowed (manifest does not declare it or policy forbids it)"
+    )]
+    Setuid(String),
+    #[error("unsupported file type at {0:?}")]
+    UnsupportedFileType(String),
+    #[error("image: {0}")]
+    Image(String),
+    #[error("key file: {0}")]
+    KeyFormat(String),
+    #[error("signature file: {0}")]
+    SignatureFormat(String),
+    #[error("key {0} is revoked and cannot be trusted again")]
+    KeyIsRevoked(String),
+    #[error("keyring: {0}")]
+    Keyring(String),
+    #[error("bundle {0:?} is not installed")]
+    NotInstalled(String),
+    #[error("bundle {0:?} has no previous version to roll back to")]
+    NoPrevious(String),
+    #[error("refusing downgrade of {name:?} from {installed} to {offered} (use rollback)")]
+    Downgrade {
+        name: String,
+        installed: String,
+        offered: String,
+    },
+    #[error(
+        "bundle {name:?} is published by key {installed}; refusing an upgrade signed by {offered}"
+    )]
+    PublisherChanged {
+        name: String,
+        installed: String,
+        offered: String,
+    },
+    #[error("store state: {0}")]
+    State(String),
+    #[error("external tool {tool}: {message}")]
+    Tool { tool: String, message: String },
+}
+
+impl BundleError {
+    /// Wrap an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BundleError {
+        let path = path.into();
+        move |source| BundleError::Io { path, source }
+    }
+}
