@@ -29,6 +29,17 @@ pub struct Config {
     pub panel: PanelConfig,
     /// Links, addresses, routes and DNS.
     pub network: NetworkConfig,
+    /// Switches for testing; never set these on a box in service.
+    pub debug: DebugConfig,
+}
+
+/// `[debug]`: test hooks, off by default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Enables `POST /api/v1/debug/kill` (the agent SIGKILLs itself), used by
+    /// the boot tests to check that PID 1 restarts the agent.
+    pub test_hooks: bool,
 }
 
 /// Where the panel listens.
