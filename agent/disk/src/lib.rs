@@ -145,12 +145,12 @@ pub fn sector_size(f: &File) -> Result<u64, DiskError> {
     Ok(ss as u64)
 }
 
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-const BLKSSZGET: libc::c_ulong = 0x1268;
-const BLKPG: libc::c_ulong = 0x1269;
+const BLKGETSIZE64: libc::Ioctl = 0x8008_1272u32 as libc::Ioctl;
+const BLKSSZGET: libc::Ioctl = 0x1268;
+const BLKPG: libc::Ioctl = 0x1269;
 const BLKPG_RESIZE_PARTITION: libc::c_int = 3;
 /// `_IOW('f', 16, __u64)`
-const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+const EXT4_IOC_RESIZE_FS: libc::Ioctl = 0x4008_6610u32 as libc::Ioctl;
 
 #[repr(C)]
 struct BlkpgIoctlArg {

@@ -108,7 +108,18 @@ impl Init<'_> {
             .arg("--state-dir")
             .arg(&self.layout.state_dir)
             .env("NUVOL_UNDER_INIT", "1");
-        // std resets the signal mask and dispositions in the child.
+        // PID 1 blocks the signals it reads through signalfd; the agent must
+        // start with none blocked or it would never see SIGTERM.
+        // SAFETY: sigprocmask is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                SigSet::empty()
+                    .thread_set_mask()
+                    .map_err(std::io::Error::from)
+            });
+        }
         match cmd.spawn() {
             Ok(child) => {
                 let pid = Pid::from_raw(child.id() as i32);

@@ -1,5 +1,9 @@
 //! `nuvol`: one static binary with verbs, like busybox.
 
+mod agent;
+mod logging;
+mod net;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -11,13 +15,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Verb {
+    /// Run as PID 1 of a nuvol box (mounts, agent supervision, poweroff).
+    Init,
+    /// Run the agent: network, services, discovery, panel and API.
+    Agent(agent::AgentArgs),
     /// Print the version.
     Version,
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().verb {
-        Verb::Version => println!("nuvol {}", env!("CARGO_PKG_VERSION")),
+    // The kernel starts PID 1 as /init with no arguments: that is `nuvol init`.
+    if std::process::id() == 1 {
+        run_init();
     }
-    Ok(())
+    match Cli::parse().verb {
+        Verb::Init => run_init(),
+        Verb::Agent(args) => agent::run(args),
+        Verb::Version => {
+            println!("nuvol {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
+
+fn run_init() -> ! {
+    if std::process::id() != 1 {
+        eprintln!(
+            "nuvol init: must run as PID 1 (it mounts filesystems and powers the machine off)"
+        );
+        std::process::exit(2);
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/init".into());
+    nuvol_init::run(&exe)
 }

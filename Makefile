@@ -1,0 +1,67 @@
+# nuvol — build, boot and test. See README.md.
+#
+#   make qemu    build the x86_64 image and boot it in QEMU (serial console here)
+#   make image   out/nuvol-x86_64.img, ready to dd onto a USB stick
+#   make test    every test (what .ci/run calls)
+#   make bench   benchmarks, printed as ratios against their peers
+#
+# Slow artefacts (kernel build, cargo target dir) live under $(NUVOL_CACHE),
+# outside the clone, keyed by content hash.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := image
+
+NUVOL_CACHE ?= /var/cache/nuvol
+export NUVOL_CACHE
+export CARGO_TARGET_DIR ?= $(NUVOL_CACHE)/target
+export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+
+TARGET := x86_64-unknown-linux-musl
+# Paths must not leak into the binary, or two clones would build different images.
+RUSTFLAGS_IMAGE := --remap-path-prefix=$(CURDIR)=/nuvol --remap-path-prefix=$(HOME)/.cargo=/cargo
+NUVOL_BIN := $(CARGO_TARGET_DIR)/$(TARGET)/release/nuvol
+KERNEL_FRAGMENTS := kernel-config/common.config kernel-config/qemu.config kernel-config/atom.config
+IMAGE := out/nuvol-x86_64.img
+FIRMWARE ?= bios
+PORT ?= 8080
+
+.PHONY: deps deps-test nuvol kernel image qemu test test-unit test-e2e lint bench bundles clean
+
+deps:
+	@image/deps.sh build
+
+deps-test:
+	@image/deps.sh test
+
+nuvol: deps
+	RUSTFLAGS="$(RUSTFLAGS_IMAGE)" cargo build --release --locked --target $(TARGET) -p nuvol
+	@file $(NUVOL_BIN) | grep -q 'static' || { echo "nuvol is not a static binary" >&2; exit 1; }
+
+kernel: deps
+	image/kernel.sh out/bzImage $(KERNEL_FRAGMENTS)
+
+image: nuvol kernel
+	image/build.sh $(NUVOL_BIN) out/bzImage $(IMAGE)
+
+qemu: image
+	qemu/run.sh --firmware $(FIRMWARE) --port $(PORT) $(IMAGE)
+
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+test-unit: deps-test
+	cargo test --workspace --exclude nuvol-e2e --locked
+
+test-e2e: deps-test image
+	NUVOL_IMAGE=$(CURDIR)/$(IMAGE) cargo test -p nuvol-e2e --locked -- --test-threads=1
+
+test: lint test-unit test-e2e
+
+bench: deps-test image
+	cargo bench --workspace --locked
+	NUVOL_IMAGE=$(CURDIR)/$(IMAGE) tests/bench/boot.sh
+
+clean:
+	rm -rf out

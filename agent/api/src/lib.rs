@@ -1,0 +1,144 @@
+//! HTTP API and panel of the agent, on hyper.
+//!
+//! Routes (all under one small router, see [`route`]):
+//! - `GET /` — the status page (HTML, no JavaScript needed)
+//! - `GET /api/v1/status` — the node's status as JSON
+//! - `GET /api/v1/network` — links, addresses, routes, DNS, DHCP leases
+//! - `POST /api/v1/debug/kill` — only when `[debug] test_hooks = true`:
+//!   the agent SIGKILLs itself (boot tests use it to check PID 1 restarts it)
+//!
+//! Errors are JSON `{"error": {"code": "...", "message": "..."}}` with a
+//! stable code.
+
+mod panel;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+pub use nuvol_status::Status;
+
+/// What the API needs from the running agent.
+pub trait Node: Send + Sync + 'static {
+    fn status(&self) -> Status;
+    /// The network state as JSON, `None` while networking is not managed.
+    fn network(&self) -> Option<serde_json::Value>;
+    /// Whether `/api/v1/debug/*` routes are enabled (testing only).
+    fn test_hooks(&self) -> bool;
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Resp {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_else(|_| b"{}".to_vec());
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("cache-control", "no-store")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+/// A JSON error with a stable machine code and a human message.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Resp {
+    json(
+        status,
+        &serde_json::json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+fn html(body: String) -> Resp {
+    Response::builder()
+        .header("content-type", "text/html; charset=utf-8")
+        .header("cache-control", "no-store")
+        .header("x-content-type-options", "nosniff")
+        .header(
+            "content-security-policy",
+            "default-src 'self'; style-src 'unsafe-inline'",
+        )
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+/// Dispatch one request. Public so tests can call it without sockets.
+pub fn route(node: &dyn Node, method: &Method, path: &str) -> Resp {
+    match (method, path) {
+        (&Method::GET, "/") | (&Method::HEAD, "/") => html(panel::status_page(&node.status())),
+        (&Method::GET, "/api/v1/status") => json(StatusCode::OK, &node.status()),
+        (&Method::GET, "/api/v1/network") => match node.network() {
+            Some(v) => json(StatusCode::OK, &v),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "network_unmanaged",
+                "networking is not managed by this agent",
+            ),
+        },
+        (&Method::POST, "/api/v1/debug/kill") if node.test_hooks() => {
+            // Test hook: die the hard way so PID 1's restart path is exercised.
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "kill_failed",
+                "could not kill the agent",
+            )
+        }
+        (_, "/" | "/api/v1/status" | "/api/v1/network") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no such page: {path}"),
+        ),
+    }
+}
+
+async fn handle(node: Arc<dyn Node>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_string();
+    let resp = route(node.as_ref(), req.method(), &path);
+    tracing::debug!(method = %req.method(), path, status = resp.status().as_u16(), "http");
+    Ok(resp)
+}
+
+/// Serve HTTP/1.1 on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<dyn Node>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(node.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection: {e}");
+            }
+        });
+    }
+}

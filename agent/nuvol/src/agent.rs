@@ -1,0 +1,177 @@
+//! `nuvol agent`: everything but PID 1, in one tokio process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use nuvol_status::{Collector, ConfigState, Identity, Status};
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The provisioning file.
+    #[arg(long, default_value = "/boot/nuvol.toml")]
+    pub config: PathBuf,
+    /// Where the agent keeps its state (node id, keys, bundles, logs).
+    #[arg(long, default_value = "/data/nuvol")]
+    pub state_dir: PathBuf,
+    /// Address for the panel and API; default: every address on the
+    /// configured panel port.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Whether the agent configures links, addresses and routes. `auto`
+    /// manages them only when started by `nuvol init` on a box, never on a
+    /// development host.
+    #[arg(long, value_enum, default_value_t = NetworkMode::Auto)]
+    pub network: NetworkMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NetworkMode {
+    Auto,
+    Manage,
+    Off,
+}
+
+struct Node {
+    collector: Mutex<Collector>,
+    test_hooks: bool,
+}
+
+impl nuvol_api::Node for Node {
+    fn status(&self) -> Status {
+        match self.collector.lock() {
+            Ok(mut c) => c.collect(),
+            Err(poisoned) => poisoned.into_inner().collect(),
+        }
+    }
+    fn network(&self) -> Option<serde_json::Value> {
+        None
+    }
+    fn test_hooks(&self) -> bool {
+        self.test_hooks
+    }
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    crate::logging::init();
+    let under_init = std::env::var_os("NUVOL_UNDER_INIT").is_some();
+    let loaded = nuvol_config::load_or_default(&args.config);
+    match &loaded.problem {
+        Some(p) => {
+            tracing::error!("provisioning file problem: {p}");
+            // Loud on the console: this is what a volunteer looks at.
+            eprintln!("nuvol: CONFIG PROBLEM: {p}; running with safe defaults");
+        }
+        None => tracing::info!("{loaded}"),
+    }
+    let run_dir = std::env::var_os("NUVOL_RUN_DIR")
+        .map_or_else(|| PathBuf::from("/run/nuvol"), PathBuf::from);
+    let identity = Identity::load_or_create(&args.state_dir, &run_dir)
+        .with_context(|| format!("state directory {}", args.state_dir.display()))?;
+    tracing::info!(node_id = %identity.node_id, boot = identity.boot_count, "identity");
+    let config_state = ConfigState {
+        path: loaded.path.display().to_string(),
+        found: loaded.found,
+        problem: loaded.problem.clone(),
+    };
+    let node = Arc::new(Node {
+        collector: Mutex::new(Collector::new(
+            identity,
+            env!("CARGO_PKG_VERSION"),
+            config_state,
+        )),
+        test_hooks: loaded.config.debug.test_hooks,
+    });
+    let manage_net = match args.network {
+        NetworkMode::Manage => true,
+        NetworkMode::Off => false,
+        NetworkMode::Auto => under_init,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        let listen = args
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], loaded.config.panel.port)));
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listen on {listen}"))?;
+        let local = listener.local_addr().context("local address")?;
+        let net = if manage_net {
+            Some(crate::net::start(&loaded.config.network).await)
+        } else {
+            None
+        };
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(nuvol_api::serve(listener, node.clone(), async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }));
+        announce_ready(local, manage_net).await;
+        wait_for_stop().await;
+        tracing::info!("stopping");
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        if let Some(net) = net {
+            crate::net::shutdown(net).await;
+        }
+        Ok(())
+    })
+}
+
+/// Print the ready line with the URL(s) the panel is reachable at. On a box,
+/// wait (briefly) for a routable address so the URL is one people can use.
+async fn announce_ready(local: SocketAddr, wait_for_address: bool) {
+    let urls = |port: u16| -> Vec<String> {
+        nuvol_status::interfaces()
+            .into_iter()
+            .filter(|i| i.name != "lo")
+            .flat_map(|i| i.addresses)
+            .filter_map(|a| a.split('/').next().map(str::to_string))
+            .filter(|a| !a.starts_with("fe80"))
+            .map(|a| {
+                if a.contains(':') {
+                    format!("http://[{a}]:{port}/")
+                } else {
+                    format!("http://{a}:{port}/")
+                }
+            })
+            .collect()
+    };
+    let mut list = Vec::new();
+    if local.ip().is_unspecified() {
+        for _ in 0..if wait_for_address { 200 } else { 1 } {
+            list = urls(local.port());
+            if !list.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    if list.is_empty() {
+        list.push(format!("http://{local}/"));
+    }
+    let line = format!("nuvol: ready: panel at {}", list.join(" "));
+    tracing::info!("{line}");
+    eprintln!("{line}");
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can still be stopped by SIGKILL from init.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

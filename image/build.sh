@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Build the nuvol x86_64 disk image, reproducibly.
+#
+#   image/build.sh NUVOL_BINARY BZIMAGE OUT_IMAGE
+#
+# Layout (GPT, 512-byte sectors):
+#   p1 nuvol-boot  FAT16 ESP, legacy-BIOS bootable: systemd-boot (UEFI),
+#                  syslinux (BIOS), OS slots /A and /B (bzImage + initrd.img),
+#                  nuvol.toml
+#   p2 nuvol-data  ext4, small in the image; grown to fill the disk at first boot
+# Same inputs and SOURCE_DATE_EPOCH give the same bytes: every timestamp is
+# SOURCE_DATE_EPOCH, every UUID and volume id is derived from the content.
+set -euo pipefail
+export LC_ALL=C TZ=UTC
+
+nuvol=$1 kernel=$2 out=$3
+here=$(cd "$(dirname "$0")" && pwd)
+: "${SOURCE_DATE_EPOCH:?set SOURCE_DATE_EPOCH (the Makefile takes it from the last commit)}"
+cache=${NUVOL_CACHE:-/var/cache/nuvol}
+
+BOOT_MIB=24      # two OS slots of ~5 MiB each, loaders, room for growth
+DATA_MIB=6       # grown on first boot
+CMDLINE="console=tty0 console=ttyS0,115200n8 loglevel=4 panic=10"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/nuvol-image.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# --- gen_init_cpio from the kernel source (tiny C tool, cached) ------------
+gic=$cache/tools/gen_init_cpio
+if [ ! -x "$gic" ]; then
+    src=$(ls -d "$cache"/src/linux-*/usr/gen_init_cpio.c 2>/dev/null | head -1 || true)
+    if [ -z "$src" ]; then
+        mkdir -p "$work/gic"
+        tar -C "$work/gic" --wildcards --strip-components=1 -xf /usr/src/linux-source-6.1.tar.xz '*/usr/gen_init_cpio.c'
+        src=$work/gic/usr/gen_init_cpio.c
+    fi
+    mkdir -p "$cache/tools"
+    gcc -O2 -o "$gic.tmp" "$src" && mv "$gic.tmp" "$gic"
+fi
+
+# --- initramfs: the whole base OS is /init = nuvol --------------------------
+install -m 0755 "$nuvol" "$work/init"
+touch -h -d "@$SOURCE_DATE_EPOCH" "$work/init"
+cat > "$work/initramfs.list" <<LIST
+dir /dev 0755 0 0
+nod /dev/console 0600 0 0 c 5 1
+nod /dev/null 0666 0 0 c 1 3
+dir /proc 0555 0 0
+dir /sys 0555 0 0
+dir /run 0755 0 0
+dir /tmp 1777 0 0
+dir /boot 0700 0 0
+dir /data 0755 0 0
+dir /etc 0755 0 0
+dir /root 0700 0 0
+file /init $work/init 0755 0 0
+LIST
+"$gic" -t "$SOURCE_DATE_EPOCH" "$work/initramfs.list" | zstd -q -19 -T1 -c > "$work/initrd.img"
+
+# --- content-derived identifiers --------------------------------------------
+digest=$(cat "$kernel" "$work/initrd.img" "$here/nuvol.toml" "$0" | sha256sum | cut -c1-64)
+uuid() { # uuid NAME -> a UUID derived from the content digest and NAME
+    local h; h=$(printf '%s %s' "$digest" "$1" | sha256sum)
+    printf '%s-%s-4%s-8%s-%s\n' "${h:0:8}" "${h:8:4}" "${h:13:3}" "${h:17:3}" "${h:20:12}"
+}
+volid=${digest:0:8}
+
+# --- boot partition (FAT16: UEFI reads it; too small for FAT32) -------------------------------------------------
+root=$work/bootfs
+mkdir -p "$root/EFI/BOOT" "$root/loader/entries" "$root/syslinux" "$root/A" "$root/B"
+for slot in A B; do
+    cp "$kernel" "$root/$slot/bzImage"
+    cp "$work/initrd.img" "$root/$slot/initrd.img"
+    cat > "$root/loader/entries/nuvol-$slot.conf" <<ENTRY
+title   nuvol (slot $slot)
+linux   /$slot/bzImage
+initrd  /$slot/initrd.img
+options $CMDLINE nuvol.slot=$slot
+ENTRY
+done
+cp /usr/lib/systemd/boot/efi/systemd-bootx64.efi "$root/EFI/BOOT/BOOTX64.EFI"
+printf 'default nuvol-A.conf\ntimeout 0\nconsole-mode keep\n' > "$root/loader/loader.conf"
+cp /usr/lib/syslinux/modules/bios/ldlinux.c32 "$root/syslinux/"
+cat > "$root/syslinux/syslinux.cfg" <<CFG
+SERIAL 0 115200
+DEFAULT nuvol-A
+TIMEOUT 0
+PROMPT 0
+LABEL nuvol-A
+  KERNEL /A/bzImage
+  INITRD /A/initrd.img
+  APPEND $CMDLINE nuvol.slot=A
+LABEL nuvol-B
+  KERNEL /B/bzImage
+  INITRD /B/initrd.img
+  APPEND $CMDLINE nuvol.slot=B
+CFG
+cp "$here/nuvol.toml" "$root/nuvol.toml"
+find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+
+fat=$work/boot.fat
+rm -f "$fat"
+mkfs.vfat -C -F 16 -n NUVOL-BOOT -i "$volid" --invariant -S 512 "$fat" $((BOOT_MIB * 1024)) >/dev/null
+export MTOOLS_SKIP_CHECK=1
+# mtools stamps new directories with the current time; hide it behind the epoch.
+( cd "$root" && find . -mindepth 1 -type d | sort | sed 's|^\./||' | while read -r d; do mmd -i "$fat" "::$d"; done
+  find . -type f | sort | sed 's|^\./||' | while read -r f; do mcopy -m -i "$fat" "$f" "::$f"; done )
+syslinux --install --directory /syslinux "$fat"
+
+# --- data partition (ext4) --------------------------------------------------
+data=$work/data.ext4
+mkdir -p "$work/datafs/nuvol"
+find "$work/datafs" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -L nuvol-data -U "$(uuid data-fs)" \
+    -E "hash_seed=$(uuid data-hash),root_owner=0:0,lazy_itable_init=0,nodiscard" \
+    -O ^metadata_csum_seed -d "$work/datafs" "$data" "${DATA_MIB}M"
+
+# --- disk ------------------------------------------------------------------
+boot_start=2048
+boot_sectors=$((BOOT_MIB * 2048))
+data_start=$((boot_start + boot_sectors))
+data_sectors=$((DATA_MIB * 2048))
+total=$((data_start + data_sectors + 2048))
+img=$work/disk.img
+truncate -s $((total * 512)) "$img"
+sfdisk --quiet --no-reread --no-tell-kernel "$img" <<LAYOUT
+label: gpt
+label-id: $(uuid disk)
+first-lba: 2048
+start=$boot_start, size=$boot_sectors, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=$(uuid part-boot), name=nuvol-boot, attrs="LegacyBIOSBootable"
+start=$data_start, size=$data_sectors, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=$(uuid part-data), name=nuvol-data
+LAYOUT
+dd if=/usr/lib/syslinux/mbr/gptmbr.bin of="$img" bs=440 count=1 conv=notrunc status=none
+dd if="$fat" of="$img" bs=512 seek=$boot_start conv=notrunc status=none
+dd if="$data" of="$img" bs=512 seek=$data_start conv=notrunc status=none
+
+mkdir -p "$(dirname "$out")"
+cp "$work/initrd.img" "$(dirname "$out")/initrd.img"
+mv "$img" "$out.tmp" && sync -f "$out.tmp" && mv "$out.tmp" "$out"
+echo "image: $out ($(( $(stat -c %s "$out") / 1048576 )) MiB, sha256 $(sha256sum "$out" | cut -c1-16))" >&2

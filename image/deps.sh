@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what building and testing nuvol needs, idempotently.
+#   image/deps.sh build   packages to build the kernel and the image, Rust targets
+#   image/deps.sh test    also what the test suite needs (tests/apt-packages.txt)
+# Only runs apt-get when a package is missing, so a second run takes a second.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+build_pkgs=(build-essential bc flex bison libelf-dev libssl-dev cpio zstd xz-utils kmod
+    linux-source-6.1 dosfstools mtools e2fsprogs fdisk util-linux syslinux syslinux-common
+    systemd-boot-efi qemu-system-x86 ovmf seabios curl python3 file)
+pkgs=("${build_pkgs[@]}")
+if [ "${1:-build}" = test ]; then
+    while IFS= read -r line; do
+        line=${line%%#*}; line=${line//[[:space:]]/}
+        [ -n "$line" ] && pkgs+=("$line")
+    done < "$here/tests/apt-packages.txt"
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "deps: installing ${missing[*]}" >&2
+    SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -q >/dev/null
+    $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { echo "deps: cargo not found; nuvol builds with rustup's toolchain (see rust-toolchain.toml)" >&2; exit 1; }
+# rust-toolchain.toml pins the toolchain; make sure it and the musl target are there.
+if ! rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl; then
+    rustup target add x86_64-unknown-linux-musl >&2
+fi

@@ -1,0 +1,151 @@
+//! The built image, booted for real in QEMU (TCG here, KVM where it works).
+
+use std::time::Duration;
+
+use nuvol_e2e::{disk_copy, write_config, Scratch, Vm};
+use serde_json::Value;
+
+const BOOT: Duration = Duration::from_secs(180);
+const READY: &str = "nuvol: ready: panel at";
+
+fn status(vm: &mut Vm) -> Value {
+    serde_json::from_str(&vm.wait_http("/api/v1/status", Duration::from_secs(60))).unwrap()
+}
+
+fn data_disk(st: &Value) -> &Value {
+    st["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["mount"] == "/data")
+        .expect("/data in status")
+}
+
+fn power_off(vm: &mut Vm) {
+    vm.qmp("system_powerdown");
+    vm.wait_exit(Duration::from_secs(90));
+    let c = vm.console();
+    assert!(
+        c.contains("nuvol-init: power button pressed"),
+        "{}",
+        nuvol_e2e::tail(&c)
+    );
+    assert!(
+        c.contains("nuvol-init: powering off"),
+        "{}",
+        nuvol_e2e::tail(&c)
+    );
+    assert!(
+        !c.contains("did not stop"),
+        "agent must stop on SIGTERM:\n{}",
+        nuvol_e2e::tail(&c)
+    );
+    assert!(
+        !c.contains("remounting read-only"),
+        "data must unmount cleanly:\n{}",
+        nuvol_e2e::tail(&c)
+    );
+}
+
+/// SeaBIOS: boot, status fields, the data partition grown to fill a bigger
+/// disk, the agent SIGKILLed and restarted by PID 1, a clean poweroff, and a
+/// second boot that finds the data written by the first.
+#[test]
+fn bios_boot_status_restart_poweroff_and_persistence() {
+    let dir = Scratch::new("bios");
+    let disk = disk_copy(&dir.0, 256);
+    write_config(
+        &disk,
+        "hostname = \"e2e-bios\"\n[debug]\ntest_hooks = true\n",
+    );
+
+    let mut vm = Vm::boot(&disk, "bios", &dir.0);
+    let t = vm.wait_console(READY, 1, BOOT);
+    eprintln!("bios: ready after {:.1} s", t.as_secs_f64());
+    let st = status(&mut vm);
+    assert_eq!(st["hostname"], "e2e-bios");
+    assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(st["boot_count"], 1);
+    assert!(st["uptime_s"].as_u64().is_some());
+    assert!(st["memory"]["total_bytes"].as_u64().unwrap() > 256 << 20);
+    assert_eq!(st["load"].as_array().unwrap().len(), 3);
+    assert_eq!(st["config"]["problem"], Value::Null);
+    let data = data_disk(&st);
+    assert_eq!(data["fs"], "ext4");
+    assert!(
+        data["total_bytes"].as_u64().unwrap() > 200 << 20,
+        "data fills the 256 MiB disk: {data}"
+    );
+    let ifs = st["interfaces"].as_array().unwrap();
+    let eth = ifs.iter().find(|i| i["name"] != "lo").expect("a NIC");
+    assert!(
+        eth["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str().unwrap().starts_with("10.0.2.")),
+        "DHCP address from QEMU user-net: {eth}"
+    );
+    let node_id = st["node_id"].as_str().unwrap().to_string();
+    let (code, page) = vm.http("GET", "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("e2e-bios") && page.contains("/data"),
+        "{page}"
+    );
+
+    // The agent dies hard; PID 1 restarts it and the panel comes back.
+    let _ = vm.http("POST", "/api/v1/debug/kill");
+    vm.wait_console(
+        "agent exited (killed by SIGKILL)",
+        1,
+        Duration::from_secs(30),
+    );
+    vm.wait_console(READY, 2, Duration::from_secs(60));
+    let st = status(&mut vm);
+    assert_eq!(st["node_id"], node_id.as_str());
+    assert_eq!(st["boot_count"], 1, "an agent restart is not a boot");
+
+    power_off(&mut vm);
+    drop(vm);
+
+    let mut vm = Vm::boot(&disk, "bios", &dir.0);
+    vm.wait_console(READY, 1, BOOT);
+    let st = status(&mut vm);
+    assert_eq!(st["node_id"], node_id.as_str(), "node id persisted on data");
+    assert_eq!(st["boot_count"], 2, "boot counter persisted on data");
+    assert!(data_disk(&st)["total_bytes"].as_u64().unwrap() > 200 << 20);
+    power_off(&mut vm);
+}
+
+/// OVMF (UEFI) with a broken provisioning file: the box still boots with
+/// safe defaults, and the console and status page name file, line, problem.
+#[test]
+fn uefi_boot_with_bad_config_uses_defaults_and_says_why() {
+    let dir = Scratch::new("uefi");
+    let disk = disk_copy(&dir.0, 64);
+    write_config(&disk, "hostname = \"e2e-uefi\"\n\nhostnmae = \"typo\"\n");
+
+    let mut vm = Vm::boot(&disk, "uefi", &dir.0);
+    let t = vm.wait_console(READY, 1, BOOT);
+    eprintln!("uefi: ready after {:.1} s", t.as_secs_f64());
+    let c = vm.console();
+    assert!(
+        c.contains("CONFIG PROBLEM: /boot/nuvol.toml:3:1:") && c.contains("hostnmae"),
+        "{}",
+        nuvol_e2e::tail(&c)
+    );
+    let st = status(&mut vm);
+    assert_eq!(st["hostname"], "nuvol", "defaults in force");
+    let problem = st["config"]["problem"].as_str().unwrap();
+    assert!(
+        problem.contains("/boot/nuvol.toml:3:1") && problem.contains("hostnmae"),
+        "{problem}"
+    );
+    let (_, page) = vm.http("GET", "/").unwrap();
+    assert!(
+        page.contains("config-problem") && page.contains("nuvol.toml:3:1"),
+        "{page}"
+    );
+    power_off(&mut vm);
+}
