@@ -263,6 +263,25 @@ impl Head {
         })
     }
 
+    /// Parse a stored head (everything before the image, without the image).
+    pub fn parse_head_only(b: &[u8]) -> Result<Head, BundleError> {
+        let hb: &[u8; HEADER_LEN] =
+            b.get(..HEADER_LEN)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(BundleError::Truncated {
+                    expected: HEADER_LEN as u64,
+                    actual: b.len() as u64,
+                })?;
+        let header = Header::parse(hb)?;
+        if b.len() as u64 != header.image_offset() {
+            return Err(BundleError::Truncated {
+                expected: header.image_offset(),
+                actual: b.len() as u64,
+            });
+        }
+        Head::read_from(&mut std::io::Cursor::new(b), header.file_len())
+    }
+
     /// Parse a head from an in-memory file (the fuzz entry point).
     pub fn parse(file: &[u8]) -> Result<Head, BundleError> {
         let mut c = std::io::Cursor::new(file);

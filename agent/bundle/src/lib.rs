@@ -8,12 +8,21 @@
 //! against the keyring, the image is hashed and compared, and only then is
 //! the manifest parsed or the image inspected.
 
+pub mod build;
 pub mod error;
 pub mod format;
+pub mod fsutil;
+pub mod keyring;
 pub mod keys;
 pub mod manifest;
+pub mod mount;
+pub mod scan;
+pub mod store;
+pub mod verify;
 
 pub use error::BundleError;
 pub use format::{Head, Header, ImageType};
+pub use keyring::Keyring;
 pub use keys::{KeyId, PublicKey, SecretKey, SignatureBlock};
 pub use manifest::{Manifest, Policy};
+pub use store::{InstallOptions, InstalledBundle, Store, StoreOptions};

@@ -1,0 +1,226 @@
+//! Trusted publisher keys and the revocation list, persisted atomically in
+//! `<data>/bundles/keyring.json`.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::BundleError;
+use crate::fsutil::write_atomic;
+use crate::keys::{KeyId, PublicKey};
+use crate::verify::KeyLookup;
+
+/// Largest keyring file read.
+pub const MAX_KEYRING_BYTES: u64 = 1 << 20;
+
+/// One trusted key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrustedKey {
+    /// 16 hex digits, as minisign prints it.
+    pub key_id: String,
+    /// The base64 line of the signify/minisign public key file.
+    pub public_key: String,
+    pub comment: String,
+    /// Unix seconds.
+    pub added_at: u64,
+}
+
+/// One revoked key id (kept even after the key is removed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevokedKey {
+    pub key_id: String,
+    pub reason: String,
+    pub revoked_at: u64,
+}
+
+/// The file's contents.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyringData {
+    #[serde(default)]
+    pub trusted: Vec<TrustedKey>,
+    #[serde(default)]
+    pub revoked: Vec<RevokedKey>,
+}
+
+/// Handle on the keyring file. Cheap to clone; every call re-reads the file
+/// under a lock, so several handles (and processes) stay consistent.
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    path: PathBuf,
+}
+
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An exclusive `flock` held until drop.
+pub(crate) struct FileLock(File);
+
+impl FileLock {
+    pub(crate) fn acquire(path: &Path) -> Result<FileLock, BundleError> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(BundleError::io(path))?;
+        loop {
+            // SAFETY: flock on a file descriptor we own.
+            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+            if r == 0 {
+                return Ok(FileLock(f));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(BundleError::io(path)(e));
+            }
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // SAFETY: unlocking our own descriptor; closing would release it anyway.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+impl Keyring {
+    /// The keyring stored at `path` (created on first change).
+    pub fn at(path: &Path) -> Keyring {
+        Keyring {
+            path: path.to_path_buf(),
+        }
+    }
+
+    fn lock(&self) -> Result<FileLock, BundleError> {
+        let mut l = self.path.as_os_str().to_owned();
+        l.push(".lock");
+        FileLock::acquire(Path::new(&l))
+    }
+
+    /// Read the file (empty keyring if absent).
+    pub fn load(&self) -> Result<KeyringData, BundleError> {
+        let len = match std::fs::metadata(&self.path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(KeyringData::default()),
+            Err(e) => return Err(BundleError::io(&self.path)(e)),
+        };
+        if len > MAX_KEYRING_BYTES {
+            return Err(BundleError::Keyring(format!(
+                "{} is {len} bytes: too large",
+                self.path.display()
+            )));
+        }
+        let bytes = std::fs::read(&self.path).map_err(BundleError::io(&self.path))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| BundleError::Keyring(format!("{}: {e}", self.path.display())))
+    }
+
+    fn save(&self, d: &KeyringData) -> Result<(), BundleError> {
+        let bytes =
+            serde_json::to_vec_pretty(d).map_err(|e| BundleError::Keyring(e.to_string()))?;
+        write_atomic(&self.path, &bytes)
+    }
+
+    /// Trust `key`. Refused if its id is revoked; replaces a key with the same id.
+    pub fn add(&self, key: &PublicKey, comment: &str) -> Result<(), BundleError> {
+        let _l = self.lock()?;
+        let mut d = self.load()?;
+        let id = key.key_id.to_string();
+        if d.revoked.iter().any(|r| r.key_id == id) {
+            return Err(BundleError::KeyIsRevoked(id));
+        }
+        d.trusted.retain(|t| t.key_id != id);
+        d.trusted.push(TrustedKey {
+            key_id: id,
+            public_key: key.to_base64(),
+            comment: comment.chars().take(256).collect(),
+            added_at: now(),
+        });
+        self.save(&d)
+    }
+
+    /// Trust the key in a signify/minisign public key file's text.
+    pub fn add_text(&self, text: &str, comment: &str) -> Result<KeyId, BundleError> {
+        let k = PublicKey::from_text(text).or_else(|_| PublicKey::from_base64(text))?;
+        self.add(&k, comment)?;
+        Ok(k.key_id)
+    }
+
+    /// Stop trusting `id`. Returns whether it was trusted.
+    pub fn remove(&self, id: &KeyId) -> Result<bool, BundleError> {
+        let _l = self.lock()?;
+        let mut d = self.load()?;
+        let s = id.to_string();
+        let before = d.trusted.len();
+        d.trusted.retain(|t| t.key_id != s);
+        let removed = d.trusted.len() != before;
+        if removed {
+            self.save(&d)?;
+        }
+        Ok(removed)
+    }
+
+    /// Revoke `id` for good: it is removed from the trusted list, bundles
+    /// signed by it are refused, and it cannot be added again.
+    pub fn revoke(&self, id: &KeyId, reason: &str) -> Result<(), BundleError> {
+        let _l = self.lock()?;
+        let mut d = self.load()?;
+        let s = id.to_string();
+        d.trusted.retain(|t| t.key_id != s);
+        if !d.revoked.iter().any(|r| r.key_id == s) {
+            d.revoked.push(RevokedKey {
+                key_id: s,
+                reason: reason.chars().take(256).collect(),
+                revoked_at: now(),
+            });
+        }
+        self.save(&d)
+    }
+
+    /// The trusted keys.
+    pub fn list(&self) -> Result<Vec<TrustedKey>, BundleError> {
+        Ok(self.load()?.trusted)
+    }
+
+    /// The revocation list.
+    pub fn revoked(&self) -> Result<Vec<RevokedKey>, BundleError> {
+        Ok(self.load()?.revoked)
+    }
+
+    /// Is `id` revoked?
+    pub fn is_revoked(&self, id: &KeyId) -> Result<bool, BundleError> {
+        let s = id.to_string();
+        Ok(self.load()?.revoked.iter().any(|r| r.key_id == s))
+    }
+}
+
+impl KeyLookup for Keyring {
+    fn lookup(&self, id: &KeyId) -> Result<PublicKey, BundleError> {
+        let d = self.load()?;
+        let s = id.to_string();
+        if d.revoked.iter().any(|r| r.key_id == s) {
+            return Err(BundleError::RevokedKey(s));
+        }
+        let t = d
+            .trusted
+            .iter()
+            .find(|t| t.key_id == s)
+            .ok_or(BundleError::UnknownKey(s))?;
+        let k = PublicKey::from_base64(&t.public_key)?;
+        if k.key_id != *id {
+            return Err(BundleError::Keyring(format!(
+                "entry {} holds key {}",
+                t.key_id, k.key_id
+            )));
+        }
+        Ok(k)
+    }
+}

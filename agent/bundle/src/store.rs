@@ -1,0 +1,566 @@
+//! Installed bundles on the data partition: atomic install, upgrade,
+//! rollback and remove.
+//!
+//! ```text
+//! <data>/bundles/
+//!   keyring.json                 trusted keys + revocation list
+//!   .lock                        flock serializing store changes
+//!   tmp/                         staging; emptied on open
+//!   installed/<name>/state.json  {"current": DIGEST, "previous": DIGEST|null}  <- commit point
+//!   installed/<name>/<DIGEST>/   image, head (header+manifest+signature), meta.json
+//!   volumes/<name>/<volume>/     persistent data; survives upgrade/rollback
+//! ```
+//! Every change is staged completely (fsynced) and committed by one atomic
+//! rename of `state.json`; `open` deletes whatever no committed state refers
+//! to. A power cut at any instant therefore leaves the old or the new
+//! version installed, never neither.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::BundleError;
+use crate::format::{hex, Head, ImageType};
+use crate::fsutil::{create_dir_durable, fsync_dir, fsync_tree};
+use crate::keyring::{now, FileLock, Keyring};
+use crate::manifest::{compare_versions, validate_name, Manifest, Policy};
+use crate::verify::{verify_file, verify_head, KeyLookup};
+
+/// Environment variable naming a step at which the process SIGKILLs itself
+/// (power-cut testing). Steps: `copied`, `staged`, `scanned`, `moved`,
+/// `volumes`, `state-temp`, `committed`, `gc`, `rollback-state-temp`,
+/// `rollback-committed`, `remove-renamed`.
+pub const CRASH_ENV: &str = "NUVOL_BUNDLE_CRASH_AT";
+
+fn crash_point(step: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT.get_or_init(|| std::env::var(CRASH_ENV).ok()).as_deref() == Some(step) {
+        // SAFETY: kill(2) on our own pid; SIGKILL cannot be caught.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+/// What `list` reports per bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstalledBundle {
+    pub name: String,
+    pub version: String,
+    pub publisher: String,
+    /// Key id of the signing key (16 hex digits).
+    pub publisher_key_id: String,
+    /// SHA-256 of the image, hex.
+    pub digest: String,
+    /// Unix seconds when the signature and digest were checked at install.
+    pub verified_at: u64,
+    /// `installed`, or `key-revoked` if the signing key was revoked since.
+    pub state: String,
+    pub image_type: ImageType,
+    pub previous: Option<PreviousVersion>,
+    /// The verified manifest (for the supervisor and discovery).
+    pub manifest: Manifest,
+}
+
+/// The version a rollback would return to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreviousVersion {
+    pub version: String,
+    pub digest: String,
+}
+
+/// Per-version record written at install.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VersionMeta {
+    key_id: String,
+    digest: String,
+    verified_at: u64,
+    image_type: ImageType,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct State {
+    current: String,
+    previous: Option<String>,
+}
+
+/// Store options.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// What bundles may declare (setuid, devices, root).
+    pub policy: Policy,
+    /// Loop-mount each image read-only and check its contents before
+    /// committing (needs root and loop devices).
+    pub scan_image: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            policy: Policy::default(),
+            scan_image: true,
+        }
+    }
+}
+
+/// Per-install switches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InstallOptions {
+    /// Allow installing a lower (or equal, different) version over the current one.
+    pub allow_downgrade: bool,
+    /// Allow an upgrade signed by a different key than the installed version.
+    pub allow_publisher_change: bool,
+}
+
+/// The bundle store.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    opts: StoreOptions,
+}
+
+const MAX_SMALL_FILE: u64 = 256 * 1024;
+
+fn read_small(path: &Path) -> Result<Vec<u8>, BundleError> {
+    let len = fs::metadata(path).map_err(BundleError::io(path))?.len();
+    if len > MAX_SMALL_FILE {
+        return Err(BundleError::State(format!("{} too large", path.display())));
+    }
+    fs::read(path).map_err(BundleError::io(path))
+}
+
+fn is_digest(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Store {
+    /// Open (creating if needed) the store under `data_dir/bundles` and
+    /// finish or undo whatever a power cut interrupted.
+    pub fn open(data_dir: &Path) -> Result<Store, BundleError> {
+        Store::open_with(data_dir, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with explicit options.
+    pub fn open_with(data_dir: &Path, opts: StoreOptions) -> Result<Store, BundleError> {
+        let root = data_dir.join("bundles");
+        for d in ["tmp", "installed", "volumes"] {
+            create_dir_durable(&root.join(d))?;
+        }
+        let s = Store { root, opts };
+        let _l = s.lock()?;
+        s.recover()?;
+        Ok(s)
+    }
+
+    fn lock(&self) -> Result<FileLock, BundleError> {
+        FileLock::acquire(&self.root.join(".lock"))
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.join("installed").join(name)
+    }
+
+    /// The keyring of trusted publisher keys.
+    pub fn keyring(&self) -> Keyring {
+        Keyring::at(&self.root.join("keyring.json"))
+    }
+
+    /// Where `name`'s volume `volume` lives on the data partition.
+    pub fn volume_path(&self, name: &str, volume: &str) -> PathBuf {
+        self.root.join("volumes").join(name).join(volume)
+    }
+
+    fn recover(&self) -> Result<(), BundleError> {
+        let tmp = self.tmp();
+        for e in fs::read_dir(&tmp).map_err(BundleError::io(&tmp))? {
+            let p = e.map_err(BundleError::io(&tmp))?.path();
+            let mnt = p.join("mnt");
+            if let Ok(c) =
+                std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(mnt.as_os_str()))
+            {
+                // SAFETY: valid C string; failure (not mounted) is fine.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+            remove_any(&p)?;
+        }
+        fsync_dir(&tmp)?;
+        let inst = self.root.join("installed");
+        for e in fs::read_dir(&inst).map_err(BundleError::io(&inst))? {
+            let e = e.map_err(BundleError::io(&inst))?;
+            let dir = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if validate_name(&name).is_err() {
+                continue;
+            }
+            let state = match self.read_state(&name) {
+                Ok(s) => s,
+                Err(BundleError::NotInstalled(_)) => {
+                    // A first install that never committed.
+                    remove_any(&dir)?;
+                    fsync_dir(&inst)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for v in fs::read_dir(&dir).map_err(BundleError::io(&dir))? {
+                let v = v.map_err(BundleError::io(&dir))?;
+                let f = v.file_name().to_string_lossy().to_string();
+                let keep = f == "state.json"
+                    || f == state.current
+                    || state.previous.as_deref() == Some(f.as_str());
+                if !keep {
+                    remove_any(&v.path())?;
+                }
+            }
+            fsync_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    fn read_state(&self, name: &str) -> Result<State, BundleError> {
+        let p = self.dir(name).join("state.json");
+        if !p.exists() {
+            return Err(BundleError::NotInstalled(name.to_string()));
+        }
+        let s: State = serde_json::from_slice(&read_small(&p)?)
+            .map_err(|e| BundleError::State(format!("{}: {e}", p.display())))?;
+        if !is_digest(&s.current) || s.previous.as_deref().is_some_and(|p| !is_digest(p)) {
+            return Err(BundleError::State(format!("{}: bad digest", p.display())));
+        }
+        Ok(s)
+    }
+
+    /// Commit a new state: temp file, fsync, rename, fsync dir.
+    fn write_state(&self, name: &str, st: &State, step: &str) -> Result<(), BundleError> {
+        let dir = self.dir(name);
+        let tmp = dir.join(format!(".state.json.tmp-{}", std::process::id()));
+        let bytes = serde_json::to_vec(st).map_err(|e| BundleError::State(e.to_string()))?;
+        {
+            let mut f = File::create(&tmp).map_err(BundleError::io(&tmp))?;
+            f.write_all(&bytes).map_err(BundleError::io(&tmp))?;
+            f.sync_all().map_err(BundleError::io(&tmp))?;
+        }
+        crash_point(&format!("{step}state-temp"));
+        let target = dir.join("state.json");
+        fs::rename(&tmp, &target).map_err(BundleError::io(&target))?;
+        fsync_dir(&dir)?;
+        crash_point(&format!("{step}committed"));
+        Ok(())
+    }
+
+    fn describe(
+        &self,
+        name: &str,
+        digest: &str,
+        previous: Option<&str>,
+    ) -> Result<InstalledBundle, BundleError> {
+        let vdir = self.dir(name).join(digest);
+        let meta: VersionMeta = serde_json::from_slice(&read_small(&vdir.join("meta.json"))?)
+            .map_err(|e| BundleError::State(format!("{}: {e}", vdir.display())))?;
+        let head = Head::parse_head_only(&read_small(&vdir.join("head"))?)?;
+        let manifest = Manifest::parse(&head.manifest_bytes)?;
+        let revoked = crate::keys::KeyId::parse_hex(&meta.key_id)
+            .and_then(|id| self.keyring().is_revoked(&id))
+            .unwrap_or(true);
+        let previous = match previous {
+            Some(p) => {
+                let ph = Head::parse_head_only(&read_small(&self.dir(name).join(p).join("head"))?)?;
+                let pm = Manifest::parse(&ph.manifest_bytes)?;
+                Some(PreviousVersion {
+                    version: pm.version,
+                    digest: p.to_string(),
+                })
+            }
+            None => None,
+        };
+        Ok(InstalledBundle {
+            name: name.to_string(),
+            version: manifest.version.clone(),
+            publisher: manifest.publisher.clone(),
+            publisher_key_id: meta.key_id,
+            digest: meta.digest,
+            verified_at: meta.verified_at,
+            state: if revoked { "key-revoked" } else { "installed" }.into(),
+            image_type: meta.image_type,
+            previous,
+            manifest,
+        })
+    }
+
+    /// Verify `bundle_file` and install it, or upgrade the installed version
+    /// (which is kept for rollback). Installing the current version again is a no-op.
+    pub fn install(&self, bundle_file: &Path) -> Result<InstalledBundle, BundleError> {
+        self.install_with(bundle_file, InstallOptions::default())
+    }
+
+    /// [`Store::install`] with options.
+    pub fn install_with(
+        &self,
+        bundle_file: &Path,
+        io: InstallOptions,
+    ) -> Result<InstalledBundle, BundleError> {
+        let _l = self.lock()?;
+        let stage = self
+            .tmp()
+            .join(format!("stage-{}-{}", std::process::id(), now_nanos()));
+        fs::create_dir(&stage).map_err(BundleError::io(&stage))?;
+        let res = self.install_locked(bundle_file, &stage, io);
+        if stage.exists() {
+            let _ = remove_any(&stage);
+        }
+        res
+    }
+
+    fn install_locked(
+        &self,
+        bundle_file: &Path,
+        stage: &Path,
+        io: InstallOptions,
+    ) -> Result<InstalledBundle, BundleError> {
+        let keyring = self.keyring();
+        // 1. Verify while copying the image: header, signature, digest, manifest.
+        let img_path = stage.join("image");
+        let verified = {
+            let f = File::create(&img_path).map_err(BundleError::io(&img_path))?;
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            let v = verify_file(bundle_file, &keyring, Some(&mut w))?;
+            let f = w
+                .into_inner()
+                .map_err(|e| BundleError::io(&img_path)(e.into_error()))?;
+            f.sync_all().map_err(BundleError::io(&img_path))?;
+            v
+        };
+        crash_point("copied");
+        let m = &verified.manifest;
+        m.check_policy(&self.opts.policy)?;
+        let name = m.name.clone();
+        let digest = verified.digest_hex();
+        let old = match self.read_state(&name) {
+            Ok(s) => Some(s),
+            Err(BundleError::NotInstalled(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(old) = &old {
+            if old.current == digest {
+                return self.describe(&name, &old.current, old.previous.as_deref());
+            }
+            let cur = self.describe(&name, &old.current, None)?;
+            let ord = compare_versions(&m.version, &cur.version);
+            if ord != std::cmp::Ordering::Greater && !io.allow_downgrade {
+                return Err(BundleError::Downgrade {
+                    name,
+                    installed: cur.version,
+                    offered: m.version.clone(),
+                });
+            }
+            let key = verified.key_id.to_string();
+            if cur.publisher_key_id != key && !io.allow_publisher_change {
+                return Err(BundleError::PublisherChanged {
+                    name,
+                    installed: cur.publisher_key_id,
+                    offered: key,
+                });
+            }
+        }
+        // 2. Stage head + meta.
+        fs::write(stage.join("head"), verified.head.to_bytes()).map_err(BundleError::io(stage))?;
+        let meta = VersionMeta {
+            key_id: verified.key_id.to_string(),
+            digest: digest.clone(),
+            verified_at: now(),
+            image_type: verified.head.header.image_type,
+        };
+        let mb = serde_json::to_vec_pretty(&meta).map_err(|e| BundleError::State(e.to_string()))?;
+        fs::write(stage.join("meta.json"), mb).map_err(BundleError::io(stage))?;
+        fsync_tree(stage)?;
+        crash_point("staged");
+        // 3. Check the image's contents through the kernel's own parser.
+        if self.opts.scan_image {
+            let mnt = stage.join("mnt");
+            fs::create_dir(&mnt).map_err(BundleError::io(&mnt))?;
+            let len = verified.head.header.image_len;
+            let mounted =
+                crate::mount::mount_image(&img_path, 0, len, meta.image_type, &mnt, true)?;
+            let r = crate::scan::scan_tree(mounted.path(), m, &self.opts.policy);
+            drop(mounted);
+            r?;
+            fs::remove_dir(&mnt).map_err(BundleError::io(&mnt))?;
+        }
+        crash_point("scanned");
+        // 4. Move the staged version into place (not yet referenced).
+        let ndir = self.dir(&name);
+        create_dir_durable(&ndir)?;
+        let vdir = ndir.join(&digest);
+        let reuse = vdir.exists(); // the previous version coming back
+        if !reuse {
+            fs::rename(stage, &vdir).map_err(BundleError::io(&vdir))?;
+            fsync_dir(&ndir)?;
+            fsync_dir(&self.tmp())?;
+        }
+        crash_point("moved");
+        // 5. Volumes exist before the version that needs them is current.
+        for v in &m.volumes {
+            create_dir_durable(&self.volume_path(&name, &v.name))?;
+        }
+        crash_point("volumes");
+        // 6. Commit.
+        let st = State {
+            current: digest.clone(),
+            previous: old.as_ref().map(|o| o.current.clone()),
+        };
+        self.write_state(&name, &st, "")?;
+        // 7. Drop the version that is neither current nor previous.
+        if let Some(gone) = old.and_then(|o| o.previous) {
+            if gone != st.current {
+                remove_any(&ndir.join(gone))?;
+                fsync_dir(&ndir)?;
+            }
+        }
+        crash_point("gc");
+        self.describe(&name, &st.current, st.previous.as_deref())
+    }
+
+    /// Make the previous version current again (the current one becomes
+    /// previous, so a rollback can itself be undone).
+    pub fn rollback(&self, name: &str) -> Result<InstalledBundle, BundleError> {
+        validate_name(name)?;
+        let _l = self.lock()?;
+        let st = self.read_state(name)?;
+        let prev = st
+            .previous
+            .clone()
+            .ok_or_else(|| BundleError::NoPrevious(name.to_string()))?;
+        // The previous version must still verify before it runs again.
+        self.check_version(name, &prev)?;
+        let new = State {
+            current: prev,
+            previous: Some(st.current),
+        };
+        self.write_state(name, &new, "rollback-")?;
+        self.describe(name, &new.current, new.previous.as_deref())
+    }
+
+    /// Remove `name`; its volumes too if `purge_volumes`.
+    pub fn remove(&self, name: &str, purge_volumes: bool) -> Result<(), BundleError> {
+        validate_name(name)?;
+        let _l = self.lock()?;
+        self.read_state(name)?;
+        let dir = self.dir(name);
+        let grave = self.tmp().join(format!("removed-{name}-{}", now_nanos()));
+        fs::rename(&dir, &grave).map_err(BundleError::io(&dir))?;
+        fsync_dir(&self.root.join("installed"))?;
+        crash_point("remove-renamed");
+        remove_any(&grave)?;
+        if purge_volumes {
+            let v = self.root.join("volumes").join(name);
+            if v.exists() {
+                remove_any(&v)?;
+                fsync_dir(&self.root.join("volumes"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// All installed bundles, sorted by name.
+    pub fn list(&self) -> Result<Vec<InstalledBundle>, BundleError> {
+        let inst = self.root.join("installed");
+        let mut names: Vec<String> = fs::read_dir(&inst)
+            .map_err(BundleError::io(&inst))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| validate_name(n).is_ok())
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        for n in names {
+            match self.read_state(&n) {
+                Ok(st) => out.push(self.describe(&n, &st.current, st.previous.as_deref())?),
+                Err(BundleError::NotInstalled(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One installed bundle.
+    pub fn get(&self, name: &str) -> Result<InstalledBundle, BundleError> {
+        validate_name(name)?;
+        let st = self.read_state(name)?;
+        self.describe(name, &st.current, st.previous.as_deref())
+    }
+
+    /// Re-check a stored version's signature against the keyring now (so a
+    /// revoked key stops its bundles) and its image size.
+    fn check_version(&self, name: &str, digest: &str) -> Result<PathBuf, BundleError> {
+        let vdir = self.dir(name).join(digest);
+        let head = Head::parse_head_only(&read_small(&vdir.join("head"))?)?;
+        verify_head(&head, &self.keyring() as &dyn KeyLookup)?;
+        if hex(&head.header.image_digest) != digest {
+            return Err(BundleError::State(format!(
+                "{}: digest does not match directory",
+                vdir.display()
+            )));
+        }
+        let img = vdir.join("image");
+        let len = fs::metadata(&img).map_err(BundleError::io(&img))?.len();
+        if len != head.header.image_len {
+            return Err(BundleError::Truncated {
+                expected: head.header.image_len,
+                actual: len,
+            });
+        }
+        Ok(img)
+    }
+
+    /// The verified image of the current version of `name`, for the
+    /// container runtime to mount (read-only, nosuid, nodev). Fails if the
+    /// signing key has been revoked since install.
+    pub fn image_path(&self, name: &str) -> Result<PathBuf, BundleError> {
+        validate_name(name)?;
+        let st = self.read_state(name)?;
+        self.check_version(name, &st.current)
+    }
+
+    /// Re-hash the current image of `name` and compare with its signed digest.
+    pub fn verify_installed(&self, name: &str) -> Result<(), BundleError> {
+        let img = self.image_path(name)?;
+        let mut f = File::open(&img).map_err(BundleError::io(&img))?;
+        let len = f.metadata().map_err(BundleError::io(&img))?.len();
+        let d = hex(&crate::verify::hash_exact(&mut f, len, None)?);
+        let st = self.read_state(name)?;
+        if d != st.current {
+            return Err(BundleError::DigestMismatch {
+                expected: st.current,
+                actual: d,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn remove_any(p: &Path) -> Result<(), BundleError> {
+    let md = match fs::symlink_metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(BundleError::io(p)(e)),
+    };
+    if md.is_dir() {
+        fs::remove_dir_all(p).map_err(BundleError::io(p))
+    } else {
+        fs::remove_file(p).map_err(BundleError::io(p))
+    }
+}
