@@ -113,7 +113,7 @@ mkdir -p "$work/datafs/nuvol"
 find "$work/datafs" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -L nuvol-data -U "$(uuid data-fs)" \
     -E "hash_seed=$(uuid data-hash),root_owner=0:0,lazy_itable_init=0,nodiscard" \
-    -O ^metadata_csum_seed -d "$work/datafs" "$data" "${DATA_MIB}M"
+    -O ^metadata_csum_seed -d "$work/datafs" "$data" "${DATA_MIB}M" >/dev/null
 
 # --- disk ------------------------------------------------------------------
 boot_start=2048

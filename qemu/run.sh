@@ -8,12 +8,14 @@
 #     --serial FILE          serial console to FILE instead of this terminal
 #     --mem MIB              guest memory; default 512
 #     --vars FILE            OVMF variable store to use (default: a temporary copy)
+#     --kernel K --initrd I --append CMDLINE
+#                            boot a kernel directly (benchmarks' Debian reference)
 #
 # Acceleration: KVM when it really works here (probed once and cached),
 # otherwise TCG. Set QEMU_ACCEL=kvm|tcg to force one.
 set -euo pipefail
 
-firmware=bios port=8080 qmp="" serial="" mem=512 vars=""
+firmware=bios port=8080 qmp="" serial="" mem=512 vars="" kernel="" initrd="" append=""
 while [ $# -gt 1 ]; do
     case $1 in
         --firmware) firmware=$2; shift 2 ;;
@@ -22,10 +24,13 @@ while [ $# -gt 1 ]; do
         --serial) serial=$2; shift 2 ;;
         --mem) mem=$2; shift 2 ;;
         --vars) vars=$2; shift 2 ;;
+        --kernel) kernel=$2; shift 2 ;;
+        --initrd) initrd=$2; shift 2 ;;
+        --append) append=$2; shift 2 ;;
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-[ $# -eq 1 ] || { sed -n '2,13p' "$0" >&2; exit 2; }
+[ $# -eq 1 ] || { sed -n '2,15p' "$0" >&2; exit 2; }
 image=$1
 [ -f "$image" ] || { echo "run.sh: no image at $image (run 'make image')" >&2; exit 1; }
 
@@ -33,7 +38,7 @@ accel=${QEMU_ACCEL:-$("$(dirname "$0")/probe-kvm.sh")}
 args=(-machine q35 -accel "$accel" -m "$mem" -smp 2 -nographic -no-user-config -nodefaults
       -drive "file=$image,if=virtio,format=raw,cache=unsafe"
       -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:80"
-      -device virtio-net-pci,netdev=n0
+      -device virtio-net-pci,netdev=n0,romfile=
       -device i6300esb -watchdog-action reset
       -device virtio-rng-pci)
 [ "$accel" = kvm ] && args+=(-cpu host) || args+=(-cpu qemu64)
@@ -50,6 +55,7 @@ case $firmware in
                -drive "if=pflash,format=raw,unit=1,file=$vars") ;;
     *) echo "run.sh: --firmware must be bios or uefi" >&2; exit 2 ;;
 esac
+[ -n "$kernel" ] && args+=(-kernel "$kernel" -initrd "$initrd" -append "$append")
 [ -n "$qmp" ] && args+=(-qmp "unix:$qmp,server=on,wait=off")
 if [ -n "$serial" ]; then
     args+=(-serial "file:$serial" -monitor none)

@@ -24,6 +24,8 @@ pub struct Status {
     pub disks: Vec<Disk>,
     pub interfaces: Vec<Interface>,
     pub config: ConfigState,
+    /// Resident memory of the agent process itself.
+    pub agent_rss_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,8 +132,26 @@ impl Collector {
             disks,
             interfaces: interfaces(),
             config: self.config.clone(),
+            agent_rss_bytes: self_rss_bytes(),
         }
     }
+}
+
+/// Resident set size of this process, from /proc/self/statm.
+pub fn self_rss_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64);
+    pages * page
 }
 
 fn prefix_len(mask: &IpAddr) -> u32 {
@@ -222,6 +242,10 @@ mod tests {
         assert_eq!(s.node_id, id.node_id);
         assert!(s.memory.total_bytes > 0 && s.memory.available_bytes <= s.memory.total_bytes);
         assert!(s.uptime_s > 0);
+        assert!(
+            s.agent_rss_bytes > 1 << 20,
+            "a test binary is over 1 MiB resident"
+        );
         assert!(!s.hostname.is_empty());
         let json = serde_json::to_value(&s).unwrap();
         for k in [
