@@ -29,7 +29,7 @@ use crate::manifest::{compare_versions, validate_name, Manifest, Policy};
 use crate::verify::{verify_file, verify_head, KeyLookup};
 
 /// Environment variable naming a step at which the process SIGKILLs itself
-/// (power-cut testing). Steps: `copied`, `staged`, `scanned`, `moved`,
+/// (power-cut testing). Steps: `copied`, `staged`, `mounted`, `scanned`, `moved`,
 /// `volumes`, `state-temp`, `committed`, `gc`, `rollback-state-temp`,
 /// `rollback-committed`, `remove-renamed`.
 pub const CRASH_ENV: &str = "NUVOL_BUNDLE_CRASH_AT";
@@ -388,6 +388,7 @@ impl Store {
             let len = verified.head.header.image_len;
             let mounted =
                 crate::mount::mount_image(&img_path, 0, len, meta.image_type, &mnt, true)?;
+            crash_point("mounted");
             let r = crate::scan::scan_tree(mounted.path(), m, &self.opts.policy);
             drop(mounted);
             r?;

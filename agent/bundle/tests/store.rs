@@ -1,0 +1,230 @@
+//! Install, upgrade, rollback, remove on a real store directory, with the
+//! image content scan done through a real loop mount (root only).
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use nuvol_bundle::build::assemble;
+use nuvol_bundle::{BundleError, ImageType, InstallOptions, SecretKey, Store, StoreOptions};
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        scan_image: is_root(),
+        ..StoreOptions::default()
+    }
+}
+
+#[test]
+fn install_upgrade_rollback_remove() {
+    let t = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let v1 = make_bundle(t.path(), &key, "web", "1.0");
+    let v2 = make_bundle(t.path(), &key, "web", "2.0");
+    let data = t.path().join("data");
+    let store = Store::open_with(&data, opts()).unwrap();
+
+    // Unknown key first.
+    assert!(matches!(
+        store.install(&v1),
+        Err(BundleError::UnknownKey(_))
+    ));
+    store
+        .keyring()
+        .add(&key.public(), "test publisher")
+        .unwrap();
+
+    let a = store.install(&v1).unwrap();
+    assert_eq!(
+        (a.name.as_str(), a.version.as_str(), a.state.as_str()),
+        ("web", "1.0", "installed")
+    );
+    assert_eq!(a.publisher_key_id, key.key_id.to_string());
+    assert!(a.previous.is_none());
+    let img = store.image_path("web").unwrap();
+    assert_eq!(fs::metadata(&img).unwrap().len(), {
+        let (_, h) = nuvol_bundle::verify::read_head(&v1).unwrap();
+        h.header.image_len
+    });
+    store.verify_installed("web").unwrap();
+
+    // Volume data survives upgrade and rollback.
+    let vol = store.volume_path("web", "data");
+    fs::write(vol.join("keep.txt"), "precious").unwrap();
+
+    let b = store.install(&v2).unwrap();
+    assert_eq!(b.version, "2.0");
+    assert_eq!(b.previous.as_ref().unwrap().version, "1.0");
+    // Same bundle again: no-op.
+    assert_eq!(store.install(&v2).unwrap().digest, b.digest);
+    // Downgrade refused, allowed with the option.
+    assert!(matches!(
+        store.install(&v1),
+        Err(BundleError::Downgrade { .. })
+    ));
+
+    let r = store.rollback("web").unwrap();
+    assert_eq!(r.version, "1.0");
+    assert_eq!(r.previous.as_ref().unwrap().version, "2.0");
+    assert_eq!(
+        fs::read_to_string(vol.join("keep.txt")).unwrap(),
+        "precious"
+    );
+    let r = store.rollback("web").unwrap();
+    assert_eq!(r.version, "2.0");
+
+    let list = store.list().unwrap();
+    assert_eq!(list.len(), 1);
+    let json = serde_json::to_value(&list[0]).unwrap();
+    for k in [
+        "name",
+        "version",
+        "publisher_key_id",
+        "digest",
+        "verified_at",
+        "state",
+        "previous",
+    ] {
+        assert!(json.get(k).is_some(), "{k} missing from {json}");
+    }
+
+    // Remove keeping volumes, then reinstall sees the data again.
+    store.remove("web", false).unwrap();
+    assert!(matches!(
+        store.get("web"),
+        Err(BundleError::NotInstalled(_))
+    ));
+    assert!(vol.join("keep.txt").exists());
+    store.install(&v1).unwrap();
+    store.remove("web", true).unwrap();
+    assert!(!vol.exists());
+    assert!(store.list().unwrap().is_empty());
+}
+
+#[test]
+fn revocation_and_publisher_pinning() {
+    let t = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let other = SecretKey::generate().unwrap();
+    let v1 = make_bundle(t.path(), &key, "web", "1.0");
+    let d2 = t.path().join("o");
+    fs::create_dir_all(&d2).unwrap();
+    let v2_other = make_bundle(&d2, &other, "web", "2.0");
+    let store = Store::open_with(&t.path().join("data"), opts()).unwrap();
+    store.keyring().add(&key.public(), "a").unwrap();
+    store.keyring().add(&other.public(), "b").unwrap();
+    store.install(&v1).unwrap();
+    assert!(matches!(
+        store.install(&v2_other),
+        Err(BundleError::PublisherChanged { .. })
+    ));
+    store
+        .install_with(
+            &v2_other,
+            InstallOptions {
+                allow_publisher_change: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // Revoking the old key makes its version unusable for rollback.
+    store.keyring().revoke(&key.key_id, "compromised").unwrap();
+    assert!(matches!(
+        store.rollback("web"),
+        Err(BundleError::RevokedKey(_))
+    ));
+    // Revoking the current key stops image_path and marks the listing.
+    store
+        .keyring()
+        .revoke(&other.key_id, "compromised")
+        .unwrap();
+    assert!(matches!(
+        store.image_path("web"),
+        Err(BundleError::RevokedKey(_))
+    ));
+    assert_eq!(store.get("web").unwrap().state, "key-revoked");
+    // Removal from the keyring (not revoked): unknown key.
+    let third = SecretKey::generate().unwrap();
+    store.keyring().add(&third.public(), "c").unwrap();
+    assert!(store.keyring().remove(&third.key_id).unwrap());
+    let v3 = make_bundle(&d2, &third, "app", "1.0");
+    assert!(matches!(
+        store.install(&v3),
+        Err(BundleError::UnknownKey(_))
+    ));
+}
+
+/// A correctly signed bundle whose image holds an escaping symlink, a
+/// setuid file or a device node is refused at install by the scan of the
+/// loop-mounted image (the builder's own check is bypassed here).
+#[test]
+fn install_scans_image_contents() {
+    if !is_root() {
+        eprintln!("install_scans_image_contents needs root (loop mounts); skipped");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let store = Store::open(&t.path().join("data")).unwrap();
+    store.keyring().add(&key.public(), "k").unwrap();
+    let mk = |n: &str, f: &dyn Fn(&std::path::Path)| {
+        let root = t.path().join(n);
+        make_rootfs(&root, n);
+        f(&root);
+        let img = t.path().join(format!("{n}.img"));
+        let st = std::process::Command::new("mksquashfs")
+            .arg(&root)
+            .arg(&img)
+            .args(["-noappend", "-quiet", "-no-progress"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = t.path().join(format!("{n}.nvb"));
+        assemble(
+            manifest_text("web", "1.0", "").as_bytes(),
+            &img,
+            ImageType::Squashfs,
+            &out,
+            Some(&key),
+        )
+        .unwrap();
+        out
+    };
+    let esc = mk("esc", &|r| {
+        std::os::unix::fs::symlink("../../../etc/shadow", r.join("bin/x")).unwrap()
+    });
+    assert!(matches!(
+        store.install(&esc),
+        Err(BundleError::SymlinkEscape { .. })
+    ));
+    let suid = mk("suid", &|r| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(r.join("bin/serve"), fs::Permissions::from_mode(0o4755)).unwrap()
+    });
+    // mksquashfs without -all-root keeps the mode bits.
+    assert!(matches!(store.install(&suid), Err(BundleError::Setuid(_))));
+    let dev = mk("dev", &|r| {
+        let c = std::ffi::CString::new(r.join("null").to_str().unwrap()).unwrap();
+        // SAFETY: valid path.
+        assert_eq!(
+            unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+            0
+        );
+    });
+    assert!(matches!(
+        store.install(&dev),
+        Err(BundleError::DeviceNode(_))
+    ));
+    let ok = mk("ok", &|_| {});
+    store.install(&ok).unwrap();
+    // Nothing left mounted or staged.
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(t.path().to_str().unwrap()));
+    assert_eq!(
+        fs::read_dir(t.path().join("data/bundles/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
