@@ -1,1 +1,316 @@
-//! nuvol-catalog
+//! nuvol-catalog: one catalog of members and services learned from Serf
+//! gossip (nuvol's own `svc:` tags and Cloudy's `services` tag) and from
+//! mDNS/DNS-SD, with Vivaldi RTT estimates, sorted nearest first.
+#![forbid(unsafe_code)]
+
+pub mod cloudy;
+pub mod discovery;
+
+pub use discovery::{DiscoveryConfig, DiscoveryHandle, LocalService};
+
+use nuvol_gossip::{Member, Status};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Tag prefix of nuvol's own service scheme: `svc:<name>=<type>:<port>`
+/// (for example `svc:web=_http._tcp:80`), readable with
+/// `serf members -tag svc:web=.*`.
+pub const SVC_PREFIX: &str = "svc:";
+/// Tag holding the zone/role: `super` (super node) or `ordinary`.
+pub const ZONE_TAG: &str = "zone";
+
+/// Where an entry was learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// nuvol `svc:` tag over Serf
+    Serf,
+    /// Cloudy/avahi-ps `services` tag over Serf
+    Cloudy,
+    /// mDNS/DNS-SD
+    Mdns,
+}
+
+/// One service offered somewhere.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    /// service instance name or description
+    pub name: String,
+    /// DNS-SD type, e.g. `_http._tcp`
+    pub service_type: String,
+    /// node that offers it
+    pub node: String,
+    /// node zone (`super`/`ordinary`/empty)
+    pub zone: String,
+    /// address to connect to
+    pub addr: Option<IpAddr>,
+    /// port
+    pub port: u16,
+    /// TXT record / extra attributes
+    pub txt: BTreeMap<String, String>,
+    /// where we learned it
+    pub source: Source,
+    /// is the node alive
+    pub healthy: bool,
+    /// Vivaldi RTT estimate (ms)
+    pub rtt_estimate_ms: Option<f64>,
+    /// measured probe RTT (ms)
+    pub rtt_ms: Option<f64>,
+}
+
+/// A member as the catalog shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemberView {
+    /// node name
+    pub name: String,
+    /// gossip address
+    pub addr: String,
+    /// zone
+    pub zone: String,
+    /// `alive`, `leaving`, `left`, `failed`
+    pub status: &'static str,
+    /// tags
+    pub tags: BTreeMap<String, String>,
+    /// Vivaldi RTT estimate (ms)
+    pub rtt_estimate_ms: Option<f64>,
+    /// measured probe RTT (ms)
+    pub rtt_ms: Option<f64>,
+}
+
+fn ms(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64() * 1000.0)
+}
+
+/// The members as the API lists them.
+pub fn member_views(members: &[Member]) -> Vec<MemberView> {
+    members
+        .iter()
+        .map(|m| MemberView {
+            name: m.name.clone(),
+            addr: m.addr.to_string(),
+            zone: m.tags.get(ZONE_TAG).cloned().unwrap_or_default(),
+            status: m.status.as_str(),
+            tags: m.tags.clone(),
+            rtt_estimate_ms: ms(m.rtt_estimate),
+            rtt_ms: ms(m.rtt),
+        })
+        .collect()
+}
+
+/// Parse one `svc:` tag value `<type>:<port>`.
+fn parse_svc(v: &str) -> Option<(String, u16)> {
+    let (t, p) = v.rsplit_once(':')?;
+    Some((t.to_string(), p.parse().ok()?))
+}
+
+/// Services announced by gossip members (both tag schemes).
+pub fn services_from_members(members: &[Member]) -> Vec<Service> {
+    let mut out = Vec::new();
+    for m in members {
+        if matches!(m.status, Status::Left) {
+            continue;
+        }
+        let zone = m.tags.get(ZONE_TAG).cloned().unwrap_or_default();
+        let healthy = m.status == Status::Alive;
+        let base =
+            |name: String, ty: String, addr: Option<IpAddr>, port: u16, txt, source| Service {
+                name,
+                service_type: ty,
+                node: m.name.clone(),
+                zone: zone.clone(),
+                addr,
+                port,
+                txt,
+                source,
+                healthy,
+                rtt_estimate_ms: ms(m.rtt_estimate),
+                rtt_ms: ms(m.rtt),
+            };
+        for (k, v) in &m.tags {
+            if let Some(name) = k.strip_prefix(SVC_PREFIX) {
+                if let Some((ty, port)) = parse_svc(v) {
+                    out.push(base(
+                        name.to_string(),
+                        ty,
+                        Some(m.addr.ip()),
+                        port,
+                        BTreeMap::new(),
+                        Source::Serf,
+                    ));
+                }
+            }
+        }
+        if let Some(tag) = m.tags.get(cloudy::TAG) {
+            if let Ok(list) = cloudy::decode(tag) {
+                for s in list {
+                    let addr = s.ip.parse().ok().or(Some(m.addr.ip()));
+                    let mut txt = BTreeMap::new();
+                    if !s.txt.is_empty() {
+                        txt.insert("txt".to_string(), s.txt.clone());
+                    }
+                    if !s.microcloud.is_empty() {
+                        txt.insert("microcloud".to_string(), s.microcloud.clone());
+                    }
+                    out.push(base(
+                        s.description,
+                        s.service_type,
+                        addr,
+                        s.port,
+                        txt,
+                        Source::Cloudy,
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What a client asks for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceQuery {
+    /// only this DNS-SD type
+    pub service_type: Option<String>,
+    /// sort nearest first
+    pub near: bool,
+    /// our zone, preferred on ties
+    pub zone: Option<String>,
+    /// only healthy providers
+    pub healthy_only: bool,
+}
+
+/// Filter and sort: healthy first, then by RTT (measured if known, else
+/// the Vivaldi estimate; unknown last), ties prefer `zone`, then by node.
+pub fn query(mut all: Vec<Service>, q: &ServiceQuery) -> Vec<Service> {
+    all.retain(|s| q.service_type.as_ref().is_none_or(|t| s.service_type == *t));
+    if q.healthy_only {
+        all.retain(|s| s.healthy);
+    }
+    if q.near {
+        let key = |s: &Service| {
+            let rtt = s.rtt_estimate_ms.or(s.rtt_ms).unwrap_or(f64::INFINITY);
+            // 0.1 ms buckets so near-equal RTTs count as ties
+            let bucket = if rtt.is_finite() {
+                (rtt * 10.0).round() as u64
+            } else {
+                u64::MAX
+            };
+            let same_zone = q.zone.as_ref().is_some_and(|z| *z == s.zone);
+            (
+                !s.healthy,
+                bucket,
+                !same_zone,
+                s.node.clone(),
+                s.name.clone(),
+            )
+        };
+        all.sort_by_key(key);
+    } else {
+        all.sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn member(
+        name: &str,
+        zone: &str,
+        rtt_ms: u64,
+        status: Status,
+        tags: &[(&str, &str)],
+    ) -> Member {
+        let mut t: BTreeMap<String, String> = tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        t.insert(ZONE_TAG.into(), zone.into());
+        Member {
+            name: name.into(),
+            addr: SocketAddr::from(([10, 0, 0, 1], 7946)),
+            tags: t,
+            status,
+            rtt: None,
+            rtt_estimate: Some(Duration::from_millis(rtt_ms)),
+            coordinate: None,
+            vsn: [1, 5, 2, 2, 5, 4],
+        }
+    }
+
+    #[test]
+    fn nearest_healthy_first_ties_prefer_zone() {
+        let ms = vec![
+            member(
+                "far",
+                "super",
+                80,
+                Status::Alive,
+                &[("svc:web", "_http._tcp:80")],
+            ),
+            member(
+                "near-dead",
+                "super",
+                1,
+                Status::Failed,
+                &[("svc:web", "_http._tcp:80")],
+            ),
+            member(
+                "tie-other",
+                "ordinary",
+                10,
+                Status::Alive,
+                &[("svc:web", "_http._tcp:8080")],
+            ),
+            member(
+                "tie-same",
+                "super",
+                10,
+                Status::Alive,
+                &[("svc:web", "_http._tcp:80")],
+            ),
+            member(
+                "ssh",
+                "super",
+                1,
+                Status::Alive,
+                &[("svc:ssh", "_ssh._tcp:22")],
+            ),
+        ];
+        let all = services_from_members(&ms);
+        let q = ServiceQuery {
+            service_type: Some("_http._tcp".into()),
+            near: true,
+            zone: Some("super".into()),
+            healthy_only: false,
+        };
+        let r = query(all, &q);
+        let order: Vec<&str> = r.iter().map(|s| s.node.as_str()).collect();
+        assert_eq!(order, vec!["tie-same", "tie-other", "far", "near-dead"]);
+        assert_eq!(r[1].port, 8080);
+    }
+
+    #[test]
+    fn cloudy_tag_becomes_services() {
+        let tag = cloudy::encode(&[cloudy::CloudyService {
+            service_type: "_http._tcp".into(),
+            description: "Syncthing".into(),
+            host: "cloudy1".into(),
+            ip: "10.1.2.3".into(),
+            port: 8384,
+            microcloud: "guifi".into(),
+            txt: String::new(),
+        }])
+        .unwrap();
+        let m = member("cloudy1", "", 5, Status::Alive, &[(cloudy::TAG, &tag)]);
+        let s = services_from_members(&[m]);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].source, Source::Cloudy);
+        assert_eq!(s[0].addr, "10.1.2.3".parse().ok());
+        assert_eq!(s[0].port, 8384);
+    }
+}

@@ -1,0 +1,183 @@
+//! The entry point the agent uses: start gossip, announce services, list
+//! members and services nearest first.
+
+use crate::cloudy::{self, CloudyService};
+use crate::{
+    member_views, query, services_from_members, MemberView, Service, ServiceQuery, SVC_PREFIX,
+    ZONE_TAG,
+};
+use nuvol_gossip::{Config, Event, GossipError, Handle, Profile};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use tokio::sync::broadcast;
+
+/// A service this box announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalService {
+    /// short name (tag key `svc:<name>`)
+    pub name: String,
+    /// DNS-SD type, e.g. `_http._tcp`
+    pub service_type: String,
+    /// port
+    pub port: u16,
+    /// description (Cloudy `d`)
+    pub description: String,
+}
+
+/// How to start discovery.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// node name
+    pub node_name: String,
+    /// gossip bind address (Serf: 7946; Cloudy: 5000)
+    pub bind: SocketAddr,
+    /// advertised address
+    pub advertise: Option<SocketAddr>,
+    /// seeds
+    pub join: Vec<SocketAddr>,
+    /// extra tags
+    pub tags: BTreeMap<String, String>,
+    /// `super` or `ordinary`
+    pub zone: String,
+    /// encryption key (16/24/32 bytes)
+    pub encrypt_key: Option<Vec<u8>>,
+    /// timing profile (Cloudy used WAN)
+    pub profile: Profile,
+    /// services to announce
+    pub services: Vec<LocalService>,
+    /// also publish the Cloudy `services` tag
+    pub cloudy_compat: bool,
+}
+
+/// A running discovery.
+#[derive(Debug, Clone)]
+pub struct DiscoveryHandle {
+    gossip: Handle,
+    zone: String,
+    base_tags: BTreeMap<String, String>,
+    cloudy_compat: bool,
+}
+
+/// Tags announcing `services` (nuvol scheme, plus Cloudy's if asked and
+/// it fits).
+pub fn service_tags(
+    base: &BTreeMap<String, String>,
+    zone: &str,
+    node: &str,
+    ip: &str,
+    services: &[LocalService],
+    cloudy_compat: bool,
+) -> BTreeMap<String, String> {
+    let mut tags = base.clone();
+    if !zone.is_empty() {
+        tags.insert(ZONE_TAG.to_string(), zone.to_string());
+    }
+    for s in services {
+        tags.insert(
+            format!("{SVC_PREFIX}{}", s.name),
+            format!("{}:{}", s.service_type, s.port),
+        );
+    }
+    if cloudy_compat && !services.is_empty() {
+        let list: Vec<CloudyService> = services
+            .iter()
+            .map(|s| CloudyService {
+                service_type: s.service_type.clone(),
+                description: if s.description.is_empty() {
+                    s.name.clone()
+                } else {
+                    s.description.clone()
+                },
+                host: node.to_string(),
+                ip: ip.to_string(),
+                port: s.port,
+                microcloud: String::new(),
+                txt: String::new(),
+            })
+            .collect();
+        if let Ok(t) = cloudy::encode(&list) {
+            tags.insert(cloudy::TAG.to_string(), t);
+        }
+    }
+    tags
+}
+
+impl DiscoveryHandle {
+    /// Start gossip and announce the configured services.
+    pub async fn start(cfg: DiscoveryConfig) -> Result<DiscoveryHandle, GossipError> {
+        let mut g = Config::new(cfg.node_name.clone(), cfg.bind, cfg.profile);
+        g.advertise = cfg.advertise;
+        g.join = cfg.join.clone();
+        g.keys = cfg.encrypt_key.clone().into_iter().collect();
+        let ip = cfg.advertise.unwrap_or(cfg.bind).ip().to_string();
+        g.tags = service_tags(
+            &cfg.tags,
+            &cfg.zone,
+            &cfg.node_name,
+            &ip,
+            &cfg.services,
+            cfg.cloudy_compat,
+        );
+        let gossip = Handle::start(g).await?;
+        Ok(DiscoveryHandle {
+            gossip,
+            zone: cfg.zone,
+            base_tags: cfg.tags,
+            cloudy_compat: cfg.cloudy_compat,
+        })
+    }
+    /// Members for `GET /api/v1/members`.
+    pub fn members(&self) -> Vec<MemberView> {
+        member_views(&self.gossip.members())
+    }
+    /// Services for `GET /api/v1/services` (our zone preferred on ties).
+    pub fn services(&self, q: &ServiceQuery) -> Vec<Service> {
+        let mut q = q.clone();
+        if q.zone.is_none() && !self.zone.is_empty() {
+            q.zone = Some(self.zone.clone());
+        }
+        query(services_from_members(&self.gossip.members()), &q)
+    }
+    /// Join/leave/fail/user/query events.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.gossip.events()
+    }
+    /// Re-announce a new set of services.
+    pub fn set_services(&self, services: &[LocalService]) -> Result<(), GossipError> {
+        let ip = self.gossip.advertise().ip().to_string();
+        let tags = service_tags(
+            &self.base_tags,
+            &self.zone,
+            self.gossip.name(),
+            &ip,
+            services,
+            self.cloudy_compat,
+        );
+        self.gossip.set_tags(tags)
+    }
+    /// Replace the extra tags (services are re-announced by `set_services`).
+    pub fn set_tags(&self, tags: BTreeMap<String, String>) -> Result<(), GossipError> {
+        self.gossip.set_tags(tags)
+    }
+    /// Send a Serf user event.
+    pub fn user_event(
+        &self,
+        name: &str,
+        payload: &[u8],
+        coalesce: bool,
+    ) -> Result<(), GossipError> {
+        self.gossip.user_event(name, payload, coalesce)
+    }
+    /// The gossip node (queries, stats, coordinates).
+    pub fn gossip(&self) -> &Handle {
+        &self.gossip
+    }
+    /// Leave gracefully.
+    pub async fn leave(&self) {
+        self.gossip.leave().await
+    }
+    /// Stop without leaving.
+    pub fn shutdown(&self) {
+        self.gossip.shutdown()
+    }
+}
