@@ -1,0 +1,152 @@
+//! `nuvol agent` as a real process on this host (not PID 1): the API, the
+//! panel, a bad provisioning file, and a prompt exit on SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Agent {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Agent {
+    fn start(tag: &str, config: &str) -> Agent {
+        let dir = std::env::temp_dir().join(format!("nuvol-agent-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("nuvol.toml"), config).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_nuvol"))
+            .args(["agent", "--config"])
+            .arg(dir.join("nuvol.toml"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("NUVOL_RUN_DIR", dir.join("run"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let a = Agent { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "agent did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        a
+    }
+
+    fn req(&self, method: &str, path: &str) -> (u16, String, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (code, head.to_ascii_lowercase(), body.to_string())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn status_api_and_panel() {
+    let a = Agent::start("ok", "hostname = \"ignored-off-box\"\n");
+    let (code, head, body) = a.req("GET", "/api/v1/status");
+    assert_eq!(code, 200);
+    assert!(head.contains("content-type: application/json"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["node_id"].as_str().unwrap().len(), 32);
+    assert_eq!(v["boot_count"], 1);
+    assert!(v["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["name"] == "lo"));
+    assert_eq!(v["config"]["problem"], serde_json::Value::Null);
+    let (code, head, page) = a.req("GET", "/");
+    assert_eq!(code, 200);
+    assert!(head.contains("text/html"));
+    assert!(
+        page.contains("<h1 id=hostname>") && page.contains("Interfaces"),
+        "{page}"
+    );
+}
+
+#[test]
+fn unknown_routes_and_methods_get_json_errors() {
+    let a = Agent::start("err", "");
+    let (code, _, body) = a.req("GET", "/nope");
+    assert_eq!(code, 404);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+    let (code, _, body) = a.req("DELETE", "/api/v1/status");
+    assert_eq!(code, 405);
+    assert!(body.contains("method_not_allowed"));
+    // Test hooks are off unless nuvol.toml turns them on.
+    let (code, _, _) = a.req("POST", "/api/v1/debug/kill");
+    assert_eq!(code, 404);
+    // Network is not managed on a development host.
+    let (code, _, body) = a.req("GET", "/api/v1/network");
+    assert_eq!(code, 503, "{body}");
+}
+
+#[test]
+fn bad_config_is_reported_with_line_and_defaults_apply() {
+    let a = Agent::start("bad", "[panel]\nport = 80\ncolour = \"blue\"\n");
+    let (_, _, body) = a.req("GET", "/api/v1/status");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let p = v["config"]["problem"].as_str().unwrap();
+    assert!(p.contains("nuvol.toml:3:1") && p.contains("colour"), "{p}");
+    let (_, _, page) = a.req("GET", "/");
+    assert!(page.contains("id=config-problem") && page.contains("colour"));
+}
+
+#[test]
+fn sigterm_stops_the_agent_promptly() {
+    let mut a = Agent::start("term", "");
+    let t = Instant::now();
+    nix_kill(a.child.id());
+    let st = a.child.wait().unwrap();
+    assert!(st.success(), "clean exit on SIGTERM: {st}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let mut err = String::new();
+    a.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("nuvol: ready: panel at http://127.0.0.1:"),
+        "{err}"
+    );
+}
+
+fn nix_kill(pid: u32) {
+    assert!(Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success());
+}
