@@ -28,6 +28,25 @@ pub struct NetworkConfig {
     /// Per-interface settings; empty means DHCPv4 on every wired NIC.
     #[serde(rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
+    /// The container bridge `nuvol0` and its address range.
+    pub containers: ContainerNetworkConfig,
+}
+
+/// `[network.containers]`: the bridge containers attach to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerNetworkConfig {
+    /// Private IPv4 range; the bridge takes the first host address, each
+    /// container the next free one. Outbound traffic is masqueraded.
+    pub subnet: ipnet::Ipv4Net,
+}
+
+impl Default for ContainerNetworkConfig {
+    fn default() -> Self {
+        ContainerNetworkConfig {
+            subnet: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 88, 0, 0), 24).unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -81,7 +100,30 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 impl NetworkConfig {
+    /// Validate on its own (as `apply` does for a new config); the error
+    /// reads `key: message`, the key as in nuvol.toml.
+    pub fn check(&self) -> Result<(), String> {
+        self.validate().map_err(|(k, m)| format!("{k}: {m}"))
+    }
+
     pub(crate) fn validate(&self) -> Result<(), (String, String)> {
+        let c = &self.containers.subnet;
+        if c.prefix_len() > 30 || !c.network().is_private() {
+            return Err((
+                "network.containers.subnet".into(),
+                format!("{c} must be a private IPv4 range of /30 or larger"),
+            ));
+        }
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            for a in &iface.addresses {
+                if a.contains(&IpAddr::V4(c.network())) || IpNet::V4(*c).contains(&a.network()) {
+                    return Err((
+                        "network.containers.subnet".into(),
+                        format!("{c} overlaps {a} (network.interface[{i}].addresses)"),
+                    ));
+                }
+            }
+        }
         for (i, iface) in self.interfaces.iter().enumerate() {
             let key = |k: &str| format!("network.interface[{i}].{k}");
             match (&iface.name, &iface.mac) {
@@ -174,5 +216,25 @@ mod tests {
         assert!(e.contains("network.interface[0].name"), "{e}");
         let e = parse("[[network.interface]]\nmac = \"zz:00\"\n").unwrap_err();
         assert!(e.contains("network.interface[0].mac"), "{e}");
+    }
+
+    #[test]
+    fn container_subnet_defaults_and_is_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.network.containers.subnet.to_string(), "10.88.0.0/24");
+        let e = parse("[network.containers]\nsubnet = \"8.8.8.0/24\"\n").unwrap_err();
+        assert!(e.contains("network.containers.subnet"), "{e}");
+        let e = parse("[network.containers]\nsubnet = \"10.1.0.0/16\"\n[[network.interface]]\nname = \"eth0\"\naddresses = [\"10.1.2.3/24\"]\n").unwrap_err();
+        assert!(e.contains("overlaps"), "{e}");
+    }
+
+    #[test]
+    fn check_names_the_key() {
+        let mut n = crate::NetworkConfig::default();
+        n.interfaces.push(crate::InterfaceConfig::default());
+        assert!(n
+            .check()
+            .unwrap_err()
+            .starts_with("network.interface[0].name:"));
     }
 }

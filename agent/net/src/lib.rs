@@ -1,0 +1,592 @@
+//! nuvol networking: links, DHCPv4, static addresses and routes, DNS and
+//! the container bridge, all through netlink (never `ip`).
+//!
+//! ```no_run
+//! # async fn f(cfg: nuvol_config::NetworkConfig) -> Result<(), nuvol_net::NetError> {
+//! let net = nuvol_net::start(cfg, nuvol_net::NetOptions::new("/etc/resolv.conf", "/var/lib/nuvol/net", "nuvol")).await?;
+//! let status = net.status();          // serde::Serialize, for GET /api/v1/network
+//! net.shutdown().await;               // DHCP RELEASE, stop tasks
+//! # let _ = status; Ok(()) }
+//! ```
+//!
+//! `start` returns at once; a manager task owns the state and reconciles
+//! the kernel against the desired state on every netlink event, DHCP lease
+//! change and `apply`. A reconcile that finds nothing to change makes no
+//! netlink writes ([`NetHandle::netlink_writes`] counts them).
+
+mod dhcp;
+mod fsutil;
+mod kernel;
+mod plan;
+mod status;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use nuvol_config::NetworkConfig;
+use rtnetlink::MulticastGroup;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use dhcp::{DhcpState, Lease};
+pub use status::{
+    ContainerStatus, DhcpStatus, InterfaceStatus, NetworkStatus, PublishedPort, RouteStatus,
+};
+
+use kernel::{Addr, Kernel, KernelState};
+use plan::Action;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("netlink: {what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A config `apply` refused; the message names the nuvol.toml key.
+    #[error("{0}")]
+    Config(String),
+    /// The kernel refused part of a new config; the previous one is back.
+    #[error("could not apply the new network config ({0}); keeping the previous one")]
+    Rejected(String),
+    #[error("nftables: {0}")]
+    Nft(String),
+    #[error("container network: {0}")]
+    Container(String),
+    #[error("the network manager has stopped")]
+    Stopped,
+}
+
+/// Where the network component keeps its files.
+#[derive(Debug, Clone)]
+pub struct NetOptions {
+    /// Written atomically whenever the name servers change.
+    pub resolv_conf: PathBuf,
+    /// DHCP leases (`lease-<iface>.json`), for INIT-REBOOT after a restart.
+    pub state_dir: PathBuf,
+    /// Sent as DHCP option 12.
+    pub hostname: String,
+}
+
+impl NetOptions {
+    pub fn new(
+        resolv_conf: impl Into<PathBuf>,
+        state_dir: impl Into<PathBuf>,
+        hostname: impl Into<String>,
+    ) -> Self {
+        NetOptions {
+            resolv_conf: resolv_conf.into(),
+            state_dir: state_dir.into(),
+            hostname: hostname.into(),
+        }
+    }
+}
+
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// A container's network namespace: the PID of a process in it, or an
+/// open `/proc/<pid>/ns/net` (or bind-mounted netns) file.
+#[derive(Debug)]
+pub enum Netns {
+    Pid(u32),
+    File(std::fs::File),
+}
+
+enum Command {
+    Apply(NetworkConfig, oneshot::Sender<Result<(), NetError>>),
+    Reconcile(oneshot::Sender<Result<u64, NetError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The running network component.
+pub struct NetHandle {
+    cmd: mpsc::UnboundedSender<Command>,
+    status: Arc<Mutex<NetworkStatus>>,
+    writes: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+/// Start managing the network. Returns once the netlink sockets are open;
+/// links, DHCP and resolv.conf are handled by spawned tasks on the current
+/// runtime (a current-thread runtime is fine). An invalid `cfg` is
+/// reported in [`NetworkStatus::config_error`] and replaced by the default
+/// (DHCPv4 on every wired NIC), so a typo never takes the box off the
+/// network.
+pub async fn start(cfg: NetworkConfig, opts: NetOptions) -> Result<NetHandle, NetError> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let conn_task = tokio::spawn(conn);
+    let (mut mconn, _mhandle, events) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
+        MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
+    ])?;
+    // Large receive buffer: a burst of events must not overflow (ENOBUFS
+    // would only cost a full re-dump, but avoid it anyway).
+    {
+        use rtnetlink::sys::AsyncSocket;
+        let _ = mconn.socket_mut().socket_mut().set_rx_buf_sz(1 << 20);
+    }
+    let mconn_task = tokio::spawn(mconn);
+    let writes = Arc::new(AtomicU64::new(0));
+    let status = Arc::new(Mutex::new(NetworkStatus::default()));
+    let (cfg, config_error) = match cfg.check() {
+        Ok(()) => (cfg, None),
+        Err(e) => {
+            tracing::error!("network config refused, using DHCP on every wired NIC: {e}");
+            (NetworkConfig::default(), Some(e))
+        }
+    };
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (dhcp_tx, dhcp_rx) = mpsc::unbounded_channel();
+    let kernel = Kernel::new(handle, writes.clone());
+    let mgr = Manager {
+        kernel,
+        cfg,
+        opts,
+        config_error,
+        reconcile_error: None,
+        leases: BTreeMap::new(),
+        dhcp_states: BTreeMap::new(),
+        clients: HashMap::new(),
+        owned: BTreeSet::new(),
+        last_resolv: None,
+        status: status.clone(),
+        dhcp_tx,
+        aux_tasks: vec![conn_task, mconn_task],
+    };
+    let task = tokio::spawn(mgr.run(cmd_rx, dhcp_rx, events));
+    Ok(NetHandle {
+        cmd: cmd_tx,
+        status,
+        writes,
+        task,
+    })
+}
+
+impl NetHandle {
+    /// A snapshot for `GET /api/v1/network`, refreshed after every reconcile.
+    pub fn status(&self) -> NetworkStatus {
+        let mut s = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        s.netlink_writes = self.netlink_writes();
+        s
+    }
+
+    /// Netlink writes (link, address, route, nftables changes) since start.
+    pub fn netlink_writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, NetError>>) -> Command,
+    ) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(make(tx)).map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Make `cfg` the desired state. A config that fails validation, names
+    /// an interface that does not exist, or that the kernel refuses leaves
+    /// the previous one in force and returns the reason.
+    pub async fn apply(&self, cfg: NetworkConfig) -> Result<(), NetError> {
+        self.call(|tx| Command::Apply(cfg, tx)).await
+    }
+
+    /// Reconcile now; returns the number of netlink writes it made.
+    pub async fn reconcile(&self) -> Result<u64, NetError> {
+        self.call(Command::Reconcile).await
+    }
+
+    /// Release DHCP leases and stop every task.
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.send(Command::Shutdown(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        }
+        self.task.abort();
+    }
+}
+
+struct ClientHandle {
+    control: watch::Sender<dhcp::Control>,
+    task: JoinHandle<()>,
+}
+
+struct Manager {
+    kernel: Kernel,
+    cfg: NetworkConfig,
+    opts: NetOptions,
+    config_error: Option<String>,
+    reconcile_error: Option<String>,
+    leases: BTreeMap<u32, Lease>,
+    dhcp_states: BTreeMap<u32, DhcpState>,
+    clients: HashMap<u32, ClientHandle>,
+    owned: BTreeSet<Addr>,
+    last_resolv: Option<String>,
+    status: Arc<Mutex<NetworkStatus>>,
+    dhcp_tx: mpsc::UnboundedSender<dhcp::Report>,
+    aux_tasks: Vec<JoinHandle<()>>,
+}
+
+type Events = futures::channel::mpsc::UnboundedReceiver<(
+    rtnetlink::packet_core::NetlinkMessage<rtnetlink::packet_route::RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+)>;
+
+impl Manager {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::UnboundedReceiver<Command>,
+        mut reports: mpsc::UnboundedReceiver<dhcp::Report>,
+        mut events: Events,
+    ) {
+        let _ = self.reconcile().await;
+        loop {
+            let mut dirty = false;
+            tokio::select! {
+                c = cmds.recv() => match c {
+                    None => break,
+                    Some(Command::Shutdown(done)) => {
+                        self.shutdown().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(c) => self.command(c).await,
+                },
+                r = reports.recv() => if let Some(r) = r {
+                    self.report(r);
+                    dirty = true;
+                },
+                e = events.next() => {
+                    if e.is_none() {
+                        tracing::error!("netlink event socket closed");
+                        break;
+                    }
+                    dirty = true;
+                }
+                _ = tokio::time::sleep(Duration::from_secs(60)) => dirty = true,
+            }
+            if dirty {
+                // Coalesce a burst (our own writes echo back as events).
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                while let Some(Some(_)) = events.next().now_or_never() {}
+                while let Ok(r) = reports.try_recv() {
+                    self.report(r);
+                }
+                let _ = self.reconcile().await;
+            }
+        }
+        self.shutdown().await;
+    }
+
+    fn report(&mut self, r: dhcp::Report) {
+        self.dhcp_states.insert(r.ifindex, r.state);
+        match r.lease {
+            Some(l) => {
+                self.leases.insert(r.ifindex, l);
+            }
+            None => {
+                self.leases.remove(&r.ifindex);
+            }
+        }
+    }
+
+    async fn command(&mut self, c: Command) {
+        match c {
+            Command::Apply(cfg, tx) => {
+                let r = self.apply(cfg).await;
+                let _ = tx.send(r);
+            }
+            Command::Reconcile(tx) => {
+                let _ = tx.send(self.reconcile().await);
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    async fn apply(&mut self, cfg: NetworkConfig) -> Result<(), NetError> {
+        if let Err(e) = cfg.check() {
+            tracing::error!("network config refused: {e}");
+            self.config_error = Some(e.clone());
+            self.publish_status();
+            return Err(NetError::Config(e));
+        }
+        let st = self.kernel.snapshot().await?;
+        if let Some(e) = plan::unknown_interfaces(&cfg, &st) {
+            tracing::error!("network config refused: {e}");
+            self.config_error = Some(e.clone());
+            self.publish_status();
+            return Err(NetError::Config(e));
+        }
+        let old = std::mem::replace(&mut self.cfg, cfg);
+        tracing::info!("applying new network config");
+        match self.reconcile().await {
+            Ok(_) => {
+                self.config_error = None;
+                self.publish_status();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("new network config failed ({e}); restoring the previous one");
+                self.cfg = old;
+                let _ = self.reconcile().await;
+                let msg = e.to_string();
+                self.config_error = Some(msg.clone());
+                self.publish_status();
+                Err(NetError::Rejected(msg))
+            }
+        }
+    }
+
+    /// Bring the kernel to the desired state. Returns the writes made.
+    async fn reconcile(&mut self) -> Result<u64, NetError> {
+        let before = self.kernel.writes();
+        let r = self.reconcile_inner().await;
+        self.reconcile_error = r.as_ref().err().map(|e| e.to_string());
+        if let Err(e) = &r {
+            tracing::warn!("reconcile: {e}");
+        }
+        self.publish_status();
+        r.map(|()| self.kernel.writes() - before)
+    }
+
+    async fn reconcile_inner(&mut self) -> Result<(), NetError> {
+        let st = self.kernel.snapshot().await?;
+        // Leases of links that went away.
+        self.leases.retain(|i, _| st.link(*i).is_some());
+        self.sync_dhcp_clients(&st);
+        let plan = plan::plan(&self.cfg, &st, &self.leases);
+        let extra_up: Vec<u32> = Vec::new();
+        let acts = plan::diff(&plan, &st, &self.owned, &extra_up);
+        let mut first_err = None;
+        for a in acts {
+            let name = |i: u32| st.link(i).map(|l| l.name.clone()).unwrap_or_default();
+            let r = match &a {
+                Action::Up(i) => {
+                    tracing::info!(iface = %name(*i), "setting link up");
+                    self.kernel.set_up(*i).await
+                }
+                Action::Mtu(i, m) => {
+                    tracing::info!(iface = %name(*i), mtu = m, "setting MTU");
+                    self.kernel.set_mtu(*i, *m).await
+                }
+                Action::AddAddr(ad) => {
+                    tracing::info!(iface = %name(ad.index), address = %ad.net, "adding address");
+                    let r = self.kernel.add_addr(ad).await;
+                    if r.is_ok() {
+                        self.owned.insert(ad.clone());
+                    }
+                    r
+                }
+                Action::DelAddr(ad) => {
+                    tracing::info!(iface = %name(ad.index), address = %ad.net, "removing address");
+                    self.owned.remove(ad);
+                    self.kernel.del_addr(ad).await
+                }
+                Action::AddRoute(r) => {
+                    tracing::info!(iface = %name(r.oif), route = %kernel::describe(r), "adding route");
+                    self.kernel.add_route(r).await
+                }
+                Action::DelRoute(r) => {
+                    tracing::info!(iface = %name(r.oif), route = %kernel::describe(r), "removing route");
+                    self.kernel.del_route(r).await
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!("{e}");
+                first_err.get_or_insert(e);
+            }
+        }
+        let (text, _, _) = plan::resolv_conf(&self.cfg, &self.leases);
+        if self.last_resolv.as_deref() != Some(text.as_str()) {
+            let on_disk = fsutil::read_bounded(&self.opts.resolv_conf, 64 * 1024).ok();
+            if on_disk.as_deref() != Some(text.as_str()) {
+                tracing::info!(path = %self.opts.resolv_conf.display(), "writing resolv.conf");
+                if let Err(e) = fsutil::write_atomic(&self.opts.resolv_conf, text.as_bytes()) {
+                    tracing::warn!("cannot write {}: {e}", self.opts.resolv_conf.display());
+                    first_err.get_or_insert(NetError::Io(e));
+                } else {
+                    self.last_resolv = Some(text);
+                }
+            } else {
+                self.last_resolv = Some(text);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn sync_dhcp_clients(&mut self, st: &KernelState) {
+        let mut wanted = BTreeMap::new();
+        for link in &st.links {
+            if let Some(ic) = plan::match_config(&self.cfg, link) {
+                if ic.dhcp() {
+                    wanted.insert(link.index, link);
+                }
+            }
+        }
+        // Stop clients whose link vanished or no longer wants DHCP.
+        let gone: Vec<u32> = self
+            .clients
+            .keys()
+            .filter(|i| !wanted.contains_key(i))
+            .copied()
+            .collect();
+        for i in gone {
+            if let Some(c) = self.clients.remove(&i) {
+                tracing::info!(ifindex = i, "stopping DHCP client");
+                let _ = c.control.send(dhcp::Control {
+                    carrier: false,
+                    stop: Some(st.link(i).is_some()),
+                });
+                self.dhcp_states.remove(&i);
+                self.leases.remove(&i);
+                // The task sends its RELEASE and ends on its own.
+                drop(c.task);
+            }
+        }
+        for (index, link) in wanted {
+            let carrier = link.up && link.carrier;
+            if let Some(c) = self.clients.get(&index) {
+                c.control.send_if_modified(|ctl| {
+                    let changed = ctl.carrier != carrier;
+                    ctl.carrier = carrier;
+                    changed
+                });
+                if !c.task.is_finished() {
+                    continue;
+                }
+            }
+            let Some(mac) = link.mac else { continue };
+            tracing::info!(iface = %link.name, "starting DHCP client");
+            let (ctl_tx, ctl_rx) = watch::channel(dhcp::Control {
+                carrier,
+                stop: None,
+            });
+            let client = dhcp::Client {
+                ifindex: index,
+                ifname: link.name.clone(),
+                mac,
+                hostname: self.opts.hostname.clone(),
+                lease_file: self
+                    .opts
+                    .state_dir
+                    .join(format!("lease-{}.json", link.name)),
+                reports: self.dhcp_tx.clone(),
+                control: ctl_rx,
+            };
+            let task = tokio::spawn(client.run());
+            self.clients.insert(
+                index,
+                ClientHandle {
+                    control: ctl_tx,
+                    task,
+                },
+            );
+        }
+    }
+
+    fn publish_status(&self) {
+        let st = self.last_snapshot_status();
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        *s = st;
+    }
+
+    fn last_snapshot_status(&self) -> NetworkStatus {
+        // Built from the kernel state cached by the most recent reconcile.
+        let st = self.kernel.cached();
+        let (_, dns, search) = plan::resolv_conf(&self.cfg, &self.leases);
+        let name = |i: u32| {
+            st.link(i)
+                .map(|l| l.name.clone())
+                .unwrap_or_else(|| i.to_string())
+        };
+        let interfaces = st
+            .links
+            .iter()
+            .map(|l| InterfaceStatus {
+                name: l.name.clone(),
+                index: l.index,
+                mac: l.mac.as_ref().map(status::mac_string),
+                kind: l.kind.clone(),
+                carrier: l.carrier,
+                up: l.up,
+                mtu: l.mtu,
+                addresses: st
+                    .addrs
+                    .iter()
+                    .filter(|a| a.index == l.index)
+                    .map(|a| a.net.to_string())
+                    .collect(),
+                managed: plan::match_config(&self.cfg, l).is_some(),
+                dhcp: self.dhcp_states.get(&l.index).map(|s| DhcpStatus {
+                    state: *s,
+                    lease: self.leases.get(&l.index).cloned(),
+                }),
+            })
+            .collect();
+        let routes = st
+            .routes
+            .iter()
+            .filter(|r| r.proto != 2 || r.dst.prefix_len() > 0)
+            .filter(|r| !(r.dst.addr().is_ipv6() && r.dst.addr().is_multicast()))
+            .map(|r| RouteStatus {
+                destination: r.dst.to_string(),
+                gateway: r.via,
+                interface: name(r.oif),
+                metric: r.metric,
+                protocol: status::proto_name(r.proto),
+            })
+            .collect();
+        NetworkStatus {
+            interfaces,
+            routes,
+            dns,
+            search,
+            config_error: self.config_error.clone(),
+            reconcile_error: self.reconcile_error.clone(),
+            netlink_writes: self.kernel.writes(),
+            reconciled_at: dhcp::now_unix(),
+            containers: Vec::new(),
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let mut tasks = Vec::new();
+        for (_, c) in self.clients.drain() {
+            let _ = c.control.send(dhcp::Control {
+                carrier: false,
+                stop: Some(true),
+            });
+            tasks.push(c.task);
+        }
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        for t in self.aux_tasks.drain(..) {
+            t.abort();
+        }
+        tracing::info!("network manager stopped");
+    }
+}
