@@ -259,7 +259,9 @@ impl SecretKey {
                 h.update(&bytes[..2]);
                 h.update(keynum);
                 h.update(sk);
-                if h.finalize()[..] != *chk {
+                // minisign 0.11 leaves the checksum zero in `-W` keys; the
+                // seed/public-key consistency check below still applies.
+                if chk.iter().any(|b| *b != 0) && h.finalize()[..] != *chk {
                     return Err(err("checksum mismatch"));
                 }
                 let mut id = [0u8; 8];

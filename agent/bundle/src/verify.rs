@@ -39,6 +39,12 @@ impl KeyLookup for [PublicKey] {
     }
 }
 
+impl KeyLookup for Vec<PublicKey> {
+    fn lookup(&self, id: &KeyId) -> Result<PublicKey, BundleError> {
+        self.as_slice().lookup(id)
+    }
+}
+
 /// A bundle whose signature and digest checked out.
 #[derive(Debug, Clone)]
 pub struct Verified {

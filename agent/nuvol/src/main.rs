@@ -1,6 +1,7 @@
 //! `nuvol`: one static binary with verbs, like busybox.
 
 mod agent;
+mod cmd_bundle;
 mod logging;
 mod net;
 
@@ -19,6 +20,8 @@ enum Verb {
     Init,
     /// Run the agent: network, services, discovery, panel and API.
     Agent(agent::AgentArgs),
+    /// Make, sign, verify and inspect signed service bundles.
+    Bundle(cmd_bundle::BundleArgs),
     /// Print the version.
     Version,
 }
@@ -31,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().verb {
         Verb::Init => run_init(),
         Verb::Agent(args) => agent::run(args),
+        Verb::Bundle(args) => cmd_bundle::run(args),
         Verb::Version => {
             println!("nuvol {}", env!("CARGO_PKG_VERSION"));
             Ok(())
