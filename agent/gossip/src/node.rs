@@ -219,6 +219,7 @@ struct Suspicion {
     k: u32,
     confirmations: HashSet<String>,
     incarnation: u32,
+    from: String,
 }
 
 impl Suspicion {
@@ -598,7 +599,10 @@ impl Inner {
     }
 
     fn suspect_node(&self, st: &mut State, s: &Accusation) {
-        let n_alive = st.alive_count();
+        // memberlist counts every node it still holds, dead ones included,
+        // when sizing suspicion; so must we, or we would send no
+        // confirmations where Go peers expect them
+        let n_alive = st.nodes.len();
         let Some(n) = st.nodes.get_mut(&s.node) else {
             return;
         };
@@ -606,7 +610,7 @@ impl Inner {
             return;
         }
         if let Some(sp) = n.suspicion.as_mut() {
-            if s.from != s.node
+            if s.from != sp.from
                 && sp.confirmations.len() < sp.k as usize
                 && sp.confirmations.insert(s.from.clone())
             {
@@ -642,6 +646,7 @@ impl Inner {
             k,
             confirmations: HashSet::new(),
             incarnation: s.incarnation,
+            from: s.from.clone(),
         });
         st.queue(
             Some((ty::SUSPECT, s.node.clone())),
