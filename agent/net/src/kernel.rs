@@ -95,7 +95,6 @@ fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     }
 }
 
-#[allow(dead_code)] // set_down, set_master, handle, note_write: for the container bridge
 impl Kernel {
     pub fn new(handle: Handle, writes: Arc<AtomicU64>) -> Self {
         Kernel {
@@ -156,17 +155,6 @@ impl Kernel {
             .execute()
             .await
             .map_err(nl(format!("set link {index} up")))
-    }
-
-    pub async fn set_down(&self, index: u32) -> Result<(), NetError> {
-        self.count();
-        let msg = LinkUnspec::new_with_index(index).down().build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(nl(format!("set link {index} down")))
     }
 
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetError> {

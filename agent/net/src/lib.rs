@@ -14,6 +14,7 @@
 //! change and `apply`. A reconcile that finds nothing to change makes no
 //! netlink writes ([`NetHandle::netlink_writes`] counts them).
 
+mod container;
 mod dhcp;
 mod fsutil;
 mod kernel;
@@ -32,6 +33,7 @@ use rtnetlink::MulticastGroup;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+pub use container::{ContainerNet, BRIDGE};
 pub use dhcp::{DhcpState, Lease};
 pub use status::{
     ContainerStatus, DhcpStatus, InterfaceStatus, NetworkStatus, PublishedPort, RouteStatus,
@@ -108,6 +110,12 @@ pub enum Netns {
 enum Command {
     Apply(NetworkConfig, oneshot::Sender<Result<(), NetError>>),
     Reconcile(oneshot::Sender<Result<u64, NetError>>),
+    Attach(
+        String,
+        Netns,
+        oneshot::Sender<Result<ContainerNet, NetError>>,
+    ),
+    Detach(String, oneshot::Sender<Result<(), NetError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -165,6 +173,7 @@ pub async fn start(cfg: NetworkConfig, opts: NetOptions) -> Result<NetHandle, Ne
         clients: HashMap::new(),
         owned: BTreeSet::new(),
         last_resolv: None,
+        containers: container::Containers::default(),
         status: status.clone(),
         dhcp_tx,
         aux_tasks: vec![conn_task, mconn_task],
@@ -216,6 +225,24 @@ impl NetHandle {
         self.call(Command::Reconcile).await
     }
 
+    /// Give the container `name` a veth on the `nuvol0` bridge (created on
+    /// first use), with an address from `[network.containers].subnet` and a
+    /// default route via the bridge; the container side is `eth0`.
+    /// Attaching an attached name returns its existing network.
+    pub async fn attach_container(
+        &self,
+        name: &str,
+        netns: Netns,
+    ) -> Result<ContainerNet, NetError> {
+        self.call(|tx| Command::Attach(name.to_string(), netns, tx))
+            .await
+    }
+
+    /// Remove the container's veth and free its address.
+    pub async fn detach_container(&self, name: &str) -> Result<(), NetError> {
+        self.call(|tx| Command::Detach(name.to_string(), tx)).await
+    }
+
     /// Release DHCP leases and stop every task.
     pub async fn shutdown(self) {
         let (tx, rx) = oneshot::channel();
@@ -242,6 +269,7 @@ struct Manager {
     clients: HashMap<u32, ClientHandle>,
     owned: BTreeSet<Addr>,
     last_resolv: Option<String>,
+    containers: container::Containers,
     status: Arc<Mutex<NetworkStatus>>,
     dhcp_tx: mpsc::UnboundedSender<dhcp::Report>,
     aux_tasks: Vec<JoinHandle<()>>,
@@ -319,6 +347,21 @@ impl Manager {
             Command::Reconcile(tx) => {
                 let _ = tx.send(self.reconcile().await);
             }
+            Command::Attach(name, ns, tx) => {
+                let subnet = self.cfg.containers.subnet;
+                let r = self
+                    .containers
+                    .attach(&self.kernel, &subnet, &name, ns)
+                    .await;
+                // Bridge address and link states settle in this reconcile.
+                let _ = self.reconcile().await;
+                let _ = tx.send(r);
+            }
+            Command::Detach(name, tx) => {
+                let r = self.containers.detach(&self.kernel, &name).await;
+                let _ = self.reconcile().await;
+                let _ = tx.send(r);
+            }
             Command::Shutdown(_) => {}
         }
     }
@@ -333,6 +376,13 @@ impl Manager {
         let st = self.kernel.snapshot().await?;
         if let Some(e) = plan::unknown_interfaces(&cfg, &st) {
             tracing::error!("network config refused: {e}");
+            self.config_error = Some(e.clone());
+            self.publish_status();
+            return Err(NetError::Config(e));
+        }
+        if cfg.containers != self.cfg.containers && !self.containers.is_empty() {
+            let e = "network.containers.subnet: cannot change while containers are attached"
+                .to_string();
             self.config_error = Some(e.clone());
             self.publish_status();
             return Err(NetError::Config(e));
@@ -374,9 +424,11 @@ impl Manager {
         // Leases of links that went away.
         self.leases.retain(|i, _| st.link(*i).is_some());
         self.sync_dhcp_clients(&st);
-        let plan = plan::plan(&self.cfg, &st, &self.leases);
-        let extra_up: Vec<u32> = Vec::new();
-        let acts = plan::diff(&plan, &st, &self.owned, &extra_up);
+        let mut plan = plan::plan(&self.cfg, &st, &self.leases);
+        for (index, p) in self.containers.plan(&self.cfg.containers.subnet, &st) {
+            plan.entry(index).or_insert(p);
+        }
+        let acts = plan::diff(&plan, &st, &self.owned, &[]);
         let mut first_err = None;
         for a in acts {
             let name = |i: u32| st.link(i).map(|l| l.name.clone()).unwrap_or_default();
@@ -568,7 +620,7 @@ impl Manager {
             reconcile_error: self.reconcile_error.clone(),
             netlink_writes: self.kernel.writes(),
             reconciled_at: dhcp::now_unix(),
-            containers: Vec::new(),
+            containers: self.containers.status(),
         }
     }
 

@@ -61,14 +61,23 @@ fn static_config_applied_exactly_and_reapply_is_a_no_op() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(converged, "v4:\n{}\nv6:\n{}\n{:#?}", ip4(), ip6(), h.status());
+        assert!(
+            converged,
+            "v4:\n{}\nv6:\n{}\n{:#?}",
+            ip4(),
+            ip6(),
+            h.status()
+        );
         let addrs = common::run(&["ip", "-n", &ns, "addr", "show", "dev", &cif]);
         assert!(addrs.contains("inet 10.77.0.2/24"), "{addrs}");
         assert!(addrs.contains("inet6 fd77::2/64"), "{addrs}");
         assert!(addrs.contains("mtu 1400"), "{addrs}");
         assert!(addrs.contains(",UP"), "{addrs}");
         let rc = std::fs::read_to_string(&resolv).unwrap();
-        assert_eq!(rc.lines().filter(|l| l.starts_with("nameserver")).count(), 1);
+        assert_eq!(
+            rc.lines().filter(|l| l.starts_with("nameserver")).count(),
+            1
+        );
         assert!(rc.contains("nameserver 192.0.2.53"));
 
         // Nothing changed: zero netlink writes, for reconcile and re-apply.
@@ -119,7 +128,10 @@ fn static_config_applied_exactly_and_reapply_is_a_no_op() {
         next.interfaces[0].routes.clear();
         h.apply(next).await.unwrap();
         let addrs = common::run(&["ip", "addr", "show", "dev", &cif]);
-        assert!(addrs.contains("10.77.0.3/24") && !addrs.contains("10.77.0.2/24"), "{addrs}");
+        assert!(
+            addrs.contains("10.77.0.3/24") && !addrs.contains("10.77.0.2/24"),
+            "{addrs}"
+        );
         assert!(!addrs.contains("fd77::2"), "{addrs}");
         assert!(!ip4().contains("10.99.0.0/16"), "{}", ip4());
         assert!(!ip6().contains("default via fd77::1"), "{}", ip6());
