@@ -1,0 +1,17 @@
+//! nuvol's container runtime: namespaces, cgroups, overlayfs, pivot_root,
+//! capabilities, no_new_privs and seccomp, straight on the kernel's
+//! interfaces, no daemon. See `docs/containers.md`.
+
+pub mod cgroup;
+pub mod error;
+mod launch;
+pub mod loopdev;
+pub mod oci;
+mod plan;
+pub mod seccomp;
+pub mod spec;
+
+pub use cgroup::{Cgroup, CgroupRoot};
+pub use error::{ContainerError, Result};
+pub use launch::{pipe, spawn, spawn_with, Container, ExitStatus, Stdio};
+pub use spec::{ContainerSpec, Limits, Mount, NetworkMode, RootSource, RootWrite, Rootfs};

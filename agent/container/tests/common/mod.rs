@@ -1,0 +1,93 @@
+//! Shared test helpers: a busybox rootfs and a uniquely named cgroup sub-tree.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nuvol_container::{CgroupRoot, ContainerSpec, RootSource, RootWrite, Rootfs};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name for this test run.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A rootfs made of Debian's busybox-static and its applet links.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in [
+        "bin", "sbin", "proc", "sys", "dev", "tmp", "etc", "www", "data", "usr/bin",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("apt-get install busybox-static");
+    let out = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    std::fs::write(root.join("www/index.html"), "ok\n").unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0::/:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
+    )
+    .unwrap();
+    root
+}
+
+/// A cgroup sub-tree removed (with anything left in it) on drop.
+pub struct CgroupGuard(pub CgroupRoot);
+
+impl CgroupGuard {
+    pub fn new() -> Self {
+        CgroupGuard(CgroupRoot::detect(&unique("nuvol-test")).expect("cgroups"))
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        for id in self.0.children() {
+            if let Ok(cg) = self.0.cgroup(&id) {
+                let _ = cg.destroy();
+            }
+        }
+        let _ = self.0.remove();
+    }
+}
+
+pub fn spec(id: &str, rootfs: &Path, script: &str) -> ContainerSpec {
+    let r = Rootfs {
+        source: RootSource::Dir(rootfs.to_path_buf()),
+        write: RootWrite::ReadOnly,
+    };
+    ContainerSpec::new(id, r, vec!["/bin/sh".into(), "-c".into(), script.into()])
+}
+
+/// Read everything from a pipe until EOF or `timeout`.
+pub fn read_all(fd: OwnedFd, timeout: Duration) -> String {
+    let mut f = std::fs::File::from(fd);
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Blocking read: the writers are the container's processes, which exit.
+    while Instant::now() < deadline {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
