@@ -23,6 +23,9 @@ RUSTFLAGS_IMAGE := --remap-path-prefix=$(CURDIR)=/nuvol --remap-path-prefix=$(HO
 NUVOL_BIN := $(CARGO_TARGET_DIR)/$(TARGET)/release/nuvol
 KERNEL_FRAGMENTS := kernel-config/common.config kernel-config/qemu.config kernel-config/atom.config
 IMAGE := out/nuvol-x86_64.img
+# A command to run the image step under, e.g. "faketime -f +2d" (the
+# reproducibility test moves the clock to show it does not leak into images).
+IMAGE_WRAPPER ?=
 FIRMWARE ?= bios
 PORT ?= 8080
 
@@ -42,7 +45,7 @@ kernel: deps
 	image/kernel.sh out/bzImage $(KERNEL_FRAGMENTS)
 
 image: nuvol kernel
-	image/build.sh $(NUVOL_BIN) out/bzImage $(IMAGE)
+	$(IMAGE_WRAPPER) image/build.sh $(NUVOL_BIN) out/bzImage $(IMAGE)
 
 qemu: image
 	qemu/run.sh --firmware $(FIRMWARE) --port $(PORT) $(IMAGE)

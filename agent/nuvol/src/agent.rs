@@ -38,6 +38,7 @@ pub enum NetworkMode {
 struct Node {
     collector: Mutex<Collector>,
     test_hooks: bool,
+    net: Option<crate::net::Net>,
 }
 
 impl nuvol_api::Node for Node {
@@ -48,7 +49,7 @@ impl nuvol_api::Node for Node {
         }
     }
     fn network(&self) -> Option<serde_json::Value> {
-        None
+        self.net.as_ref().and_then(crate::net::status_json)
     }
     fn test_hooks(&self) -> bool {
         self.test_hooks
@@ -77,14 +78,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         found: loaded.found,
         problem: loaded.problem.clone(),
     };
-    let node = Arc::new(Node {
-        collector: Mutex::new(Collector::new(
-            identity,
-            env!("CARGO_PKG_VERSION"),
-            config_state,
-        )),
-        test_hooks: loaded.config.debug.test_hooks,
-    });
     let manage_net = match args.network {
         NetworkMode::Manage => true,
         NetworkMode::Off => false,
@@ -103,10 +96,26 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             .with_context(|| format!("listen on {listen}"))?;
         let local = listener.local_addr().context("local address")?;
         let net = if manage_net {
-            Some(crate::net::start(&loaded.config.network).await)
+            Some(
+                crate::net::start(
+                    &loaded.config.network,
+                    &args.state_dir,
+                    loaded.config.hostname(),
+                )
+                .await,
+            )
         } else {
             None
         };
+        let node = Arc::new(Node {
+            collector: Mutex::new(Collector::new(
+                identity,
+                env!("CARGO_PKG_VERSION"),
+                config_state,
+            )),
+            test_hooks: loaded.config.debug.test_hooks,
+            net: net.clone(),
+        });
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(nuvol_api::serve(listener, node.clone(), async move {
             let _ = stop_rx.wait_for(|s| *s).await;

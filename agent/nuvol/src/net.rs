@@ -1,12 +1,35 @@
-//! Bridge between the agent and its network manager.
-//!
-//! Until `nuvol-net` lands this only brings loopback up, so the agent is
-//! honest about what it manages: `GET /api/v1/network` reports 503.
+//! The agent's side of networking: start `nuvol-net` on a box, or leave the
+//! host alone on a development machine.
 
-pub struct Net;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
-pub async fn start(_cfg: &nuvol_config::NetworkConfig) -> Net {
-    Net
+/// The running network manager, shared with the API.
+pub type Net = Arc<OnceLock<nuvol_net::NetHandle>>;
+
+/// Start managing links per `cfg`. Errors are logged, never fatal: the panel
+/// must stay up even if netlink is unavailable.
+pub async fn start(cfg: &nuvol_config::NetworkConfig, state_dir: &Path, hostname: &str) -> Net {
+    let cell: Net = Arc::new(OnceLock::new());
+    let opts = nuvol_net::NetOptions::new("/etc/resolv.conf", state_dir.join("net"), hostname);
+    match nuvol_net::start(cfg.clone(), opts).await {
+        Ok(h) => {
+            let _ = cell.set(h);
+        }
+        Err(e) => tracing::error!("network manager did not start: {e}"),
+    }
+    cell
 }
 
-pub async fn shutdown(_net: Net) {}
+/// DHCP RELEASE and stop.
+pub async fn shutdown(net: Net) {
+    if let Some(h) = Arc::into_inner(net).and_then(|c| c.into_inner()) {
+        h.shutdown().await;
+    }
+}
+
+/// The status as JSON for `GET /api/v1/network`.
+pub fn status_json(net: &Net) -> Option<serde_json::Value> {
+    net.get()
+        .and_then(|h| serde_json::to_value(h.status()).ok())
+}
