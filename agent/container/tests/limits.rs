@@ -14,7 +14,11 @@ fn memory_hog_is_oom_killed() {
     let root = busybox_rootfs(tmp.path());
     let cg = CgroupGuard::new();
     // dd fills a 256 MiB buffer from /dev/zero; the limit is 32 MiB.
-    let mut s = spec(&unique("oom"), &root, "exec dd if=/dev/zero of=/dev/null bs=256M count=4");
+    let mut s = spec(
+        &unique("oom"),
+        &root,
+        "exec dd if=/dev/zero of=/dev/null bs=256M count=4",
+    );
     s.limits.memory_max = Some(32 << 20);
     let mut c = spawn(&s, &cg.0, tmp.path(), Stdio::default()).unwrap();
     let st = c.wait().unwrap();
@@ -40,7 +44,11 @@ fn fork_bomb_stops_at_pids_max() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(c.cgroup().pids_max_events() > 0, "pids.max never hit");
-    assert!(c.cgroup().pids_current() <= 16, "pids.current {}", c.cgroup().pids_current());
+    assert!(
+        c.cgroup().pids_current() <= 16,
+        "pids.current {}",
+        c.cgroup().pids_current()
+    );
     assert!(c.cgroup().pids().len() <= 16);
     // Stop: SIGTERM is ignored by a shell that is PID 1, so the grace ends in SIGKILL.
     let st = c.stop(Duration::from_millis(200)).unwrap();
@@ -57,7 +65,11 @@ fn stop_with_grace_lets_a_service_exit_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let root = busybox_rootfs(tmp.path());
     let cg = CgroupGuard::new();
-    let s = spec(&unique("term"), &root, "trap 'exit 7' TERM; sleep 30 & wait");
+    let s = spec(
+        &unique("term"),
+        &root,
+        "trap 'exit 7' TERM; sleep 30 & wait",
+    );
     let mut c = spawn(&s, &cg.0, tmp.path(), Stdio::default()).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let st = c.stop(Duration::from_secs(10)).unwrap();
