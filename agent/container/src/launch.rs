@@ -403,22 +403,70 @@ fn build_plan(spec: &ContainerSpec, state: &Path, cgroup_v2: bool) -> Result<Pre
     })
 }
 
-/// Start a container. `state_dir` holds its mount points (`state_dir/<id>/root`).
-/// `before_start` runs in the parent once the process exists (in its cgroup,
-/// namespaces created) and before it sets itself up, e.g. to move a veth into
-/// its network namespace (`/proc/<pid>/ns/net`).
-pub fn spawn_with(
-    spec: &ContainerSpec,
-    cgroups: &CgroupRoot,
-    state_dir: &Path,
-    stdio: Stdio,
-    before_start: impl FnOnce(i32) -> Result<()>,
-) -> Result<Container> {
+/// A container whose process exists (in its namespaces and cgroup) but has
+/// not set itself up yet: the OCI "created" state. Dropping it kills it.
+#[derive(Debug)]
+pub struct Created {
+    container: Container,
+    sync_w: OwnedFd,
+    err_r: OwnedFd,
+    what: Vec<String>,
+    _loop: Option<LoopDevice>,
+}
+
+impl Created {
+    /// The process's pid in the host's pid namespace (its network namespace is
+    /// `/proc/<pid>/ns/net`, e.g. for moving a veth in).
+    pub fn pid(&self) -> i32 {
+        self.container.pid
+    }
+
+    /// Let the process set itself up and exec the entrypoint. Returns once the
+    /// exec succeeded, or with the step that failed.
+    pub fn start(self) -> Result<Container> {
+        let Created { container, sync_w, err_r, what, _loop } = self;
+        // SAFETY: writing one byte from a live buffer to our pipe.
+        if unsafe { libc::write(sync_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
+            return Err(ContainerError::last_os("release container process"));
+        }
+        drop(sync_w);
+        let mut msg = [0u8; 8];
+        let mut got = 0;
+        while got < 8 {
+            // SAFETY: reading into the unfilled tail of a live buffer.
+            let n = unsafe { libc::read(err_r.as_raw_fd(), msg[got..].as_mut_ptr().cast(), 8 - got) };
+            if n < 0 {
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(ContainerError::last_os("read container setup status"));
+            }
+            if n == 0 {
+                break;
+            }
+            got += n as usize;
+        }
+        if got == 0 {
+            return Ok(container);
+        }
+        if got < 8 {
+            return Err(ContainerError::Sys { what: "container setup", source: io::Error::other("short status message") });
+        }
+        let step = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
+        let errno = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
+        let what = what.get(step).cloned().unwrap_or_else(|| "unknown".into());
+        Err(ContainerError::Setup { step, what, source: io::Error::from_raw_os_error(errno) })
+    }
+}
+
+/// Create a container's process without starting it. `state_dir` holds its
+/// mount points (`state_dir/<id>/root`).
+pub fn create(spec: &ContainerSpec, cgroups: &CgroupRoot, state_dir: &Path, stdio: Stdio) -> Result<Created> {
     spec.validate()?;
     let state = state_dir.join(&spec.id);
     let cgroup = cgroups.cgroup(&spec.id)?;
     cgroup.create(&spec.limits)?;
-    let result = spawn_inner(spec, &cgroup, &state, stdio, before_start);
+    let result = create_inner(spec, &cgroup, &state, stdio);
     if result.is_err() {
         let _ = cgroup.destroy();
         let _ = remove_state(&state);
@@ -426,14 +474,22 @@ pub fn spawn_with(
     result
 }
 
-/// [`spawn_with`] without a hook.
-pub fn spawn(
+/// Create, run `before_start(pid)` (e.g. attach networking), start.
+pub fn spawn_with(
     spec: &ContainerSpec,
     cgroups: &CgroupRoot,
     state_dir: &Path,
     stdio: Stdio,
+    before_start: impl FnOnce(i32) -> Result<()>,
 ) -> Result<Container> {
-    spawn_with(spec, cgroups, state_dir, stdio, |_| Ok(()))
+    let created = create(spec, cgroups, state_dir, stdio)?;
+    before_start(created.pid())?;
+    created.start()
+}
+
+/// Create and start a container.
+pub fn spawn(spec: &ContainerSpec, cgroups: &CgroupRoot, state_dir: &Path, stdio: Stdio) -> Result<Container> {
+    create(spec, cgroups, state_dir, stdio)?.start()
 }
 
 fn remove_state(state: &Path) -> io::Result<()> {
@@ -450,13 +506,7 @@ fn remove_state(state: &Path) -> io::Result<()> {
     }
 }
 
-fn spawn_inner(
-    spec: &ContainerSpec,
-    cgroup: &Cgroup,
-    state: &Path,
-    stdio: Stdio,
-    before_start: impl FnOnce(i32) -> Result<()>,
-) -> Result<Container> {
+fn create_inner(spec: &ContainerSpec, cgroup: &Cgroup, state: &Path, stdio: Stdio) -> Result<Created> {
     let v2_dir = cgroup.v2_dir();
     let mut prepared = build_plan(spec, state, v2_dir.is_some())?;
     let devnull = fs::OpenOptions::new()
@@ -464,13 +514,8 @@ fn spawn_inner(
         .write(true)
         .open("/dev/null")
         .map_err(ContainerError::sys("open /dev/null"))?;
-    let fd_or_null =
-        |f: &Option<OwnedFd>| f.as_ref().map_or(devnull.as_raw_fd(), |f| f.as_raw_fd());
-    prepared.plan.stdio = [
-        fd_or_null(&stdio.stdin),
-        fd_or_null(&stdio.stdout),
-        fd_or_null(&stdio.stderr),
-    ];
+    let fd_or_null = |f: &Option<OwnedFd>| f.as_ref().map_or(devnull.as_raw_fd(), |f| f.as_raw_fd());
+    prepared.plan.stdio = [fd_or_null(&stdio.stdin), fd_or_null(&stdio.stdout), fd_or_null(&stdio.stderr)];
     let (sync_r, sync_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     prepared.plan.sync_fd = sync_r.as_raw_fd();
@@ -479,9 +524,7 @@ fn spawn_inner(
         Some(d) => Some(fs::File::open(d).map_err(ContainerError::cgroup(d.clone()))?),
         None => None,
     };
-    let mut flags =
-        (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64
-            | CLONE_PIDFD;
+    let mut flags = (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64 | CLONE_PIDFD;
     if spec.network != NetworkMode::Host {
         flags |= libc::CLONE_NEWNET as u64;
     }
@@ -505,13 +548,7 @@ fn spawn_inner(
     // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork: the
     // child gets a copy of this address space and returns 0 here. The child
     // only runs `run_child`, which makes raw system calls and never returns.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
     if pid == 0 {
         // SAFETY: we are the child; the plan's fds are open in our copy of the fd table.
         unsafe { prepared.plan.run_child() }
@@ -525,74 +562,20 @@ fn spawn_inner(
     drop(sync_r);
     drop(err_w);
     drop(stdio);
-    let mut container = Container {
+    let container = Container {
         id: spec.id.clone(),
         pid,
         pidfd,
         cgroup: cgroup.clone(),
         state_dir: state.to_path_buf(),
         status: None,
-        destroyed: true, // the caller cleans up on error; armed below
+        destroyed: false,
     };
-    let hooks = (|| {
-        if v2_dir.is_none() {
-            cgroup.add_pid(pid)?;
-        }
-        before_start(pid)
-    })();
-    if let Err(e) = hooks {
-        container.abort();
-        return Err(e);
+    // From here on, dropping `container` kills the process and removes cgroup and state.
+    if v2_dir.is_none() {
+        cgroup.add_pid(pid)?;
     }
-    // SAFETY: writing one byte from a live buffer to our pipe.
-    if unsafe { libc::write(sync_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
-        let e = ContainerError::last_os("release container process");
-        container.abort();
-        return Err(e);
-    }
-    drop(sync_w);
-    let mut msg = [0u8; 8];
-    let mut got = 0;
-    while got < 8 {
-        // SAFETY: reading into the unfilled tail of a live buffer.
-        let n = unsafe { libc::read(err_r.as_raw_fd(), msg[got..].as_mut_ptr().cast(), 8 - got) };
-        if n < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            let e = ContainerError::last_os("read container setup status");
-            container.abort();
-            return Err(e);
-        }
-        if n == 0 {
-            break;
-        }
-        got += n as usize;
-    }
-    if got == 0 {
-        container.destroyed = false;
-        return Ok(container);
-    }
-    container.abort();
-    if got < 8 {
-        return Err(ContainerError::Sys {
-            what: "container setup",
-            source: io::Error::other("short status message"),
-        });
-    }
-    let step = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
-    let errno = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
-    let what = prepared
-        .plan
-        .what
-        .get(step)
-        .cloned()
-        .unwrap_or_else(|| "unknown".into());
-    Err(ContainerError::Setup {
-        step,
-        what,
-        source: io::Error::from_raw_os_error(errno),
-    })
+    Ok(Created { container, sync_w, err_r, what: std::mem::take(&mut prepared.plan.what), _loop: prepared._loop })
 }
 
 fn decode(info: &libc::siginfo_t) -> ExitStatus {
@@ -747,11 +730,6 @@ impl Container {
         remove_state(&self.state_dir)
             .map_err(ContainerError::sys("remove container state directory"))?;
         Ok(self.status)
-    }
-
-    fn abort(&mut self) {
-        let _ = self.signal(libc::SIGKILL);
-        let _ = self.wait();
     }
 }
 

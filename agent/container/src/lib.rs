@@ -13,5 +13,5 @@ pub mod spec;
 
 pub use cgroup::{Cgroup, CgroupRoot};
 pub use error::{ContainerError, Result};
-pub use launch::{pipe, spawn, spawn_with, Container, ExitStatus, Stdio};
+pub use launch::{create, pipe, spawn, spawn_with, Container, Created, ExitStatus, Stdio};
 pub use spec::{ContainerSpec, Limits, Mount, NetworkMode, RootSource, RootWrite, Rootfs};
