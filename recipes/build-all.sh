@@ -1,0 +1,56 @@
+#!/bin/sh
+# Build and sign every recipe (or the ones named) into OUTDIR.
+#
+#   recipes/build-all.sh OUTDIR [RECIPE...]
+#
+# Signs with a DEVELOPMENT-ONLY key generated on first use into
+# $NUVOL_CACHE/dev-key (default ~/.cache/nuvol/dev-key); OUTDIR/dev.pub is
+# its public half. Never trust that key on a production box.
+# NUVOL=/path/to/nuvol picks the binary; default: `cargo run -p nuvol`.
+set -eu
+[ $# -ge 1 ] || { echo "usage: $0 OUTDIR [RECIPE...]" >&2; exit 2; }
+OUT=$(realpath -m "$1")
+shift
+HERE=$(cd "$(dirname "$0")" && pwd)
+CACHE=${NUVOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nuvol}
+DEB_CACHE="$CACHE/debs"
+: "${CA_CERTIFICATES_VERSION:=20250419~deb12u2}"
+: "${LIBC6_VERSION:=2.36-9+deb12u14}"
+export DEB_CACHE CA_CERTIFICATES_VERSION LIBC6_VERSION
+
+nuvol() {
+    if [ -n "${NUVOL:-}" ]; then
+        "$NUVOL" "$@"
+    else
+        (cd "$HERE/.." && cargo run -q -p nuvol -- "$@")
+    fi
+}
+
+for tool in mksquashfs dpkg-deb apt-get readelf; do
+    command -v "$tool" >/dev/null || { echo "$0: needs $tool (apt-get install squashfs-tools dpkg apt binutils)" >&2; exit 1; }
+done
+
+mkdir -p "$OUT" "$CACHE/dev-key"
+KEY="$CACHE/dev-key/dev"
+if [ ! -f "$KEY.sec" ]; then
+    nuvol bundle keygen -o "$KEY" -c "DEVELOPMENT ONLY nuvol recipes key, never trust in production"
+fi
+cp "$KEY.pub" "$OUT/dev.pub"
+
+if [ $# -eq 0 ]; then
+    set -- $(cd "$HERE" && for d in */; do [ -f "$d/rootfs.sh" ] && echo "${d%/}"; done)
+fi
+. "$HERE/lib.sh"
+for r in "$@"; do
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/nuvol-recipe-$r.XXXXXX")
+    trap 'rm -rf "$WORK"' EXIT INT TERM
+    ROOTFS="$WORK/rootfs"
+    mkdir -p "$ROOTFS"
+    echo "== $r"
+    RECIPE_DIR="$HERE/$r"
+    . "$RECIPE_DIR/rootfs.sh"
+    nuvol bundle build -m "$RECIPE_DIR/manifest.toml" -r "$ROOTFS" -o "$OUT/$r.nvb" -k "$KEY.sec"
+    nuvol bundle verify "$OUT/$r.nvb" -p "$OUT/dev.pub"
+    rm -rf "$WORK"
+    trap - EXIT INT TERM
+done
