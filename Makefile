@@ -19,7 +19,8 @@ export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 
 
 TARGET := x86_64-unknown-linux-musl
 # Paths must not leak into the binary, or two clones would build different images.
-RUSTFLAGS_IMAGE := --remap-path-prefix=$(CURDIR)=/nuvol --remap-path-prefix=$(HOME)/.cargo=/cargo
+RUSTFLAGS_IMAGE := --remap-path-prefix=$(CURDIR)=/nuvol --remap-path-prefix=$(HOME)/.cargo=/cargo \
+	--remap-path-prefix=$(CARGO_TARGET_DIR)=/target
 NUVOL_BIN := $(CARGO_TARGET_DIR)/$(TARGET)/release/nuvol
 KERNEL_FRAGMENTS := kernel-config/common.config kernel-config/qemu.config kernel-config/atom.config
 IMAGE := out/nuvol-x86_64.img
@@ -58,7 +59,7 @@ test-unit: deps-test
 	cargo test --workspace --exclude nuvol-e2e --locked
 
 test-e2e: deps-test image
-	NUVOL_IMAGE=$(CURDIR)/$(IMAGE) cargo test -p nuvol-e2e --locked -- --test-threads=1
+	NUVOL_IMAGE=$(CURDIR)/$(IMAGE) NUVOL_BIN=$(NUVOL_BIN) cargo test -p nuvol-e2e --locked -- --test-threads=1
 
 test: lint test-unit test-e2e
 

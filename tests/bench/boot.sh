@@ -80,7 +80,7 @@ UNIT
         cp "$root"/boot/vmlinuz-* "$dir/vmlinuz"
         cp "$root"/boot/initrd.img-* "$dir/initrd.img"
         rm -rf "$root/boot"/*
-        mkfs.ext4 -q -F -d "$root" "$dir/disk.img.tmp" 1536M
+        mkfs.ext4 -q -F -d "$root" "$dir/disk.img.tmp" 1536M >/dev/null
         mv "$dir/disk.img.tmp" "$dir/disk.img"
     fi
     echo "$dir"
