@@ -424,7 +424,13 @@ impl Created {
     /// Let the process set itself up and exec the entrypoint. Returns once the
     /// exec succeeded, or with the step that failed.
     pub fn start(self) -> Result<Container> {
-        let Created { container, sync_w, err_r, what, _loop } = self;
+        let Created {
+            container,
+            sync_w,
+            err_r,
+            what,
+            _loop,
+        } = self;
         // SAFETY: writing one byte from a live buffer to our pipe.
         if unsafe { libc::write(sync_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
             return Err(ContainerError::last_os("release container process"));
@@ -434,7 +440,8 @@ impl Created {
         let mut got = 0;
         while got < 8 {
             // SAFETY: reading into the unfilled tail of a live buffer.
-            let n = unsafe { libc::read(err_r.as_raw_fd(), msg[got..].as_mut_ptr().cast(), 8 - got) };
+            let n =
+                unsafe { libc::read(err_r.as_raw_fd(), msg[got..].as_mut_ptr().cast(), 8 - got) };
             if n < 0 {
                 if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                     continue;
@@ -450,18 +457,30 @@ impl Created {
             return Ok(container);
         }
         if got < 8 {
-            return Err(ContainerError::Sys { what: "container setup", source: io::Error::other("short status message") });
+            return Err(ContainerError::Sys {
+                what: "container setup",
+                source: io::Error::other("short status message"),
+            });
         }
         let step = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
         let errno = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
         let what = what.get(step).cloned().unwrap_or_else(|| "unknown".into());
-        Err(ContainerError::Setup { step, what, source: io::Error::from_raw_os_error(errno) })
+        Err(ContainerError::Setup {
+            step,
+            what,
+            source: io::Error::from_raw_os_error(errno),
+        })
     }
 }
 
 /// Create a container's process without starting it. `state_dir` holds its
 /// mount points (`state_dir/<id>/root`).
-pub fn create(spec: &ContainerSpec, cgroups: &CgroupRoot, state_dir: &Path, stdio: Stdio) -> Result<Created> {
+pub fn create(
+    spec: &ContainerSpec,
+    cgroups: &CgroupRoot,
+    state_dir: &Path,
+    stdio: Stdio,
+) -> Result<Created> {
     spec.validate()?;
     let state = state_dir.join(&spec.id);
     let cgroup = cgroups.cgroup(&spec.id)?;
@@ -488,7 +507,12 @@ pub fn spawn_with(
 }
 
 /// Create and start a container.
-pub fn spawn(spec: &ContainerSpec, cgroups: &CgroupRoot, state_dir: &Path, stdio: Stdio) -> Result<Container> {
+pub fn spawn(
+    spec: &ContainerSpec,
+    cgroups: &CgroupRoot,
+    state_dir: &Path,
+    stdio: Stdio,
+) -> Result<Container> {
     create(spec, cgroups, state_dir, stdio)?.start()
 }
 
@@ -506,7 +530,12 @@ fn remove_state(state: &Path) -> io::Result<()> {
     }
 }
 
-fn create_inner(spec: &ContainerSpec, cgroup: &Cgroup, state: &Path, stdio: Stdio) -> Result<Created> {
+fn create_inner(
+    spec: &ContainerSpec,
+    cgroup: &Cgroup,
+    state: &Path,
+    stdio: Stdio,
+) -> Result<Created> {
     let v2_dir = cgroup.v2_dir();
     let mut prepared = build_plan(spec, state, v2_dir.is_some())?;
     let devnull = fs::OpenOptions::new()
@@ -514,8 +543,13 @@ fn create_inner(spec: &ContainerSpec, cgroup: &Cgroup, state: &Path, stdio: Stdi
         .write(true)
         .open("/dev/null")
         .map_err(ContainerError::sys("open /dev/null"))?;
-    let fd_or_null = |f: &Option<OwnedFd>| f.as_ref().map_or(devnull.as_raw_fd(), |f| f.as_raw_fd());
-    prepared.plan.stdio = [fd_or_null(&stdio.stdin), fd_or_null(&stdio.stdout), fd_or_null(&stdio.stderr)];
+    let fd_or_null =
+        |f: &Option<OwnedFd>| f.as_ref().map_or(devnull.as_raw_fd(), |f| f.as_raw_fd());
+    prepared.plan.stdio = [
+        fd_or_null(&stdio.stdin),
+        fd_or_null(&stdio.stdout),
+        fd_or_null(&stdio.stderr),
+    ];
     let (sync_r, sync_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     prepared.plan.sync_fd = sync_r.as_raw_fd();
@@ -524,7 +558,9 @@ fn create_inner(spec: &ContainerSpec, cgroup: &Cgroup, state: &Path, stdio: Stdi
         Some(d) => Some(fs::File::open(d).map_err(ContainerError::cgroup(d.clone()))?),
         None => None,
     };
-    let mut flags = (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64 | CLONE_PIDFD;
+    let mut flags =
+        (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64
+            | CLONE_PIDFD;
     if spec.network != NetworkMode::Host {
         flags |= libc::CLONE_NEWNET as u64;
     }
@@ -548,7 +584,13 @@ fn create_inner(spec: &ContainerSpec, cgroup: &Cgroup, state: &Path, stdio: Stdi
     // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork: the
     // child gets a copy of this address space and returns 0 here. The child
     // only runs `run_child`, which makes raw system calls and never returns.
-    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if pid == 0 {
         // SAFETY: we are the child; the plan's fds are open in our copy of the fd table.
         unsafe { prepared.plan.run_child() }
@@ -575,7 +617,13 @@ fn create_inner(spec: &ContainerSpec, cgroup: &Cgroup, state: &Path, stdio: Stdi
     if v2_dir.is_none() {
         cgroup.add_pid(pid)?;
     }
-    Ok(Created { container, sync_w, err_r, what: std::mem::take(&mut prepared.plan.what), _loop: prepared._loop })
+    Ok(Created {
+        container,
+        sync_w,
+        err_r,
+        what: std::mem::take(&mut prepared.plan.what),
+        _loop: prepared._loop,
+    })
 }
 
 fn decode(info: &libc::siginfo_t) -> ExitStatus {
