@@ -171,7 +171,8 @@ pub struct Head {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SignatureState {
     Unsigned,
-    UnsupportedAlgorithm([u8; 2]),
+    /// The algorithm tag, and the raw block (kept so the head re-serializes exactly).
+    UnsupportedAlgorithm([u8; 2], Vec<u8>),
 }
 
 impl Head {
@@ -188,7 +189,7 @@ impl Head {
         match &self.signature {
             Ok(s) => Ok(s),
             Err(SignatureState::Unsigned) => Err(BundleError::Unsigned),
-            Err(SignatureState::UnsupportedAlgorithm(a)) => {
+            Err(SignatureState::UnsupportedAlgorithm(a, _)) => {
                 Err(BundleError::UnsupportedSignatureAlgorithm(*a))
             }
         }
@@ -202,7 +203,8 @@ impl Head {
         out.extend_from_slice(&self.manifest_bytes);
         match &self.signature {
             Ok(s) => out.extend_from_slice(&s.to_bytes()),
-            Err(_) => out.extend_from_slice(&[0u8; SIG_BLOCK_LEN]),
+            Err(SignatureState::UnsupportedAlgorithm(_, raw)) => out.extend_from_slice(raw),
+            Err(SignatureState::Unsigned) => out.extend_from_slice(&[0u8; SIG_BLOCK_LEN]),
         }
         out.resize(off, 0);
         out
@@ -252,7 +254,7 @@ impl Head {
         let signature = match SignatureBlock::from_bytes(&sb) {
             Ok(s) => Ok(s),
             Err(BundleError::UnsupportedSignatureAlgorithm(a)) => {
-                Err(SignatureState::UnsupportedAlgorithm(a))
+                Err(SignatureState::UnsupportedAlgorithm(a, sb.to_vec()))
             }
             Err(_) => Err(SignatureState::Unsigned),
         };
@@ -316,6 +318,20 @@ mod tests {
         assert_eq!(h.image_offset(), 4096);
         assert_eq!(image_offset(4096 - 64 - 74), 4096);
         assert_eq!(image_offset(4096 - 64 - 73), 8192);
+    }
+
+    /// Found by fuzzing: an unknown signature algorithm must survive a
+    /// parse/serialize round trip byte for byte.
+    #[test]
+    fn unknown_signature_algorithm_round_trips() {
+        let file = include_bytes!("../../../fuzz/corpus/bundle_head/regress-unsupported-sig-alg");
+        let head = Head::parse(file).unwrap();
+        assert!(matches!(
+            head.signature(),
+            Err(BundleError::UnsupportedSignatureAlgorithm(_))
+        ));
+        let off = head.header.image_offset() as usize;
+        assert_eq!(&head.to_bytes()[..], &file[..off]);
     }
 
     #[test]

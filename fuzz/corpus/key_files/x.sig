@@ -1,0 +1,2 @@
+untrusted comment: signature from nuvol secret key
+RWThZroaRvmSaVAe0YtGFrlT1bhoyLVZ0WcOAzEbAmo5OstJaP6NuQKQtR7pNET69ZvDk9M4IQsz9Qje4PJL69ZdRzp05V/BPwc=
