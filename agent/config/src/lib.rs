@@ -7,6 +7,7 @@
 //! defaults and returns the problem (file, line, column, message) so the agent
 //! can show it on the console and on the status page.
 
+mod bundles;
 mod network;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use bundles::{BundleSource, BundlesConfig};
 pub use network::{InterfaceConfig, NetworkConfig, RouteConfig};
 
 /// Largest provisioning file accepted; anything bigger is not a config file.
@@ -29,6 +31,8 @@ pub struct Config {
     pub panel: PanelConfig,
     /// Links, addresses, routes and DNS.
     pub network: NetworkConfig,
+    /// Signed service bundles to trust and install unattended.
+    pub bundles: BundlesConfig,
     /// Switches for testing; never set these on a box in service.
     pub debug: DebugConfig,
 }
@@ -119,7 +123,8 @@ impl Config {
         if self.panel.port == 0 {
             return Err(("panel.port".into(), "port 0 is not a port".into()));
         }
-        self.network.validate()
+        self.network.validate()?;
+        self.bundles.validate()
     }
 }
 
