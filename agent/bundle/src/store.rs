@@ -104,6 +104,17 @@ impl Default for StoreOptions {
     }
 }
 
+/// What [`Store::provision`] did with one bundle file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum ProvisionOutcome {
+    /// Newly installed or upgraded.
+    Installed(InstalledBundle),
+    /// This exact bundle was already the current version.
+    AlreadyInstalled(InstalledBundle),
+    /// A newer version is installed; left alone.
+    NewerInstalled { name: String, installed: String },
+}
+
 /// Per-install switches.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InstallOptions {
@@ -527,6 +538,54 @@ impl Store {
         validate_name(name)?;
         let st = self.read_state(name)?;
         self.check_version(name, &st.current)
+    }
+
+    /// Unattended provisioning (nuvol.toml `[bundles]`): trust `trusted_keys`
+    /// (base64 public key lines; revoked ones are skipped with an error in
+    /// the report), then install each bundle file unless the same or a newer
+    /// version is already installed. One result per file, in order; a bad
+    /// file never stops the others.
+    pub fn provision(
+        &self,
+        trusted_keys: &[String],
+        files: &[PathBuf],
+    ) -> (
+        Vec<BundleError>,
+        Vec<(PathBuf, Result<ProvisionOutcome, BundleError>)>,
+    ) {
+        let mut key_errors = Vec::new();
+        let kr = self.keyring();
+        for k in trusted_keys {
+            let r = crate::keys::PublicKey::from_base64(k).and_then(|pk| {
+                if kr.list()?.iter().any(|t| t.key_id == pk.key_id.to_string()) {
+                    Ok(())
+                } else {
+                    kr.add(&pk, "from nuvol.toml")
+                }
+            });
+            if let Err(e) = r {
+                key_errors.push(e);
+            }
+        }
+        let mut out = Vec::new();
+        for f in files {
+            let r = (|| {
+                let (_, head) = crate::verify::read_head(f)?;
+                let digest = hex(&head.header.image_digest);
+                if let Some(b) = self.list()?.into_iter().find(|b| b.digest == digest) {
+                    return Ok(ProvisionOutcome::AlreadyInstalled(b));
+                }
+                match self.install(f) {
+                    Ok(b) => Ok(ProvisionOutcome::Installed(b)),
+                    Err(BundleError::Downgrade {
+                        name, installed, ..
+                    }) => Ok(ProvisionOutcome::NewerInstalled { name, installed }),
+                    Err(e) => Err(e),
+                }
+            })();
+            out.push((f.clone(), r));
+        }
+        (key_errors, out)
     }
 
     /// Re-hash the current image of `name` and compare with its signed digest.

@@ -228,3 +228,38 @@ fn install_scans_image_contents() {
         0
     );
 }
+
+#[test]
+fn provision_from_config_lists() {
+    let t = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let v1 = make_bundle(t.path(), &key, "web", "1.0");
+    let v2 = make_bundle(t.path(), &key, "web", "2.0");
+    let junk = t.path().join("junk.nvb");
+    fs::write(&junk, vec![b'x'; 8192]).unwrap();
+    let store = Store::open_with(&t.path().join("data"), opts()).unwrap();
+    let b64 = key.public().to_base64();
+    let (kerr, res) = store.provision(
+        &[b64.clone(), "garbage".into()],
+        &[v2.clone(), junk.clone()],
+    );
+    assert_eq!(kerr.len(), 1);
+    assert!(matches!(
+        res[0].1,
+        Ok(nuvol_bundle::ProvisionOutcome::Installed(_))
+    ));
+    assert!(matches!(res[1].1, Err(BundleError::BadMagic)));
+    // Next boot: same list, and an older bundle named: nothing changes.
+    let (kerr, res) = store.provision(&[b64], &[v2, v1]);
+    assert!(kerr.is_empty());
+    assert!(matches!(
+        res[0].1,
+        Ok(nuvol_bundle::ProvisionOutcome::AlreadyInstalled(_))
+    ));
+    assert!(matches!(
+        res[1].1,
+        Ok(nuvol_bundle::ProvisionOutcome::NewerInstalled { .. })
+    ));
+    assert_eq!(store.get("web").unwrap().version, "2.0");
+    assert_eq!(store.keyring().list().unwrap().len(), 1);
+}
