@@ -23,8 +23,8 @@ boot_to_http() {
     local t0; t0=$(date +%s.%N)
     "$here/qemu/run.sh" --port "$port" --serial "$work/serial.log" "$@" "$disk" >/dev/null 2>&1 &
     local pid=$!
-    local ok=0
-    for _ in $(seq 1 1200); do
+    local ok=0 deadline=$((SECONDS + 600))
+    while [ $SECONDS -lt $deadline ]; do
         if curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$port/" 2>/dev/null | grep -q 200; then ok=1; break; fi
         sleep 0.1
     done
@@ -41,8 +41,8 @@ median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] 
 
 series() { # series LABEL ARGS... → prints the median
     local label=$1; shift
-    local times=()
-    for i in $(seq 1 "$RUNS"); do times+=("$(boot_to_http "$@")"); done
+    local times=() t
+    for _ in $(seq 1 "$RUNS"); do t=$(boot_to_http "$@") || return 1; times+=("$t"); done
     local m; m=$(printf '%s\n' "${times[@]}" | median)
     echo "  $label: median ${m} s over $RUNS boots (${times[*]})" >&2
     echo "$m"
@@ -50,7 +50,8 @@ series() { # series LABEL ARGS... → prints the median
 
 # --- the Debian 12 reference ---------------------------------------------------
 debian_ref() {
-    local key; key=$(sha256sum "$0" | cut -c1-16)
+    # Bump when the recipe below changes (the cache is keyed by it).
+    local key=bookworm-systemd-busybox-httpd-v1
     local dir=$cache/debian-ref/$key
     if [ ! -f "$dir/disk.img" ]; then
         command -v debootstrap >/dev/null || apt-get install -y -q debootstrap >/dev/null
@@ -76,7 +77,7 @@ UNIT
         printf '[Match]\nName=en*\n[Network]\nDHCP=ipv4\n' > "$root/etc/systemd/network/10-dhcp.network"
         ln -sf /lib/systemd/system/systemd-networkd.service "$root/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
         echo 'root::0:0:99999:7:::' > "$root/etc/shadow.tmp" && grep -v '^root:' "$root/etc/shadow" >> "$root/etc/shadow.tmp" && mv "$root/etc/shadow.tmp" "$root/etc/shadow"
-        mkdir -p "$dir"
+        rm -rf "$cache/debian-ref"; mkdir -p "$dir"
         cp "$root"/boot/vmlinuz-* "$dir/vmlinuz"
         cp "$root"/boot/initrd.img-* "$dir/initrd.img"
         rm -rf "$root/boot"/*
@@ -100,11 +101,9 @@ echo "  agent RSS after boot: $(mib "$(cat "$work/rss")") MiB (target <= 16)" >&
 uefi=$(series "nuvol OVMF boot-to-HTTP" --firmware uefi)
 RSS_OUT=
 
-if ref=$(debian_ref); then
-    BOOT_DISK=$ref/disk.img
-    deb=$(series "Debian 12 + systemd boot-to-HTTP" --kernel "$ref/vmlinuz" --initrd "$ref/initrd.img" --append "root=/dev/vda rw console=ttyS0 quiet")
+if ref=$(debian_ref) && BOOT_DISK=$ref/disk.img && deb=$(series "Debian 12 + systemd boot-to-HTTP" --kernel "$ref/vmlinuz" --initrd "$ref/initrd.img" --append "root=/dev/vda rw console=ttyS0 quiet"); then
     echo "  ratio Debian/nuvol (SeaBIOS): $(awk -v d="$deb" -v n="$bios" 'BEGIN { printf "%.1fx", d / n }') faster (target >= 5x)" >&2
     echo "  ratio Debian/nuvol (OVMF):    $(awk -v d="$deb" -v n="$uefi" 'BEGIN { printf "%.1fx", d / n }') faster" >&2
 else
-    echo "  Debian reference could not be built (see above)" >&2
+    echo "  Debian reference could not be built or booted (see above)" >&2
 fi
