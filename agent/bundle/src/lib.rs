@@ -25,4 +25,6 @@ pub use format::{Head, Header, ImageType};
 pub use keyring::Keyring;
 pub use keys::{KeyId, PublicKey, SecretKey, SignatureBlock};
 pub use manifest::{Manifest, Policy};
-pub use store::{InstallOptions, InstalledBundle, ProvisionOutcome, Store, StoreOptions};
+pub use store::{
+    InstallOptions, InstalledBundle, ProvisionOutcome, ProvisionReport, Store, StoreOptions,
+};

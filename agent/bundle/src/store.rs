@@ -115,6 +115,15 @@ pub enum ProvisionOutcome {
     NewerInstalled { name: String, installed: String },
 }
 
+/// The result of [`Store::provision`].
+#[derive(Debug)]
+pub struct ProvisionReport {
+    /// Keys from the config that could not be trusted (bad text, revoked).
+    pub key_errors: Vec<BundleError>,
+    /// One entry per bundle file, in order.
+    pub results: Vec<(PathBuf, Result<ProvisionOutcome, BundleError>)>,
+}
+
 /// Per-install switches.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InstallOptions {
@@ -545,14 +554,7 @@ impl Store {
     /// the report), then install each bundle file unless the same or a newer
     /// version is already installed. One result per file, in order; a bad
     /// file never stops the others.
-    pub fn provision(
-        &self,
-        trusted_keys: &[String],
-        files: &[PathBuf],
-    ) -> (
-        Vec<BundleError>,
-        Vec<(PathBuf, Result<ProvisionOutcome, BundleError>)>,
-    ) {
+    pub fn provision(&self, trusted_keys: &[String], files: &[PathBuf]) -> ProvisionReport {
         let mut key_errors = Vec::new();
         let kr = self.keyring();
         for k in trusted_keys {
@@ -585,7 +587,10 @@ impl Store {
             })();
             out.push((f.clone(), r));
         }
-        (key_errors, out)
+        ProvisionReport {
+            key_errors,
+            results: out,
+        }
     }
 
     /// Re-hash the current image of `name` and compare with its signed digest.

@@ -239,10 +239,8 @@ fn provision_from_config_lists() {
     fs::write(&junk, vec![b'x'; 8192]).unwrap();
     let store = Store::open_with(&t.path().join("data"), opts()).unwrap();
     let b64 = key.public().to_base64();
-    let (kerr, res) = store.provision(
-        &[b64.clone(), "garbage".into()],
-        &[v2.clone(), junk.clone()],
-    );
+    let rep = store.provision(&[b64.clone(), "garbage".into()], &[v2.clone(), junk]);
+    let (kerr, res) = (rep.key_errors, rep.results);
     assert_eq!(kerr.len(), 1);
     assert!(matches!(
         res[0].1,
@@ -250,7 +248,8 @@ fn provision_from_config_lists() {
     ));
     assert!(matches!(res[1].1, Err(BundleError::BadMagic)));
     // Next boot: same list, and an older bundle named: nothing changes.
-    let (kerr, res) = store.provision(&[b64], &[v2, v1]);
+    let rep = store.provision(&[b64], &[v2, v1]);
+    let (kerr, res) = (rep.key_errors, rep.results);
     assert!(kerr.is_empty());
     assert!(matches!(
         res[0].1,
