@@ -227,7 +227,9 @@ impl Store {
                     fsync_dir(&inst)?;
                     continue;
                 }
-                Err(e) => return Err(e),
+                // Unreadable state (disk error): leave this bundle alone so
+                // the rest of the store still opens; `get`/`list` report it.
+                Err(_) => continue,
             };
             for v in fs::read_dir(&dir).map_err(BundleError::io(&dir))? {
                 let v = v.map_err(BundleError::io(&dir))?;

@@ -262,3 +262,28 @@ fn provision_from_config_lists() {
     assert_eq!(store.get("web").unwrap().version, "2.0");
     assert_eq!(store.keyring().list().unwrap().len(), 1);
 }
+
+#[test]
+fn erofs_bundle_installs_and_corrupt_state_is_contained() {
+    let t = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let root = t.path().join("root");
+    make_rootfs(&root, "erofs");
+    let mf = t.path().join("m.toml");
+    fs::write(&mf, manifest_text("app", "1.0", "")).unwrap();
+    let out = t.path().join("app.nvb");
+    nuvol_bundle::build::build(&mf, &root, ImageType::Erofs, &out, Some(&key)).unwrap();
+    let w = make_bundle(t.path(), &key, "web", "1.0");
+    let data = t.path().join("data");
+    let store = Store::open_with(&data, opts()).unwrap();
+    store.keyring().add(&key.public(), "k").unwrap();
+    let b = store.install(&out).unwrap();
+    assert_eq!(b.image_type, ImageType::Erofs);
+    store.install(&w).unwrap();
+    // A damaged state file of one bundle does not stop the store opening,
+    // and the damage is reported, not hidden.
+    fs::write(data.join("bundles/installed/app/state.json"), b"{garbage").unwrap();
+    let store = Store::open_with(&data, opts()).unwrap();
+    assert!(matches!(store.get("app"), Err(BundleError::State(_))));
+    assert_eq!(store.get("web").unwrap().version, "1.0");
+}
