@@ -48,8 +48,8 @@ pub struct LogLimits {
 impl Default for LogLimits {
     fn default() -> Self {
         LogLimits {
-            ring_lines: 1000,
-            ring_bytes: 256 * 1024,
+            ring_lines: 500,
+            ring_bytes: 64 * 1024,
             file_bytes: 1 << 20,
             files: 3,
         }
