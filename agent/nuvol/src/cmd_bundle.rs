@@ -337,3 +337,89 @@ pub fn run(args: BundleArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        args: BundleArgs,
+    }
+
+    fn nuvol_bundle(args: &[&str]) -> anyhow::Result<()> {
+        let mut v = vec!["bundle"];
+        v.extend_from_slice(args);
+        run(T::try_parse_from(v)?.args)
+    }
+
+    /// keygen -> build -> verify -> inspect/export -> signify signs -> attach -> verify.
+    #[test]
+    fn cli_round_trip() {
+        struct Dir(PathBuf);
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let t = Dir(std::env::temp_dir().join(format!("nuvol-cli-bundle-{}", std::process::id())));
+        std::fs::create_dir_all(&t.0).unwrap();
+        let d = t.0.as_path();
+        let s = |p: &str| d.join(p).to_str().unwrap().to_string();
+        std::fs::create_dir_all(d.join("root/bin")).unwrap();
+        std::fs::write(d.join("root/bin/x"), "x").unwrap();
+        std::fs::write(
+            d.join("m.toml"),
+            "name = \"w\"\nversion = \"1\"\npublisher = \"t\"\n[run]\ncommand = [\"/bin/x\"]\n",
+        )
+        .unwrap();
+        nuvol_bundle(&["keygen", "-o", &s("k")]).unwrap();
+        assert!(
+            nuvol_bundle(&["keygen", "-o", &s("k")]).is_err(),
+            "must not overwrite"
+        );
+        nuvol_bundle(&[
+            "build",
+            "-m",
+            &s("m.toml"),
+            "-r",
+            &s("root"),
+            "-o",
+            &s("w.nvb"),
+        ])
+        .unwrap();
+        assert!(nuvol_bundle(&["verify", &s("w.nvb"), "-p", &s("k.pub")]).is_err());
+        nuvol_bundle(&["sign", &s("w.nvb"), "-k", &s("k.sec")]).unwrap();
+        nuvol_bundle(&["verify", &s("w.nvb"), "-p", &s("k.pub")]).unwrap();
+        nuvol_bundle(&[
+            "inspect",
+            &s("w.nvb"),
+            "--json",
+            "--export-message",
+            &s("msg"),
+        ])
+        .unwrap();
+        // Re-sign with signify itself and attach.
+        let st = std::process::Command::new("signify-openbsd")
+            .args([
+                "-S",
+                "-s",
+                &s("k.sec"),
+                "-m",
+                &s("msg"),
+                "-x",
+                &s("msg.sig"),
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        nuvol_bundle(&["sign", &s("w.nvb"), "-s", &s("msg.sig")]).unwrap();
+        nuvol_bundle(&["verify", &s("w.nvb"), "-p", &s("k.pub")]).unwrap();
+        // A key it was not signed with.
+        nuvol_bundle(&["keygen", "-o", &s("other")]).unwrap();
+        let e = nuvol_bundle(&["verify", &s("w.nvb"), "-p", &s("other.pub")]).unwrap_err();
+        assert!(format!("{e:#}").contains("not in the keyring"), "{e:#}");
+    }
+}
