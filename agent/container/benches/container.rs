@@ -27,9 +27,21 @@ fn first_line_nuvol(bundle: &Path, cg: &CgroupGuard, state: &Path) -> Duration {
     let b = oci::load_bundle(bundle, &unique("lat")).expect("bundle");
     let (r, w) = pipe().unwrap();
     let t0 = Instant::now();
-    let mut c = spawn(&b.spec, &cg.0, state, Stdio { stdin: None, stdout: Some(w), stderr: None }).expect("spawn");
+    let mut c = spawn(
+        &b.spec,
+        &cg.0,
+        state,
+        Stdio {
+            stdin: None,
+            stdout: Some(w),
+            stderr: None,
+        },
+    )
+    .expect("spawn");
     let mut line = String::new();
-    BufReader::new(std::fs::File::from(r)).read_line(&mut line).unwrap();
+    BufReader::new(std::fs::File::from(r))
+        .read_line(&mut line)
+        .unwrap();
     let dt = t0.elapsed();
     assert_eq!(line, "ready\n");
     c.wait().unwrap();
@@ -37,7 +49,12 @@ fn first_line_nuvol(bundle: &Path, cg: &CgroupGuard, state: &Path) -> Duration {
     dt
 }
 
-fn first_line_cmd(runtime: &str, extra: &[&str], bundle: &Path, state_root: &Path) -> Option<Duration> {
+fn first_line_cmd(
+    runtime: &str,
+    extra: &[&str],
+    bundle: &Path,
+    state_root: &Path,
+) -> Option<Duration> {
     let id = unique("lat");
     let t0 = Instant::now();
     let mut cmd = Command::new(runtime);
@@ -52,7 +69,13 @@ fn first_line_cmd(runtime: &str, extra: &[&str], bundle: &Path, state_root: &Pat
             if libc::unshare(libc::CLONE_NEWNS) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null());
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            );
             libc::umount2(c"/sys/fs/cgroup/unified".as_ptr(), libc::MNT_DETACH);
             Ok(())
         });
@@ -70,11 +93,16 @@ fn first_line_cmd(runtime: &str, extra: &[&str], bundle: &Path, state_root: &Pat
         .spawn()
         .ok()?;
     let mut line = String::new();
-    BufReader::new(child.stdout.take()?).read_line(&mut line).ok()?;
+    BufReader::new(child.stdout.take()?)
+        .read_line(&mut line)
+        .ok()?;
     let dt = t0.elapsed();
     let out = child.wait_with_output().ok()?;
     if line != "ready\n" {
-        eprintln!("{runtime}: unexpected output {line:?}: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "{runtime}: unexpected output {line:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
     Some(dt)
@@ -90,15 +118,25 @@ fn rss_kib() -> u64 {
 }
 
 fn counts(cg: &CgroupGuard) -> (usize, usize, usize, usize) {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map(|s| s.lines().count()).unwrap_or(0);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
     let cgroups = cg.0.children().len();
     let loops = std::fs::read_dir("/sys/block")
-        .map(|rd| rd.flatten().filter(|e| e.path().join("loop/backing_file").exists()).count())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("loop/backing_file").exists())
+                .count()
+        })
         .unwrap_or(0);
     let veths = std::fs::read_dir("/sys/class/net")
         .map(|rd| {
             rd.flatten()
-                .filter(|e| std::fs::read_to_string(e.path().join("uevent")).unwrap_or_default().contains("veth"))
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("uevent"))
+                        .unwrap_or_default()
+                        .contains("veth")
+                })
                 .count()
         })
         .unwrap_or(0);
@@ -116,9 +154,14 @@ fn main() {
     let cg = CgroupGuard::new();
     // crun and runc get their cgroups in a uniquely named sub-tree, removed at the end.
     let cg_name = unique("nuvol-bench");
-    let mut cfg: serde_json::Value = serde_json::from_str(&oci_config(&["/bin/echo", "ready"], "bench")).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&oci_config(&["/bin/echo", "ready"], "bench")).unwrap();
     cfg["linux"]["cgroupsPath"] = serde_json::Value::String(format!("/{cg_name}/c"));
-    std::fs::write(bundle.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
     let state = tmp.path().join("state");
 
     // 1. Start latency.
@@ -128,13 +171,16 @@ fn main() {
     // crun refuses hybrid cgroup hosts (v1 controllers + a cgroup2 mount with
     // controllers); there it runs with its cgroup manager disabled, which
     // flatters crun (it then skips the cgroup work nuvol still does).
-    let crun_extra: Vec<&str> = match first_line_cmd("crun", &[], &bundle, &tmp.path().join("crun-state")) {
-        Some(_) => vec![],
-        None => vec!["--cgroup-manager=disabled"],
-    };
+    let crun_extra: Vec<&str> =
+        match first_line_cmd("crun", &[], &bundle, &tmp.path().join("crun-state")) {
+            Some(_) => vec![],
+            None => vec!["--cgroup-manager=disabled"],
+        };
     for _ in 0..ROUNDS {
         nuvol.push(first_line_nuvol(&bundle, &cg, &state).as_secs_f64() * 1e3);
-        if let Some(d) = first_line_cmd("crun", &crun_extra, &bundle, &tmp.path().join("crun-state")) {
+        if let Some(d) =
+            first_line_cmd("crun", &crun_extra, &bundle, &tmp.path().join("crun-state"))
+        {
             crun.push(d.as_secs_f64() * 1e3);
         }
         if let Some(d) = first_line_cmd("runc", &[], &bundle, &tmp.path().join("runc-state")) {
@@ -148,15 +194,25 @@ fn main() {
         println!("  crun   unavailable (apt-get install crun)");
     } else {
         let c = median(&mut crun);
-        println!("  crun   {c:8.2} ms   nuvol/crun = {:.2}x (target <= 1.2x) {}", n / c, crun_extra.join(" "));
+        println!(
+            "  crun   {c:8.2} ms   nuvol/crun = {:.2}x (target <= 1.2x) {}",
+            n / c,
+            crun_extra.join(" ")
+        );
     }
     if runc.is_empty() {
         println!("  runc   unavailable (apt-get install runc)");
     } else {
         let r = median(&mut runc);
-        println!("  runc   {r:8.2} ms   nuvol/runc = {:.2}x (target < 1.0x)", n / r);
+        println!(
+            "  runc   {r:8.2} ms   nuvol/runc = {:.2}x (target < 1.0x)",
+            n / r
+        );
     }
-    for h in ["memory", "pids", "cpu", "cpuacct", "cpuset", "devices", "freezer", "blkio", "unified", "systemd", ""] {
+    for h in [
+        "memory", "pids", "cpu", "cpuacct", "cpuset", "devices", "freezer", "blkio", "unified",
+        "systemd", "",
+    ] {
         let d = Path::new("/sys/fs/cgroup").join(h).join(&cg_name);
         let _ = std::fs::remove_dir(d.join("c"));
         let _ = std::fs::remove_dir(&d);
@@ -172,8 +228,12 @@ fn main() {
         .unwrap_or(false);
     assert!(ok, "mksquashfs failed (apt-get install squashfs-tools)");
     let mk = |id: &str| {
-        let r = Rootfs { source: RootSource::SquashfsImage(img.clone()), write: RootWrite::ReadOnly };
-        let mut s = nuvol_container::ContainerSpec::new(id, r, vec!["/bin/sleep".into(), "600".into()]);
+        let r = Rootfs {
+            source: RootSource::SquashfsImage(img.clone()),
+            write: RootWrite::ReadOnly,
+        };
+        let mut s =
+            nuvol_container::ContainerSpec::new(id, r, vec!["/bin/sleep".into(), "600".into()]);
         s.limits.pids_max = Some(16);
         s
     };
@@ -196,7 +256,11 @@ fn main() {
         started.as_secs_f64() * 1e3,
         (rss1.saturating_sub(rss0)) as f64 / 50.0
     );
-    println!("  while running: {} cgroups, {} loop devices", during.1, during.2 - before.2);
+    println!(
+        "  while running: {} cgroups, {} loop devices",
+        during.1,
+        during.2 - before.2
+    );
     let t1 = Instant::now();
     for mut c in running.drain(..) {
         c.stop(Duration::from_millis(100)).unwrap();

@@ -119,20 +119,58 @@ impl CgroupRoot {
         Ok(CgroupRoot::V2(path))
     }
 
+    /// Create `parent/name` and enable the controllers there, provided
+    /// `parent` already delegates memory and pids (nothing else is written).
+    fn v2_within(parent: &Path, name: &str) -> Result<Self> {
+        let ctl = read_small(&parent.join("cgroup.subtree_control")).unwrap_or_default();
+        let has = |c: &str| ctl.split_whitespace().any(|x| x == c);
+        if !(has("memory") && has("pids")) {
+            return Err(ContainerError::CgroupsUnavailable(format!(
+                "{} does not delegate memory and pids",
+                parent.display()
+            )));
+        }
+        let path = parent.join(name);
+        fs::create_dir_all(&path).map_err(ContainerError::cgroup(&path))?;
+        for c in ["memory", "pids", "cpu"] {
+            if c != "cpu" || has("cpu") {
+                if let Err(e) = write(&path.join("cgroup.subtree_control"), &format!("+{c}")) {
+                    let _ = fs::remove_dir(&path);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(CgroupRoot::V2(path))
+    }
+
     /// Pick what this host offers: cgroup v2 if its root has the memory and
     /// pids controllers, otherwise the v1 hierarchies. `name` becomes a child
     /// of this process's own cgroup in each hierarchy.
     pub fn detect(name: &str) -> Result<Self> {
         check_id(name)?;
         let base = Path::new(CGROUP_MOUNT);
-        if v2_has(base, &["memory", "pids"]) {
+        for mount in [base.to_path_buf(), base.join("unified")] {
+            if !v2_has(&mount, &["memory", "pids"]) {
+                continue;
+            }
+            // Our own cgroup first, then its ancestors: a cgroup holding
+            // processes (like a systemd session scope) cannot delegate
+            // controllers, its parent slice usually already does. Nothing
+            // outside the new `name` directory is written.
             let own = own_cgroup("").unwrap_or_default();
-            return Self::v2(base.join(own).join(name));
-        }
-        let unified = base.join("unified");
-        if v2_has(&unified, &["memory", "pids"]) {
-            let own = own_cgroup("").unwrap_or_default();
-            return Self::v2(unified.join(own).join(name));
+            let mut cand = Some(mount.join(&own));
+            while let Some(parent) = cand {
+                if let Ok(root) = Self::v2_within(&parent, name) {
+                    return Ok(root);
+                }
+                cand = parent
+                    .parent()
+                    .filter(|p| p.starts_with(&mount))
+                    .map(Path::to_path_buf);
+            }
+            return Err(ContainerError::CgroupsUnavailable(format!(
+                "no cgroup above {own} delegates the memory and pids controllers"
+            )));
         }
         let dir = |ctrl: &str, mount: &str| -> Result<PathBuf> {
             let own = own_cgroup(ctrl).ok_or_else(|| {
