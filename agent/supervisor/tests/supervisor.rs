@@ -429,3 +429,122 @@ async fn bad_services_are_refused_and_host_helpers_run() {
     assert!(texts.contains(&"helper pid 1".to_string()), "{texts:?}");
     assert!(texts.contains(&"sees-host-fs".to_string()), "{texts:?}");
 }
+
+/// A real network hook built from iproute2: a veth pair whose container end
+/// is created inside the container's namespace before the service starts.
+struct VethHook {
+    host: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+impl nuvol_supervisor::NetworkHook for VethHook {
+    fn attach<'a>(
+        &'a self,
+        _service: &'a str,
+        pid: i32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let pid = pid.to_string();
+            ip(&[
+                "link", "add", &self.host, "type", "veth", "peer", "name", "eth0", "netns", &pid,
+            ])?;
+            let st = std::process::Command::new("nsenter")
+                .args([
+                    "-t",
+                    &pid,
+                    "-n",
+                    "ip",
+                    "addr",
+                    "add",
+                    "10.213.7.2/24",
+                    "dev",
+                    "eth0",
+                ])
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !st.success() {
+                return Err("nsenter ip addr add failed".into());
+            }
+            Ok("10.213.7.2/24".into())
+        })
+    }
+
+    fn detach<'a>(
+        &'a self,
+        _service: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        // The pair dies with the container's namespace; delete in case it did not yet.
+        Box::pin(async move {
+            let _ = ip(&["link", "del", &self.host]);
+        })
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn network_hook_runs_before_the_service_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/ip")).unwrap();
+    let cg = CgroupRoot::detect(&unique("nuvol-sup-test")).unwrap();
+    let host = format!("nvt{}", std::process::id() % 100_000_000);
+    let sup = Supervisor::new(&tmp.path().join("data"), cg.clone())
+        .unwrap()
+        .with_network(std::sync::Arc::new(VethHook { host: host.clone() }));
+    let env = Env {
+        sup,
+        rootfs,
+        cg,
+        _tmp: tmp,
+    };
+    let mut s = env.service("netted", "ip -4 addr show eth0; exec sleep 600");
+    s.restart = RestartPolicy::Never;
+    env.sup.add(s).unwrap();
+    env.sup.start("netted").await.unwrap();
+    let st = env
+        .wait_for("netted", "running", |s| s.state == State::Running)
+        .await;
+    assert_eq!(st.address.as_deref(), Some("10.213.7.2/24"));
+    for _ in 0..250 {
+        if env
+            .sup
+            .logs("netted")
+            .unwrap()
+            .iter()
+            .any(|l| l.text.contains("inet 10.213.7.2/24"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let texts: Vec<String> = env
+        .sup
+        .logs("netted")
+        .unwrap()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert!(
+        texts.iter().any(|t| t.contains("inet 10.213.7.2/24")),
+        "{texts:?}"
+    );
+    env.sup.stop("netted").await.unwrap();
+    assert!(
+        !Path::new(&format!("/sys/class/net/{host}")).exists(),
+        "veth leaked"
+    );
+}
