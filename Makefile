@@ -25,12 +25,13 @@ NUVOL_BIN := $(CARGO_TARGET_DIR)/$(TARGET)/release/nuvol
 KERNEL_FRAGMENTS := kernel-config/common.config kernel-config/qemu.config kernel-config/atom.config
 IMAGE := out/nuvol-x86_64.img
 # A command to run the image step under, e.g. "faketime -f +2d" (the
-# reproducibility test moves the clock to show it does not leak into images).
+# reproducibility test moves the clock to show it does not leak into images;
+# it sets NO_FAKE_STAT=1 so files keep their real times, as on another day).
 IMAGE_WRAPPER ?=
 FIRMWARE ?= bios
 PORT ?= 8080
 
-.PHONY: deps deps-test nuvol kernel image qemu test test-unit test-e2e lint bench bundles clean
+.PHONY: deps deps-test nuvol kernel image qemu test test-unit test-e2e fuzz-short lint bench bundles clean
 
 deps:
 	@image/deps.sh build
@@ -61,7 +62,13 @@ test-unit: deps-test
 test-e2e: deps-test image
 	NUVOL_IMAGE=$(CURDIR)/$(IMAGE) NUVOL_BIN=$(NUVOL_BIN) cargo test -p nuvol-e2e --locked -- --test-threads=1
 
-test: lint test-unit test-e2e
+test: lint test-unit test-e2e fuzz-short
+
+bundles: deps-test nuvol
+	NUVOL=$(NUVOL_BIN) recipes/build-all.sh out/bundles
+
+fuzz-short: deps-test
+	FUZZ_TARGET_DIR=$(NUVOL_CACHE)/fuzz-target fuzz/run-short.sh
 
 bench: deps-test image
 	cargo bench --workspace --locked

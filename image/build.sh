@@ -108,12 +108,12 @@ export MTOOLS_SKIP_CHECK=1
 syslinux --install --directory /syslinux "$fat"
 
 # --- data partition (ext4) --------------------------------------------------
+# Empty on purpose: `mkfs.ext4 -d` would copy the source files' ctimes, which
+# no one can set. PID 1 creates /data/nuvol at first boot.
 data=$work/data.ext4
-mkdir -p "$work/datafs/nuvol"
-find "$work/datafs" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -L nuvol-data -U "$(uuid data-fs)" \
     -E "hash_seed=$(uuid data-hash),root_owner=0:0,lazy_itable_init=0,nodiscard" \
-    -O ^metadata_csum_seed -d "$work/datafs" "$data" "${DATA_MIB}M" >/dev/null
+    -O ^metadata_csum_seed "$data" "${DATA_MIB}M" >/dev/null
 
 # --- disk ------------------------------------------------------------------
 boot_start=2048
