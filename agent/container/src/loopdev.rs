@@ -1,50 +1,16 @@
 //! Loop devices for read-only filesystem images, through the
 //! `/dev/loop-control` ioctls (no losetup).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{ContainerError, Result};
 
-const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
-const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
-const LO_FLAGS_READ_ONLY: u32 = 1;
-const LO_FLAGS_AUTOCLEAR: u32 = 4;
-
-#[repr(C)]
-struct LoopInfo64 {
-    lo_device: u64,
-    lo_inode: u64,
-    lo_rdevice: u64,
-    lo_offset: u64,
-    lo_sizelimit: u64,
-    lo_number: u32,
-    lo_encrypt_type: u32,
-    lo_encrypt_key_size: u32,
-    lo_flags: u32,
-    lo_file_name: [u8; 64],
-    lo_crypt_name: [u8; 64],
-    lo_encrypt_key: [u8; 32],
-    lo_init: [u64; 2],
-}
-
-#[repr(C)]
-struct LoopConfig {
-    fd: u32,
-    block_size: u32,
-    info: LoopInfo64,
-    reserved: [u64; 8],
-}
-
-/// A loop device attached read-only with autoclear: it detaches by itself
-/// once this handle is dropped and the last mount of it is gone.
+/// A read-only, autoclear loop device for a container's image (the
+/// primitive lives in `nuvol_disk::loopdev`, shared with the bundle store).
 #[derive(Debug)]
-pub struct LoopDevice {
-    path: PathBuf,
-    _file: File,
-}
+pub struct LoopDevice(nuvol_disk::loopdev::LoopDevice);
 
 impl LoopDevice {
     /// Attach `image` to a free loop device.
@@ -54,66 +20,13 @@ impl LoopDevice {
             source,
         };
         let backing = File::open(image).map_err(err)?;
-        let ctl = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/loop-control")
-            .map_err(err)?;
-        // Another process may take the free device between GET_FREE and CONFIGURE: retry.
-        for _ in 0..16 {
-            // SAFETY: ioctl without argument on an fd we own.
-            let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
-            if n < 0 {
-                return Err(err(io::Error::last_os_error()));
-            }
-            let path = PathBuf::from(format!("/dev/loop{n}"));
-            let dev = match OpenOptions::new().read(true).open(&path) {
-                Ok(f) => f,
-                Err(e) => return Err(err(e)),
-            };
-            let mut name = [0u8; 64];
-            let src = image.as_os_str().as_encoded_bytes();
-            let len = src.len().min(63);
-            name[..len].copy_from_slice(&src[..len]);
-            let cfg = LoopConfig {
-                fd: backing.as_raw_fd() as u32,
-                block_size: 0,
-                info: LoopInfo64 {
-                    lo_device: 0,
-                    lo_inode: 0,
-                    lo_rdevice: 0,
-                    lo_offset: 0,
-                    lo_sizelimit: 0,
-                    lo_number: 0,
-                    lo_encrypt_type: 0,
-                    lo_encrypt_key_size: 0,
-                    lo_flags: LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
-                    lo_file_name: name,
-                    lo_crypt_name: [0; 64],
-                    lo_encrypt_key: [0; 32],
-                    lo_init: [0; 2],
-                },
-                reserved: [0; 8],
-            };
-            // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, which `cfg` is laid out as.
-            let r =
-                unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
-            if r == 0 {
-                return Ok(LoopDevice { path, _file: dev });
-            }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EBUSY) {
-                return Err(err(e));
-            }
-        }
-        Err(err(io::Error::new(
-            io::ErrorKind::WouldBlock,
-            "no free loop device after 16 tries",
-        )))
+        nuvol_disk::loopdev::LoopDevice::attach(&backing, 0, 0, image)
+            .map(LoopDevice)
+            .map_err(err)
     }
 
     /// `/dev/loopN`.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 }

@@ -9,6 +9,7 @@
 //! (EXT4_IOC_RESIZE_FS).
 
 pub mod gpt;
+pub mod loopdev;
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
