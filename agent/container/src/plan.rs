@@ -290,13 +290,13 @@ impl Plan {
                 let mut ifr: libc::ifreq = std::mem::zeroed();
                 ifr.ifr_name[0] = b'l' as libc::c_char;
                 ifr.ifr_name[1] = b'o' as libc::c_char;
-                if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+                if libc::ioctl(s, libc::SIOCGIFFLAGS as libc::Ioctl, &mut ifr) < 0 {
                     let e = errno();
                     libc::close(s);
                     return e;
                 }
                 ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-                let r = libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr);
+                let r = libc::ioctl(s, libc::SIOCSIFFLAGS as libc::Ioctl, &ifr);
                 let e = errno();
                 libc::close(s);
                 if r < 0 {
