@@ -55,6 +55,8 @@ qemu: image
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	# Every library must build for the box's target (musl types differ: ioctl numbers, ...).
+	cargo check --workspace --exclude nuvol-e2e --lib --bins --locked --target $(TARGET)
 
 test-unit: deps-test
 	cargo test --workspace --exclude nuvol-e2e --locked
