@@ -4,12 +4,20 @@
 //! - `GET /` — the status page (HTML, no JavaScript needed)
 //! - `GET /api/v1/status` — the node's status as JSON
 //! - `GET /api/v1/network` — links, addresses, routes, DNS, DHCP leases
+//! - `/api/v1/bundles…`, `/api/v1/keys…` — signed bundles and the keyring
+//!   (see [`bundles`])
 //! - `POST /api/v1/debug/kill` — only when `[debug] test_hooks = true`:
 //!   the agent SIGKILLs itself (boot tests use it to check PID 1 restarts it)
+//!
+//! The status page, `/api/v1/status` and `/api/v1/network` are read-only and
+//! public. Every other route needs `Authorization: Bearer <admin token>`
+//! (the token is made on first boot and shown on the console); without it
+//! the answer is 401.
 //!
 //! Errors are JSON `{"error": {"code": "...", "message": "..."}}` with a
 //! stable code.
 
+pub mod bundles;
 mod panel;
 
 use std::convert::Infallible;
@@ -32,6 +40,36 @@ pub trait Node: Send + Sync + 'static {
     fn network(&self) -> Option<serde_json::Value>;
     /// Whether `/api/v1/debug/*` routes are enabled (testing only).
     fn test_hooks(&self) -> bool;
+    /// The admin token that protected routes require.
+    fn admin_token(&self) -> Option<String>;
+    /// The bundle store and a directory for uploads on the same filesystem.
+    fn bundle_store(&self) -> Option<(Arc<nuvol_bundle::Store>, std::path::PathBuf)>;
+}
+
+/// Routes anyone may read; everything else needs the admin token.
+pub fn is_public(method: &Method, path: &str) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+        && matches!(path, "/" | "/api/v1/status" | "/api/v1/network")
+}
+
+/// Constant-time check of `Authorization: Bearer <token>`.
+pub fn authorized(node: &dyn Node, headers: &hyper::HeaderMap) -> bool {
+    let Some(want) = node.admin_token() else {
+        return false;
+    };
+    let Some(got) = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    got.len() == want.len()
+        && got
+            .bytes()
+            .zip(want.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -104,8 +142,38 @@ pub fn route(node: &dyn Node, method: &Method, path: &str) -> Resp {
 
 async fn handle(node: Arc<dyn Node>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
-    let resp = route(node.as_ref(), req.method(), &path);
-    tracing::debug!(method = %req.method(), path, status = resp.status().as_u16(), "http");
+    let method = req.method().clone();
+    let resp = if !is_public(&method, &path) && !authorized(node.as_ref(), req.headers()) {
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this route needs the admin token (Authorization: Bearer …)",
+        );
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        r
+    } else if path.starts_with("/api/v1/bundles") || path.starts_with("/api/v1/keys") {
+        match node.bundle_store() {
+            Some((store, dir)) => match bundles::handle(store, dir, req).await {
+                Some(r) => r,
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("no such page: {path}"),
+                ),
+            },
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "bundles_unavailable",
+                "the bundle store could not be opened; see the agent's log",
+            ),
+        }
+    } else {
+        route(node.as_ref(), &method, &path)
+    };
+    tracing::debug!(%method, path, status = resp.status().as_u16(), "http");
     Ok(resp)
 }
 

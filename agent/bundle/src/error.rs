@@ -102,6 +102,48 @@ pub enum BundleError {
 }
 
 impl BundleError {
+    /// A stable machine-readable code for APIs and scripts (the message
+    /// may change; the code does not).
+    pub fn code(&self) -> &'static str {
+        use BundleError::*;
+        match self {
+            Io { .. } => "io_error",
+            BadMagic
+            | UnsupportedVersion(_)
+            | UnknownImageType(_)
+            | ReservedNotZero
+            | Truncated { .. }
+            | TrailingData { .. }
+            | ManifestTooLarge { .. }
+            | ManifestEmpty
+            | ImageTooLarge { .. }
+            | ImageEmpty
+            | BadImageOffset { .. }
+            | PaddingNotZero => "malformed_bundle",
+            Unsigned | UnsupportedSignatureAlgorithm(_) => "unsigned",
+            UnknownKey(_) => "unknown_key",
+            RevokedKey(_) => "revoked_key",
+            BadSignature(_) => "bad_signature",
+            DigestMismatch { .. } => "digest_mismatch",
+            Manifest(_) | ManifestInvalid { .. } => "bad_manifest",
+            PathTraversal(_)
+            | SymlinkEscape { .. }
+            | DeviceNode(_)
+            | Setuid(_)
+            | UnsupportedFileType(_) => "unsafe_content",
+            Image(_) => "bad_image",
+            KeyFormat(_) | SignatureFormat(_) => "bad_key",
+            KeyIsRevoked(_) => "key_revoked",
+            Keyring(_) => "keyring_error",
+            NotInstalled(_) => "not_installed",
+            NoPrevious(_) => "no_previous_version",
+            Downgrade { .. } => "downgrade",
+            PublisherChanged { .. } => "publisher_changed",
+            State(_) => "store_state",
+            Tool { .. } => "tool_error",
+        }
+    }
+
     /// Wrap an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BundleError {
         let path = path.into();

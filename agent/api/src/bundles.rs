@@ -1,0 +1,275 @@
+//! `/api/v1/bundles` and `/api/v1/keys`: signed bundles and the keyring.
+//!
+//! | method and path | does |
+//! |---|---|
+//! | `GET /api/v1/bundles` | installed bundles |
+//! | `POST /api/v1/bundles` (body: the bundle file) | verify, then install or upgrade |
+//! | `GET /api/v1/bundles/NAME` | one bundle |
+//! | `POST /api/v1/bundles/NAME/rollback` | back to the previous version |
+//! | `DELETE /api/v1/bundles/NAME[?purge=1]` | remove (volumes kept unless purge) |
+//! | `GET /api/v1/keys` | trusted and revoked publisher keys |
+//! | `POST /api/v1/keys` (body: a public key file or its base64 line) | trust a key |
+//! | `DELETE /api/v1/keys/ID` | stop trusting a key |
+//! | `POST /api/v1/keys/ID/revoke` (body: reason) | revoke a key for good |
+//!
+//! Store operations block (hashing, fsync, loop mounts) and run on tokio's
+//! blocking pool. Errors carry `BundleError::code()` as their stable code.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use nuvol_bundle::{BundleError, KeyId, Store};
+use serde_json::json;
+
+use crate::{error, json, Resp};
+
+/// Largest bundle accepted by upload.
+pub const MAX_UPLOAD: u64 = 1 << 30;
+/// Largest key or reason body.
+const MAX_SMALL_BODY: u64 = 8 * 1024;
+
+fn bundle_error(e: &BundleError) -> Resp {
+    let status = match e {
+        BundleError::NotInstalled(_) => StatusCode::NOT_FOUND,
+        BundleError::UnknownKey(_) | BundleError::RevokedKey(_) | BundleError::BadSignature(_) => {
+            StatusCode::FORBIDDEN
+        }
+        BundleError::Downgrade { .. }
+        | BundleError::PublisherChanged { .. }
+        | BundleError::NoPrevious(_) => StatusCode::CONFLICT,
+        BundleError::Io { .. }
+        | BundleError::State(_)
+        | BundleError::Keyring(_)
+        | BundleError::Tool { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    error(status, e.code(), &e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BundleError> + Send + 'static,
+) -> Result<T, Resp> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(bundle_error(&e)),
+        Err(e) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &format!("bundle task failed: {e}"),
+        )),
+    }
+}
+
+fn done<T: serde::Serialize>(status: StatusCode, r: Result<T, Resp>) -> Resp {
+    match r {
+        Ok(v) => json(status, &v),
+        Err(resp) => resp,
+    }
+}
+
+/// Read a small body (keys, reasons) into memory, refusing more than the limit.
+async fn small_body(body: Incoming) -> Result<Bytes, Resp> {
+    let limited = http_body_util::Limited::new(body, MAX_SMALL_BODY as usize);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(_) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("body is over {MAX_SMALL_BODY} bytes or broken"),
+        )),
+    }
+}
+
+static UPLOADS: AtomicU64 = AtomicU64::new(0);
+
+/// A temporary upload file, removed on drop.
+struct Upload(PathBuf);
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Stream the request body to a file under `dir`, at most [`MAX_UPLOAD`].
+async fn receive(mut body: Incoming, dir: &Path, declared: Option<u64>) -> Result<Upload, Resp> {
+    if declared.is_some_and(|n| n > MAX_UPLOAD) {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("bundles are limited to {MAX_UPLOAD} bytes"),
+        ));
+    }
+    let io_err = |e: std::io::Error| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "io_error",
+            &format!("upload: {e}"),
+        )
+    };
+    std::fs::create_dir_all(dir).map_err(io_err)?;
+    let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
+    let upload = Upload(dir.join(format!("upload-{}-{n}.nvb", std::process::id())));
+    let mut file = std::fs::File::create(&upload.0).map_err(io_err)?;
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                &format!("upload interrupted: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len() as u64;
+            if total > MAX_UPLOAD {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    &format!("bundles are limited to {MAX_UPLOAD} bytes"),
+                ));
+            }
+            file.write_all(&data).map_err(io_err)?;
+        }
+    }
+    if total == 0 {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "empty_body",
+            "send the bundle file as the request body",
+        ));
+    }
+    file.sync_all().map_err(io_err)?;
+    Ok(upload)
+}
+
+fn key_id(s: &str) -> Result<KeyId, Resp> {
+    KeyId::parse_hex(s).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_key_id",
+            &format!("{s:?} is not a key id (16 hex digits)"),
+        )
+    })
+}
+
+/// Serve one bundles/keys request; `None` if the path is not ours.
+pub async fn handle(
+    store: Arc<Store>,
+    upload_dir: PathBuf,
+    req: Request<Incoming>,
+) -> Option<Resp> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().clone();
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(3).collect();
+    let (area, rest) = segs.split_first()?;
+    let resp = match (*area, rest, &method) {
+        ("bundles", [], &Method::GET) => {
+            let s = store.clone();
+            done(StatusCode::OK, blocking(move || s.list()).await)
+        }
+        ("bundles", [], &Method::POST) => {
+            let declared = req
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            match receive(req.into_body(), &upload_dir, declared).await {
+                Ok(upload) => {
+                    let s = store.clone();
+                    let r = blocking(move || {
+                        let r = s.install(&upload.0);
+                        drop(upload);
+                        r
+                    })
+                    .await;
+                    if let Ok(b) = &r {
+                        tracing::info!(bundle = %b.name, version = %b.version, key = %b.publisher_key_id, "bundle installed");
+                    }
+                    done(StatusCode::CREATED, r)
+                }
+                Err(resp) => resp,
+            }
+        }
+        ("bundles", [name], &Method::GET) => {
+            let (s, n) = (store.clone(), name.to_string());
+            done(StatusCode::OK, blocking(move || s.get(&n)).await)
+        }
+        ("bundles", [name, "rollback"], &Method::POST) => {
+            let (s, n) = (store.clone(), name.to_string());
+            done(StatusCode::OK, blocking(move || s.rollback(&n)).await)
+        }
+        ("bundles", [name], &Method::DELETE) => {
+            let purge = query
+                .split('&')
+                .any(|kv| kv == "purge=1" || kv == "purge=true");
+            let (s, n) = (store.clone(), name.to_string());
+            let r = blocking(move || s.remove(&n, purge)).await;
+            done(
+                StatusCode::OK,
+                r.map(|()| json!({ "removed": name, "purged_volumes": purge })),
+            )
+        }
+        ("keys", [], &Method::GET) => {
+            let s = store.clone();
+            let r = blocking(move || {
+                let kr = s.keyring();
+                Ok(json!({ "trusted": kr.list()?, "revoked": kr.revoked()? }))
+            })
+            .await;
+            done(StatusCode::OK, r)
+        }
+        ("keys", [], &Method::POST) => match small_body(req.into_body()).await {
+            Ok(body) => {
+                let text = String::from_utf8_lossy(&body).into_owned();
+                let s = store.clone();
+                let r =
+                    blocking(move || s.keyring().add_text(&text, "added through the API")).await;
+                done(
+                    StatusCode::CREATED,
+                    r.map(|id| json!({ "key_id": id.to_string() })),
+                )
+            }
+            Err(resp) => resp,
+        },
+        ("keys", [id], &Method::DELETE) => match key_id(id) {
+            Ok(kid) => {
+                let s = store.clone();
+                match blocking(move || s.keyring().remove(&kid)).await {
+                    Ok(true) => json(StatusCode::OK, &json!({ "removed": id })),
+                    Ok(false) => error(
+                        StatusCode::NOT_FOUND,
+                        "unknown_key",
+                        &format!("key {id} is not trusted"),
+                    ),
+                    Err(resp) => resp,
+                }
+            }
+            Err(resp) => resp,
+        },
+        ("keys", [id, "revoke"], &Method::POST) => {
+            match (key_id(id), small_body(req.into_body()).await) {
+                (Ok(kid), Ok(body)) => {
+                    let reason = String::from_utf8_lossy(&body).trim().to_string();
+                    let s = store.clone();
+                    let r = blocking(move || s.keyring().revoke(&kid, &reason)).await;
+                    done(StatusCode::OK, r.map(|()| json!({ "revoked": id })))
+                }
+                (Err(resp), _) | (_, Err(resp)) => resp,
+            }
+        }
+        ("bundles" | "keys", _, _) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{method} is not allowed on {path}"),
+        ),
+        _ => return None,
+    };
+    Some(resp)
+}
