@@ -180,7 +180,26 @@ impl Vm {
 
     /// One HTTP request to the guest's panel; returns (status, body).
     pub fn http(&self, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-        http(self.port, method, path)
+        http_auth(self.port, method, path, None)
+    }
+
+    /// The admin token the agent printed on the console (the last one shown).
+    pub fn admin_token(&self) -> Option<String> {
+        let c = self.console();
+        let line = c
+            .lines()
+            .rev()
+            .find(|l| l.contains("nuvol: admin token: "))?;
+        let rest = &line[line.find("nuvol: admin token: ")? + "nuvol: admin token: ".len()..];
+        rest.split_whitespace().next().map(str::to_string)
+    }
+
+    /// One HTTP request with the admin token from the console.
+    pub fn http_admin(&self, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+        let token = self
+            .admin_token()
+            .ok_or_else(|| std::io::Error::other("no admin token on the console"))?;
+        http_auth(self.port, method, path, Some(&token))
     }
 
     /// Poll until a GET returns 200, or panic after `timeout`.
@@ -261,11 +280,22 @@ pub fn tail(s: &str) -> String {
 
 /// Minimal HTTP/1.1 client (Connection: close).
 pub fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_auth(port, method, path, None)
+}
+
+/// [`http`] with an optional `Authorization: Bearer` token.
+pub fn http_auth(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: nuvol\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: nuvol\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n"
     )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;

@@ -95,7 +95,11 @@ fn bios_boot_status_restart_poweroff_and_persistence() {
     );
 
     // The agent dies hard; PID 1 restarts it and the panel comes back.
-    let _ = vm.http("POST", "/api/v1/debug/kill");
+    // Without the admin token (printed on the console) the hook is closed.
+    let (code, _) = vm.http("POST", "/api/v1/debug/kill").unwrap();
+    assert_eq!(code, 401, "state-changing routes need the admin token");
+    assert!(vm.admin_token().is_some_and(|t| t.len() == 64));
+    let _ = vm.http_admin("POST", "/api/v1/debug/kill");
     vm.wait_console(
         "agent exited (killed by SIGKILL)",
         1,

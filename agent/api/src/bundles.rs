@@ -14,6 +14,7 @@
 //!
 //! Store operations block (hashing, fsync, loop mounts) and run on tokio's
 //! blocking pool. Errors carry `BundleError::code()` as their stable code.
+#![allow(clippy::result_large_err)] // handlers return ready-made error responses, built once per request
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

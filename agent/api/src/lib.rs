@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -44,6 +44,9 @@ pub trait Node: Send + Sync + 'static {
     fn admin_token(&self) -> Option<String>;
     /// The bundle store and a directory for uploads on the same filesystem.
     fn bundle_store(&self) -> Option<(Arc<nuvol_bundle::Store>, std::path::PathBuf)>;
+    /// Called after an install, upgrade, rollback or removal succeeded
+    /// through the API (the supervisor re-reads the store).
+    fn bundles_changed(&self) {}
 }
 
 /// Routes anyone may read; everything else needs the admin token.
@@ -72,7 +75,17 @@ pub fn authorized(node: &dyn Node, headers: &hyper::HeaderMap) -> bool {
             == 0
 }
 
-type Resp = Response<Full<Bytes>>;
+/// Response body: a whole buffer or a stream (log follow, events).
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+/// What every handler returns.
+pub type Resp = Response<Body>;
+
+/// A body holding `bytes` whole.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
 
 fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Resp {
     let body = serde_json::to_vec_pretty(v).unwrap_or_else(|_| b"{}".to_vec());
@@ -80,8 +93,8 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Resp {
         .status(status)
         .header("content-type", "application/json")
         .header("cache-control", "no-store")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default()
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full(Bytes::new())))
 }
 
 /// A JSON error with a stable machine code and a human message.
@@ -101,8 +114,8 @@ fn html(body: String) -> Resp {
             "content-security-policy",
             "default-src 'self'; style-src 'unsafe-inline'",
         )
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default()
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full(Bytes::new())))
 }
 
 /// Dispatch one request. Public so tests can call it without sockets.
@@ -157,7 +170,15 @@ async fn handle(node: Arc<dyn Node>, req: Request<Incoming>) -> Result<Resp, Inf
     } else if path.starts_with("/api/v1/bundles") || path.starts_with("/api/v1/keys") {
         match node.bundle_store() {
             Some((store, dir)) => match bundles::handle(store, dir, req).await {
-                Some(r) => r,
+                Some(r) => {
+                    if method != Method::GET
+                        && r.status().is_success()
+                        && path.starts_with("/api/v1/bundles")
+                    {
+                        node.bundles_changed();
+                    }
+                    r
+                }
                 None => error(
                     StatusCode::NOT_FOUND,
                     "not_found",

@@ -6,7 +6,8 @@
 //! # public key file ("RWQ..."). Added to the keyring on the data partition.
 //! trusted_keys = ["RWQeg2D4vKnpUiKlqHB5P961Whh/7kK2j6Gzq1AUMnZWOMM0Hco9miVF"]
 //! # Bundles to install if missing or older: a file on the boot partition
-//! # (relative to nuvol.toml) or an http(s) URL on the community network.
+//! # (relative to nuvol.toml) or an http:// URL on the community network
+//! # (retried with backoff until the network is up).
 //! install = ["bundles/syncthing.nvb", "http://10.1.2.3/bundles/etcd.nvb"]
 //! # What bundles may declare (all off by default).
 //! allow_setuid = false
@@ -26,7 +27,7 @@ pub const MAX_BUNDLE_ENTRIES: usize = 64;
 pub struct BundlesConfig {
     /// Base64 public keys (`"Ed" ‖ key id ‖ key`, 56 characters).
     pub trusted_keys: Vec<String>,
-    /// Bundle files (relative to nuvol.toml's directory) or http(s) URLs.
+    /// Bundle files (relative to nuvol.toml's directory) or http:// URLs.
     pub install: Vec<String>,
     /// Let bundles that declare setuid files install.
     pub allow_setuid: bool,
@@ -41,7 +42,7 @@ pub struct BundlesConfig {
 pub enum BundleSource<'a> {
     /// A path relative to the directory holding nuvol.toml.
     File(&'a str),
-    /// An http:// or https:// URL.
+    /// An http:// URL (https:// is recognised only to be refused clearly).
     Url(&'a str),
 }
 
@@ -87,8 +88,14 @@ impl BundlesConfig {
                     );
                 }
                 if p.contains("://") {
-                    return err("install", format!("{p:?}: only http:// and https:// URLs"));
+                    return err("install", format!("{p:?}: only http:// URLs"));
                 }
+            }
+            if e.starts_with("https://") {
+                return err(
+                    "install",
+                    format!("{e:?}: https is not supported for downloads; use http:// (every bundle is verified against trusted_keys, so the transport need not be trusted)"),
+                );
             }
         }
         Ok(())

@@ -39,6 +39,9 @@ struct Node {
     collector: Mutex<Collector>,
     test_hooks: bool,
     net: Option<crate::net::Net>,
+    admin_token: Option<String>,
+    store: Option<Arc<nuvol_bundle::Store>>,
+    upload_dir: PathBuf,
 }
 
 impl nuvol_api::Node for Node {
@@ -53,6 +56,12 @@ impl nuvol_api::Node for Node {
     }
     fn test_hooks(&self) -> bool {
         self.test_hooks
+    }
+    fn admin_token(&self) -> Option<String> {
+        self.admin_token.clone()
+    }
+    fn bundle_store(&self) -> Option<(Arc<nuvol_bundle::Store>, PathBuf)> {
+        self.store.clone().map(|s| (s, self.upload_dir.clone()))
     }
 }
 
@@ -78,6 +87,22 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         found: loaded.found,
         problem: loaded.problem.clone(),
     };
+    let admin_token = match crate::bundles::admin_token(&args.state_dir) {
+        Ok(t) => {
+            // The console is the one place the owner can read it on first boot.
+            eprintln!(
+                "nuvol: admin token: {t} (also in {})",
+                args.state_dir.join(crate::bundles::TOKEN_FILE).display()
+            );
+            Some(t)
+        }
+        Err(e) => {
+            tracing::error!("admin token: {e:#}; protected routes are closed");
+            eprintln!("nuvol: no admin token ({e:#}); protected routes are closed");
+            None
+        }
+    };
+    let store = crate::bundles::open_store(&args.state_dir, &loaded.config.bundles);
     let manage_net = match args.network {
         NetworkMode::Manage => true,
         NetworkMode::Off => false,
@@ -115,7 +140,22 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             )),
             test_hooks: loaded.config.debug.test_hooks,
             net: net.clone(),
+            admin_token,
+            store: store.clone(),
+            upload_dir: crate::bundles::upload_dir(&args.state_dir),
         });
+        if let Some(store) = store {
+            let config_dir = args
+                .config
+                .parent()
+                .map_or_else(|| PathBuf::from("."), PathBuf::from);
+            tokio::spawn(crate::bundles::provision(
+                store,
+                loaded.config.bundles.clone(),
+                config_dir,
+                args.state_dir.clone(),
+            ));
+        }
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(nuvol_api::serve(listener, node.clone(), async move {
             let _ = stop_rx.wait_for(|s| *s).await;

@@ -1,7 +1,9 @@
 //! `nuvol`: one static binary with verbs, like busybox.
 
 mod agent;
+mod bundles;
 mod cmd_bundle;
+mod fetch;
 mod logging;
 mod net;
 

@@ -44,15 +44,43 @@ impl Agent {
         a
     }
 
+    /// An unauthenticated request.
     fn req(&self, method: &str, path: &str) -> (u16, String, String) {
+        self.send(method, path, None, b"")
+    }
+
+    /// The admin token the agent made on first start.
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("state/admin-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// A request with the admin token.
+    fn areq(&self, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
+        self.send(method, path, Some(&self.token()), body)
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> (u16, String, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n",
+            body.len()
         )
         .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
+        s.write_all(body).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let out = String::from_utf8_lossy(&out).into_owned();
         let (head, body) = out.split_once("\r\n\r\n").unwrap();
         let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
         (code, head.to_ascii_lowercase(), body.to_string())
@@ -95,15 +123,29 @@ fn status_api_and_panel() {
 #[test]
 fn unknown_routes_and_methods_get_json_errors() {
     let a = Agent::start("err", "");
-    let (code, _, body) = a.req("GET", "/nope");
+    // Without the token nothing but the public pages answer.
+    for (m, p) in [
+        ("GET", "/nope"),
+        ("DELETE", "/api/v1/status"),
+        ("POST", "/api/v1/debug/kill"),
+        ("GET", "/api/v1/bundles"),
+    ] {
+        let (code, head, body) = a.req(m, p);
+        assert_eq!(code, 401, "{m} {p}: {body}");
+        assert!(head.contains("www-authenticate: bearer"), "{head}");
+        assert!(body.contains("\"unauthorized\""), "{body}");
+    }
+    let (code, _, _) = a.send("GET", "/api/v1/bundles", Some("0123"), b"");
+    assert_eq!(code, 401, "a wrong token is refused");
+    let (code, _, body) = a.areq("GET", "/nope", b"");
     assert_eq!(code, 404);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "not_found");
-    let (code, _, body) = a.req("DELETE", "/api/v1/status");
+    let (code, _, body) = a.areq("DELETE", "/api/v1/status", b"");
     assert_eq!(code, 405);
     assert!(body.contains("method_not_allowed"));
     // Test hooks are off unless nuvol.toml turns them on.
-    let (code, _, _) = a.req("POST", "/api/v1/debug/kill");
+    let (code, _, _) = a.areq("POST", "/api/v1/debug/kill", b"");
     assert_eq!(code, 404);
     // Network is not managed on a development host.
     let (code, _, body) = a.req("GET", "/api/v1/network");
