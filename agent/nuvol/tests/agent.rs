@@ -1,99 +1,13 @@
 //! `nuvol agent` as a real process on this host (not PID 1): the API, the
 //! panel, a bad provisioning file, and a prompt exit on SIGTERM.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::io::Read;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Agent {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Agent {
-    fn start(tag: &str, config: &str) -> Agent {
-        let dir = std::env::temp_dir().join(format!("nuvol-agent-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("nuvol.toml"), config).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_nuvol"))
-            .args(["agent", "--config"])
-            .arg(dir.join("nuvol.toml"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("NUVOL_RUN_DIR", dir.join("run"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let a = Agent { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "agent did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        a
-    }
-
-    /// An unauthenticated request.
-    fn req(&self, method: &str, path: &str) -> (u16, String, String) {
-        self.send(method, path, None, b"")
-    }
-
-    /// The admin token the agent made on first start.
-    fn token(&self) -> String {
-        std::fs::read_to_string(self.dir.join("state/admin-token"))
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-
-    /// A request with the admin token.
-    fn areq(&self, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
-        self.send(method, path, Some(&self.token()), body)
-    }
-
-    fn send(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: &[u8],
-    ) -> (u16, String, String) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .unwrap();
-        s.write_all(body).unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).unwrap();
-        let out = String::from_utf8_lossy(&out).into_owned();
-        let (head, body) = out.split_once("\r\n\r\n").unwrap();
-        let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (code, head.to_ascii_lowercase(), body.to_string())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::Agent;
 
 #[test]
 fn status_api_and_panel() {
