@@ -72,8 +72,8 @@ bundles: deps-test nuvol
 fuzz-short: deps-test
 	FUZZ_TARGET_DIR=$(NUVOL_CACHE)/fuzz-target fuzz/run-short.sh
 
-bench: deps-test image
-	cargo bench --workspace --locked
+bench: deps-test image bundles
+	NUVOL_BENCH_SYNCTHING=$(CURDIR)/out/bundles/syncthing.nvb cargo bench --workspace --locked
 	NUVOL_IMAGE=$(CURDIR)/$(IMAGE) tests/bench/boot.sh
 
 clean:
