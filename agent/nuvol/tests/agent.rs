@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -85,13 +84,7 @@ fn sigterm_stops_the_agent_promptly() {
     let st = a.child.wait().unwrap();
     assert!(st.success(), "clean exit on SIGTERM: {st}");
     assert!(t.elapsed() < Duration::from_secs(5));
-    let mut err = String::new();
-    a.child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = a.console();
     assert!(
         err.contains("nuvol: ready: panel at http://127.0.0.1:"),
         "{err}"

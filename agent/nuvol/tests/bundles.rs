@@ -206,13 +206,7 @@ fn bundles_named_in_config_install_unattended_from_file_and_url() {
     // The missing one is named on the console, and does not stop the others.
     a.child.kill().unwrap();
     let _ = a.child.wait();
-    let mut err = String::new();
-    a.child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = a.console();
     assert!(
         err.contains("missing.nvb") && err.contains("NOT INSTALLED") && err.contains("404"),
         "{err}"

@@ -55,6 +55,15 @@ impl Agent {
         a
     }
 
+    /// Everything the agent wrote to stderr (its console); call after it exited.
+    pub fn console(&mut self) -> String {
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            e.read_to_string(&mut err).unwrap();
+        }
+        err
+    }
+
     /// An unauthenticated request.
     pub fn req(&self, method: &str, path: &str) -> (u16, String, String) {
         self.send(method, path, None, b"")
