@@ -15,7 +15,7 @@ use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::kernel::{Kernel, KernelState};
 use crate::plan::LinkPlan;
-use crate::status::ContainerStatus;
+use crate::status::{ContainerStatus, PublishedPort};
 use crate::{NetError, Netns};
 
 pub const BRIDGE: &str = "nuvol0";
@@ -34,6 +34,7 @@ pub struct ContainerNet {
 #[derive(Default)]
 pub(crate) struct Containers {
     attached: BTreeMap<String, ContainerNet>,
+    published: BTreeMap<String, Vec<PublishedPort>>,
 }
 
 fn cerr(e: impl std::fmt::Display) -> NetError {
@@ -69,7 +70,7 @@ impl Containers {
                 name: n.clone(),
                 address: c.address.to_string(),
                 veth: c.veth.clone(),
-                published: Vec::new(),
+                published: self.published.get(n).cloned().unwrap_or_default(),
             })
             .collect()
     }
@@ -206,10 +207,92 @@ impl Containers {
         Ok(c)
     }
 
+    /// The container's published ports now.
+    pub fn clone_published(&self, name: &str) -> Vec<PublishedPort> {
+        self.published.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Set the published ports of an attached container (replacing its
+    /// previous set). A host port may be published once per protocol, and
+    /// never one of `reserved` (the agent's own).
+    pub fn publish(
+        &mut self,
+        name: &str,
+        ports: &[PublishedPort],
+        reserved: &[u16],
+    ) -> Result<(), NetError> {
+        if !self.attached.contains_key(name) {
+            return Err(cerr(format!("no container {name:?} attached")));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in ports {
+            if p.host_port == 0 || p.container_port == 0 {
+                return Err(cerr(format!("{name}: port 0 cannot be published")));
+            }
+            if reserved.contains(&p.host_port) {
+                return Err(cerr(format!(
+                    "{name}: host port {} is the agent's own",
+                    p.host_port
+                )));
+            }
+            if !seen.insert((p.protocol, p.host_port)) {
+                return Err(cerr(format!(
+                    "{name}: host port {}/{:?} listed twice",
+                    p.host_port, p.protocol
+                )));
+            }
+            if let Some((other, _)) = self.published.iter().find(|(n, ps)| {
+                n.as_str() != name
+                    && ps
+                        .iter()
+                        .any(|q| q.protocol == p.protocol && q.host_port == p.host_port)
+            }) {
+                return Err(cerr(format!(
+                    "{name}: host port {}/{:?} is already published by {other}",
+                    p.host_port, p.protocol
+                )));
+            }
+        }
+        if ports.is_empty() {
+            self.published.remove(name);
+        } else {
+            self.published.insert(name.to_string(), ports.to_vec());
+        }
+        Ok(())
+    }
+
+    /// The nftables ruleset the attached containers need; `None` when no
+    /// container is attached (then nuvol keeps no table at all).
+    pub fn ruleset(&self, subnet: &Ipv4Net) -> Option<crate::nft::Ruleset> {
+        if self.attached.is_empty() {
+            return None;
+        }
+        let mut dnat = Vec::new();
+        for (name, ports) in &self.published {
+            let Some(c) = self.attached.get(name) else {
+                continue;
+            };
+            for p in ports {
+                dnat.push(crate::nft::Dnat {
+                    proto: p.protocol,
+                    host_port: p.host_port,
+                    addr: c.address.addr(),
+                    port: p.container_port,
+                });
+            }
+        }
+        Some(crate::nft::Ruleset {
+            subnet: *subnet,
+            bridge: BRIDGE.to_string(),
+            dnat,
+        })
+    }
+
     pub async fn detach(&mut self, kernel: &Kernel, name: &str) -> Result<(), NetError> {
         let Some(c) = self.attached.remove(name) else {
             return Err(cerr(format!("no container {name:?} attached")));
         };
+        self.published.remove(name);
         let st = kernel.snapshot().await?;
         if let Some(l) = st.links.iter().find(|l| l.name == c.veth) {
             kernel.note_write();

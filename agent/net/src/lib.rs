@@ -18,6 +18,7 @@ mod container;
 mod dhcp;
 mod fsutil;
 mod kernel;
+mod nft;
 mod plan;
 mod status;
 
@@ -75,6 +76,8 @@ pub struct NetOptions {
     pub state_dir: PathBuf,
     /// Sent as DHCP option 12.
     pub hostname: String,
+    /// Host ports containers may not publish (the agent's own, e.g. the panel).
+    pub reserved_ports: Vec<u16>,
 }
 
 impl NetOptions {
@@ -87,12 +90,13 @@ impl NetOptions {
             resolv_conf: resolv_conf.into(),
             state_dir: state_dir.into(),
             hostname: hostname.into(),
+            reserved_ports: Vec::new(),
         }
     }
 }
 
 /// Transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -116,6 +120,11 @@ enum Command {
         oneshot::Sender<Result<ContainerNet, NetError>>,
     ),
     Detach(String, oneshot::Sender<Result<(), NetError>>),
+    Publish(
+        String,
+        Vec<PublishedPort>,
+        oneshot::Sender<Result<(), NetError>>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -174,6 +183,8 @@ pub async fn start(cfg: NetworkConfig, opts: NetOptions) -> Result<NetHandle, Ne
         owned: BTreeSet::new(),
         last_resolv: None,
         containers: container::Containers::default(),
+        nft: None,
+        nft_installed: None,
         status: status.clone(),
         dhcp_tx,
         aux_tasks: vec![conn_task, mconn_task],
@@ -243,6 +254,16 @@ impl NetHandle {
         self.call(|tx| Command::Detach(name.to_string(), tx)).await
     }
 
+    /// Publish ports of an attached container on the host: traffic to
+    /// `host_port` arriving on any interface but the bridge is forwarded
+    /// (DNAT, nftables table `ip nuvol`) to the container's address and
+    /// `container_port`. Replaces the container's previous set; an empty
+    /// list unpublishes. Detaching unpublishes too.
+    pub async fn publish(&self, name: &str, ports: &[PublishedPort]) -> Result<(), NetError> {
+        self.call(|tx| Command::Publish(name.to_string(), ports.to_vec(), tx))
+            .await
+    }
+
     /// Release DHCP leases and stop every task.
     pub async fn shutdown(self) {
         let (tx, rx) = oneshot::channel();
@@ -270,6 +291,10 @@ struct Manager {
     owned: BTreeSet<Addr>,
     last_resolv: Option<String>,
     containers: container::Containers,
+    /// nf_tables socket, opened on first use (in the manager's netns).
+    nft: Option<nft::Socket>,
+    /// The ruleset last written to the `ip nuvol` table.
+    nft_installed: Option<nft::Ruleset>,
     status: Arc<Mutex<NetworkStatus>>,
     dhcp_tx: mpsc::UnboundedSender<dhcp::Report>,
     aux_tasks: Vec<JoinHandle<()>>,
@@ -360,6 +385,22 @@ impl Manager {
             Command::Detach(name, tx) => {
                 let r = self.containers.detach(&self.kernel, &name).await;
                 let _ = self.reconcile().await;
+                let _ = tx.send(r);
+            }
+            Command::Publish(name, ports, tx) => {
+                let previous = self.containers.clone_published(&name);
+                let mut r = self
+                    .containers
+                    .publish(&name, &ports, &self.opts.reserved_ports);
+                if r.is_ok() {
+                    if let Err(e) = self.reconcile_nft() {
+                        // Keep what worked before; say why the new set failed.
+                        let _ = self.containers.publish(&name, &previous, &[]);
+                        let _ = self.reconcile_nft();
+                        r = Err(e);
+                    }
+                    self.publish_status();
+                }
                 let _ = tx.send(r);
             }
             Command::Shutdown(_) => {}
@@ -468,6 +509,10 @@ impl Manager {
                 first_err.get_or_insert(e);
             }
         }
+        if let Err(e) = self.reconcile_nft() {
+            tracing::warn!("{e}");
+            first_err.get_or_insert(e);
+        }
         let (text, _, _) = plan::resolv_conf(&self.cfg, &self.leases);
         if self.last_resolv.as_deref() != Some(text.as_str()) {
             let on_disk = fsutil::read_bounded(&self.opts.resolv_conf, 64 * 1024).ok();
@@ -487,6 +532,48 @@ impl Manager {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Bring the `ip nuvol` nftables table in line with the attached
+    /// containers: re-written when the wanted ruleset changed or someone
+    /// changed the table behind our back (rule count differs, table gone);
+    /// no write when it is as wanted; deleted when no container is attached.
+    fn reconcile_nft(&mut self) -> Result<(), NetError> {
+        let wanted = self.containers.ruleset(&self.cfg.containers.subnet);
+        if wanted.is_none() && self.nft_installed.is_none() {
+            return Ok(());
+        }
+        if self.nft.is_none() {
+            self.nft = Some(nft::Socket::open()?);
+        }
+        let Some(sock) = self.nft.as_mut() else {
+            return Ok(());
+        };
+        match wanted {
+            None => {
+                tracing::info!("no containers left: removing the nftables table");
+                self.kernel.note_write();
+                sock.delete()?;
+                self.nft_installed = None;
+            }
+            Some(rs) => {
+                let count = sock.rule_count()?;
+                if self.nft_installed.as_ref() != Some(&rs) || count != Some(rs.rule_count()) {
+                    tracing::info!(
+                        published = rs.dnat.len(),
+                        subnet = %rs.subnet,
+                        "writing the nftables table (masquerade + published ports)"
+                    );
+                    self.kernel.note_write();
+                    if let Err(e) = sock.replace(&rs) {
+                        self.nft_installed = None;
+                        return Err(e);
+                    }
+                    self.nft_installed = Some(rs);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn sync_dhcp_clients(&mut self, st: &KernelState) {
@@ -638,6 +725,13 @@ impl Manager {
         }
         for t in self.aux_tasks.drain(..) {
             t.abort();
+        }
+        if self.nft_installed.take().is_some() {
+            if let Some(sock) = self.nft.as_mut() {
+                if let Err(e) = sock.delete() {
+                    tracing::warn!("removing the nftables table: {e}");
+                }
+            }
         }
         tracing::info!("network manager stopped");
     }

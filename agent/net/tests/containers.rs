@@ -5,29 +5,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use common::{Netns, TempDir};
+use common::{in_netns, Netns, TempDir};
 use nuvol_config::NetworkConfig;
 use nuvol_net::{NetOptions, Netns as Ns};
-
-fn in_netns<T: Send + 'static>(
-    path: std::path::PathBuf,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(path).unwrap();
-        // SAFETY: valid fd; affects this thread only.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
 
 #[test]
 fn container_gets_address_on_bridge_and_reaches_host() {

@@ -126,6 +126,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                     &loaded.config.network,
                     &args.state_dir,
                     loaded.config.hostname(),
+                    local.port(),
                 )
                 .await,
             )

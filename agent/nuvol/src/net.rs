@@ -9,9 +9,16 @@ pub type Net = Arc<OnceLock<nuvol_net::NetHandle>>;
 
 /// Start managing links per `cfg`. Errors are logged, never fatal: the panel
 /// must stay up even if netlink is unavailable.
-pub async fn start(cfg: &nuvol_config::NetworkConfig, state_dir: &Path, hostname: &str) -> Net {
+/// `panel_port` is kept from containers' published ports.
+pub async fn start(
+    cfg: &nuvol_config::NetworkConfig,
+    state_dir: &Path,
+    hostname: &str,
+    panel_port: u16,
+) -> Net {
     let cell: Net = Arc::new(OnceLock::new());
-    let opts = nuvol_net::NetOptions::new("/etc/resolv.conf", state_dir.join("net"), hostname);
+    let mut opts = nuvol_net::NetOptions::new("/etc/resolv.conf", state_dir.join("net"), hostname);
+    opts.reserved_ports = vec![panel_port];
     match nuvol_net::start(cfg.clone(), opts).await {
         Ok(h) => {
             let _ = cell.set(h);
