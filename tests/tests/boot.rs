@@ -86,6 +86,28 @@ fn bios_boot_status_restart_poweroff_and_persistence() {
             .any(|a| a.as_str().unwrap().starts_with("10.0.2.")),
         "DHCP address from QEMU user-net: {eth}"
     );
+    // The network component's view: a bound DHCP lease from QEMU's
+    // user-net server, its router as the default route, its DNS.
+    let net: Value = serde_json::from_str(&vm.wait_http("/api/v1/network", BOOT)).unwrap();
+    let nic = net["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == eth["name"])
+        .unwrap_or_else(|| panic!("{net}"));
+    assert_eq!(nic["managed"], true, "{nic}");
+    assert_eq!(nic["dhcp"]["state"], "bound", "{nic}");
+    assert_eq!(nic["dhcp"]["lease"]["address"], "10.0.2.15/24", "{nic}");
+    assert_eq!(nic["dhcp"]["lease"]["server"], "10.0.2.2", "{nic}");
+    assert!(
+        net["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["destination"] == "0.0.0.0/0" && r["gateway"] == "10.0.2.2"),
+        "default route via QEMU's router: {net}"
+    );
+    assert_eq!(net["dns"][0], "10.0.2.3", "{net}");
     let node_id = st["node_id"].as_str().unwrap().to_string();
     let (code, page) = vm.http("GET", "/").unwrap();
     assert_eq!(code, 200);
