@@ -1,6 +1,7 @@
 //! `nuvol`: one static binary with verbs, like busybox.
 
 mod agent;
+mod api_setup;
 mod bundles;
 mod cmd_bundle;
 mod fetch;
