@@ -356,7 +356,10 @@ impl Auth {
     fn note_failure(&self, ip: IpAddr, now: Instant) {
         let mut l = lock(&self.limits);
         if l.len() >= MAX_LIMITED_IPS && !l.contains_key(&ip) {
-            l.retain(|_, x| x.since.is_some_and(|s| now.duration_since(s) < LOGIN_WINDOW));
+            l.retain(|_, x| {
+                x.since
+                    .is_some_and(|s| now.duration_since(s) < LOGIN_WINDOW)
+            });
             if l.len() >= MAX_LIMITED_IPS {
                 let oldest = l.iter().min_by_key(|(_, x)| x.since).map(|(k, _)| *k);
                 if let Some(k) = oldest {
@@ -365,7 +368,9 @@ impl Auth {
             }
         }
         let x = l.entry(ip).or_default();
-        if x.since.is_none_or(|s| now.duration_since(s) >= LOGIN_WINDOW) {
+        if x.since
+            .is_none_or(|s| now.duration_since(s) >= LOGIN_WINDOW)
+        {
             x.since = Some(now);
             x.failures = 0;
         }
@@ -495,10 +500,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let name = path.file_name().map_or_else(
-        || "tmp".to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let name = path
+        .file_name()
+        .map_or_else(|| "tmp".to_string(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -165,9 +165,8 @@ async fn receive(
     file.sync_all().map_err(io_err)?;
     drop(file);
     match boundary {
-        Some(b) => unwrap_multipart(&upload.0, &b, dir).map_err(|m| {
-            error(StatusCode::BAD_REQUEST, "bad_form", &m)
-        }),
+        Some(b) => unwrap_multipart(&upload.0, &b, dir)
+            .map_err(|m| error(StatusCode::BAD_REQUEST, "bad_form", &m)),
         None => Ok(upload),
     }
 }
@@ -217,7 +216,8 @@ fn unwrap_multipart(path: &Path, boundary: &str, dir: &Path) -> Result<Upload, S
     let mut head = vec![0u8; len.min(16 * 1024) as usize];
     f.read_exact(&mut head).map_err(|e| e.to_string())?;
     let tail_len = len.min(256);
-    f.seek(SeekFrom::Start(len - tail_len)).map_err(|e| e.to_string())?;
+    f.seek(SeekFrom::Start(len - tail_len))
+        .map_err(|e| e.to_string())?;
     let mut tail = vec![0u8; tail_len as usize];
     f.read_exact(&mut tail).map_err(|e| e.to_string())?;
     let (start, end) = multipart_range(&head, &tail, len, boundary)

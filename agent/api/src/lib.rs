@@ -341,7 +341,8 @@ async fn handle(ctx: Arc<Ctx>, conn: Conn, req: Request<Incoming>) -> Result<Res
             ),
         }
     } else if !is_public(&method, &path) && principal.is_none() {
-        let known_page = routes::find(method.as_str(), &path, hooks).is_some_and(|d| d.kind == "html");
+        let known_page =
+            routes::find(method.as_str(), &path, hooks).is_some_and(|d| d.kind == "html");
         let mut r = if is_page(&path)
             && matches!(method, Method::GET | Method::HEAD)
             && (known_page || wants_html(req.headers()))
@@ -537,9 +538,7 @@ where
 /// The peer's address as the rate limiter keys it (IPv4-mapped unwrapped).
 pub fn peer_ip(conn: &Conn) -> IpAddr {
     match conn.peer.ip() {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         ip => ip,
     }
 }

@@ -225,45 +225,114 @@ pub fn render(ctx: &Ctx, bundles: Option<usize>) -> String {
         label(&s.version),
         label(&s.node_id)
     );
-    gauge(&mut o, "nuvol_uptime_seconds", "Seconds since boot.", s.uptime_s as f64);
-    gauge(&mut o, "nuvol_boot_count", "Boots of this box.", s.boot_count as f64);
-    let _ = writeln!(o, "# HELP nuvol_load Load average.\n# TYPE nuvol_load gauge");
+    gauge(
+        &mut o,
+        "nuvol_uptime_seconds",
+        "Seconds since boot.",
+        s.uptime_s as f64,
+    );
+    gauge(
+        &mut o,
+        "nuvol_boot_count",
+        "Boots of this box.",
+        s.boot_count as f64,
+    );
+    let _ = writeln!(
+        o,
+        "# HELP nuvol_load Load average.\n# TYPE nuvol_load gauge"
+    );
     for (w, v) in ["1m", "5m", "15m"].iter().zip(s.load) {
         let _ = writeln!(o, "nuvol_load{{window=\"{w}\"}} {v}");
     }
-    gauge(&mut o, "nuvol_memory_total_bytes", "Memory.", s.memory.total_bytes as f64);
-    gauge(&mut o, "nuvol_memory_available_bytes", "Memory available.", s.memory.available_bytes as f64);
-    gauge(&mut o, "nuvol_agent_rss_bytes", "Resident memory of the agent.", s.agent_rss_bytes as f64);
+    gauge(
+        &mut o,
+        "nuvol_memory_total_bytes",
+        "Memory.",
+        s.memory.total_bytes as f64,
+    );
+    gauge(
+        &mut o,
+        "nuvol_memory_available_bytes",
+        "Memory available.",
+        s.memory.available_bytes as f64,
+    );
+    gauge(
+        &mut o,
+        "nuvol_agent_rss_bytes",
+        "Resident memory of the agent.",
+        s.agent_rss_bytes as f64,
+    );
     if let Some(last) = ctx.metrics.history().last() {
-        gauge(&mut o, "nuvol_cpu_busy_percent", "CPU busy at the last sample.", last.cpu as f64);
+        gauge(
+            &mut o,
+            "nuvol_cpu_busy_percent",
+            "CPU busy at the last sample.",
+            last.cpu as f64,
+        );
     }
     if let Some(t) = temperature() {
-        gauge(&mut o, "nuvol_temperature_celsius", "Hottest sensor.", t as f64);
+        gauge(
+            &mut o,
+            "nuvol_temperature_celsius",
+            "Hottest sensor.",
+            t as f64,
+        );
     }
-    let _ = writeln!(o, "# HELP nuvol_disk_total_bytes Disk size.\n# TYPE nuvol_disk_total_bytes gauge");
+    let _ = writeln!(
+        o,
+        "# HELP nuvol_disk_total_bytes Disk size.\n# TYPE nuvol_disk_total_bytes gauge"
+    );
     for d in &s.disks {
-        let _ = writeln!(o, "nuvol_disk_total_bytes{{mount=\"{}\"}} {}", label(&d.mount), d.total_bytes);
+        let _ = writeln!(
+            o,
+            "nuvol_disk_total_bytes{{mount=\"{}\"}} {}",
+            label(&d.mount),
+            d.total_bytes
+        );
     }
     let _ = writeln!(o, "# HELP nuvol_disk_available_bytes Disk space available.\n# TYPE nuvol_disk_available_bytes gauge");
     for d in &s.disks {
-        let _ = writeln!(o, "nuvol_disk_available_bytes{{mount=\"{}\"}} {}", label(&d.mount), d.available_bytes);
+        let _ = writeln!(
+            o,
+            "nuvol_disk_available_bytes{{mount=\"{}\"}} {}",
+            label(&d.mount),
+            d.available_bytes
+        );
     }
     if let Some(n) = bundles {
-        gauge(&mut o, "nuvol_bundles_installed", "Installed bundles.", n as f64);
+        gauge(
+            &mut o,
+            "nuvol_bundles_installed",
+            "Installed bundles.",
+            n as f64,
+        );
     }
-    gauge(&mut o, "nuvol_sessions", "Live panel sessions.", ctx.auth.session_count() as f64);
+    gauge(
+        &mut o,
+        "nuvol_sessions",
+        "Live panel sessions.",
+        ctx.auth.session_count() as f64,
+    );
     let h = lock(&ctx.metrics.http);
     let mut rows: Vec<_> = h.requests.iter().collect();
     rows.sort();
     let _ = writeln!(o, "# HELP nuvol_http_requests_total HTTP requests by route and status.\n# TYPE nuvol_http_requests_total counter");
     for ((route, code), n) in rows {
-        let _ = writeln!(o, "nuvol_http_requests_total{{route=\"{}\",code=\"{code}\"}} {n}", label(route));
+        let _ = writeln!(
+            o,
+            "nuvol_http_requests_total{{route=\"{}\",code=\"{code}\"}} {n}",
+            label(route)
+        );
     }
     let mut secs: Vec<_> = h.seconds.iter().collect();
     secs.sort_by(|a, b| a.0.cmp(b.0));
     let _ = writeln!(o, "# HELP nuvol_http_request_seconds_total Time spent answering, by route.\n# TYPE nuvol_http_request_seconds_total counter");
     for (route, v) in secs {
-        let _ = writeln!(o, "nuvol_http_request_seconds_total{{route=\"{}\"}} {v:.6}", label(route));
+        let _ = writeln!(
+            o,
+            "nuvol_http_request_seconds_total{{route=\"{}\"}} {v:.6}",
+            label(route)
+        );
     }
     drop(h);
     o.push_str(&ctx.node.metrics_extra());
@@ -286,7 +355,13 @@ mod tests {
     fn ring_keeps_an_hour() {
         let m = Metrics::new();
         for i in 0..(HISTORY as u64 + 5) {
-            m.push(Sample { t: i, cpu: 0.0, mem: 0.0, disk: 0.0, temp: None });
+            m.push(Sample {
+                t: i,
+                cpu: 0.0,
+                mem: 0.0,
+                disk: 0.0,
+                temp: None,
+            });
         }
         let h = m.history();
         assert_eq!(h.len(), HISTORY);

@@ -153,9 +153,10 @@ pub async fn form_result(resp: Resp, back: Option<&str>) -> Resp {
     if status.is_redirection() {
         return redirect(StatusCode::SEE_OTHER, &back);
     }
-    let msg = v["error"]["message"]
-        .as_str()
-        .map_or_else(|| String::from_utf8_lossy(&bytes).into_owned(), str::to_string);
+    let msg = v["error"]["message"].as_str().map_or_else(
+        || String::from_utf8_lossy(&bytes).into_owned(),
+        str::to_string,
+    );
     let code = v["error"]["code"].as_str().unwrap_or("error");
     let body = format!(
         "<div class=warn id=error><strong>{}</strong> ({}): {}</div><p><a href=\"{}\">Back</a></p>",
@@ -188,7 +189,12 @@ pub fn render_json(v: &Value, depth: usize) -> String {
         Value::Object(o) => {
             let mut h = String::from("<div class=wrap><table>");
             for (k, x) in o.iter().take(100) {
-                let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(k), render_json(x, depth + 1));
+                let _ = write!(
+                    h,
+                    "<tr><th>{}</th><td>{}</td></tr>",
+                    esc(k),
+                    render_json(x, depth + 1)
+                );
             }
             h.push_str("</table></div>");
             h
@@ -198,7 +204,10 @@ pub fn render_json(v: &Value, depth: usize) -> String {
 
 /// A table of objects: a column per key (first seen order, at most 12),
 /// plus `extra(row)` columns.
-fn table_of(rows: &[Value], depth: usize, extra: &[(&str, &dyn Fn(&Value) -> String)]) -> String {
+/// An extra column: header and how to fill a row's cell.
+type Column<'a> = (&'a str, &'a dyn Fn(&Value) -> String);
+
+fn table_of(rows: &[Value], depth: usize, extra: &[Column<'_>]) -> String {
     let mut cols: Vec<&str> = Vec::new();
     for r in rows.iter().take(500) {
         if let Some(o) = r.as_object() {
@@ -275,7 +284,13 @@ fn sparkline(vals: &[f32]) -> String {
     let pts: Vec<String> = vals
         .iter()
         .enumerate()
-        .map(|(i, v)| format!("{:.1},{:.1}", i as f32 * 100.0 / n, 20.0 - v.clamp(0.0, 100.0) / 5.0))
+        .map(|(i, v)| {
+            format!(
+                "{:.1},{:.1}",
+                i as f32 * 100.0 / n,
+                20.0 - v.clamp(0.0, 100.0) / 5.0
+            )
+        })
         .collect();
     format!(
         "<svg viewBox=\"0 0 100 20\" preserveAspectRatio=none role=img aria-label=\"last hour\"><polyline points=\"{}\"/></svg>",
@@ -339,7 +354,8 @@ fn dashboard(ctx: &Ctx) -> String {
         let _ = write!(b, "<div class=warn>{}</div>", esc(a));
     }
     b.push_str("</div><div class=cards id=live>");
-    let series = |f: &dyn Fn(&crate::metrics::Sample) -> f32| -> Vec<f32> { hist.iter().map(f).collect() };
+    let series =
+        |f: &dyn Fn(&crate::metrics::Sample) -> f32| -> Vec<f32> { hist.iter().map(f).collect() };
     let card = |b: &mut String, id: &str, name: &str, val: String, spark: Option<Vec<f32>>| {
         let _ = write!(
             b,
@@ -348,12 +364,22 @@ fn dashboard(ctx: &Ctx) -> String {
             spark.map(|v| sparkline(&v)).unwrap_or_default()
         );
     };
-    card(&mut b, "cpu", "CPU", last.map_or("–".into(), |l| format!("{:.0}%", l.cpu)), Some(series(&|x| x.cpu)));
+    card(
+        &mut b,
+        "cpu",
+        "CPU",
+        last.map_or("–".into(), |l| format!("{:.0}%", l.cpu)),
+        Some(series(&|x| x.cpu)),
+    );
     card(
         &mut b,
         "memory",
         "Memory",
-        format!("{} of {}", bytes(s.memory.used_bytes), bytes(s.memory.total_bytes)),
+        format!(
+            "{} of {}",
+            bytes(s.memory.used_bytes),
+            bytes(s.memory.total_bytes)
+        ),
         Some(series(&|x| x.mem)),
     );
     card(
@@ -364,12 +390,34 @@ fn dashboard(ctx: &Ctx) -> String {
         Some(series(&|x| x.disk)),
     );
     if let Some(t) = crate::metrics::temperature() {
-        card(&mut b, "temperature", "Temperature", format!("{t:.0} °C"), Some(series(&|x| x.temp.unwrap_or(0.0))));
+        card(
+            &mut b,
+            "temperature",
+            "Temperature",
+            format!("{t:.0} °C"),
+            Some(series(&|x| x.temp.unwrap_or(0.0))),
+        );
     }
-    let (d, h, m) = (s.uptime_s / 86400, s.uptime_s % 86400 / 3600, s.uptime_s % 3600 / 60);
+    let (d, h, m) = (
+        s.uptime_s / 86400,
+        s.uptime_s % 86400 / 3600,
+        s.uptime_s % 3600 / 60,
+    );
     card(&mut b, "uptime", "Uptime", format!("{d}d {h}h {m}m"), None);
-    card(&mut b, "load", "Load", format!("{:.2} {:.2} {:.2}", s.load[0], s.load[1], s.load[2]), None);
-    card(&mut b, "agent", "Agent memory", bytes(s.agent_rss_bytes), None);
+    card(
+        &mut b,
+        "load",
+        "Load",
+        format!("{:.2} {:.2} {:.2}", s.load[0], s.load[1], s.load[2]),
+        None,
+    );
+    card(
+        &mut b,
+        "agent",
+        "Agent memory",
+        bytes(s.agent_rss_bytes),
+        None,
+    );
     let _ = write!(
         b,
         "</div><p>nuvol {} · node <code>{}</code> · boot {} · sparklines: last hour, one sample every 30 s</p>",
@@ -378,7 +426,11 @@ fn dashboard(ctx: &Ctx) -> String {
         s.boot_count
     );
     if let Some(p) = &s.config.problem {
-        let _ = write!(b, "<div class=warn id=config-problem>Provisioning file problem: {}</div>", esc(p));
+        let _ = write!(
+            b,
+            "<div class=warn id=config-problem>Provisioning file problem: {}</div>",
+            esc(p)
+        );
     }
     b
 }
@@ -399,7 +451,9 @@ fn community(ctx: &Ctx) -> String {
                 x.total_cmp(&y)
             });
             let open = |v: &Value| {
-                service_link(v).map_or_else(String::new, |u| format!("<a href=\"{}\" rel=noopener>open</a>", esc(&u)))
+                service_link(v).map_or_else(String::new, |u| {
+                    format!("<a href=\"{}\" rel=noopener>open</a>", esc(&u))
+                })
             };
             b.push_str(&table_of(&s, 1, &[("Open", &open)]));
         }
@@ -455,7 +509,9 @@ the publisher and key are listed after install.</p>",
         esc(&with_csrf("/api/v1/bundles", csrf, "/bundles"))
     );
     let Some((store, _)) = ctx.node.bundle_store() else {
-        b.push_str("<div class=warn>The bundle store could not be opened; see the agent's log.</div>");
+        b.push_str(
+            "<div class=warn>The bundle store could not be opened; see the agent's log.</div>",
+        );
         return b;
     };
     let s = store.clone();
@@ -469,16 +525,33 @@ the publisher and key are listed after install.</p>",
     };
     b.push_str("<h2>Installed</h2><div class=wrap><table id=bundle-list><tr><th>Name</th><th>Version</th><th>Publisher (key)</th><th>Signature</th><th>Previous</th><th>Actions</th></tr>");
     match list {
-        Ok(list) if list.is_empty() => b.push_str("<tr><td colspan=6>No bundles installed.</td></tr>"),
+        Ok(list) if list.is_empty() => {
+            b.push_str("<tr><td colspan=6>No bundles installed.</td></tr>")
+        }
         Ok(list) => {
             for x in list {
                 let base = format!("/api/v1/bundles/{}", parse::percent_encode(&x.name));
                 let mut acts = String::new();
                 if x.previous.is_some() {
-                    acts.push_str(&button(&format!("{base}/rollback"), csrf, "/bundles", "roll back"));
+                    acts.push_str(&button(
+                        &format!("{base}/rollback"),
+                        csrf,
+                        "/bundles",
+                        "roll back",
+                    ));
                 }
-                acts.push_str(&button(&format!("{base}/remove"), csrf, "/bundles", "remove (keep data)"));
-                acts.push_str(&button(&format!("{base}/remove?purge=1"), csrf, "/bundles", "remove and delete data"));
+                acts.push_str(&button(
+                    &format!("{base}/remove"),
+                    csrf,
+                    "/bundles",
+                    "remove (keep data)",
+                ));
+                acts.push_str(&button(
+                    &format!("{base}/remove?purge=1"),
+                    csrf,
+                    "/bundles",
+                    "remove and delete data",
+                ));
                 let _ = write!(
                     b,
                     "<tr><td>{}</td><td>{}</td><td>{} (<code>{}</code>)</td><td>{}</td><td>{}</td><td>{acts}</td></tr>",
@@ -497,13 +570,19 @@ the publisher and key are listed after install.</p>",
     }
     b.push_str("</table></div><h2>Trusted publisher keys</h2>");
     match keys {
-        Ok(k) => b.push_str(&render_json(&serde_json::to_value(k).unwrap_or(Value::Null), 1)),
+        Ok(k) => b.push_str(&render_json(
+            &serde_json::to_value(k).unwrap_or(Value::Null),
+            1,
+        )),
         Err(e) => b.push_str(&esc(&e.to_string())),
     }
     if let Ok(r) = revoked {
         if !r.is_empty() {
             b.push_str("<h2>Revoked keys</h2>");
-            b.push_str(&render_json(&serde_json::to_value(r).unwrap_or(Value::Null), 1));
+            b.push_str(&render_json(
+                &serde_json::to_value(r).unwrap_or(Value::Null),
+                1,
+            ));
         }
     }
     b
@@ -545,7 +624,12 @@ fn settings(ctx: &Ctx, csrf: &str) -> String {
             esc(&t.name),
             esc(&t.id),
             t.created,
-            button(&format!("/api/v1/tokens/{}/revoke", t.id), csrf, "/settings", "revoke")
+            button(
+                &format!("/api/v1/tokens/{}/revoke", t.id),
+                csrf,
+                "/settings",
+                "revoke"
+            )
         );
     }
     let _ = write!(
@@ -568,12 +652,17 @@ fn settings(ctx: &Ctx, csrf: &str) -> String {
 
 fn update(csrf: &str) -> String {
     let running = running_slot();
-    let mut b = String::from("<div class=wrap><table id=slots><tr><th>Slot</th><th>State</th></tr>");
+    let mut b =
+        String::from("<div class=wrap><table id=slots><tr><th>Slot</th><th>State</th></tr>");
     for slot in ["A", "B"] {
         let _ = write!(
             b,
             "<tr><td>{slot}</td><td>{}</td></tr>",
-            if running.as_deref() == Some(slot) { "running" } else { "standby" }
+            if running.as_deref() == Some(slot) {
+                "running"
+            } else {
+                "standby"
+            }
         );
     }
     let _ = write!(
@@ -748,7 +837,9 @@ pub async fn auth_routes(
             }
             r
         }
-        ("GET" | "HEAD", "/api/v1/tokens") => json(StatusCode::OK, &json!({ "tokens": ctx.auth.list_tokens() })),
+        ("GET" | "HEAD", "/api/v1/tokens") => {
+            json(StatusCode::OK, &json!({ "tokens": ctx.auth.list_tokens() }))
+        }
         ("POST", "/api/v1/tokens") => {
             let body = match crate::small_body(req.into_body()).await {
                 Ok(b) => b,
@@ -762,11 +853,16 @@ pub async fn auth_routes(
             match ctx.auth.create_token(&name) {
                 Ok((info, secret)) => {
                     tracing::info!(id = %info.id, name = %info.name, "API token created");
-                    json(StatusCode::CREATED, &json!({ "id": info.id, "name": info.name, "created": info.created, "token": secret }))
+                    json(
+                        StatusCode::CREATED,
+                        &json!({ "id": info.id, "name": info.name, "created": info.created, "token": secret }),
+                    )
                 }
                 Err(e) => {
                     let st = match e {
-                        auth::AuthError::Io { .. } | auth::AuthError::Random(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                        auth::AuthError::Io { .. } | auth::AuthError::Random(_) => {
+                            StatusCode::INTERNAL_SERVER_ERROR
+                        }
                         auth::AuthError::TooManyTokens => StatusCode::CONFLICT,
                         _ => StatusCode::BAD_REQUEST,
                     };
@@ -783,8 +879,12 @@ pub async fn auth_routes(
                             tracing::info!(id, "API token revoked");
                             json(StatusCode::OK, &json!({ "revoked": id }))
                         }
-                        Err(e @ auth::AuthError::NoSuchToken(_)) => error(StatusCode::NOT_FOUND, e.code(), &e.to_string()),
-                        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.code(), &e.to_string()),
+                        Err(e @ auth::AuthError::NoSuchToken(_)) => {
+                            error(StatusCode::NOT_FOUND, e.code(), &e.to_string())
+                        }
+                        Err(e) => {
+                            error(StatusCode::INTERNAL_SERVER_ERROR, e.code(), &e.to_string())
+                        }
                     }
                 }
                 _ if crate::routes::path_known(p, false) => error(
@@ -792,7 +892,11 @@ pub async fn auth_routes(
                     "method_not_allowed",
                     &format!("{m} is not allowed on {p}"),
                 ),
-                _ => error(StatusCode::NOT_FOUND, "not_found", &format!("no such page: {p}")),
+                _ => error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("no such page: {p}"),
+                ),
             }
         }
     }
@@ -813,7 +917,10 @@ mod tests {
 
     #[test]
     fn links_and_sparklines() {
-        assert_eq!(service_link(&json!({"address": "10.0.0.2", "port": 80})).as_deref(), Some("http://10.0.0.2:80/"));
+        assert_eq!(
+            service_link(&json!({"address": "10.0.0.2", "port": 80})).as_deref(),
+            Some("http://10.0.0.2:80/")
+        );
         assert_eq!(service_link(&json!({"url": "javascript:alert(1)"})), None);
         assert!(sparkline(&[0.0, 50.0, 100.0]).contains("polyline"));
         assert!(crash_looping(&json!({"state": "crash-loop"})));

@@ -18,18 +18,16 @@ pub fn percent_decode(s: &str, plus: bool) -> String {
                 out.push(b' ');
                 i += 1;
             }
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 3;
-                    }
-                    _ => {
-                        out.push(b'%');
-                        i += 1;
-                    }
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
                 }
-            }
+                _ => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
             c => {
                 out.push(c);
                 i += 1;
@@ -127,12 +125,18 @@ mod tests {
                 ("d".into(), "x=y".into())
             ]
         );
-        assert_eq!(form_get("x=1&next=%2Fbundles", "next").as_deref(), Some("/bundles"));
+        assert_eq!(
+            form_get("x=1&next=%2Fbundles", "next").as_deref(),
+            Some("/bundles")
+        );
     }
 
     #[test]
     fn cookies() {
-        assert_eq!(cookie("a=1; nuvol_session=abc; b=2", "nuvol_session"), Some("abc"));
+        assert_eq!(
+            cookie("a=1; nuvol_session=abc; b=2", "nuvol_session"),
+            Some("abc")
+        );
         assert_eq!(cookie("nuvol_session=\"q\"", "nuvol_session"), Some("q"));
         assert_eq!(cookie("xnuvol_session=abc", "nuvol_session"), None);
         assert_eq!(cookie("", "a"), None);
@@ -141,7 +145,14 @@ mod tests {
     #[test]
     fn next_stays_local() {
         assert_eq!(safe_next("/bundles?x=1"), "/bundles?x=1");
-        for bad in ["//evil.example/", "https://evil/", "/\\evil", "", "/a b", "javascript:x"] {
+        for bad in [
+            "//evil.example/",
+            "https://evil/",
+            "/\\evil",
+            "",
+            "/a b",
+            "javascript:x",
+        ] {
             assert_eq!(safe_next(bad), "/dashboard", "{bad}");
         }
     }

@@ -78,8 +78,8 @@ pub fn load_or_create(state_dir: &Path, hostname: &str) -> Result<Identity, TlsE
         format!("{hostname}.local"),
         "localhost".to_string(),
     ];
-    let ck = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let ck =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     let cert = ck.cert.der().to_vec();
     let key = ck.signing_key.serialize_der();
     let io = |p: &Path| {

@@ -27,9 +27,10 @@ pub struct AdminConfig {
 }
 
 fn check_phc(s: &str) -> Result<(), String> {
-    let ok = (s.starts_with("$argon2id$") || s.starts_with("$argon2i$") || s.starts_with("$argon2d$"))
-        && s.len() <= 512
-        && s.split('$').count() == 6;
+    let ok =
+        (s.starts_with("$argon2id$") || s.starts_with("$argon2i$") || s.starts_with("$argon2d$"))
+            && s.len() <= 512
+            && s.split('$').count() == 6;
     if !ok {
         return Err("not an argon2 PHC string ($argon2id$v=19$m=…,t=…,p=…$salt$hash)".into());
     }
@@ -40,7 +41,9 @@ fn check_phc(s: &str) -> Result<(), String> {
         .and_then(|m| m.parse::<u32>().ok());
     match m {
         Some(m) if m <= 256 * 1024 => Ok(()),
-        Some(m) => Err(format!("m={m} KiB is more memory than a box can spare (at most 262144)")),
+        Some(m) => Err(format!(
+            "m={m} KiB is more memory than a box can spare (at most 262144)"
+        )),
         None => Err("the m= (memory) parameter is missing".into()),
     }
 }
@@ -56,7 +59,10 @@ impl AdminConfig {
             check_phc(h).map_err(|m| ("admin.password_hash".to_string(), m))?;
         }
         if self.api_keys.len() > MAX_API_KEYS {
-            return Err(("admin.api_keys".into(), format!("at most {MAX_API_KEYS} keys")));
+            return Err((
+                "admin.api_keys".into(),
+                format!("at most {MAX_API_KEYS} keys"),
+            ));
         }
         for (i, k) in self.api_keys.iter().enumerate() {
             let key = format!("admin.api_keys[{i}]");
@@ -88,7 +94,10 @@ mod tests {
         let e = Config::parse("[admin]\napi_keys = [\"sha256:12\"]\n", p).unwrap_err();
         assert!(e.to_string().contains("admin.api_keys[0]"), "{e}");
         let big = "[admin]\npassword_hash = \"$argon2id$v=19$m=4194304,t=2,p=1$c2FsdA$aGFzaA\"\n";
-        assert!(Config::parse(big, p).unwrap_err().to_string().contains("memory"));
+        assert!(Config::parse(big, p)
+            .unwrap_err()
+            .to_string()
+            .contains("memory"));
         let c = Config::parse("[panel]\nhttps_port = 8443\nallow_plain_http = true\n", p).unwrap();
         assert_eq!((c.panel.https_port, c.panel.allow_plain_http), (8443, true));
         assert!(!Config::default().admin.provisioned());

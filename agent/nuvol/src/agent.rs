@@ -177,9 +177,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let https = crate::api_setup::https_addr(args.listen, args.https_listen, &loaded.config);
         let (listeners, opts) =
             crate::api_setup::listeners(listener, https, &args.state_dir, &loaded.config).await;
-        let server = tokio::spawn(nuvol_api::serve_all(listeners, node.clone(), opts, async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        }));
+        let server = tokio::spawn(nuvol_api::serve_all(
+            listeners,
+            node.clone(),
+            opts,
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
+        ));
         announce_ready(local, manage_net).await;
         wait_for_stop().await;
         tracing::info!("stopping");

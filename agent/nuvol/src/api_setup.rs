@@ -65,7 +65,10 @@ async fn bind_https(
     addr: SocketAddr,
     state_dir: &Path,
     hostname: &str,
-) -> anyhow::Result<(tokio::net::TcpListener, Arc<nuvol_api::rustls::ServerConfig>)> {
+) -> anyhow::Result<(
+    tokio::net::TcpListener,
+    Arc<nuvol_api::rustls::ServerConfig>,
+)> {
     let (sd, host) = (state_dir.to_path_buf(), hostname.to_string());
     let id = tokio::task::spawn_blocking(move || nuvol_api::tls::load_or_create(&sd, &host))
         .await

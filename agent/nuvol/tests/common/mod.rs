@@ -1,0 +1,173 @@
+//! A real `nuvol agent` process for panel/API tests, and a tiny HTTP client.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Agent {
+    pub child: Child,
+    pub port: u16,
+    pub https_port: Option<u16>,
+    pub dir: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub code: u16,
+    /// Header lines, names lower-cased.
+    pub head: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+impl Agent {
+    pub fn start(tag: &str, config: &str, https: bool) -> Agent {
+        let dir = std::env::temp_dir().join(format!("nuvol-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("nuvol.toml"), config).unwrap();
+        let port = free_port();
+        let https_port = https.then(free_port);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nuvol"));
+        cmd.args(["agent", "--config"])
+            .arg(dir.join("nuvol.toml"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("NUVOL_RUN_DIR", dir.join("run"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("console")).unwrap());
+        if let Some(p) = https_port {
+            cmd.args(["--https-listen", &format!("127.0.0.1:{p}")]);
+        }
+        let child = cmd.spawn().unwrap();
+        let a = Agent {
+            child,
+            port,
+            https_port,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !a.console().contains("nuvol: ready") {
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready: {}",
+                a.console()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        a
+    }
+
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.join("console")).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("state/admin-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// A raw request; `headers` are full lines without CRLF.
+    pub fn raw(&self, method: &str, path: &str, headers: &[String], body: &[u8]) -> Reply {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        for h in headers {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        s.write_all(req.as_bytes()).unwrap();
+        let _ = s.write_all(body);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out).into_owned();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Reply {
+            code,
+            head: head.to_string(),
+            body: body.to_string(),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.raw("GET", path, &[], b"")
+    }
+
+    pub fn bearer(&self, method: &str, path: &str, body: &[u8]) -> Reply {
+        self.raw(
+            method,
+            path,
+            &[format!("Authorization: Bearer {}", self.token())],
+            body,
+        )
+    }
+
+    /// Log in with the admin token: (session cookie, CSRF token).
+    pub fn login(&self) -> (String, String) {
+        let body = format!("secret={}&next=%2Fsettings", self.token());
+        let r = self.raw(
+            "POST",
+            "/login",
+            &["Content-Type: application/x-www-form-urlencoded".into()],
+            body.as_bytes(),
+        );
+        assert_eq!(r.code, 303, "{r:?}");
+        let cookie = r.header("set-cookie").unwrap();
+        let session = cookie.split(';').next().unwrap().to_string();
+        let s = self.raw(
+            "GET",
+            "/api/v1/session",
+            &[format!("Cookie: {session}")],
+            b"",
+        );
+        let csrf = s.json()["csrf"].as_str().unwrap().to_string();
+        (session, csrf)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
