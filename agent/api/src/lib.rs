@@ -48,6 +48,7 @@ use tokio::net::TcpListener;
 
 pub use nuvol_status::Status;
 pub use rustls;
+pub use tokio_rustls;
 
 /// What the API needs from the running agent.
 pub trait Node: Send + Sync + 'static {

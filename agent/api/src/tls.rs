@@ -109,6 +109,86 @@ pub fn server_config(cert: Vec<u8>, key: Vec<u8>) -> Result<Arc<rustls::ServerCo
     Ok(Arc::new(cfg))
 }
 
+/// Normalise a fingerprint to 64 lower-case hex digits (colons and case
+/// ignored); `None` if it is not one.
+pub fn normalise_fingerprint(s: &str) -> Option<String> {
+    let h: String = s
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    (h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())).then_some(h)
+}
+
+/// Accepts exactly one certificate: the one with the pinned SHA-256.
+#[derive(Debug)]
+struct Pinned {
+    sha256: String,
+    algs: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let got = fingerprint(end_entity)
+            .replace(':', "")
+            .to_ascii_lowercase();
+        if crate::auth::ct_eq(got.as_bytes(), self.sha256.as_bytes()) {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "certificate fingerprint {} is not the pinned one",
+                fingerprint(end_entity)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// A client config that trusts only the certificate with this SHA-256
+/// fingerprint (`nuvol ctl --fingerprint`): the box's certificate is
+/// self-signed, so its fingerprint, shown on the console, is the trust.
+pub fn pinned_client_config(fp: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let sha256 = normalise_fingerprint(fp)
+        .ok_or_else(|| TlsError::Generate(format!("{fp:?} is not a SHA-256 fingerprint")))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let algs = provider.signature_verification_algorithms;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned { sha256, algs }))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
