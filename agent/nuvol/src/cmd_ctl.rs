@@ -675,7 +675,7 @@ fn upload(file: &std::path::Path) -> Result<(Payload, u64), Fail> {
 }
 
 fn progress(sent: u64, len: u64) {
-    let pct = if len == 0 { 100 } else { sent * 100 / len };
+    let pct = (sent * 100).checked_div(len).unwrap_or(100);
     let filled = (pct / 4) as usize;
     eprint!(
         "\r[{}{}] {pct:>3}% {} / {}",
