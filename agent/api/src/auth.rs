@@ -326,10 +326,13 @@ impl Auth {
             return Err(LoginError::Wrong);
         }
         lock(&self.limits).remove(&ip);
-        let (id, csrf) = match (random_hex(), random_hex()) {
-            (Ok(a), Ok(b)) => (a, b),
-            _ => return Err(LoginError::Closed),
-        };
+        self.new_session().map_err(|_| LoginError::Closed)
+    }
+
+    /// Make a session (after the caller checked a credential).
+    pub fn new_session(&self) -> Result<(String, String), AuthError> {
+        let now = Instant::now();
+        let (id, csrf) = (random_hex()?, random_hex()?);
         let mut s = lock(&self.sessions);
         s.retain(|_, x| {
             now.duration_since(x.last) < SESSION_IDLE

@@ -93,11 +93,16 @@ pub trait Node: Send + Sync + 'static {
 
 /// Routes anyone may read; everything else needs a credential.
 pub fn is_public(method: &Method, path: &str) -> bool {
+    is_public_with(method, path, false)
+}
+
+/// [`is_public`], counting test-hook routes when `hooks` is on.
+pub fn is_public_with(method: &Method, path: &str, hooks: bool) -> bool {
     let m = match *method {
         Method::HEAD => "GET",
         ref m => m.as_str(),
     };
-    routes::find(m, path, false).is_some_and(|d| d.public)
+    routes::find(m, path, hooks).is_some_and(|d| d.public)
 }
 
 /// Routes plain HTTP serves even when HTTPS is on (the read-only status).
@@ -341,7 +346,7 @@ async fn handle(ctx: Arc<Ctx>, conn: Conn, req: Request<Incoming>) -> Result<Res
                 "plain HTTP is only for the status page; use https:// (bad Host header)",
             ),
         }
-    } else if !is_public(&method, &path) && principal.is_none() {
+    } else if !is_public_with(&method, &path, hooks) && principal.is_none() {
         let known_page =
             routes::find(method.as_str(), &path, hooks).is_some_and(|d| d.kind == "html");
         let mut r = if is_page(&path)

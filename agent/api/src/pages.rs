@@ -681,7 +681,7 @@ fn update(csrf: &str) -> String {
 /// Routes that need only the request head. `None`: not ours.
 pub async fn handle(
     ctx: &Arc<Ctx>,
-    _conn: Conn,
+    conn: Conn,
     principal: Option<&Principal>,
     req: &Request<Incoming>,
 ) -> Option<Resp> {
@@ -757,6 +757,30 @@ pub async fn handle(
             "update_unavailable",
             "updating is not available yet: the A/B update mechanism is a separate issue",
         )),
+        ("/api/v1/debug/login", true) if ctx.node.test_hooks() => {
+            let q = req.uri().query().unwrap_or("");
+            let token = parse::form_get(q, "token").unwrap_or_default();
+            let next = parse::form_get(q, "next").unwrap_or_else(|| "/dashboard".into());
+            if !ctx.auth.check_bearer(&token) {
+                return Some(error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "wrong token",
+                ));
+            }
+            let Ok((id, _)) = ctx.auth.new_session() else {
+                return Some(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "no session",
+                ));
+            };
+            let mut r = redirect(StatusCode::SEE_OTHER, parse::safe_next(&next));
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&auth::set_cookie(&id, conn.tls)) {
+                r.headers_mut().insert(hyper::header::SET_COOKIE, v);
+            }
+            Some(r)
+        }
         ("/api/v1/system/reboot", false) if *m == Method::POST => Some(match ctx.node.reboot() {
             Ok(true) => {
                 tracing::warn!("reboot requested through the API");

@@ -222,6 +222,14 @@ pub const ROUTES: &[RouteDef] = &[
         kind: "json",
         summary: "Test hook: the agent SIGKILLs itself",
     },
+    RouteDef {
+        method: "GET",
+        path: "/api/v1/debug/login",
+        public: true,
+        test_hook: true,
+        kind: "redirect",
+        summary: "Test hook: log a browser in with ?token=<admin token>&next=/page (headless browser tests)",
+    },
 ];
 
 /// Whether `path` matches `pattern` (`{x}` = one non-empty segment).
