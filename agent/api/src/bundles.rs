@@ -4,6 +4,9 @@
 //! |---|---|
 //! | `GET /api/v1/bundles` | installed bundles |
 //! | `POST /api/v1/bundles` (body: the bundle file, or a `multipart/form-data` form with it) | verify, then install or upgrade |
+//! | `POST /api/v1/bundles/verify` (body as above) | verify only; keep it as pending and show name, version, publisher, key, digest |
+//! | `POST /api/v1/bundles/pending/ID/install` | install a verified pending upload (verified again) |
+//! | `DELETE /api/v1/bundles/pending/ID` | discard a pending upload |
 //! | `GET /api/v1/bundles/NAME` | one bundle |
 //! | `POST /api/v1/bundles/NAME/rollback` | back to the previous version |
 //! | `DELETE /api/v1/bundles/NAME[?purge=1]` | remove (volumes kept unless purge) |
@@ -235,6 +238,64 @@ fn unwrap_multipart(path: &Path, boundary: &str, dir: &Path) -> Result<Upload, S
     Ok(out)
 }
 
+/// Most verified uploads kept waiting for "install"; older ones go first.
+const MAX_PENDING: usize = 4;
+/// A pending upload older than this is removed.
+const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+fn pending_path(dir: &Path, id: &str) -> Option<PathBuf> {
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| dir.join(format!("pending-{id}.nvb")))
+}
+
+/// Drop expired pending uploads and keep at most `MAX_PENDING - 1`.
+fn prune_pending(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut v: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pending-"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    v.sort();
+    let now = std::time::SystemTime::now();
+    let excess = v.len().saturating_sub(MAX_PENDING - 1);
+    for (i, (t, p)) in v.iter().enumerate() {
+        let old = now.duration_since(*t).is_ok_and(|age| age > PENDING_TTL);
+        if old || i < excess {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Verify an upload against the keyring and keep it as pending.
+fn keep_pending(
+    store: &Store,
+    upload: Upload,
+    dir: &Path,
+) -> Result<serde_json::Value, BundleError> {
+    let keyring = store.keyring();
+    let v = nuvol_bundle::verify::verify_file(&upload.0, &keyring, None)?;
+    prune_pending(dir);
+    let mut raw = [0u8; 8];
+    getrandom::getrandom(&mut raw).map_err(|e| BundleError::State(e.to_string()))?;
+    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let dest = dir.join(format!("pending-{id}.nvb"));
+    std::fs::rename(&upload.0, &dest).map_err(BundleError::io(&dest))?;
+    let installed = store.get(&v.manifest.name).ok().map(|b| b.version);
+    Ok(json!({
+        "pending": id,
+        "name": v.manifest.name,
+        "version": v.manifest.version,
+        "publisher": v.manifest.publisher,
+        "publisher_key_id": v.key_id.to_string(),
+        "digest": v.digest_hex(),
+        "signature": "valid",
+        "installed_version": installed,
+    }))
+}
+
 fn key_id(s: &str) -> Result<KeyId, Resp> {
     KeyId::parse_hex(s).map_err(|_| {
         error(
@@ -289,6 +350,62 @@ pub async fn handle(
                 Err(resp) => resp,
             }
         }
+        ("bundles", ["verify"], &Method::POST) => {
+            let declared = req
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let boundary = req
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(multipart_boundary);
+            match receive(req.into_body(), &upload_dir, declared, boundary).await {
+                Ok(upload) => {
+                    let (s, dir) = (store.clone(), upload_dir.clone());
+                    done(
+                        StatusCode::OK,
+                        blocking(move || keep_pending(&s, upload, &dir)).await,
+                    )
+                }
+                Err(resp) => resp,
+            }
+        }
+        ("bundles", ["pending", id, "install"], &Method::POST) => {
+            match pending_path(&upload_dir, id) {
+                Some(p) if p.exists() => {
+                    let s = store.clone();
+                    let upload = Upload(p);
+                    let r = blocking(move || {
+                        let r = s.install(&upload.0);
+                        drop(upload);
+                        r
+                    })
+                    .await;
+                    if let Ok(b) = &r {
+                        tracing::info!(bundle = %b.name, version = %b.version, key = %b.publisher_key_id, "bundle installed");
+                    }
+                    done(StatusCode::CREATED, r)
+                }
+                _ => error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_pending",
+                    "no such pending upload (they expire after 15 minutes)",
+                ),
+            }
+        }
+        ("bundles", ["pending", id], &Method::DELETE) => match pending_path(&upload_dir, id) {
+            Some(p) if p.exists() => {
+                drop(Upload(p));
+                json(StatusCode::OK, &json!({ "discarded": id }))
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "unknown_pending",
+                "no such pending upload",
+            ),
+        },
         ("bundles", [name], &Method::GET) => {
             let (s, n) = (store.clone(), name.to_string());
             done(StatusCode::OK, blocking(move || s.get(&n)).await)

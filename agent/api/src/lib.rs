@@ -390,8 +390,8 @@ async fn handle(ctx: Arc<Ctx>, conn: Conn, req: Request<Incoming>) -> Result<Res
     } else {
         dispatch(&ctx, conn, principal.clone(), req).await
     };
-    let resp = if form_post {
-        pages::form_result(resp, back.as_deref()).await
+    let resp = if let (true, Some(auth::Principal::Session { csrf })) = (form_post, &principal) {
+        pages::form_result(resp, back.as_deref(), csrf).await
     } else {
         resp
     };

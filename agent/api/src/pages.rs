@@ -128,7 +128,7 @@ fn button(action: &str, csrf: &str, back: &str, label: &str) -> String {
 /// Turn the JSON answer to a browser form post into something a browser
 /// shows: a redirect back on success (or a page with a new token's secret),
 /// an HTML error page otherwise.
-pub async fn form_result(resp: Resp, back: Option<&str>) -> Resp {
+pub async fn form_result(resp: Resp, back: Option<&str>, csrf: &str) -> Resp {
     let back = parse::safe_next(back.unwrap_or("/dashboard")).to_string();
     let status = resp.status();
     let bytes = match http_body_util::Limited::new(resp.into_body(), 1 << 20)
@@ -148,6 +148,15 @@ pub async fn form_result(resp: Resp, back: Option<&str>) -> Resp {
             );
             return html(page("nuvol", "Done", "", None, &body));
         }
+        if let Some(id) = v.get("pending").and_then(Value::as_str) {
+            return html(page(
+                "nuvol",
+                "Install this bundle?",
+                "/bundles",
+                Some(csrf),
+                &confirm_install(&v, id, csrf),
+            ));
+        }
         return redirect(StatusCode::SEE_OTHER, &back);
     }
     if status.is_redirection() {
@@ -166,6 +175,32 @@ pub async fn form_result(resp: Resp, back: Option<&str>) -> Resp {
         esc(&back)
     );
     html_status(status, page("nuvol", "That did not work", "", None, &body))
+}
+
+/// The "verified, now install?" page: signature and publisher first.
+fn confirm_install(v: &Value, id: &str, csrf: &str) -> String {
+    let s = |k: &str| esc(v.get(k).and_then(Value::as_str).unwrap_or("?"));
+    let mut b = format!(
+        "<div class=ok id=verified>Signature valid: signed by a trusted publisher key.</div>\
+<div class=wrap><table id=bundle-check><tr><th>Bundle</th><td>{}</td></tr><tr><th>Version</th><td>{}</td></tr>\
+<tr><th>Publisher</th><td>{}</td></tr><tr><th>Key</th><td><code>{}</code></td></tr>\
+<tr><th>Image SHA-256</th><td><code>{}</code></td></tr><tr><th>Installed now</th><td>{}</td></tr></table></div>",
+        s("name"),
+        s("version"),
+        s("publisher"),
+        s("publisher_key_id"),
+        s("digest"),
+        v.get("installed_version").and_then(Value::as_str).map_or("not installed".to_string(), esc),
+    );
+    let base = format!("/api/v1/bundles/pending/{}", parse::percent_encode(id));
+    b.push_str(&button(
+        &format!("{base}/install"),
+        csrf,
+        "/bundles",
+        "Install",
+    ));
+    b.push_str(" <a href=\"/bundles\">Cancel</a>");
+    b
 }
 
 /// Render JSON generically: objects as two-column tables, arrays of objects
@@ -503,10 +538,10 @@ async fn bundles_page(ctx: &Ctx, csrf: &str) -> String {
     let _ = write!(
         b,
         "<h2>Install or upgrade</h2><form id=upload method=post enctype=multipart/form-data action=\"{}\">\
-<input type=file name=bundle accept=\".nvb\" required> <button>Upload and install</button></form>\
-<p>The signature is checked against the trusted publisher keys below before anything in the bundle is used; \
-the publisher and key are listed after install.</p>",
-        esc(&with_csrf("/api/v1/bundles", csrf, "/bundles"))
+<input type=file name=bundle accept=\".nvb\" required> <button>Upload and check</button></form>\
+<p>The bundle's signature is checked against the trusted publisher keys below first; \
+you see its publisher, key and digest and then choose to install it.</p>",
+        esc(&with_csrf("/api/v1/bundles/verify", csrf, "/bundles"))
     );
     let Some((store, _)) = ctx.node.bundle_store() else {
         b.push_str(

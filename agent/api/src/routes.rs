@@ -164,6 +164,9 @@ pub const ROUTES: &[RouteDef] = &[
         "json",
         "Install or upgrade (body: bundle file or multipart form)",
     ),
+    r("POST", "/api/v1/bundles/verify", false, "json", "Verify only (body as for install): publisher, key, digest; kept as pending"),
+    r("POST", "/api/v1/bundles/pending/{id}/install", false, "json", "Install a verified pending upload"),
+    r("DELETE", "/api/v1/bundles/pending/{id}", false, "json", "Discard a pending upload"),
     r("GET", "/api/v1/bundles/{name}", false, "json", "One bundle"),
     r(
         "DELETE",

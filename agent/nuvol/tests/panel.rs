@@ -475,7 +475,7 @@ fn pages_read_in_a_text_browser() {
     for (p, want) in [
         ("/", "Interfaces"),
         ("/dashboard", "Memory"),
-        ("/bundles", "Upload and install"),
+        ("/bundles", "Upload and check"),
         ("/settings", "API tokens"),
         ("/update", "separate issue"),
     ] {
@@ -495,4 +495,138 @@ fn pages_read_in_a_text_browser() {
             "{p}: markup leaks:\n{text}"
         );
     }
+}
+
+/// Build a signed bundle `w` 1 with a fresh key: (bundle path, key.pub path).
+fn signed_bundle(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let nuvol = env!("CARGO_BIN_EXE_nuvol");
+    std::fs::create_dir_all(dir.join("root/bin")).unwrap();
+    std::fs::write(dir.join("root/bin/x"), "x").unwrap();
+    std::fs::write(
+        dir.join("m.toml"),
+        "name = \"w\"\nversion = \"1\"\npublisher = \"Panel Test Publisher\"\n[run]\ncommand = [\"/bin/x\"]\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(nuvol).args(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let s = |p: &str| dir.join(p).to_str().unwrap().to_string();
+    run(&["bundle", "keygen", "-o", &s("k")]);
+    run(&[
+        "bundle",
+        "build",
+        "-m",
+        &s("m.toml"),
+        "-r",
+        &s("root"),
+        "-o",
+        &s("w.nvb"),
+        "-k",
+        &s("k.sec"),
+    ]);
+    (dir.join("w.nvb"), dir.join("k.pub"))
+}
+
+#[test]
+fn browser_upload_shows_signature_then_installs() {
+    let a = Agent::start("upload", "", false);
+    let (bundle, key) = signed_bundle(&a.dir.join("b"));
+    // Unknown publisher: refused at the check, nothing pending.
+    let (session, csrf) = a.login();
+    let ck = format!("Cookie: {session}");
+    let file = std::fs::read(&bundle).unwrap();
+    let boundary = "----nuvoltest7MA4YWxk";
+    let mut form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"bundle\"; filename=\"w.nvb\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend_from_slice(&file);
+    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let headers = vec![
+        ck.clone(),
+        "Accept: text/html".to_string(),
+        format!("Content-Type: multipart/form-data; boundary={boundary}"),
+    ];
+    let verify = format!("/api/v1/bundles/verify?csrf={csrf}&back=/bundles");
+    let r = a.raw("POST", &verify, &headers, &form);
+    assert_eq!(r.code, 403, "unknown key: {}", r.body);
+    assert!(r.body.contains("id=error"), "{}", r.body);
+    // Trust the key (bearer), then the check shows publisher and key first.
+    let r = a.bearer("POST", "/api/v1/keys", &std::fs::read(&key).unwrap());
+    assert_eq!(r.code, 201, "{}", r.body);
+    let key_id = r.json()["key_id"].as_str().unwrap().to_string();
+    let r = a.raw("POST", &verify, &headers, &form);
+    assert_eq!(r.code, 200, "{}", r.body);
+    for want in [
+        "id=verified",
+        "Panel Test Publisher",
+        key_id.as_str(),
+        "not installed",
+        "Install",
+    ] {
+        assert!(r.body.contains(want), "{want}: {}", r.body);
+    }
+    assert_eq!(
+        a.bearer("GET", "/api/v1/bundles", b"").body.trim(),
+        "[]",
+        "nothing installed yet"
+    );
+    let action = r
+        .body
+        .split("action=\"")
+        .find(|s| s.starts_with("/api/v1/bundles/pending/"))
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&");
+    let r = a.raw(
+        "POST",
+        &action,
+        &[ck.clone(), "Accept: text/html".into()],
+        b"",
+    );
+    assert_eq!(r.code, 303, "{}", r.body);
+    let page = a.raw("GET", "/bundles", std::slice::from_ref(&ck), b"");
+    assert!(
+        page.body.contains("Panel Test Publisher") && page.body.contains("remove and delete data"),
+        "{}",
+        page.body
+    );
+    // The pending upload was used up.
+    let r = a.raw(
+        "POST",
+        &action,
+        &[ck.clone(), "Accept: text/html".into()],
+        b"",
+    );
+    assert_eq!(r.code, 404);
+    // Remove through the form.
+    let r = a.raw(
+        "POST",
+        &format!("/api/v1/bundles/w/remove?purge=1&csrf={csrf}&back=/bundles"),
+        &[ck.clone(), "Accept: text/html".into()],
+        b"",
+    );
+    assert_eq!(r.code, 303, "{}", r.body);
+    assert_eq!(a.bearer("GET", "/api/v1/bundles", b"").body.trim(), "[]");
+    // And the CLI installs and removes it too.
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_nuvol"))
+            .args(["ctl", "--host", &a.url(), "--token", &a.token()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = ctl(&["bundles", "install", bundle.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .contains("installed w 1 (publisher Panel Test Publisher"));
+    let o = ctl(&["bundles", "list"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Panel Test Publisher"));
+    let o = ctl(&["bundles", "remove", "w"]);
+    assert!(o.status.success());
 }
