@@ -253,19 +253,44 @@ impl Auth {
                 }
             }
         }
-        if lock(&self.key_cache).iter().any(|c| ct_eq(c, &h)) {
-            return true;
+        lock(&self.key_cache).iter().any(|c| ct_eq(c, &h))
+    }
+
+    /// Whether `[admin] api_keys` holds argon2 entries, which
+    /// [`Auth::check_bearer`] does not try (they are slow: see
+    /// [`Auth::check_slow_key`]).
+    pub fn has_slow_keys(&self) -> bool {
+        self.settings
+            .api_keys
+            .iter()
+            .any(|k| k.starts_with("$argon2"))
+    }
+
+    /// Try `got` against the argon2 API keys, rate-limited per address like
+    /// logins (run it off the async runtime: it takes ~100 ms and 19 MiB).
+    /// A match is cached (as SHA-256) so the next request is fast.
+    pub fn check_slow_key(&self, ip: IpAddr, got: &str) -> bool {
+        if got.is_empty() || got.len() > 512 || self.limited(ip, Instant::now()).is_some() {
+            return false;
         }
         for k in &self.settings.api_keys {
             if k.starts_with("$argon2") && argon2_verify(k, got) {
                 let mut c = lock(&self.key_cache);
                 if c.len() < 16 {
-                    c.push(h);
+                    c.push(sha(got));
                 }
                 return true;
             }
         }
+        self.note_failure(ip, Instant::now());
         false
+    }
+
+    fn limited(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let l = lock(&self.limits);
+        let x = l.get(&ip)?;
+        let age = now.duration_since(x.since?);
+        (x.failures >= LOGIN_FAILURES && age < LOGIN_WINDOW).then(|| LOGIN_WINDOW - age)
     }
 
     /// Who is asking: bearer header first, then the session cookie.
@@ -305,16 +330,8 @@ impl Auth {
     /// Log in from `ip` with `secret`: a new session id and its CSRF token.
     pub fn login(&self, ip: IpAddr, secret: &str) -> Result<(String, String), LoginError> {
         let now = Instant::now();
-        {
-            let l = lock(&self.limits);
-            if let Some(x) = l.get(&ip) {
-                if let Some(since) = x.since {
-                    let age = now.duration_since(since);
-                    if x.failures >= LOGIN_FAILURES && age < LOGIN_WINDOW {
-                        return Err(LoginError::RateLimited(LOGIN_WINDOW - age));
-                    }
-                }
-            }
+        if let Some(wait) = self.limited(ip, now) {
+            return Err(LoginError::RateLimited(wait));
         }
         let ok = match (&self.settings.password_hash, &self.admin_token) {
             (Some(h), _) => secret.len() <= 1024 && argon2_verify(h, secret),
@@ -588,9 +605,17 @@ mod tests {
             },
             None,
         );
-        assert!(a.check_bearer("k2"));
-        assert!(a.check_bearer("k2"), "second check from the cache");
-        assert!(!a.check_bearer("k3"));
+        assert!(a.has_slow_keys());
+        assert!(
+            !a.check_bearer("k2"),
+            "argon2 keys are not tried on the fast path"
+        );
+        assert!(a.check_slow_key(ip(9), "k2"));
+        assert!(a.check_bearer("k2"), "then the fast path knows it");
+        for _ in 0..LOGIN_FAILURES {
+            assert!(!a.check_slow_key(ip(8), "k3"));
+        }
+        assert!(!a.check_slow_key(ip(8), "k2"), "rate-limited like logins");
         let huge = h.replace("m=19456", "m=4194304");
         assert!(!argon2_verify(&huge, "k2"));
     }

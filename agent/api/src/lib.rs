@@ -266,6 +266,8 @@ pub struct Ctx {
     /// Port of the HTTPS listener, if any (for redirects).
     pub https_port: Option<u16>,
     pub allow_plain_http: bool,
+    /// One argon2 computation at a time (each takes ~19 MiB).
+    pub argon2_gate: tokio::sync::Semaphore,
 }
 
 /// One connection's facts.
@@ -320,7 +322,10 @@ async fn handle(ctx: Arc<Ctx>, conn: Conn, req: Request<Incoming>) -> Result<Res
     let method = req.method().clone();
     let hooks = node.test_hooks();
     let label = routes::label(method.as_str(), &path, hooks);
-    let principal = ctx.auth.authenticate(req.headers());
+    let mut principal = ctx.auth.authenticate(req.headers());
+    if principal.is_none() && ctx.auth.has_slow_keys() {
+        principal = slow_key(&ctx, conn, req.headers()).await;
+    }
     let cookie_auth = matches!(principal, Some(auth::Principal::Session { .. }));
     let form_post = cookie_auth
         && method != Method::GET
@@ -401,6 +406,27 @@ async fn handle(ctx: Arc<Ctx>, conn: Conn, req: Request<Incoming>) -> Result<Res
     Ok(resp)
 }
 
+/// Bearer credentials that may be argon2 API keys: checked one at a time
+/// on the blocking pool, rate-limited per address.
+async fn slow_key(
+    ctx: &Arc<Ctx>,
+    conn: Conn,
+    headers: &hyper::HeaderMap,
+) -> Option<auth::Principal> {
+    let got = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))?
+        .trim()
+        .to_string();
+    let _gate = ctx.argon2_gate.acquire().await.ok()?;
+    let c = ctx.clone();
+    let ok = tokio::task::spawn_blocking(move || c.auth.check_slow_key(peer_ip(&conn), &got))
+        .await
+        .unwrap_or(false);
+    ok.then_some(auth::Principal::Bearer)
+}
+
 /// Authenticated (or public) requests, by area.
 async fn dispatch(
     ctx: &Arc<Ctx>,
@@ -476,6 +502,7 @@ pub async fn serve_all(
         node,
         https_port,
         allow_plain_http: opts.allow_plain_http,
+        argon2_gate: tokio::sync::Semaphore::new(1),
     });
     let sampler = tokio::spawn(metrics::sample_forever(ctx.clone()));
     let (http, https) = (listeners.http, listeners.https);

@@ -856,7 +856,15 @@ pub async fn auth_routes(
             let secret = parse::form_get(&form, "secret").unwrap_or_default();
             let next = parse::form_get(&form, "next").unwrap_or_else(|| "/dashboard".into());
             let next = parse::safe_next(&next).to_string();
-            match ctx.auth.login(crate::peer_ip(&conn), &secret) {
+            let login = {
+                let _gate = ctx.argon2_gate.acquire().await;
+                let c = ctx.clone();
+                let ip = crate::peer_ip(&conn);
+                tokio::task::spawn_blocking(move || c.auth.login(ip, &secret))
+                    .await
+                    .unwrap_or(Err(LoginError::Closed))
+            };
+            match login {
                 Ok((id, _)) => {
                     let mut r = redirect(StatusCode::SEE_OTHER, &next);
                     if let Ok(v) = hyper::header::HeaderValue::from_str(&auth::set_cookie(&id, conn.tls)) {

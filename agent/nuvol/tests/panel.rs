@@ -306,7 +306,9 @@ fn provisioned_password_and_api_key_replace_the_token() {
     // sha256("provisioning-key")
     let key_hash = "sha256:".to_string() + &sha256_hex("provisioning-key");
     let phc = nuvol_api::auth::argon2_hash("s3cret pass").unwrap();
-    let cfg = format!("[admin]\npassword_hash = \"{phc}\"\napi_keys = [\"{key_hash}\"]\n");
+    let slow = nuvol_api::auth::argon2_hash("argon2-key").unwrap();
+    let cfg =
+        format!("[admin]\npassword_hash = \"{phc}\"\napi_keys = [\"{key_hash}\", \"{slow}\"]\n");
     let a = Agent::start("admin", &cfg, false);
     assert!(!a.console().contains("admin token:"), "{}", a.console());
     let ok = a.raw(
@@ -321,6 +323,15 @@ fn provisioned_password_and_api_key_replace_the_token() {
         401,
         "console token is off"
     );
+    for _ in 0..2 {
+        let r = a.raw(
+            "GET",
+            "/api/v1/tokens",
+            &["Authorization: Bearer argon2-key".into()],
+            b"",
+        );
+        assert_eq!(r.code, 200, "argon2 API key");
+    }
     let form = ["Content-Type: application/x-www-form-urlencoded".to_string()];
     assert_eq!(
         a.raw("POST", "/login", &form, b"secret=s3cret+pass").code,
