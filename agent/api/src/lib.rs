@@ -268,6 +268,28 @@ pub struct Ctx {
     pub allow_plain_http: bool,
     /// One argon2 computation at a time (each takes ~19 MiB).
     pub argon2_gate: tokio::sync::Semaphore,
+    /// The last status and when it was collected (see [`Ctx::status`]).
+    status_cache: std::sync::Mutex<Option<(Instant, Status)>>,
+}
+
+/// How long a collected status is served again: collecting reads a dozen
+/// /proc and /sys files, which would otherwise dominate the cost of the
+/// status page and `/api/v1/status` under load.
+pub const STATUS_TTL: Duration = Duration::from_secs(1);
+
+impl Ctx {
+    /// The node's status, at most [`STATUS_TTL`] old.
+    pub fn status(&self) -> Status {
+        let mut c = self.status_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, s)) = c.as_ref() {
+            if t.elapsed() < STATUS_TTL {
+                return s.clone();
+            }
+        }
+        let s = self.node.status();
+        *c = Some((Instant::now(), s.clone()));
+        s
+    }
 }
 
 /// One connection's facts.
@@ -365,7 +387,7 @@ async fn handle(ctx: Arc<Ctx>, conn: Conn, req: Request<Incoming>) -> Result<Res
                 .to_string();
             html_status(
                 StatusCode::UNAUTHORIZED,
-                pages::login_page(&node.status().hostname, &next, None),
+                pages::login_page(&ctx.status().hostname, &next, None),
             )
         } else {
             error(
@@ -465,6 +487,10 @@ async fn dispatch(
                 "the bundle store could not be opened; see the agent's log",
             ),
         }
+    } else if matches!(method, Method::GET | Method::HEAD) && path == "/" {
+        html(panel::status_page(&ctx.status()))
+    } else if method == Method::GET && path == "/api/v1/status" {
+        json(StatusCode::OK, &ctx.status())
     } else {
         route(node.as_ref(), &method, &path)
     }
@@ -503,6 +529,7 @@ pub async fn serve_all(
         https_port,
         allow_plain_http: opts.allow_plain_http,
         argon2_gate: tokio::sync::Semaphore::new(1),
+        status_cache: std::sync::Mutex::new(None),
     });
     let sampler = tokio::spawn(metrics::sample_forever(ctx.clone()));
     let (http, https) = (listeners.http, listeners.https);

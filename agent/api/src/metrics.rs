@@ -214,7 +214,7 @@ pub fn label(v: &str) -> String {
 
 /// The whole `/metrics` text.
 pub fn render(ctx: &Ctx, bundles: Option<usize>) -> String {
-    let s = ctx.node.status();
+    let s = ctx.status();
     let mut o = String::with_capacity(4096);
     let gauge = |o: &mut String, name: &str, help: &str, v: f64| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

@@ -360,7 +360,7 @@ fn crash_looping(v: &Value) -> bool {
 }
 
 fn dashboard(ctx: &Ctx) -> String {
-    let s = ctx.node.status();
+    let s = ctx.status();
     let hist = ctx.metrics.history();
     let last = hist.last().copied();
     let mut b = String::new();
@@ -624,7 +624,7 @@ you see its publisher, key and digest and then choose to install it.</p>",
 }
 
 fn network(ctx: &Ctx) -> String {
-    let s = ctx.node.status();
+    let s = ctx.status();
     let mut b = String::from("<h2>Interfaces</h2><div class=wrap><table id=interfaces><tr><th>Name</th><th>State</th><th>MAC</th><th>Addresses</th></tr>");
     for i in &s.interfaces {
         let _ = write!(
@@ -728,7 +728,7 @@ pub async fn handle(
         _ => String::new(),
     };
     let csrf_opt = (!csrf.is_empty()).then_some(csrf.as_str());
-    let host = || ctx.node.status().hostname;
+    let host = || ctx.status().hostname;
     let pg = |title: &str, active: &str, body: String| {
         Some(html(page(&host(), title, active, csrf_opt, &body)))
     };
@@ -765,7 +765,7 @@ pub async fn handle(
         }
         ("/api/v1/openapi.json", true) => Some(json(
             StatusCode::OK,
-            &crate::routes::openapi(&ctx.node.status().version, ctx.node.test_hooks()),
+            &crate::routes::openapi(&ctx.status().version, ctx.node.test_hooks()),
         )),
         ("/api/v1/history", true) => Some(json(
             StatusCode::OK,
@@ -841,7 +841,7 @@ pub async fn auth_routes(
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_string();
-    let host = ctx.node.status().hostname;
+    let host = ctx.status().hostname;
     match (method.as_str(), path.as_str()) {
         ("GET" | "HEAD", "/login") => {
             let next = parse::form_get(&query, "next").unwrap_or_else(|| "/dashboard".into());
