@@ -109,3 +109,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         self.inner.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_peer_times_out_and_traffic_keeps_it_open() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut a = IdleTimeout::new(a, Duration::from_secs(10));
+        // Traffic every 6 s keeps the connection for 30 s.
+        let writer = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                b.write_all(b"x").await.unwrap();
+            }
+            b // then silence, but keep the pipe open
+        });
+        let mut buf = [0u8; 8];
+        for _ in 0..5 {
+            assert_eq!(a.read(&mut buf).await.unwrap(), 1);
+        }
+        let t = tokio::time::Instant::now();
+        let err = a.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(t.elapsed() >= Duration::from_secs(10));
+        drop(writer.await.unwrap());
+    }
+}
