@@ -75,6 +75,7 @@ fuzz-short: deps-test
 bench: deps-test image bundles
 	NUVOL_BENCH_SYNCTHING=$(CURDIR)/out/bundles/syncthing.nvb cargo bench --workspace --locked
 	NUVOL_IMAGE=$(CURDIR)/$(IMAGE) tests/bench/boot.sh
+	tests/bench/panel.sh $(NUVOL_BIN)
 
 clean:
 	rm -rf out

@@ -56,7 +56,7 @@ fn bios_boot_status_restart_poweroff_and_persistence() {
     let disk = disk_copy(&dir.0, 256);
     write_config(
         &disk,
-        "hostname = \"e2e-bios\"\n[debug]\ntest_hooks = true\n",
+        "hostname = \"e2e-bios\"\n[debug]\ntest_hooks = true\n# The test speaks plain HTTP through QEMU user-net (guest :80 only).\n[panel]\nallow_plain_http = true\n",
     );
 
     let mut vm = Vm::boot(&disk, "bios", &dir.0);

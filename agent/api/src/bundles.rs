@@ -3,10 +3,14 @@
 //! | method and path | does |
 //! |---|---|
 //! | `GET /api/v1/bundles` | installed bundles |
-//! | `POST /api/v1/bundles` (body: the bundle file) | verify, then install or upgrade |
+//! | `POST /api/v1/bundles` (body: the bundle file, or a `multipart/form-data` form with it) | verify, then install or upgrade |
+//! | `POST /api/v1/bundles/verify` (body as above) | verify only; keep it as pending and show name, version, publisher, key, digest |
+//! | `POST /api/v1/bundles/pending/ID/install` | install a verified pending upload (verified again) |
+//! | `DELETE /api/v1/bundles/pending/ID` | discard a pending upload |
 //! | `GET /api/v1/bundles/NAME` | one bundle |
 //! | `POST /api/v1/bundles/NAME/rollback` | back to the previous version |
 //! | `DELETE /api/v1/bundles/NAME[?purge=1]` | remove (volumes kept unless purge) |
+//! | `POST /api/v1/bundles/NAME/remove[?purge=1]` | the same, for HTML forms |
 //! | `GET /api/v1/keys` | trusted and revoked publisher keys |
 //! | `POST /api/v1/keys` (body: a public key file or its base64 line) | trust a key |
 //! | `DELETE /api/v1/keys/ID` | stop trusting a key |
@@ -98,7 +102,12 @@ impl Drop for Upload {
 }
 
 /// Stream the request body to a file under `dir`, at most [`MAX_UPLOAD`].
-async fn receive(mut body: Incoming, dir: &Path, declared: Option<u64>) -> Result<Upload, Resp> {
+async fn receive(
+    mut body: Incoming,
+    dir: &Path,
+    declared: Option<u64>,
+    boundary: Option<String>,
+) -> Result<Upload, Resp> {
     if declared.is_some_and(|n| n > MAX_UPLOAD) {
         return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -118,7 +127,18 @@ async fn receive(mut body: Incoming, dir: &Path, declared: Option<u64>) -> Resul
     let upload = Upload(dir.join(format!("upload-{}-{n}.nvb", std::process::id())));
     let mut file = std::fs::File::create(&upload.0).map_err(io_err)?;
     let mut total: u64 = 0;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match tokio::time::timeout(crate::BODY_TIMEOUT, body.frame()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the upload stalled",
+                ))
+            }
+        };
         let frame = frame.map_err(|e| {
             error(
                 StatusCode::BAD_REQUEST,
@@ -146,7 +166,134 @@ async fn receive(mut body: Incoming, dir: &Path, declared: Option<u64>) -> Resul
         ));
     }
     file.sync_all().map_err(io_err)?;
-    Ok(upload)
+    drop(file);
+    match boundary {
+        Some(b) => unwrap_multipart(&upload.0, &b, dir)
+            .map_err(|m| error(StatusCode::BAD_REQUEST, "bad_form", &m)),
+        None => Ok(upload),
+    }
+}
+
+/// The `boundary` of a `multipart/form-data` content type.
+pub fn multipart_boundary(content_type: &str) -> Option<String> {
+    let (kind, params) = content_type.split_once(';')?;
+    if !kind.trim().eq_ignore_ascii_case("multipart/form-data") {
+        return None;
+    }
+    params.split(';').find_map(|p| {
+        let (k, v) = p.trim().split_once('=')?;
+        let v = v.trim().trim_matches('"');
+        (k.trim().eq_ignore_ascii_case("boundary") && !v.is_empty() && v.len() <= 70)
+            .then(|| v.to_string())
+    })
+}
+
+/// Where the first part's content lies in a multipart body: the byte range
+/// between the part's headers and the next boundary. `head` is the start of
+/// the body (at least its first 16 KiB), `tail` its last bytes, `len` the
+/// whole length.
+pub fn multipart_range(head: &[u8], tail: &[u8], len: u64, boundary: &str) -> Option<(u64, u64)> {
+    let open = format!("--{boundary}");
+    let start_b = find(head, open.as_bytes())?;
+    let after = start_b + open.len();
+    let hdr_end = find(&head[after..], b"\r\n\r\n")? + after + 4;
+    let close = format!("\r\n--{boundary}");
+    let at = rfind(tail, close.as_bytes())?;
+    let end = len.saturating_sub(tail.len() as u64) + at as u64;
+    (end >= hdr_end as u64).then_some((hdr_end as u64, end))
+}
+
+fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    h.windows(n.len()).position(|w| w == n)
+}
+
+fn rfind(h: &[u8], n: &[u8]) -> Option<usize> {
+    h.windows(n.len()).rposition(|w| w == n)
+}
+
+/// Copy the file part of a multipart upload into its own file.
+fn unwrap_multipart(path: &Path, boundary: &str, dir: &Path) -> Result<Upload, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let mut head = vec![0u8; len.min(16 * 1024) as usize];
+    f.read_exact(&mut head).map_err(|e| e.to_string())?;
+    let tail_len = len.min(256);
+    f.seek(SeekFrom::Start(len - tail_len))
+        .map_err(|e| e.to_string())?;
+    let mut tail = vec![0u8; tail_len as usize];
+    f.read_exact(&mut tail).map_err(|e| e.to_string())?;
+    let (start, end) = multipart_range(&head, &tail, len, boundary)
+        .ok_or("not a multipart form with a file in it")?;
+    if end == start {
+        return Err("no file chosen".into());
+    }
+    let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
+    let out = Upload(dir.join(format!("upload-{}-{n}.nvb", std::process::id())));
+    let mut w = std::fs::File::create(&out.0).map_err(|e| e.to_string())?;
+    f.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
+    std::io::copy(&mut (&mut f).take(end - start), &mut w).map_err(|e| e.to_string())?;
+    w.sync_all().map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(path);
+    Ok(out)
+}
+
+/// Most verified uploads kept waiting for "install"; older ones go first.
+const MAX_PENDING: usize = 4;
+/// A pending upload older than this is removed.
+const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+fn pending_path(dir: &Path, id: &str) -> Option<PathBuf> {
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| dir.join(format!("pending-{id}.nvb")))
+}
+
+/// Drop expired pending uploads and keep at most `MAX_PENDING - 1`.
+fn prune_pending(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut v: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pending-"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    v.sort();
+    let now = std::time::SystemTime::now();
+    let excess = v.len().saturating_sub(MAX_PENDING - 1);
+    for (i, (t, p)) in v.iter().enumerate() {
+        let old = now.duration_since(*t).is_ok_and(|age| age > PENDING_TTL);
+        if old || i < excess {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Verify an upload against the keyring and keep it as pending.
+fn keep_pending(
+    store: &Store,
+    upload: Upload,
+    dir: &Path,
+) -> Result<serde_json::Value, BundleError> {
+    let keyring = store.keyring();
+    let v = nuvol_bundle::verify::verify_file(&upload.0, &keyring, None)?;
+    prune_pending(dir);
+    let mut raw = [0u8; 8];
+    getrandom::getrandom(&mut raw).map_err(|e| BundleError::State(e.to_string()))?;
+    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let dest = dir.join(format!("pending-{id}.nvb"));
+    std::fs::rename(&upload.0, &dest).map_err(BundleError::io(&dest))?;
+    let installed = store.get(&v.manifest.name).ok().map(|b| b.version);
+    Ok(json!({
+        "pending": id,
+        "name": v.manifest.name,
+        "version": v.manifest.version,
+        "publisher": v.manifest.publisher,
+        "publisher_key_id": v.key_id.to_string(),
+        "digest": v.digest_hex(),
+        "signature": "valid",
+        "installed_version": installed,
+    }))
 }
 
 fn key_id(s: &str) -> Result<KeyId, Resp> {
@@ -181,7 +328,12 @@ pub async fn handle(
                 .get(hyper::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
-            match receive(req.into_body(), &upload_dir, declared).await {
+            let boundary = req
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(multipart_boundary);
+            match receive(req.into_body(), &upload_dir, declared, boundary).await {
                 Ok(upload) => {
                     let s = store.clone();
                     let r = blocking(move || {
@@ -198,6 +350,62 @@ pub async fn handle(
                 Err(resp) => resp,
             }
         }
+        ("bundles", ["verify"], &Method::POST) => {
+            let declared = req
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let boundary = req
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(multipart_boundary);
+            match receive(req.into_body(), &upload_dir, declared, boundary).await {
+                Ok(upload) => {
+                    let (s, dir) = (store.clone(), upload_dir.clone());
+                    done(
+                        StatusCode::OK,
+                        blocking(move || keep_pending(&s, upload, &dir)).await,
+                    )
+                }
+                Err(resp) => resp,
+            }
+        }
+        ("bundles", ["pending", id, "install"], &Method::POST) => {
+            match pending_path(&upload_dir, id) {
+                Some(p) if p.exists() => {
+                    let s = store.clone();
+                    let upload = Upload(p);
+                    let r = blocking(move || {
+                        let r = s.install(&upload.0);
+                        drop(upload);
+                        r
+                    })
+                    .await;
+                    if let Ok(b) = &r {
+                        tracing::info!(bundle = %b.name, version = %b.version, key = %b.publisher_key_id, "bundle installed");
+                    }
+                    done(StatusCode::CREATED, r)
+                }
+                _ => error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_pending",
+                    "no such pending upload (they expire after 15 minutes)",
+                ),
+            }
+        }
+        ("bundles", ["pending", id], &Method::DELETE) => match pending_path(&upload_dir, id) {
+            Some(p) if p.exists() => {
+                drop(Upload(p));
+                json(StatusCode::OK, &json!({ "discarded": id }))
+            }
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "unknown_pending",
+                "no such pending upload",
+            ),
+        },
         ("bundles", [name], &Method::GET) => {
             let (s, n) = (store.clone(), name.to_string());
             done(StatusCode::OK, blocking(move || s.get(&n)).await)
@@ -206,7 +414,7 @@ pub async fn handle(
             let (s, n) = (store.clone(), name.to_string());
             done(StatusCode::OK, blocking(move || s.rollback(&n)).await)
         }
-        ("bundles", [name], &Method::DELETE) => {
+        ("bundles", [name], &Method::DELETE) | ("bundles", [name, "remove"], &Method::POST) => {
             let purge = query
                 .split('&')
                 .any(|kv| kv == "purge=1" || kv == "purge=true");
@@ -273,4 +481,35 @@ pub async fn handle(
         _ => return None,
     };
     Some(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn boundary_and_range() {
+        assert_eq!(
+            multipart_boundary("multipart/form-data; boundary=----abc").as_deref(),
+            Some("----abc")
+        );
+        assert_eq!(multipart_boundary("application/octet-stream"), None);
+        let body = b"------abc\r\nContent-Disposition: form-data; name=\"bundle\"; filename=\"x.nvb\"\r\n\r\nDATA\r\n------abc--\r\n";
+        let (s, e) = multipart_range(body, body, body.len() as u64, "----abc").unwrap();
+        assert_eq!(&body[s as usize..e as usize], b"DATA");
+    }
+
+    proptest! {
+        #[test]
+        fn multipart_never_panics(h in proptest::collection::vec(any::<u8>(), 0..300),
+                                  t in proptest::collection::vec(any::<u8>(), 0..300),
+                                  extra in 0u64..1000, b in "[a-z-]{1,10}") {
+            let len = t.len() as u64 + extra;
+            if let Some((s, e)) = multipart_range(&h, &t, len, &b) {
+                prop_assert!(s <= e && e <= len);
+            }
+            let _ = multipart_boundary(&String::from_utf8_lossy(&h));
+        }
+    }
 }

@@ -1,28 +1,43 @@
 //! HTTP API and panel of the agent, on hyper.
 //!
-//! Routes (all under one small router, see [`route`]):
-//! - `GET /` — the status page (HTML, no JavaScript needed)
-//! - `GET /api/v1/status` — the node's status as JSON
-//! - `GET /api/v1/network` — links, addresses, routes, DNS, DHCP leases
-//! - `/api/v1/bundles…`, `/api/v1/keys…` — signed bundles and the keyring
-//!   (see [`bundles`])
-//! - `POST /api/v1/debug/kill` — only when `[debug] test_hooks = true`:
-//!   the agent SIGKILLs itself (boot tests use it to check PID 1 restarts it)
+//! Every route is listed in [`routes::ROUTES`]; the OpenAPI document at
+//! `/api/v1/openapi.json` is made from that table (see docs/api.md).
 //!
-//! The status page, `/api/v1/status` and `/api/v1/network` are read-only and
-//! public. Every other route needs `Authorization: Bearer <admin token>`
-//! (the token is made on first boot and shown on the console); without it
-//! the answer is 401.
+//! Access: `GET /`, `/login`, `/panel.js`, `/api/v1/status`,
+//! `/api/v1/network` and `/api/v1/openapi.json` are public and read-only.
+//! Everything else needs a credential (see [`auth`]): a bearer token, or a
+//! browser session cookie plus the session's CSRF token on every state
+//! change. Without one the answer is 401 (HTML pages show the login form).
+//!
+//! Transport: plain HTTP and, when configured, HTTPS (rustls, a self-signed
+//! certificate made on first boot, see [`tls`]). With HTTPS on, plain HTTP
+//! answers only the public status page, `/api/v1/status` and
+//! `/api/v1/network`; everything else is redirected (308) to HTTPS unless
+//! `[panel] allow_plain_http = true`.
+//!
+//! Limits: request headers within 10 s, small bodies (forms, JSON, keys)
+//! at most 64 KiB and 30 s, bundle uploads 1 GiB with at most 30 s between
+//! body chunks, and a connection with no traffic either way for 120 s is
+//! closed (streams should send a heartbeat at least every 60 s).
 //!
 //! Errors are JSON `{"error": {"code": "...", "message": "..."}}` with a
 //! stable code.
 
+pub mod auth;
 pub mod bundles;
+mod io;
+pub mod metrics;
+mod pages;
 mod panel;
+pub mod parse;
+pub mod routes;
+pub mod tls;
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -32,6 +47,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 pub use nuvol_status::Status;
+pub use rustls;
+pub use tokio_rustls;
 
 /// What the API needs from the running agent.
 pub trait Node: Send + Sync + 'static {
@@ -40,39 +57,70 @@ pub trait Node: Send + Sync + 'static {
     fn network(&self) -> Option<serde_json::Value>;
     /// Whether `/api/v1/debug/*` routes are enabled (testing only).
     fn test_hooks(&self) -> bool;
-    /// The admin token that protected routes require.
+    /// The admin token (console secret) that protected routes accept.
     fn admin_token(&self) -> Option<String>;
     /// The bundle store and a directory for uploads on the same filesystem.
     fn bundle_store(&self) -> Option<(Arc<nuvol_bundle::Store>, std::path::PathBuf)>;
     /// Called after an install, upgrade, rollback or removal succeeded
     /// through the API (the supervisor re-reads the store).
     fn bundles_changed(&self) {}
+    /// Community members for the panel (the `/api/v1/members` JSON).
+    fn panel_members(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Community services for the panel (the `/api/v1/services` JSON).
+    fn panel_services(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Services on this box for the panel (the `/api/v1/local-services` JSON).
+    fn panel_local_services(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Extra alerts for the dashboard (update pending, …).
+    fn alerts(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Extra Prometheus text (gossip, containers), appended to `/metrics`.
+    fn metrics_extra(&self) -> String {
+        String::new()
+    }
+    /// Reboot the box: `Ok(true)` when PID 1 was asked to, `Ok(false)` when
+    /// there is no nuvol init to ask (a development host).
+    fn reboot(&self) -> Result<bool, String> {
+        Ok(false)
+    }
 }
 
-/// Routes anyone may read; everything else needs the admin token.
+/// Routes anyone may read; everything else needs a credential.
 pub fn is_public(method: &Method, path: &str) -> bool {
+    is_public_with(method, path, false)
+}
+
+/// [`is_public`], counting test-hook routes when `hooks` is on.
+pub fn is_public_with(method: &Method, path: &str, hooks: bool) -> bool {
+    let m = match *method {
+        Method::HEAD => "GET",
+        ref m => m.as_str(),
+    };
+    routes::find(m, path, hooks).is_some_and(|d| d.public)
+}
+
+/// Routes plain HTTP serves even when HTTPS is on (the read-only status).
+pub fn plain_http_ok(method: &Method, path: &str) -> bool {
     matches!(*method, Method::GET | Method::HEAD)
         && matches!(path, "/" | "/api/v1/status" | "/api/v1/network")
 }
 
-/// Constant-time check of `Authorization: Bearer <token>`.
+/// Constant-time check of `Authorization: Bearer <admin token>`.
 pub fn authorized(node: &dyn Node, headers: &hyper::HeaderMap) -> bool {
     let Some(want) = node.admin_token() else {
         return false;
     };
-    let Some(got) = headers
+    headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    got.len() == want.len()
-        && got
-            .bytes()
-            .zip(want.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        .is_some_and(|got| auth::ct_eq(got.as_bytes(), want.as_bytes()))
 }
 
 /// Response body: a whole buffer or a stream (log follow, events).
@@ -106,19 +154,59 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Resp {
 }
 
 fn html(body: String) -> Resp {
+    html_status(StatusCode::OK, body)
+}
+
+fn html_status(status: StatusCode, body: String) -> Resp {
     Response::builder()
+        .status(status)
         .header("content-type", "text/html; charset=utf-8")
         .header("cache-control", "no-store")
         .header("x-content-type-options", "nosniff")
+        .header("x-frame-options", "DENY")
+        .header("referrer-policy", "same-origin")
         .header(
             "content-security-policy",
-            "default-src 'self'; style-src 'unsafe-inline'",
+            "default-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
         )
         .body(full(body))
         .unwrap_or_else(|_| Response::new(full(Bytes::new())))
 }
 
-/// Dispatch one request. Public so tests can call it without sockets.
+fn redirect(status: StatusCode, location: &str) -> Resp {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::LOCATION, location)
+        .header("cache-control", "no-store")
+        .body(full(Bytes::new()))
+        .unwrap_or_else(|_| Response::new(full(Bytes::new())))
+}
+
+/// Largest form, JSON or key body.
+pub const MAX_SMALL_BODY: usize = 64 * 1024;
+/// Longest wait for a small body, or between chunks of an upload.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Read a small body whole: at most [`MAX_SMALL_BODY`] within [`BODY_TIMEOUT`].
+pub async fn small_body(body: Incoming) -> Result<Bytes, Resp> {
+    let limited = http_body_util::Limited::new(body, MAX_SMALL_BODY);
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(_)) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("body is over {MAX_SMALL_BODY} bytes or broken"),
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body was not sent in time",
+        )),
+    }
+}
+
+/// Dispatch the simple read-only routes. Public so tests can call it
+/// without sockets.
 pub fn route(node: &dyn Node, method: &Method, path: &str) -> Resp {
     match (method, path) {
         (&Method::GET, "/") | (&Method::HEAD, "/") => html(panel::status_page(&node.status())),
@@ -140,7 +228,7 @@ pub fn route(node: &dyn Node, method: &Method, path: &str) -> Resp {
                 "could not kill the agent",
             )
         }
-        (_, "/" | "/api/v1/status" | "/api/v1/network") => error(
+        _ if routes::path_known(path, node.test_hooks()) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             &format!("{method} is not allowed on {path}"),
@@ -153,20 +241,228 @@ pub fn route(node: &dyn Node, method: &Method, path: &str) -> Resp {
     }
 }
 
-async fn handle(node: Arc<dyn Node>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+/// How the API is served.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `[admin]`: password hash and API keys.
+    pub admin: auth::AdminSettings,
+    /// Where API tokens are kept (`None`: in memory only).
+    pub state_dir: Option<PathBuf>,
+    /// Serve everything over plain HTTP even when HTTPS is on.
+    pub allow_plain_http: bool,
+}
+
+/// The listeners: plain HTTP and, optionally, HTTPS.
+pub struct Listeners {
+    pub http: Option<TcpListener>,
+    pub https: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+}
+
+/// Shared state of the server.
+pub struct Ctx {
+    pub node: Arc<dyn Node>,
+    pub auth: auth::Auth,
+    pub metrics: metrics::Metrics,
+    /// Port of the HTTPS listener, if any (for redirects).
+    pub https_port: Option<u16>,
+    pub allow_plain_http: bool,
+    /// One argon2 computation at a time (each takes ~19 MiB).
+    pub argon2_gate: tokio::sync::Semaphore,
+    /// The last status and when it was collected (see [`Ctx::status`]).
+    status_cache: std::sync::Mutex<Option<(Instant, Status)>>,
+}
+
+/// How long a collected status is served again: collecting reads a dozen
+/// /proc and /sys files, which would otherwise dominate the cost of the
+/// status page and `/api/v1/status` under load.
+pub const STATUS_TTL: Duration = Duration::from_secs(1);
+
+impl Ctx {
+    /// The node's status, at most [`STATUS_TTL`] old.
+    pub fn status(&self) -> Status {
+        let mut c = self.status_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, s)) = c.as_ref() {
+            if t.elapsed() < STATUS_TTL {
+                return s.clone();
+            }
+        }
+        let s = self.node.status();
+        *c = Some((Instant::now(), s.clone()));
+        s
+    }
+}
+
+/// One connection's facts.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+fn wants_html(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+/// A page path (not the API, not metrics): unauthenticated visitors get the
+/// login form there.
+fn is_page(path: &str) -> bool {
+    !path.starts_with("/api/") && path != "/metrics"
+}
+
+fn https_location(headers: &hyper::HeaderMap, port: u16, path_q: &str) -> Option<String> {
+    let host = headers
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok())?;
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if !ok {
+        return None;
+    }
+    // Strip a port, keeping IPv6 brackets.
+    let name = match host.rfind(']') {
+        Some(i) => &host[..=i],
+        None => host.split(':').next().unwrap_or(host),
+    };
+    Some(if port == 443 {
+        format!("https://{name}{path_q}")
+    } else {
+        format!("https://{name}:{port}{path_q}")
+    })
+}
+
+async fn handle(ctx: Arc<Ctx>, conn: Conn, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let started = Instant::now();
+    let node = ctx.node.clone();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().clone();
-    let resp = if !is_public(&method, &path) && !authorized(node.as_ref(), req.headers()) {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this route needs the admin token (Authorization: Bearer …)",
-        );
+    let hooks = node.test_hooks();
+    let label = routes::label(method.as_str(), &path, hooks);
+    let mut principal = ctx.auth.authenticate(req.headers());
+    if principal.is_none() && ctx.auth.has_slow_keys() {
+        principal = slow_key(&ctx, conn, req.headers()).await;
+    }
+    let cookie_auth = matches!(principal, Some(auth::Principal::Session { .. }));
+    let form_post = cookie_auth
+        && method != Method::GET
+        && method != Method::HEAD
+        && path.starts_with("/api/")
+        && wants_html(req.headers());
+    let back = parse::form_get(&query, "back");
+    let resp = if let (false, Some(port), false) = (
+        conn.tls,
+        ctx.https_port,
+        ctx.allow_plain_http || plain_http_ok(&method, &path),
+    ) {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        match https_location(req.headers(), port, &pq) {
+            Some(loc) => redirect(StatusCode::PERMANENT_REDIRECT, &loc),
+            None => error(
+                StatusCode::BAD_REQUEST,
+                "bad_host",
+                "plain HTTP is only for the status page; use https:// (bad Host header)",
+            ),
+        }
+    } else if !is_public_with(&method, &path, hooks) && principal.is_none() {
+        let known_page =
+            routes::find(method.as_str(), &path, hooks).is_some_and(|d| d.kind == "html");
+        let mut r = if is_page(&path)
+            && matches!(method, Method::GET | Method::HEAD)
+            && (known_page || wants_html(req.headers()))
+        {
+            let next = req
+                .uri()
+                .path_and_query()
+                .map_or("/dashboard", |p| p.as_str())
+                .to_string();
+            html_status(
+                StatusCode::UNAUTHORIZED,
+                pages::login_page(&ctx.status().hostname, &next, None),
+            )
+        } else {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this route needs a credential: Authorization: Bearer <token>, or log in at /login",
+            )
+        };
         r.headers_mut().insert(
             hyper::header::WWW_AUTHENTICATE,
             hyper::header::HeaderValue::from_static("Bearer"),
         );
         r
+    } else if let (Some(auth::Principal::Session { csrf }), false) = (
+        &principal,
+        matches!(method, Method::GET | Method::HEAD) || path == "/login",
+    ) {
+        if auth::csrf_ok(csrf, req.headers(), &query) {
+            dispatch(&ctx, conn, principal.clone(), req).await
+        } else {
+            error(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "missing or wrong CSRF token (X-CSRF-Token header or csrf= in the query)",
+            )
+        }
+    } else {
+        dispatch(&ctx, conn, principal.clone(), req).await
+    };
+    let resp = if let (true, Some(auth::Principal::Session { csrf })) = (form_post, &principal) {
+        pages::form_result(resp, back.as_deref(), csrf).await
+    } else {
+        resp
+    };
+    ctx.metrics
+        .count(label, resp.status().as_u16(), started.elapsed());
+    tracing::debug!(%method, path, status = resp.status().as_u16(), "http");
+    Ok(resp)
+}
+
+/// Bearer credentials that may be argon2 API keys: checked one at a time
+/// on the blocking pool, rate-limited per address.
+async fn slow_key(
+    ctx: &Arc<Ctx>,
+    conn: Conn,
+    headers: &hyper::HeaderMap,
+) -> Option<auth::Principal> {
+    let got = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))?
+        .trim()
+        .to_string();
+    let _gate = ctx.argon2_gate.acquire().await.ok()?;
+    let c = ctx.clone();
+    let ok = tokio::task::spawn_blocking(move || c.auth.check_slow_key(peer_ip(&conn), &got))
+        .await
+        .unwrap_or(false);
+    ok.then_some(auth::Principal::Bearer)
+}
+
+/// Authenticated (or public) requests, by area.
+async fn dispatch(
+    ctx: &Arc<Ctx>,
+    conn: Conn,
+    principal: Option<auth::Principal>,
+    req: Request<Incoming>,
+) -> Resp {
+    let node = ctx.node.clone();
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if let Some(r) = pages::handle(ctx, conn, principal.as_ref(), &req).await {
+        r
+    } else if path == "/login" || path == "/logout" || path.starts_with("/api/v1/tokens") {
+        pages::auth_routes(ctx, conn, principal.as_ref(), req).await
     } else if path.starts_with("/api/v1/bundles") || path.starts_with("/api/v1/keys") {
         match node.bundle_store() {
             Some((store, dir)) => match bundles::handle(store, dir, req).await {
@@ -191,43 +487,129 @@ async fn handle(node: Arc<dyn Node>, req: Request<Incoming>) -> Result<Resp, Inf
                 "the bundle store could not be opened; see the agent's log",
             ),
         }
+    } else if matches!(method, Method::GET | Method::HEAD) && path == "/" {
+        html(panel::status_page(&ctx.status()))
+    } else if method == Method::GET && path == "/api/v1/status" {
+        json(StatusCode::OK, &ctx.status())
     } else {
         route(node.as_ref(), &method, &path)
-    };
-    tracing::debug!(%method, path, status = resp.status().as_u16(), "http");
-    Ok(resp)
+    }
 }
 
-/// Serve HTTP/1.1 on `listener` until `shutdown` resolves.
+/// Serve plain HTTP/1.1 on `listener` until `shutdown` resolves, with the
+/// node's admin token as the only credential and no HTTPS.
 pub async fn serve(
     listener: TcpListener,
     node: Arc<dyn Node>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let l = Listeners {
+        http: Some(listener),
+        https: None,
+    };
+    serve_all(l, node, Options::default(), shutdown).await
+}
+
+/// Serve on every listener until `shutdown` resolves.
+pub async fn serve_all(
+    listeners: Listeners,
+    node: Arc<dyn Node>,
+    opts: Options,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let https_port = listeners
+        .https
+        .as_ref()
+        .and_then(|(l, _)| l.local_addr().ok())
+        .map(|a| a.port());
+    let ctx = Arc::new(Ctx {
+        auth: auth::Auth::new(node.admin_token(), opts.admin, opts.state_dir.as_deref()),
+        metrics: metrics::Metrics::new(),
+        node,
+        https_port,
+        allow_plain_http: opts.allow_plain_http,
+        argon2_gate: tokio::sync::Semaphore::new(1),
+        status_cache: std::sync::Mutex::new(None),
+    });
+    let sampler = tokio::spawn(metrics::sample_forever(ctx.clone()));
+    let (http, https) = (listeners.http, listeners.https);
+    let acceptor = https
+        .as_ref()
+        .map(|(_, cfg)| tokio_rustls::TlsAcceptor::from(cfg.clone()));
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            r = accept(http.as_ref()) => (r, false),
+            r = accept(https.as_ref().map(|(l, _)| l)) => (r, true),
         };
-        let node = node.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(node.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "connection: {e}");
+        let ((stream, peer), tls) = match accepted {
+            (Ok(x), tls) => (x, tls),
+            (Err(e), _) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        });
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let conn = Conn { peer, tls };
+        if tls {
+            let Some(acceptor) = acceptor.clone() else {
+                continue;
+            };
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => serve_conn(s, ctx, conn).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, "tls handshake: {e}"),
+                    Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                }
+            });
+        } else {
+            tokio::spawn(serve_conn(stream, ctx, conn));
+        }
     }
+    sampler.abort();
+}
+
+async fn accept(l: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn serve_conn<S>(stream: S, ctx: Arc<Ctx>, conn: Conn)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = io::IdleTimeout::new(stream, io::IDLE);
+    let svc = hyper::service::service_fn(move |req| handle(ctx.clone(), conn, req));
+    let c = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = c.await {
+        tracing::debug!(peer = %conn.peer, "connection: {e}");
+    }
+}
+
+/// The peer's address as the rate limiter keys it (IPv4-mapped unwrapped).
+pub fn peer_ip(conn: &Conn) -> IpAddr {
+    match conn.peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        ip => ip,
+    }
+}
+
+/// Ask PID 1 (`nuvol init`) to reboot the box: it reboots on SIGTERM
+/// (stopping the agent first). Only meaningful when the agent runs under
+/// nuvol init.
+pub fn ask_init_to_reboot() -> Result<(), String> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(1),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .map_err(|e| format!("signalling PID 1: {e}"))
 }

@@ -100,6 +100,6 @@ pub fn status_page(s: &Status) -> String {
             esc(&i.addresses.join(", "))
         );
     }
-    h.push_str("</table><p><a href=\"/api/v1/status\">JSON</a></p></body></html>");
+    h.push_str("</table><p><a href=\"/api/v1/status\">JSON</a> · <a href=\"/dashboard\" id=login-link>Manage this box (log in)</a></p></body></html>");
     h
 }

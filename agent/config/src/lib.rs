@@ -7,6 +7,7 @@
 //! defaults and returns the problem (file, line, column, message) so the agent
 //! can show it on the console and on the status page.
 
+mod admin;
 mod bundles;
 mod network;
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use admin::AdminConfig;
 pub use bundles::{BundleSource, BundlesConfig};
 pub use network::{InterfaceConfig, NetworkConfig, RouteConfig};
 
@@ -35,6 +37,8 @@ pub struct Config {
     pub bundles: BundlesConfig,
     /// Switches for testing; never set these on a box in service.
     pub debug: DebugConfig,
+    /// Provisioned admin credentials (password hash, API keys).
+    pub admin: AdminConfig,
 }
 
 /// `[debug]`: test hooks, off by default.
@@ -52,11 +56,20 @@ pub struct DebugConfig {
 pub struct PanelConfig {
     /// TCP port of the panel on every address. Default: 80.
     pub port: u16,
+    /// TCP port of the HTTPS panel. Default: 443.
+    pub https_port: u16,
+    /// Serve everything over plain HTTP too (a trusted LAN). Default: only
+    /// the read-only status page; the rest redirects to HTTPS.
+    pub allow_plain_http: bool,
 }
 
 impl Default for PanelConfig {
     fn default() -> Self {
-        PanelConfig { port: 80 }
+        PanelConfig {
+            port: 80,
+            https_port: 443,
+            allow_plain_http: false,
+        }
     }
 }
 
@@ -123,6 +136,10 @@ impl Config {
         if self.panel.port == 0 {
             return Err(("panel.port".into(), "port 0 is not a port".into()));
         }
+        if self.panel.https_port == 0 {
+            return Err(("panel.https_port".into(), "port 0 is not a port".into()));
+        }
+        self.admin.validate()?;
         self.network.validate()?;
         self.bundles.validate()
     }

@@ -21,6 +21,10 @@ pub struct AgentArgs {
     /// configured panel port.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Address for HTTPS; default: every address on `[panel] https_port`,
+    /// or none when `--listen` is given (a development run).
+    #[arg(long)]
+    pub https_listen: Option<SocketAddr>,
     /// Whether the agent configures links, addresses and routes. `auto`
     /// manages them only when started by `nuvol init` on a box, never on a
     /// development host.
@@ -42,6 +46,7 @@ struct Node {
     admin_token: Option<String>,
     store: Option<Arc<nuvol_bundle::Store>>,
     upload_dir: PathBuf,
+    under_init: bool,
 }
 
 impl nuvol_api::Node for Node {
@@ -62,6 +67,12 @@ impl nuvol_api::Node for Node {
     }
     fn bundle_store(&self) -> Option<(Arc<nuvol_bundle::Store>, PathBuf)> {
         self.store.clone().map(|s| (s, self.upload_dir.clone()))
+    }
+    fn reboot(&self) -> Result<bool, String> {
+        if !self.under_init {
+            return Ok(false);
+        }
+        nuvol_api::ask_init_to_reboot().map(|()| true)
     }
 }
 
@@ -88,6 +99,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         problem: loaded.problem.clone(),
     };
     let admin_token = match crate::bundles::admin_token(&args.state_dir) {
+        // [admin] credentials replace the console token.
+        _ if loaded.config.admin.provisioned() => {
+            eprintln!("nuvol: admin credentials from [admin] in the provisioning file");
+            None
+        }
         Ok(t) => {
             // The console is the one place the owner can read it on first boot.
             eprintln!(
@@ -144,6 +160,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             admin_token,
             store: store.clone(),
             upload_dir: crate::bundles::upload_dir(&args.state_dir),
+            under_init,
         });
         if let Some(store) = store {
             let config_dir = args
@@ -158,9 +175,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             ));
         }
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(nuvol_api::serve(listener, node.clone(), async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        }));
+        let https = crate::api_setup::https_addr(args.listen, args.https_listen, &loaded.config);
+        let (listeners, opts) =
+            crate::api_setup::listeners(listener, https, &args.state_dir, &loaded.config).await;
+        let server = tokio::spawn(nuvol_api::serve_all(
+            listeners,
+            node.clone(),
+            opts,
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
+        ));
         announce_ready(local, manage_net).await;
         wait_for_stop().await;
         tracing::info!("stopping");

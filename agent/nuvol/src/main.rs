@@ -1,8 +1,10 @@
 //! `nuvol`: one static binary with verbs, like busybox.
 
 mod agent;
+mod api_setup;
 mod bundles;
 mod cmd_bundle;
+mod cmd_ctl;
 mod fetch;
 mod logging;
 mod net;
@@ -24,6 +26,8 @@ enum Verb {
     Agent(agent::AgentArgs),
     /// Make, sign, verify and inspect signed service bundles.
     Bundle(cmd_bundle::BundleArgs),
+    /// Drive a box's API: status, members, services, bundles, logs, reboot.
+    Ctl(cmd_ctl::CtlArgs),
     /// Print the version.
     Version,
 }
@@ -37,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Verb::Init => run_init(),
         Verb::Agent(args) => agent::run(args),
         Verb::Bundle(args) => cmd_bundle::run(args),
+        Verb::Ctl(args) => cmd_ctl::run(args),
         Verb::Version => {
             println!("nuvol {}", env!("CARGO_PKG_VERSION"));
             Ok(())

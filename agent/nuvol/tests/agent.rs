@@ -10,7 +10,7 @@ use common::Agent;
 
 #[test]
 fn status_api_and_panel() {
-    let a = Agent::start("ok", "hostname = \"ignored-off-box\"\n");
+    let a = Agent::start("ok", "hostname = \"ignored-off-box\"\n", false);
     let (code, head, body) = a.req("GET", "/api/v1/status");
     assert_eq!(code, 200);
     assert!(head.contains("content-type: application/json"));
@@ -35,7 +35,7 @@ fn status_api_and_panel() {
 
 #[test]
 fn unknown_routes_and_methods_get_json_errors() {
-    let a = Agent::start("err", "");
+    let a = Agent::start("err", "", false);
     // Without the token nothing but the public pages answer.
     for (m, p) in [
         ("GET", "/nope"),
@@ -67,7 +67,7 @@ fn unknown_routes_and_methods_get_json_errors() {
 
 #[test]
 fn bad_config_is_reported_with_line_and_defaults_apply() {
-    let a = Agent::start("bad", "[panel]\nport = 80\ncolour = \"blue\"\n");
+    let a = Agent::start("bad", "[panel]\nport = 80\ncolour = \"blue\"\n", false);
     let (_, _, body) = a.req("GET", "/api/v1/status");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let p = v["config"]["problem"].as_str().unwrap();
@@ -78,7 +78,7 @@ fn bad_config_is_reported_with_line_and_defaults_apply() {
 
 #[test]
 fn sigterm_stops_the_agent_promptly() {
-    let mut a = Agent::start("term", "");
+    let mut a = Agent::start("term", "", false);
     let t = Instant::now();
     nix_kill(a.child.id());
     let st = a.child.wait().unwrap();

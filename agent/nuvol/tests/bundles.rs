@@ -87,7 +87,7 @@ fn bundle_api_keys_install_upgrade_rollback_remove() {
     keygen(&work);
     let v1 = std::fs::read(bundle(&work, "web", "1.0")).unwrap();
     let v2 = std::fs::read(bundle(&work, "web", "2.0")).unwrap();
-    let a = Agent::start_in(dir, "");
+    let a = Agent::start_in(dir, "", false);
 
     // Nothing trusted yet: refused, nothing installed.
     let (code, _, body) = a.areq("POST", "/api/v1/bundles", &v1);
@@ -192,7 +192,7 @@ fn bundles_named_in_config_install_unattended_from_file_and_url() {
         "[bundles]\ntrusted_keys = [\"{}\"]\ninstall = [\"bundles/local.nvb\", \"http://127.0.0.1:{port}/b/remote.nvb\", \"http://127.0.0.1:{port}/b/missing.nvb\"]\n",
         pub_line(&work)
     );
-    let mut a = Agent::start_in(dir, &config);
+    let mut a = Agent::start_in(dir, &config, false);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, _, body) = a.areq("GET", "/api/v1/bundles", b"");

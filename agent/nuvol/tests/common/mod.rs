@@ -1,6 +1,6 @@
-//! A real `nuvol agent` process for integration tests: start it on a free
-//! loopback port with a given nuvol.toml, talk HTTP to it, kill it on drop.
-#![allow(dead_code)] // each test file uses a different part
+//! A real `nuvol agent` process for integration tests (its console goes to
+//! a file), and a tiny HTTP client.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,65 +11,98 @@ use std::time::{Duration, Instant};
 pub struct Agent {
     pub child: Child,
     pub port: u16,
+    pub https_port: Option<u16>,
     pub dir: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub code: u16,
+    /// Header lines, names lower-cased.
+    pub head: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
 }
 
 impl Agent {
     /// A clean scratch directory for one agent (removed when it drops).
     pub fn fresh_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("nuvol-agent-{tag}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("nuvol-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
 
-    pub fn start(tag: &str, config: &str) -> Agent {
-        Agent::start_in(Agent::fresh_dir(tag), config)
+    pub fn start(tag: &str, config: &str, https: bool) -> Agent {
+        Agent::start_in(Agent::fresh_dir(tag), config, https)
     }
 
     /// Start with `dir/nuvol.toml` = `config`, state in `dir/state`.
-    pub fn start_in(dir: PathBuf, config: &str) -> Agent {
+    pub fn start_in(dir: PathBuf, config: &str, https: bool) -> Agent {
         std::fs::write(dir.join("nuvol.toml"), config).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_nuvol"))
-            .args(["agent", "--config"])
+        let port = free_port();
+        let https_port = https.then(free_port);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nuvol"));
+        cmd.args(["agent", "--config"])
             .arg(dir.join("nuvol.toml"))
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("NUVOL_RUN_DIR", dir.join("run"))
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let a = Agent { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "agent did not listen");
+            .stderr(std::fs::File::create(dir.join("console")).unwrap());
+        if let Some(p) = https_port {
+            cmd.args(["--https-listen", &format!("127.0.0.1:{p}")]);
+        }
+        let child = cmd.spawn().unwrap();
+        let a = Agent {
+            child,
+            port,
+            https_port,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !a.console().contains("nuvol: ready") {
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready: {}",
+                a.console()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         a
     }
 
-    /// Everything the agent wrote to stderr (its console); call after it exited.
-    pub fn console(&mut self) -> String {
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            e.read_to_string(&mut err).unwrap();
-        }
-        err
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.join("console")).unwrap_or_default()
     }
 
-    /// An unauthenticated request.
-    pub fn req(&self, method: &str, path: &str) -> (u16, String, String) {
-        self.send(method, path, None, b"")
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// The admin token the agent made on first start.
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.dir.join("state/admin-token"))
             .unwrap()
@@ -77,7 +110,41 @@ impl Agent {
             .to_string()
     }
 
-    /// A request with the admin token.
+    /// A raw request; `headers` are full lines without CRLF.
+    pub fn raw(&self, method: &str, path: &str, headers: &[String], body: &[u8]) -> Reply {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        for h in headers {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        s.write_all(req.as_bytes()).unwrap();
+        let _ = s.write_all(body);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out).into_owned();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Reply {
+            code,
+            head: head.to_string(),
+            body: body.to_string(),
+        }
+    }
+
+    /// An unauthenticated request: (code, lower-cased head, body).
+    pub fn req(&self, method: &str, path: &str) -> (u16, String, String) {
+        self.send(method, path, None, b"")
+    }
+
+    /// A request with the admin token: (code, lower-cased head, body).
     pub fn areq(&self, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
         self.send(method, path, Some(&self.token()), body)
     }
@@ -89,21 +156,47 @@ impl Agent {
         token: Option<&str>,
         body: &[u8],
     ) -> (u16, String, String) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n",
-            body.len()
+        let headers: Vec<String> = token
+            .map(|t| format!("Authorization: Bearer {t}"))
+            .into_iter()
+            .collect();
+        let r = self.raw(method, path, &headers, body);
+        (r.code, r.head.to_ascii_lowercase(), r.body)
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.raw("GET", path, &[], b"")
+    }
+
+    pub fn bearer(&self, method: &str, path: &str, body: &[u8]) -> Reply {
+        self.raw(
+            method,
+            path,
+            &[format!("Authorization: Bearer {}", self.token())],
+            body,
         )
-        .unwrap();
-        s.write_all(body).unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).unwrap();
-        let out = String::from_utf8_lossy(&out).into_owned();
-        let (head, body) = out.split_once("\r\n\r\n").unwrap();
-        let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (code, head.to_ascii_lowercase(), body.to_string())
+    }
+
+    /// Log in with the admin token: (session cookie, CSRF token).
+    pub fn login(&self) -> (String, String) {
+        let body = format!("secret={}&next=%2Fsettings", self.token());
+        let r = self.raw(
+            "POST",
+            "/login",
+            &["Content-Type: application/x-www-form-urlencoded".into()],
+            body.as_bytes(),
+        );
+        assert_eq!(r.code, 303, "{r:?}");
+        let cookie = r.header("set-cookie").unwrap();
+        let session = cookie.split(';').next().unwrap().to_string();
+        let s = self.raw(
+            "GET",
+            "/api/v1/session",
+            &[format!("Cookie: {session}")],
+            b"",
+        );
+        let csrf = s.json()["csrf"].as_str().unwrap().to_string();
+        (session, csrf)
     }
 }
 

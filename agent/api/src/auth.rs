@@ -1,0 +1,641 @@
+//! Who may do what: the admin secret and password, API keys and tokens for
+//! the CLI, browser sessions with CSRF tokens, and the login rate limit.
+//!
+//! - **Bearer** (`Authorization: Bearer …`): the console admin token (when no
+//!   `[admin]` credential is provisioned), an `[admin] api_keys` key, or an
+//!   API token made through `/api/v1/tokens`. No CSRF token needed: a
+//!   browser never adds this header by itself.
+//! - **Session cookie** (`nuvol_session`, HttpOnly, SameSite=Strict, Secure
+//!   on HTTPS): made by `POST /login` with the admin password
+//!   (`[admin] password_hash`, argon2) or, without one, the console admin
+//!   token. Every state-changing request authenticated by cookie must carry
+//!   the session's CSRF token (`X-CSRF-Token` header or `csrf=` in the
+//!   query string, which the panel's forms put in their action URL).
+//!
+//! Secrets are never stored: API tokens and sessions are kept as SHA-256
+//! hashes, passwords as argon2 PHC strings.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Name of the session cookie.
+pub const COOKIE: &str = "nuvol_session";
+/// Most live sessions; the least recently used is dropped beyond this.
+pub const MAX_SESSIONS: usize = 64;
+/// A session unused this long is gone.
+pub const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
+/// A session older than this is gone, used or not.
+pub const SESSION_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Most API tokens kept.
+pub const MAX_TOKENS: usize = 64;
+/// Failed logins allowed per address per [`LOGIN_WINDOW`].
+pub const LOGIN_FAILURES: u32 = 5;
+/// Window of the login rate limit (and the lockout after it trips).
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
+/// Most addresses tracked by the login rate limit.
+pub const MAX_LIMITED_IPS: usize = 1024;
+/// File (under the state directory) with the API tokens' hashes.
+pub const TOKENS_FILE: &str = "api-tokens.json";
+
+/// Errors of the token store.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("at most {MAX_TOKENS} API tokens; revoke one first")]
+    TooManyTokens,
+    #[error("token name must be 1-64 printable characters")]
+    BadName,
+    #[error("no such token: {0}")]
+    NoSuchToken(String),
+    #[error("no random numbers: {0}")]
+    Random(String),
+}
+
+impl AuthError {
+    /// Stable machine code for the JSON error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Io { .. } => "io_error",
+            AuthError::TooManyTokens => "too_many_tokens",
+            AuthError::BadName => "bad_name",
+            AuthError::NoSuchToken(_) => "unknown_token",
+            AuthError::Random(_) => "internal",
+        }
+    }
+}
+
+/// `[admin]` as the API needs it.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    /// argon2 PHC string of the admin password.
+    pub password_hash: Option<String>,
+    /// Provisioned API keys: `sha256:<hex>` or argon2 PHC strings.
+    pub api_keys: Vec<String>,
+}
+
+/// How a request proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A bearer credential (admin token, API key or API token).
+    Bearer,
+    /// A browser session; its CSRF token must accompany state changes.
+    Session { csrf: String },
+}
+
+/// One API token as listed (never the secret).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// SHA-256 of the whole token, hex.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub hash: String,
+}
+
+struct Session {
+    csrf: String,
+    created: Instant,
+    last: Instant,
+}
+
+#[derive(Default)]
+struct Limit {
+    failures: u32,
+    since: Option<Instant>,
+}
+
+/// Why a login was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginError {
+    /// Too many failures from this address; try again after this long.
+    RateLimited(Duration),
+    /// Wrong secret.
+    Wrong,
+    /// Nothing to log in with (no password and no admin token).
+    Closed,
+}
+
+/// The authentication state of one agent.
+pub struct Auth {
+    admin_token: Option<String>,
+    settings: AdminSettings,
+    tokens_path: Option<PathBuf>,
+    tokens: Mutex<Vec<TokenInfo>>,
+    /// SHA-256 of API keys already verified against an argon2 entry.
+    key_cache: Mutex<Vec<[u8; 32]>>,
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    limits: Mutex<HashMap<IpAddr, Limit>>,
+}
+
+/// 32 random bytes as 64 hex digits.
+pub fn random_hex() -> Result<String, AuthError> {
+    let mut b = [0u8; 32];
+    getrandom::getrandom(&mut b).map_err(|e| AuthError::Random(e.to_string()))?;
+    Ok(hex(&b))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn sha(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+/// Constant-time equality of two byte strings (length may leak).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Verify `secret` against an argon2 PHC string. Refuses hashes asking for
+/// more than 256 MiB so a bad config cannot exhaust a 2 GB box.
+pub fn argon2_verify(phc: &str, secret: &str) -> bool {
+    use argon2::PasswordVerifier;
+    let m_ok = phc
+        .split('$')
+        .flat_map(|p| p.split(','))
+        .find_map(|kv| kv.strip_prefix("m="))
+        .and_then(|m| m.parse::<u32>().ok())
+        .is_some_and(|m| m <= 256 * 1024);
+    m_ok && argon2::Argon2::default()
+        .verify_password(secret.as_bytes(), phc)
+        .is_ok()
+}
+
+/// Hash a password for `[admin] password_hash` (argon2id, default params).
+pub fn argon2_hash(password: &str) -> Result<String, String> {
+    use argon2::PasswordHasher;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+impl Auth {
+    /// `admin_token`: the console secret, used only when `[admin]` sets no
+    /// password and no API key. `state_dir`: where API tokens are kept
+    /// (`None`: tokens live in memory only).
+    pub fn new(
+        admin_token: Option<String>,
+        settings: AdminSettings,
+        state_dir: Option<&Path>,
+    ) -> Auth {
+        let provisioned = settings.password_hash.is_some() || !settings.api_keys.is_empty();
+        let tokens_path = state_dir.map(|d| d.join(TOKENS_FILE));
+        let tokens = tokens_path
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok())
+            .filter(|b| b.len() <= 1 << 20)
+            .and_then(|b| serde_json::from_slice::<Vec<TokenInfo>>(&b).ok())
+            .map(|mut v| {
+                v.truncate(MAX_TOKENS);
+                v
+            })
+            .unwrap_or_default();
+        Auth {
+            admin_token: if provisioned { None } else { admin_token },
+            settings,
+            tokens_path,
+            tokens: Mutex::new(tokens),
+            key_cache: Mutex::new(Vec::new()),
+            sessions: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether the console admin token is a valid credential.
+    pub fn admin_token_active(&self) -> bool {
+        self.admin_token.is_some()
+    }
+
+    /// Check a bearer credential.
+    pub fn check_bearer(&self, got: &str) -> bool {
+        if got.is_empty() || got.len() > 512 {
+            return false;
+        }
+        if let Some(t) = &self.admin_token {
+            if ct_eq(got.as_bytes(), t.as_bytes()) {
+                return true;
+            }
+        }
+        let h = sha(got);
+        if let Some(rest) = got.strip_prefix("nvt.") {
+            let id = rest.split('.').next().unwrap_or("");
+            let tokens = lock(&self.tokens);
+            if let Some(t) = tokens.iter().find(|t| t.id == id) {
+                return ct_eq(t.hash.as_bytes(), hex(&h).as_bytes());
+            }
+            return false;
+        }
+        for k in &self.settings.api_keys {
+            if let Some(want) = k.strip_prefix("sha256:") {
+                if ct_eq(want.to_ascii_lowercase().as_bytes(), hex(&h).as_bytes()) {
+                    return true;
+                }
+            }
+        }
+        lock(&self.key_cache).iter().any(|c| ct_eq(c, &h))
+    }
+
+    /// Whether `[admin] api_keys` holds argon2 entries, which
+    /// [`Auth::check_bearer`] does not try (they are slow: see
+    /// [`Auth::check_slow_key`]).
+    pub fn has_slow_keys(&self) -> bool {
+        self.settings
+            .api_keys
+            .iter()
+            .any(|k| k.starts_with("$argon2"))
+    }
+
+    /// Try `got` against the argon2 API keys, rate-limited per address like
+    /// logins (run it off the async runtime: it takes ~100 ms and 19 MiB).
+    /// A match is cached (as SHA-256) so the next request is fast.
+    pub fn check_slow_key(&self, ip: IpAddr, got: &str) -> bool {
+        if got.is_empty() || got.len() > 512 || self.limited(ip, Instant::now()).is_some() {
+            return false;
+        }
+        for k in &self.settings.api_keys {
+            if k.starts_with("$argon2") && argon2_verify(k, got) {
+                let mut c = lock(&self.key_cache);
+                if c.len() < 16 {
+                    c.push(sha(got));
+                }
+                return true;
+            }
+        }
+        self.note_failure(ip, Instant::now());
+        false
+    }
+
+    fn limited(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let l = lock(&self.limits);
+        let x = l.get(&ip)?;
+        let age = now.duration_since(x.since?);
+        (x.failures >= LOGIN_FAILURES && age < LOGIN_WINDOW).then(|| LOGIN_WINDOW - age)
+    }
+
+    /// Who is asking: bearer header first, then the session cookie.
+    pub fn authenticate(&self, headers: &hyper::HeaderMap) -> Option<Principal> {
+        if let Some(b) = headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        {
+            return self.check_bearer(b.trim()).then_some(Principal::Bearer);
+        }
+        let id = session_cookie(headers)?;
+        self.session(&id).map(|csrf| Principal::Session { csrf })
+    }
+
+    /// The CSRF token of a live session (touching it), or `None`.
+    pub fn session(&self, id: &str) -> Option<String> {
+        if id.len() != 64 {
+            return None;
+        }
+        let key = sha(id);
+        let now = Instant::now();
+        let mut s = lock(&self.sessions);
+        let live = s.get(&key).is_some_and(|x| {
+            now.duration_since(x.last) < SESSION_IDLE
+                && now.duration_since(x.created) < SESSION_MAX_AGE
+        });
+        if !live {
+            s.remove(&key);
+            return None;
+        }
+        let x = s.get_mut(&key)?;
+        x.last = now;
+        Some(x.csrf.clone())
+    }
+
+    /// Log in from `ip` with `secret`: a new session id and its CSRF token.
+    pub fn login(&self, ip: IpAddr, secret: &str) -> Result<(String, String), LoginError> {
+        let now = Instant::now();
+        if let Some(wait) = self.limited(ip, now) {
+            return Err(LoginError::RateLimited(wait));
+        }
+        let ok = match (&self.settings.password_hash, &self.admin_token) {
+            (Some(h), _) => secret.len() <= 1024 && argon2_verify(h, secret),
+            (None, Some(t)) => ct_eq(secret.trim().as_bytes(), t.as_bytes()),
+            (None, None) => return Err(LoginError::Closed),
+        };
+        if !ok {
+            self.note_failure(ip, now);
+            return Err(LoginError::Wrong);
+        }
+        lock(&self.limits).remove(&ip);
+        self.new_session().map_err(|_| LoginError::Closed)
+    }
+
+    /// Make a session (after the caller checked a credential).
+    pub fn new_session(&self) -> Result<(String, String), AuthError> {
+        let now = Instant::now();
+        let (id, csrf) = (random_hex()?, random_hex()?);
+        let mut s = lock(&self.sessions);
+        s.retain(|_, x| {
+            now.duration_since(x.last) < SESSION_IDLE
+                && now.duration_since(x.created) < SESSION_MAX_AGE
+        });
+        while s.len() >= MAX_SESSIONS {
+            let oldest = s.iter().min_by_key(|(_, x)| x.last).map(|(k, _)| *k);
+            match oldest {
+                Some(k) => s.remove(&k),
+                None => break,
+            };
+        }
+        s.insert(
+            sha(&id),
+            Session {
+                csrf: csrf.clone(),
+                created: now,
+                last: now,
+            },
+        );
+        Ok((id, csrf))
+    }
+
+    fn note_failure(&self, ip: IpAddr, now: Instant) {
+        let mut l = lock(&self.limits);
+        if l.len() >= MAX_LIMITED_IPS && !l.contains_key(&ip) {
+            l.retain(|_, x| {
+                x.since
+                    .is_some_and(|s| now.duration_since(s) < LOGIN_WINDOW)
+            });
+            if l.len() >= MAX_LIMITED_IPS {
+                let oldest = l.iter().min_by_key(|(_, x)| x.since).map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    l.remove(&k);
+                }
+            }
+        }
+        let x = l.entry(ip).or_default();
+        if x.since
+            .is_none_or(|s| now.duration_since(s) >= LOGIN_WINDOW)
+        {
+            x.since = Some(now);
+            x.failures = 0;
+        }
+        x.failures = x.failures.saturating_add(1);
+    }
+
+    /// End a session.
+    pub fn logout(&self, id: &str) {
+        lock(&self.sessions).remove(&sha(id));
+    }
+
+    /// Number of live sessions (metrics).
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// API tokens, without their hashes.
+    pub fn list_tokens(&self) -> Vec<TokenInfo> {
+        lock(&self.tokens)
+            .iter()
+            .map(|t| TokenInfo {
+                hash: String::new(),
+                ..t.clone()
+            })
+            .collect()
+    }
+
+    /// Make an API token named `name`. The secret is returned once.
+    pub fn create_token(&self, name: &str) -> Result<(TokenInfo, String), AuthError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(AuthError::BadName);
+        }
+        let mut tokens = lock(&self.tokens);
+        if tokens.len() >= MAX_TOKENS {
+            return Err(AuthError::TooManyTokens);
+        }
+        let id = random_hex()?[..12].to_string();
+        let secret = format!("nvt.{id}.{}", &random_hex()?[..48]);
+        let info = TokenInfo {
+            id,
+            name: name.to_string(),
+            created: now_unix(),
+            hash: hex(&sha(&secret)),
+        };
+        let mut next = tokens.clone();
+        next.push(info.clone());
+        self.save(&next)?;
+        *tokens = next;
+        Ok((
+            TokenInfo {
+                hash: String::new(),
+                ..info
+            },
+            secret,
+        ))
+    }
+
+    /// Revoke the API token `id`.
+    pub fn revoke_token(&self, id: &str) -> Result<(), AuthError> {
+        let mut tokens = lock(&self.tokens);
+        let next: Vec<TokenInfo> = tokens.iter().filter(|t| t.id != id).cloned().collect();
+        if next.len() == tokens.len() {
+            return Err(AuthError::NoSuchToken(id.to_string()));
+        }
+        self.save(&next)?;
+        *tokens = next;
+        Ok(())
+    }
+
+    fn save(&self, tokens: &[TokenInfo]) -> Result<(), AuthError> {
+        let Some(path) = &self.tokens_path else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec_pretty(tokens).unwrap_or_default();
+        write_atomic(path, &bytes).map_err(|source| AuthError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+}
+
+/// The session id in the request's cookie, if any.
+pub fn session_cookie(headers: &hyper::HeaderMap) -> Option<String> {
+    headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .take(8)
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| crate::parse::cookie(v, COOKIE).map(str::to_string))
+}
+
+/// The `Set-Cookie` value for a new session.
+pub fn set_cookie(id: &str, secure: bool) -> String {
+    format!(
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// The `Set-Cookie` value that ends the session in the browser.
+pub fn clear_cookie(secure: bool) -> String {
+    format!(
+        "{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// Whether a cookie-authenticated state change carries the session's CSRF
+/// token in `X-CSRF-Token` or the `csrf` query parameter.
+pub fn csrf_ok(want: &str, headers: &hyper::HeaderMap, query: &str) -> bool {
+    let got = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| crate::parse::form_get(query, "csrf"));
+    got.is_some_and(|g| ct_eq(g.as_bytes(), want.as_bytes()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Write `bytes` to `path` atomically (temp file, fsync, rename, fsync dir),
+/// mode 0600.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "tmp".to_string(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, n))
+    }
+
+    #[test]
+    fn admin_token_logs_in_and_rate_limit_trips() {
+        let a = Auth::new(Some("t".repeat(64)), AdminSettings::default(), None);
+        assert!(a.check_bearer(&"t".repeat(64)));
+        assert!(!a.check_bearer(&"u".repeat(64)));
+        for _ in 0..LOGIN_FAILURES {
+            assert_eq!(a.login(ip(1), "wrong"), Err(LoginError::Wrong));
+        }
+        // Even the right secret is refused while locked out...
+        assert!(matches!(
+            a.login(ip(1), &"t".repeat(64)),
+            Err(LoginError::RateLimited(_))
+        ));
+        // ...but other addresses are not affected.
+        let (id, csrf) = a.login(ip(2), &"t".repeat(64)).unwrap();
+        assert_eq!(a.session(&id), Some(csrf));
+        a.logout(&id);
+        assert_eq!(a.session(&id), None);
+    }
+
+    #[test]
+    fn sessions_are_bounded() {
+        let a = Auth::new(Some("s".repeat(64)), AdminSettings::default(), None);
+        let first = a.login(ip(3), &"s".repeat(64)).unwrap().0;
+        for _ in 0..MAX_SESSIONS {
+            a.login(ip(3), &"s".repeat(64)).unwrap();
+        }
+        assert_eq!(a.session_count(), MAX_SESSIONS);
+        assert_eq!(a.session(&first), None, "the oldest session was dropped");
+    }
+
+    #[test]
+    fn password_replaces_the_console_token() {
+        let h = argon2_hash("correct horse").unwrap();
+        let a = Auth::new(
+            Some("t".repeat(64)),
+            AdminSettings {
+                password_hash: Some(h),
+                api_keys: vec![format!("sha256:{}", hex(&sha("key-1")))],
+            },
+            None,
+        );
+        assert!(!a.admin_token_active());
+        assert!(!a.check_bearer(&"t".repeat(64)));
+        assert!(a.check_bearer("key-1"));
+        assert_eq!(a.login(ip(4), &"t".repeat(64)), Err(LoginError::Wrong));
+        assert!(a.login(ip(4), "correct horse").is_ok());
+    }
+
+    #[test]
+    fn argon2_api_key_and_memory_cap() {
+        let h = argon2_hash("k2").unwrap();
+        let a = Auth::new(
+            None,
+            AdminSettings {
+                password_hash: None,
+                api_keys: vec![h.clone()],
+            },
+            None,
+        );
+        assert!(a.has_slow_keys());
+        assert!(
+            !a.check_bearer("k2"),
+            "argon2 keys are not tried on the fast path"
+        );
+        assert!(a.check_slow_key(ip(9), "k2"));
+        assert!(a.check_bearer("k2"), "then the fast path knows it");
+        for _ in 0..LOGIN_FAILURES {
+            assert!(!a.check_slow_key(ip(8), "k3"));
+        }
+        assert!(!a.check_slow_key(ip(8), "k2"), "rate-limited like logins");
+        let huge = h.replace("m=19456", "m=4194304");
+        assert!(!argon2_verify(&huge, "k2"));
+    }
+
+    #[test]
+    fn tokens_persist_hashed_and_revoke() {
+        let dir = std::env::temp_dir().join(format!("nuvol-auth-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = Auth::new(None, AdminSettings::default(), Some(&dir));
+        let (info, secret) = a.create_token("laptop").unwrap();
+        assert!(a.check_bearer(&secret));
+        let file = std::fs::read_to_string(dir.join(TOKENS_FILE)).unwrap();
+        assert!(!file.contains(&secret) && file.contains("laptop"));
+        let b = Auth::new(None, AdminSettings::default(), Some(&dir));
+        assert!(b.check_bearer(&secret), "tokens survive a restart");
+        assert_eq!(b.list_tokens()[0].hash, "");
+        b.revoke_token(&info.id).unwrap();
+        assert!(!b.check_bearer(&secret));
+        assert!(b.revoke_token(&info.id).is_err());
+        assert!(matches!(b.create_token(" "), Err(AuthError::BadName)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

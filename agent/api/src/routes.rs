@@ -1,0 +1,362 @@
+//! The route table: the one list the OpenAPI document is made from and the
+//! access rules (public or not) are read from. A test walks it against a
+//! running agent: every listed route answers (never `not_found`), every
+//! unlisted method on a listed path is refused, and without credentials
+//! everything but the public routes is 401.
+//!
+//! Path parameters are written `{name}` and match one segment.
+
+use serde_json::{json, Map, Value};
+
+/// One route.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteDef {
+    pub method: &'static str,
+    pub path: &'static str,
+    /// Readable without credentials.
+    pub public: bool,
+    /// Only served when `[debug] test_hooks = true`.
+    pub test_hook: bool,
+    /// What the response is: `json`, `html`, `text`, `redirect`, `stream`.
+    pub kind: &'static str,
+    pub summary: &'static str,
+}
+
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    public: bool,
+    kind: &'static str,
+    summary: &'static str,
+) -> RouteDef {
+    RouteDef {
+        method,
+        path,
+        public,
+        test_hook: false,
+        kind,
+        summary,
+    }
+}
+
+/// Every route the agent serves (merged areas add their rows here).
+pub const ROUTES: &[RouteDef] = &[
+    r("GET", "/", true, "html", "Status page (public, read-only)"),
+    r("GET", "/login", true, "html", "Login form"),
+    r(
+        "POST",
+        "/login",
+        true,
+        "redirect",
+        "Log in (form: secret, next); sets the session cookie",
+    ),
+    r("POST", "/logout", false, "redirect", "End the session"),
+    r(
+        "GET",
+        "/panel.js",
+        true,
+        "text",
+        "The panel's optional live-update script",
+    ),
+    r(
+        "GET",
+        "/dashboard",
+        false,
+        "html",
+        "Dashboard: health, sparklines, alerts",
+    ),
+    r(
+        "GET",
+        "/community",
+        false,
+        "html",
+        "Community: members and services, nearest first",
+    ),
+    r("GET", "/services", false, "html", "Services on this box"),
+    r(
+        "GET",
+        "/bundles",
+        false,
+        "html",
+        "Bundles: upload, list, roll back, remove",
+    ),
+    r("GET", "/network", false, "html", "Network page"),
+    r("GET", "/settings", false, "html", "Settings: API tokens"),
+    r("GET", "/update", false, "html", "Update page: slots A/B"),
+    r("GET", "/metrics", false, "text", "Prometheus metrics"),
+    r("GET", "/api/v1/openapi.json", true, "json", "This document"),
+    r("GET", "/api/v1/status", true, "json", "Node status"),
+    r(
+        "GET",
+        "/api/v1/network",
+        true,
+        "json",
+        "Links, addresses, routes, DNS, leases",
+    ),
+    r(
+        "GET",
+        "/api/v1/history",
+        false,
+        "json",
+        "Resource samples of the last hour",
+    ),
+    r(
+        "GET",
+        "/api/v1/session",
+        false,
+        "json",
+        "Who is asking; the session's CSRF token",
+    ),
+    r(
+        "GET",
+        "/api/v1/tokens",
+        false,
+        "json",
+        "API tokens (no secrets)",
+    ),
+    r(
+        "POST",
+        "/api/v1/tokens",
+        false,
+        "json",
+        "Make an API token (JSON or form: name); the secret is shown once",
+    ),
+    r(
+        "DELETE",
+        "/api/v1/tokens/{id}",
+        false,
+        "json",
+        "Revoke an API token",
+    ),
+    r(
+        "POST",
+        "/api/v1/tokens/{id}/revoke",
+        false,
+        "json",
+        "Revoke an API token (form-friendly)",
+    ),
+    r(
+        "POST",
+        "/api/v1/system/reboot",
+        false,
+        "json",
+        "Reboot the box (202)",
+    ),
+    r(
+        "GET",
+        "/api/v1/update",
+        false,
+        "json",
+        "Update slots; updating is not available yet",
+    ),
+    r(
+        "POST",
+        "/api/v1/update",
+        false,
+        "json",
+        "Start an update: 501 until the update issue lands",
+    ),
+    r("GET", "/api/v1/bundles", false, "json", "Installed bundles"),
+    r(
+        "POST",
+        "/api/v1/bundles",
+        false,
+        "json",
+        "Install or upgrade (body: bundle file or multipart form)",
+    ),
+    r("POST", "/api/v1/bundles/verify", false, "json", "Verify only (body as for install): publisher, key, digest; kept as pending"),
+    r("POST", "/api/v1/bundles/pending/{id}/install", false, "json", "Install a verified pending upload"),
+    r("DELETE", "/api/v1/bundles/pending/{id}", false, "json", "Discard a pending upload"),
+    r("GET", "/api/v1/bundles/{name}", false, "json", "One bundle"),
+    r(
+        "DELETE",
+        "/api/v1/bundles/{name}",
+        false,
+        "json",
+        "Remove (query purge=1 drops volumes)",
+    ),
+    r(
+        "POST",
+        "/api/v1/bundles/{name}/remove",
+        false,
+        "json",
+        "Remove (form-friendly; purge=1)",
+    ),
+    r(
+        "POST",
+        "/api/v1/bundles/{name}/rollback",
+        false,
+        "json",
+        "Back to the previous version",
+    ),
+    r(
+        "GET",
+        "/api/v1/keys",
+        false,
+        "json",
+        "Trusted and revoked publisher keys",
+    ),
+    r(
+        "POST",
+        "/api/v1/keys",
+        false,
+        "json",
+        "Trust a key (body: key file or base64 line)",
+    ),
+    r(
+        "DELETE",
+        "/api/v1/keys/{id}",
+        false,
+        "json",
+        "Stop trusting a key",
+    ),
+    r(
+        "POST",
+        "/api/v1/keys/{id}/revoke",
+        false,
+        "json",
+        "Revoke a key for good (body: reason)",
+    ),
+    RouteDef {
+        method: "POST",
+        path: "/api/v1/debug/kill",
+        public: false,
+        test_hook: true,
+        kind: "json",
+        summary: "Test hook: the agent SIGKILLs itself",
+    },
+    RouteDef {
+        method: "GET",
+        path: "/api/v1/debug/login",
+        public: true,
+        test_hook: true,
+        kind: "redirect",
+        summary: "Test hook: log a browser in with ?token=<admin token>&next=/page (headless browser tests)",
+    },
+];
+
+/// Whether `path` matches `pattern` (`{x}` = one non-empty segment).
+pub fn matches(pattern: &str, path: &str) -> bool {
+    let path = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    let mut p = pattern.split('/');
+    let mut q = path.split('/');
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a.starts_with('{') => {
+                if b.is_empty() {
+                    return false;
+                }
+            }
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The route serving `method` on `path` (HEAD counts as GET).
+pub fn find(method: &str, path: &str, hooks: bool) -> Option<&'static RouteDef> {
+    let m = if method == "HEAD" { "GET" } else { method };
+    ROUTES
+        .iter()
+        .filter(|d| hooks || !d.test_hook)
+        .find(|d| d.method == m && matches(d.path, path))
+}
+
+/// Whether any route (of any method) has this path.
+pub fn path_known(path: &str, hooks: bool) -> bool {
+    ROUTES
+        .iter()
+        .filter(|d| hooks || !d.test_hook)
+        .any(|d| matches(d.path, path))
+}
+
+/// The route's pattern for metrics labels; `other` when unknown.
+pub fn label(method: &str, path: &str, hooks: bool) -> &'static str {
+    find(method, path, hooks).map_or("other", |d| d.path)
+}
+
+/// The OpenAPI 3.0 document for the routes served with `hooks` as given.
+pub fn openapi(version: &str, hooks: bool) -> Value {
+    let mut paths = Map::new();
+    for d in ROUTES.iter().filter(|d| hooks || !d.test_hook) {
+        let params: Vec<Value> = d
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|n| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let media = match d.kind {
+            "html" => "text/html",
+            "text" | "stream" => "text/plain",
+            _ => "application/json",
+        };
+        let mut op = json!({
+            "summary": d.summary,
+            "parameters": params,
+            "responses": {
+                "default": {
+                    "description": "see summary; errors are {\"error\":{\"code\",\"message\"}}",
+                    "content": { media: {} }
+                }
+            }
+        });
+        if !d.public {
+            op["security"] = json!([{"bearer": []}, {"session": []}]);
+        } else {
+            op["security"] = json!([]);
+        }
+        let entry = paths
+            .entry(d.path.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        entry[d.method.to_ascii_lowercase()] = op;
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "nuvol agent API", "version": version },
+        "paths": paths,
+        "components": { "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "session": {"type": "apiKey", "in": "cookie", "name": crate::auth::COOKIE}
+        }}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching() {
+        assert!(matches("/api/v1/bundles/{name}", "/api/v1/bundles/web"));
+        assert!(matches("/api/v1/bundles/{name}", "/api/v1/bundles/web/"));
+        assert!(!matches("/api/v1/bundles/{name}", "/api/v1/bundles/"));
+        assert!(!matches("/api/v1/bundles/{name}", "/api/v1/bundles/a/b"));
+        assert!(matches("/", "/"));
+        assert!(!matches("/", "/x"));
+        assert_eq!(find("HEAD", "/", false).map(|d| d.kind), Some("html"));
+        assert!(find("POST", "/api/v1/debug/kill", false).is_none());
+        assert!(find("POST", "/api/v1/debug/kill", true).is_some());
+    }
+
+    #[test]
+    fn table_has_no_duplicates_and_doc_lists_all() {
+        for (i, a) in ROUTES.iter().enumerate() {
+            for b in &ROUTES[i + 1..] {
+                assert!(!(a.method == b.method && a.path == b.path), "{a:?}");
+            }
+        }
+        let doc = openapi("0", true);
+        let n: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_object().unwrap().len())
+            .sum();
+        assert_eq!(n, ROUTES.len());
+    }
+}
