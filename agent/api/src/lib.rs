@@ -6,6 +6,8 @@
 //! - `GET /api/v1/network` — links, addresses, routes, DNS, DHCP leases
 //! - `/api/v1/bundles…`, `/api/v1/keys…` — signed bundles and the keyring
 //!   (see [`bundles`])
+//! - `/api/v1/local-services`, `/api/v1/services/NAME…` — this box's
+//!   services, start/stop/restart, logs with follow (see [`services`])
 //! - `POST /api/v1/debug/kill` — only when `[debug] test_hooks = true`:
 //!   the agent SIGKILLs itself (boot tests use it to check PID 1 restarts it)
 //!
@@ -19,6 +21,7 @@
 
 pub mod bundles;
 mod panel;
+pub mod services;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -47,6 +50,11 @@ pub trait Node: Send + Sync + 'static {
     /// Called after an install, upgrade, rollback or removal succeeded
     /// through the API (the supervisor re-reads the store).
     fn bundles_changed(&self) {}
+    /// This box's supervised services (`/api/v1/local-services`,
+    /// `/api/v1/services/NAME…`); `None` while the supervisor is not running.
+    fn services(&self) -> Option<Arc<dyn services::Services>> {
+        None
+    }
 }
 
 /// Routes anyone may read; everything else needs the admin token.
@@ -189,6 +197,18 @@ async fn handle(node: Arc<dyn Node>, req: Request<Incoming>) -> Result<Resp, Inf
                 StatusCode::SERVICE_UNAVAILABLE,
                 "bundles_unavailable",
                 "the bundle store could not be opened; see the agent's log",
+            ),
+        }
+    } else if path.starts_with("/api/v1/local-services") || path.starts_with("/api/v1/services/") {
+        match node.services() {
+            Some(svc) => match services::handle(svc, req).await {
+                Some(r) => r,
+                None => route(node.as_ref(), &method, &path),
+            },
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "services_unavailable",
+                "the service supervisor is not running; see the agent's log",
             ),
         }
     } else {

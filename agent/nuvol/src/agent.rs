@@ -42,6 +42,7 @@ struct Node {
     admin_token: Option<String>,
     store: Option<Arc<nuvol_bundle::Store>>,
     upload_dir: PathBuf,
+    services: Option<crate::services::ServicesHandle>,
 }
 
 impl nuvol_api::Node for Node {
@@ -62,6 +63,16 @@ impl nuvol_api::Node for Node {
     }
     fn bundle_store(&self) -> Option<(Arc<nuvol_bundle::Store>, PathBuf)> {
         self.store.clone().map(|s| (s, self.upload_dir.clone()))
+    }
+    fn services(&self) -> Option<Arc<dyn nuvol_api::services::Services>> {
+        self.services
+            .clone()
+            .map(|h| Arc::new(h) as Arc<dyn nuvol_api::services::Services>)
+    }
+    fn bundles_changed(&self) {
+        if let Some(h) = self.services.clone() {
+            tokio::spawn(async move { h.sync().await });
+        }
     }
 }
 
@@ -132,6 +143,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         } else {
             None
         };
+        let services = store
+            .clone()
+            .map(|s| crate::services::start(s, &args.state_dir, net.clone()));
         let node = Arc::new(Node {
             collector: Mutex::new(Collector::new(
                 identity,
@@ -143,6 +157,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             admin_token,
             store: store.clone(),
             upload_dir: crate::bundles::upload_dir(&args.state_dir),
+            services: services.clone(),
         });
         if let Some(store) = store {
             let config_dir = args
@@ -165,6 +180,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         tracing::info!("stopping");
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        if let Some(s) = &services {
+            s.shutdown().await;
+        }
         if let Some(net) = net {
             crate::net::shutdown(net).await;
         }

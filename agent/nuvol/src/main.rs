@@ -6,6 +6,7 @@ mod cmd_bundle;
 mod fetch;
 mod logging;
 mod net;
+mod services;
 
 use clap::{Parser, Subcommand};
 
