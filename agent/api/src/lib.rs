@@ -2,6 +2,8 @@
 //!
 //! Every route is listed in [`routes::ROUTES`]; the OpenAPI document at
 //! `/api/v1/openapi.json` is made from that table (see docs/api.md).
+//! This box's services: `/api/v1/local-services`, `/api/v1/services/NAME…`
+//! (start/stop/restart, logs with follow; see [`services`]).
 //!
 //! Access: `GET /`, `/login`, `/panel.js`, `/api/v1/status`,
 //! `/api/v1/network` and `/api/v1/openapi.json` are public and read-only.
@@ -31,6 +33,7 @@ mod pages;
 mod panel;
 pub mod parse;
 pub mod routes;
+pub mod services;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -88,6 +91,11 @@ pub trait Node: Send + Sync + 'static {
     /// there is no nuvol init to ask (a development host).
     fn reboot(&self) -> Result<bool, String> {
         Ok(false)
+    }
+    /// This box's supervised services (`/api/v1/local-services`,
+    /// `/api/v1/services/NAME…`); `None` while the supervisor is not running.
+    fn services(&self) -> Option<Arc<dyn services::Services>> {
+        None
     }
 }
 
@@ -485,6 +493,18 @@ async fn dispatch(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "bundles_unavailable",
                 "the bundle store could not be opened; see the agent's log",
+            ),
+        }
+    } else if path.starts_with("/api/v1/local-services") || path.starts_with("/api/v1/services/") {
+        match node.services() {
+            Some(svc) => match services::handle(svc, req).await {
+                Some(r) => r,
+                None => route(node.as_ref(), &method, &path),
+            },
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "services_unavailable",
+                "the service supervisor is not running; see the agent's log",
             ),
         }
     } else if matches!(method, Method::GET | Method::HEAD) && path == "/" {

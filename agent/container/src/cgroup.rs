@@ -396,6 +396,21 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
+    /// CPU time used by the cgroup's processes, in microseconds
+    /// (`cpu.stat` `usage_usec` on v2, `cpuacct.usage` on v1 when mounted
+    /// with `cpu`; 0 when unknown).
+    pub fn cpu_usage_usec(&self) -> u64 {
+        match &self.root {
+            CgroupRoot::V2(p) => {
+                keyed(&p.join(&self.id).join("cpu.stat"), "usage_usec").unwrap_or(0)
+            }
+            CgroupRoot::V1 { cpu, .. } => read_small(&cpu.join(&self.id).join("cpuacct.usage"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map_or(0, |ns| ns / 1000),
+        }
+    }
+
     /// SIGKILL every process in the cgroup and wait (up to `timeout`) until it is empty.
     pub fn kill_all(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;

@@ -159,7 +159,7 @@ fn build_plan(spec: &ContainerSpec, state: &Path, cgroup_v2: bool) -> Result<Pre
                 Op::Mount {
                     src: Some(cpath(dev.path())?),
                     target: cpath(&target)?,
-                    fstype: Some(cstr("squashfs")?),
+                    fstype: Some(cstr(image_fstype(img))?),
                     flags: libc::MS_RDONLY | libc::MS_NODEV,
                     data: None,
                 },
@@ -784,5 +784,19 @@ impl Container {
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = self.teardown();
+    }
+}
+
+/// The filesystem of a bundle image, from its superblock magic: erofs
+/// (`0xE0F5E1E2` at byte 1024) or squashfs (`hsqs` at 0, and the default,
+/// so a bad image fails at the mount step with the image named).
+fn image_fstype(img: &std::path::Path) -> &'static str {
+    use std::io::Read;
+    let mut head = [0u8; 1028];
+    let read = fs::File::open(img).and_then(|mut f| f.read_exact(&mut head));
+    if read.is_ok() && head[1024..1028] == 0xE0F5_E1E2u32.to_le_bytes() {
+        "erofs"
+    } else {
+        "squashfs"
     }
 }

@@ -47,6 +47,7 @@ struct Node {
     store: Option<Arc<nuvol_bundle::Store>>,
     upload_dir: PathBuf,
     under_init: bool,
+    services: Option<crate::services::ServicesHandle>,
 }
 
 impl nuvol_api::Node for Node {
@@ -73,6 +74,21 @@ impl nuvol_api::Node for Node {
             return Ok(false);
         }
         nuvol_api::ask_init_to_reboot().map(|()| true)
+    }
+    fn services(&self) -> Option<Arc<dyn nuvol_api::services::Services>> {
+        self.services
+            .clone()
+            .map(|h| Arc::new(h) as Arc<dyn nuvol_api::services::Services>)
+    }
+    fn panel_local_services(&self) -> Option<serde_json::Value> {
+        use nuvol_api::services::Services;
+        let h = self.services.as_ref()?;
+        serde_json::to_value(h.list()).ok()
+    }
+    fn bundles_changed(&self) {
+        if let Some(h) = self.services.clone() {
+            tokio::spawn(async move { h.sync().await });
+        }
     }
 }
 
@@ -149,6 +165,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         } else {
             None
         };
+        let services = store
+            .clone()
+            .map(|s| crate::services::start(s, &args.state_dir, net.clone()));
         let node = Arc::new(Node {
             collector: Mutex::new(Collector::new(
                 identity,
@@ -161,6 +180,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             store: store.clone(),
             upload_dir: crate::bundles::upload_dir(&args.state_dir),
             under_init,
+            services: services.clone(),
         });
         if let Some(store) = store {
             let config_dir = args
@@ -191,6 +211,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         tracing::info!("stopping");
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        if let Some(s) = &services {
+            s.shutdown().await;
+        }
         if let Some(net) = net {
             crate::net::shutdown(net).await;
         }

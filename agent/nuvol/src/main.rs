@@ -8,6 +8,7 @@ mod cmd_ctl;
 mod fetch;
 mod logging;
 mod net;
+mod services;
 
 use clap::{Parser, Subcommand};
 

@@ -106,6 +106,9 @@ pub struct ServiceStatus {
     pub backoff_ms: Vec<u64>,
     /// Current memory use of the container's cgroup.
     pub memory_bytes: u64,
+    /// CPU time used by the current run (all its processes), microseconds.
+    #[serde(default)]
+    pub cpu_usec: u64,
     /// Network address, if the network hook attached one.
     pub address: Option<String>,
 }
@@ -264,6 +267,7 @@ impl Supervisor {
             started_ms: Vec::new(),
             backoff_ms: Vec::new(),
             memory_bytes: 0,
+            cpu_usec: 0,
             address: None,
         };
         let (changed, _) = watch::channel(0);
@@ -458,6 +462,7 @@ impl Supervisor {
                 if st.pid.is_some() {
                     if let Ok(cg) = self.inner.cgroups.cgroup(&st.name) {
                         st.memory_bytes = cg.memory_current();
+                        st.cpu_usec = cg.cpu_usage_usec();
                     }
                 }
                 st

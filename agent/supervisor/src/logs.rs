@@ -244,6 +244,11 @@ impl LogFollower {
         }
     }
 
+    /// Lines of the backlog (the ring at `follow` time) not yet returned.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
     /// Lines skipped because this follower was too slow.
     pub fn missed(&self) -> u64 {
         self.missed

@@ -181,6 +181,11 @@ pub struct ServiceSpec {
     pub ports: Vec<PortSpec>,
     #[serde(default)]
     pub volumes: Vec<VolumeSpec>,
+    /// Where the volumes live (each in `<volumes_dir>/<volume name>`);
+    /// default `data/services/<service>/volumes`. The agent points this at
+    /// the bundle store's volume directory, so volumes outlive upgrades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes_dir: Option<PathBuf>,
     #[serde(default)]
     pub limits: LimitsSpec,
     #[serde(default)]
@@ -306,6 +311,7 @@ impl ServiceSpec {
                     path: v.path.clone(),
                 })
                 .collect(),
+            volumes_dir: None,
             limits: LimitsSpec {
                 memory_mb: Some(i64::from(m.resources.memory_mb)),
                 cpu_weight: Some(i64::from(m.resources.cpu_weight)),
@@ -554,11 +560,18 @@ impl ServiceSpec {
             c.hostname = None;
         }
         for v in &self.volumes {
-            let src = data.join("volumes").join(&v.name);
+            let src = match &self.volumes_dir {
+                Some(d) => d.join(&v.name),
+                None => data.join("volumes").join(&v.name),
+            };
             std::fs::create_dir_all(&src).map_err(SupervisorError::io(format!(
                 "create volume {}",
                 src.display()
             )))?;
+            // The service owns its volume (it runs as its own uid, the store made it as root).
+            std::os::unix::fs::chown(&src, Some(self.uid), Some(self.gid)).map_err(
+                SupervisorError::io(format!("chown volume {}", src.display())),
+            )?;
             c.mounts.push(Mount {
                 destination: v.path.clone(),
                 fstype: "bind".into(),

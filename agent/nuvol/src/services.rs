@@ -1,0 +1,439 @@
+//! The agent's services: every installed bundle runs as a supervised
+//! container (`nuvol-supervisor` over `nuvol-container`), attached to the
+//! `nuvol0` bridge through `nuvol-net` when the agent manages networking.
+//!
+//! - rootfs: the bundle's verified image, read-only, with an overlay upper
+//!   on data (`<state>/services/NAME/upper`, reset when the version changes);
+//! - volumes: the bundle store's volume directory (kept across upgrades);
+//! - env, uid/gid, limits, health, restart policy: from the manifest.
+//!
+//! [`ServicesHandle::sync`] re-reads the store after an install, upgrade,
+//! rollback or removal: new bundles start, a changed version is restarted on
+//! its new image, removed bundles are stopped. A service stopped through the
+//! API stays stopped across syncs until its version changes or it is started.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nuvol_api::services::{BoxFuture, LocalService, Services};
+use nuvol_bundle::Store;
+use nuvol_container::CgroupRoot;
+use nuvol_supervisor::{
+    ExitReason, ExitRecord, Health, LogFollower, LogLine, NetworkHook, ServiceSpec, ServiceStatus,
+    State, Supervisor, SupervisorError,
+};
+
+/// Where services' cgroups live on a box (cgroup v2 only, agent in the root cgroup).
+pub const BOX_CGROUP: &str = "/sys/fs/cgroup/nuvol/services";
+
+/// What the agent knows about one installed bundle.
+#[derive(Debug, Clone)]
+struct Known {
+    version: String,
+    digest: String,
+    /// Why it is not running under the supervisor, if it is not.
+    problem: Option<String>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    state_dir: PathBuf,
+    sup: Result<Supervisor, String>,
+    /// Whether the cgroup root is this agent's own (dev hosts) and goes at shutdown.
+    owns_cgroup_root: bool,
+    known: Mutex<BTreeMap<String, Known>>,
+    ports: Arc<Mutex<BTreeMap<String, Vec<nuvol_bundle::manifest::Port>>>>,
+    sync_lock: tokio::sync::Mutex<()>,
+}
+
+/// The running services. Cheap to clone.
+#[derive(Clone)]
+pub struct ServicesHandle {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// The cgroup root for services: the fixed box path when this process is in
+/// the root of a pure cgroup v2 hierarchy (a box, under `nuvol init`), else a
+/// sub-tree of this agent's own cgroup named after its pid (development
+/// hosts, tests: several agents side by side never touch each other's).
+fn cgroup_root() -> Result<(CgroupRoot, bool), String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let pure_v2_root = Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        && own.lines().count() == 1
+        && own.trim() == "0::/";
+    if pure_v2_root {
+        CgroupRoot::v2(BOX_CGROUP)
+            .map(|r| (r, false))
+            .map_err(|e| e.to_string())
+    } else {
+        CgroupRoot::detect(&format!("nuvol-agent-{}", std::process::id()))
+            .map(|r| (r, true))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Start the supervisor and (in a task) every installed bundle. Must be
+/// called inside the agent's tokio runtime. Never fails: a supervisor that
+/// cannot start (no cgroups) is reported per service and in the log.
+pub fn start(store: Arc<Store>, state_dir: &Path, net: Option<crate::net::Net>) -> ServicesHandle {
+    let ports = Arc::new(Mutex::new(BTreeMap::new()));
+    let (sup, owns_cgroup_root) = match cgroup_root() {
+        Ok((root, owned)) => match Supervisor::new(state_dir, root) {
+            Ok(s) => {
+                let s = match net {
+                    Some(net) => s.with_network(Arc::new(NetHook {
+                        net,
+                        ports: ports.clone(),
+                    })),
+                    None => s,
+                };
+                (Ok(s), owned)
+            }
+            Err(e) => (Err(format!("supervisor: {e}")), owned),
+        },
+        Err(e) => (Err(format!("cgroups: {e}")), false),
+    };
+    if let Err(e) = &sup {
+        tracing::error!("services cannot run: {e}");
+        eprintln!("nuvol: services cannot run: {e}");
+    }
+    let h = ServicesHandle {
+        inner: Arc::new(Inner {
+            store,
+            state_dir: state_dir.to_path_buf(),
+            sup,
+            owns_cgroup_root,
+            known: Mutex::new(BTreeMap::new()),
+            ports,
+            sync_lock: tokio::sync::Mutex::new(()),
+        }),
+    };
+    let first = h.clone();
+    tokio::spawn(async move { first.sync().await });
+    h
+}
+
+impl ServicesHandle {
+    /// Bring the running services in line with the store. Returns the
+    /// problems met (also logged); one bad bundle never stops the others.
+    pub async fn sync(&self) -> Vec<String> {
+        let _one_at_a_time = self.inner.sync_lock.lock().await;
+        let store = self.inner.store.clone();
+        let listed = tokio::task::spawn_blocking(move || {
+            let list = store.list()?;
+            Ok::<_, nuvol_bundle::BundleError>(
+                list.into_iter()
+                    .map(|b| {
+                        let image = if b.state == "installed" {
+                            store.image_path(&b.name).map_err(|e| e.to_string())
+                        } else {
+                            Err(format!("not run: {}", b.state))
+                        };
+                        let volumes = store.volume_path(&b.name, "");
+                        (b, image, volumes)
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await;
+        let listed = match listed {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => return vec![self.problem("bundle store", &e.to_string())],
+            Err(e) => return vec![self.problem("bundle store", &e.to_string())],
+        };
+        let mut problems = Vec::new();
+        let wanted: Vec<String> = listed.iter().map(|(b, _, _)| b.name.clone()).collect();
+        for (b, image, volumes) in listed {
+            let before = lock(&self.inner.known).get(&b.name).cloned();
+            let same = before.as_ref().is_some_and(|k| {
+                k.digest == b.digest && k.version == b.version && k.problem.is_none()
+            });
+            if same {
+                continue;
+            }
+            let version_changed = before
+                .as_ref()
+                .is_some_and(|k| k.digest != b.digest || k.version != b.version);
+            let problem = match image {
+                Ok(image) => self
+                    .run_bundle(&b.name, &b.manifest, &image, volumes, version_changed)
+                    .await
+                    .err(),
+                Err(e) => {
+                    self.stop_and_remove(&b.name).await;
+                    Some(e)
+                }
+            };
+            if let Some(p) = &problem {
+                problems.push(self.problem(&b.name, p));
+            } else {
+                tracing::info!(service = %b.name, version = %b.version, "service started");
+            }
+            lock(&self.inner.known).insert(
+                b.name.clone(),
+                Known {
+                    version: b.version.clone(),
+                    digest: b.digest.clone(),
+                    problem,
+                },
+            );
+        }
+        let gone: Vec<String> = lock(&self.inner.known)
+            .keys()
+            .filter(|n| !wanted.contains(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.stop_and_remove(&name).await;
+            lock(&self.inner.known).remove(&name);
+            tracing::info!(service = %name, "service removed");
+        }
+        problems
+    }
+
+    fn problem(&self, what: &str, e: &str) -> String {
+        let line = format!("service {what}: {e}");
+        tracing::error!("{line}");
+        eprintln!("nuvol: {line}");
+        line
+    }
+
+    async fn run_bundle(
+        &self,
+        name: &str,
+        manifest: &nuvol_bundle::manifest::Manifest,
+        image: &Path,
+        volumes: PathBuf,
+        version_changed: bool,
+    ) -> Result<(), String> {
+        let sup = self.inner.sup.as_ref().map_err(Clone::clone)?;
+        let mut spec = ServiceSpec::from_manifest(manifest, image).map_err(|e| e.to_string())?;
+        spec.writable_rootfs = true;
+        spec.volumes_dir = Some(volumes);
+        // A running older version goes first (SIGTERM, grace, SIGKILL).
+        if sup.service_status(name).is_ok() {
+            sup.stop(name).await.map_err(|e| e.to_string())?;
+        }
+        if version_changed {
+            // The upper layer belongs to the image it was written over.
+            let dir = self.inner.state_dir.join("services").join(name);
+            for d in ["upper", "work"] {
+                let p = dir.join(d);
+                if let Err(e) = std::fs::remove_dir_all(&p) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(format!("reset {}: {e}", p.display()));
+                    }
+                }
+            }
+        }
+        lock(&self.inner.ports).insert(name.to_string(), manifest.ports.clone());
+        sup.add(spec).map_err(|e| e.to_string())?;
+        sup.start(name).await.map_err(|e| e.to_string())
+    }
+
+    async fn stop_and_remove(&self, name: &str) {
+        if let Ok(sup) = &self.inner.sup {
+            if sup.service_status(name).is_ok() {
+                if let Err(e) = sup.stop(name).await {
+                    tracing::warn!(service = %name, "stop: {e}");
+                }
+                if let Err(e) = sup.remove(name) {
+                    tracing::warn!(service = %name, "remove: {e}");
+                }
+            }
+        }
+        lock(&self.inner.ports).remove(name);
+    }
+
+    /// Stop every service (SIGTERM → grace → SIGKILL), dependents first.
+    pub async fn shutdown(&self) {
+        if let Ok(sup) = &self.inner.sup {
+            if let Err(e) = sup.stop_all().await {
+                tracing::warn!("stopping services: {e}");
+            }
+            if self.inner.owns_cgroup_root {
+                let _ = sup.cgroups().remove();
+            }
+        }
+    }
+}
+
+/// A status for a bundle the supervisor does not run.
+fn not_running(name: &str, problem: &str) -> ServiceStatus {
+    ServiceStatus {
+        name: name.to_string(),
+        state: State::Stopped,
+        pid: None,
+        health: Health::None,
+        last_health_error: None,
+        restarts: 0,
+        oom_kills: 0,
+        last_exit: Some(ExitRecord {
+            at_ms: 0,
+            reason: ExitReason::StartFailed,
+            status: None,
+            detail: problem.to_string(),
+        }),
+        started_ms: Vec::new(),
+        backoff_ms: Vec::new(),
+        memory_bytes: 0,
+        cpu_usec: 0,
+        address: None,
+    }
+}
+
+fn sup_err(e: &str) -> SupervisorError {
+    SupervisorError::Io {
+        what: "services".into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+impl Services for ServicesHandle {
+    fn list(&self) -> Vec<LocalService> {
+        let known = lock(&self.inner.known).clone();
+        let mut out: BTreeMap<String, LocalService> = BTreeMap::new();
+        if let Ok(sup) = &self.inner.sup {
+            for st in sup.status() {
+                let k = known.get(&st.name);
+                out.insert(
+                    st.name.clone(),
+                    LocalService {
+                        version: k.map(|k| k.version.clone()),
+                        digest: k.map(|k| k.digest.clone()),
+                        problem: k.and_then(|k| k.problem.clone()),
+                        status: st,
+                    },
+                );
+            }
+        }
+        for (name, k) in known {
+            if let (false, Some(p)) = (out.contains_key(&name), &k.problem) {
+                out.insert(
+                    name.clone(),
+                    LocalService {
+                        status: not_running(&name, p),
+                        version: Some(k.version.clone()),
+                        digest: Some(k.digest.clone()),
+                        problem: Some(p.clone()),
+                    },
+                );
+            }
+        }
+        out.into_values().collect()
+    }
+
+    fn start<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), SupervisorError>> {
+        Box::pin(async move {
+            match &self.inner.sup {
+                Ok(s) => s.start(name).await,
+                Err(e) => Err(sup_err(e)),
+            }
+        })
+    }
+
+    fn stop<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), SupervisorError>> {
+        Box::pin(async move {
+            match &self.inner.sup {
+                Ok(s) => s.stop(name).await,
+                Err(e) => Err(sup_err(e)),
+            }
+        })
+    }
+
+    fn restart<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), SupervisorError>> {
+        Box::pin(async move {
+            match &self.inner.sup {
+                Ok(s) => s.restart(name).await,
+                Err(e) => Err(sup_err(e)),
+            }
+        })
+    }
+
+    fn logs(&self, name: &str) -> Result<Vec<LogLine>, SupervisorError> {
+        match &self.inner.sup {
+            Ok(s) => s.logs(name),
+            Err(e) => Err(sup_err(e)),
+        }
+    }
+
+    fn follow(&self, name: &str) -> Result<LogFollower, SupervisorError> {
+        match &self.inner.sup {
+            Ok(s) => s.follow(name),
+            Err(e) => Err(sup_err(e)),
+        }
+    }
+}
+
+/// Containers on the `nuvol0` bridge through the agent's network manager.
+struct NetHook {
+    net: crate::net::Net,
+    /// Each service's declared ports, for publishing.
+    ports: Arc<Mutex<BTreeMap<String, Vec<nuvol_bundle::manifest::Port>>>>,
+}
+
+impl NetworkHook for NetHook {
+    fn attach<'a>(
+        &'a self,
+        service: &'a str,
+        pid: i32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let h = self
+                .net
+                .get()
+                .ok_or_else(|| "the network manager is not running".to_string())?;
+            let pid = u32::try_from(pid).map_err(|_| format!("bad pid {pid}"))?;
+            let cn = h
+                .attach_container(service, nuvol_net::Netns::Pid(pid))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ports = lock(&self.ports).get(service).cloned().unwrap_or_default();
+            publish_ports(h, service, &ports).await;
+            Ok(cn.address.to_string())
+        })
+    }
+
+    fn detach<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if let Some(h) = self.net.get() {
+                if let Err(e) = h.detach_container(service).await {
+                    tracing::warn!(service, "detach network: {e}");
+                }
+            }
+        })
+    }
+}
+
+/// Publish a service's declared ports on the host (DNAT to the container).
+///
+/// MERGE POINT: `nuvol-net`'s `NetHandle::publish(name, &[PublishedPort {
+/// proto, host_port, container_port }])` lands in another branch; the call
+/// goes here, mapping each `nuvol_bundle::manifest::Port` to
+/// `host_port = container_port = port.port`. Until then the ports are only
+/// reachable on the container's own address.
+async fn publish_ports(
+    _net: &nuvol_net::NetHandle,
+    service: &str,
+    ports: &[nuvol_bundle::manifest::Port],
+) {
+    if !ports.is_empty() {
+        tracing::info!(
+            service,
+            ports = ports.len(),
+            "published ports not wired yet (NetHandle::publish)"
+        );
+    }
+}
