@@ -14,9 +14,10 @@ use netlink_packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::kernel::{Kernel, KernelState};
+use crate::nat::Forward;
 use crate::plan::LinkPlan;
 use crate::status::ContainerStatus;
-use crate::{NetError, Netns};
+use crate::{NetError, Netns, Proto, PublishedPort};
 
 pub const BRIDGE: &str = "nuvol0";
 
@@ -34,6 +35,7 @@ pub struct ContainerNet {
 #[derive(Default)]
 pub(crate) struct Containers {
     attached: BTreeMap<String, ContainerNet>,
+    published: BTreeMap<String, Vec<PublishedPort>>,
 }
 
 fn cerr(e: impl std::fmt::Display) -> NetError {
@@ -69,9 +71,91 @@ impl Containers {
                 name: n.clone(),
                 address: c.address.to_string(),
                 veth: c.veth.clone(),
-                published: Vec::new(),
+                published: self.published.get(n).cloned().unwrap_or_default(),
             })
             .collect()
+    }
+
+    /// Replace `name`'s published ports; returns the previous set. Refuses
+    /// (changing nothing) port 0, a host port+protocol given twice, used by
+    /// another container or reserved for the host.
+    pub fn set_published(
+        &mut self,
+        name: &str,
+        mut ports: Vec<PublishedPort>,
+        reserved: &[(Proto, u16)],
+    ) -> Result<Vec<PublishedPort>, NetError> {
+        let perr = |m: String| Err(NetError::Port(m));
+        if !self.attached.contains_key(name) {
+            return perr(format!("no container {name:?} attached"));
+        }
+        if ports.len() > 1024 {
+            return perr(format!("{} ports for {name:?}; at most 1024", ports.len()));
+        }
+        ports.sort();
+        ports.dedup();
+        for (i, p) in ports.iter().enumerate() {
+            if p.host_port == 0 || p.container_port == 0 {
+                return perr(format!("{} port 0 for {name:?} is not a port", p.proto));
+            }
+            if reserved.contains(&(p.proto, p.host_port)) {
+                return perr(format!(
+                    "{} {} is reserved for the host (panel or DHCP)",
+                    p.proto, p.host_port
+                ));
+            }
+            if let Some(q) = ports[i + 1..]
+                .iter()
+                .find(|q| q.proto == p.proto && q.host_port == p.host_port)
+            {
+                return perr(format!(
+                    "host {} {} given twice for {name:?} (to {} and {})",
+                    p.proto, p.host_port, p.container_port, q.container_port
+                ));
+            }
+            if let Some((other, _)) = self.published.iter().find(|(n, ps)| {
+                n.as_str() != name
+                    && ps
+                        .iter()
+                        .any(|q| q.proto == p.proto && q.host_port == p.host_port)
+            }) {
+                return perr(format!(
+                    "host {} {} is already published by {other:?}",
+                    p.proto, p.host_port
+                ));
+            }
+        }
+        let previous = if ports.is_empty() {
+            self.published.remove(name)
+        } else {
+            self.published.insert(name.to_string(), ports)
+        };
+        Ok(previous.unwrap_or_default())
+    }
+
+    pub fn restore_published(&mut self, name: &str, previous: Vec<PublishedPort>) {
+        if previous.is_empty() {
+            self.published.remove(name);
+        } else {
+            self.published.insert(name.to_string(), previous);
+        }
+    }
+
+    /// Every published port with the container address it goes to.
+    pub fn forwards(&self) -> Vec<Forward> {
+        let mut out = Vec::new();
+        for (name, ports) in &self.published {
+            if let Some(c) = self.attached.get(name) {
+                for p in ports {
+                    out.push(Forward {
+                        container: name.clone(),
+                        address: c.address.addr(),
+                        port: *p,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// The bridge's desired state while containers exist: up, with its
@@ -195,7 +279,9 @@ impl Containers {
             let _ = kernel.handle().link().del(index).execute().await;
             return Err(e);
         }
-        enable_forwarding();
+        if let Err(e) = ensure_forwarding() {
+            tracing::warn!("{e}");
+        }
         tracing::info!(container = name, %address, %veth, "container attached");
         let c = ContainerNet {
             address,
@@ -210,6 +296,7 @@ impl Containers {
         let Some(c) = self.attached.remove(name) else {
             return Err(cerr(format!("no container {name:?} attached")));
         };
+        self.published.remove(name);
         let st = kernel.snapshot().await?;
         if let Some(l) = st.links.iter().find(|l| l.name == c.veth) {
             kernel.note_write();
@@ -226,16 +313,18 @@ impl Containers {
     }
 }
 
-fn enable_forwarding() {
+/// Switch IPv4 forwarding on (in the current network namespace) unless it
+/// already is; returns whether it wrote.
+pub(crate) fn ensure_forwarding() -> Result<bool, NetError> {
     let p = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(p)
-        .map(|s| s.trim() != "1")
-        .unwrap_or(true)
-    {
-        if let Err(e) = std::fs::write(p, "1\n") {
-            tracing::warn!("cannot enable IPv4 forwarding: {e}");
-        }
+    let on = crate::fsutil::read_bounded(std::path::Path::new(p), 16)
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false);
+    if on {
+        return Ok(false);
     }
+    std::fs::write(p, "1\n").map_err(|e| cerr(format!("cannot enable IPv4 forwarding: {e}")))?;
+    Ok(true)
 }
 
 /// Inside the container's namespace (on a thread of its own, since

@@ -18,6 +18,8 @@ mod container;
 mod dhcp;
 mod fsutil;
 mod kernel;
+mod nat;
+mod nft;
 mod plan;
 mod status;
 
@@ -35,9 +37,7 @@ use tokio::task::JoinHandle;
 
 pub use container::{ContainerNet, BRIDGE};
 pub use dhcp::{DhcpState, Lease};
-pub use status::{
-    ContainerStatus, DhcpStatus, InterfaceStatus, NetworkStatus, PublishedPort, RouteStatus,
-};
+pub use status::{ContainerStatus, DhcpStatus, InterfaceStatus, NetworkStatus, RouteStatus};
 
 use kernel::{Addr, Kernel, KernelState};
 use plan::Action;
@@ -62,6 +62,9 @@ pub enum NetError {
     Nft(String),
     #[error("container network: {0}")]
     Container(String),
+    /// A `publish` refused: port 0, a host port used twice, or reserved.
+    #[error("published port: {0}")]
+    Port(String),
     #[error("the network manager has stopped")]
     Stopped,
 }
@@ -75,6 +78,10 @@ pub struct NetOptions {
     pub state_dir: PathBuf,
     /// Sent as DHCP option 12.
     pub hostname: String,
+    /// Host ports `publish` refuses: by default TCP 80 (the panel) and
+    /// UDP 67/68 (DHCP). Add the panel's real port with
+    /// [`NetOptions::reserve_port`].
+    pub reserved_ports: Vec<(Proto, u16)>,
 }
 
 impl NetOptions {
@@ -87,16 +94,43 @@ impl NetOptions {
             resolv_conf: resolv_conf.into(),
             state_dir: state_dir.into(),
             hostname: hostname.into(),
+            reserved_ports: vec![(Proto::Tcp, 80), (Proto::Udp, 67), (Proto::Udp, 68)],
         }
+    }
+
+    /// Keep `port` for the host: `publish` refuses it (e.g. the panel's).
+    pub fn reserve_port(mut self, proto: Proto, port: u16) -> Self {
+        if !self.reserved_ports.contains(&(proto, port)) {
+            self.reserved_ports.push((proto, port));
+        }
+        self
     }
 }
 
 /// Transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Protocol {
+pub enum Proto {
     Tcp,
     Udp,
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// A port of the host forwarded to a container (DNAT on every address of
+/// the host except the container bridge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct PublishedPort {
+    pub proto: Proto,
+    pub host_port: u16,
+    pub container_port: u16,
 }
 
 /// A container's network namespace: the PID of a process in it, or an
@@ -116,6 +150,11 @@ enum Command {
         oneshot::Sender<Result<ContainerNet, NetError>>,
     ),
     Detach(String, oneshot::Sender<Result<(), NetError>>),
+    Publish(
+        String,
+        Vec<PublishedPort>,
+        oneshot::Sender<Result<(), NetError>>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -162,7 +201,18 @@ pub async fn start(cfg: NetworkConfig, opts: NetOptions) -> Result<NetHandle, Ne
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (dhcp_tx, dhcp_rx) = mpsc::unbounded_channel();
     let kernel = Kernel::new(handle, writes.clone());
+    // nf_tables change notifications: someone flushing the NAT table gets
+    // it re-applied at once rather than at the next periodic check.
+    let nft_events = match nft::NftEvents::open() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!("no nftables notifications ({e}); relying on the periodic check");
+            None
+        }
+    };
     let mgr = Manager {
+        nft: None,
+        nft_events,
         kernel,
         cfg,
         opts,
@@ -238,9 +288,20 @@ impl NetHandle {
             .await
     }
 
-    /// Remove the container's veth and free its address.
+    /// Remove the container's veth, its published ports, and free its
+    /// address.
     pub async fn detach_container(&self, name: &str) -> Result<(), NetError> {
         self.call(|tx| Command::Detach(name.to_string(), tx)).await
+    }
+
+    /// Set the host ports forwarded to an attached container, replacing
+    /// its previous set (empty: none). Refused (nothing changes) for port
+    /// 0, a host port+protocol used twice or by another container, or a
+    /// reserved port ([`NetOptions::reserved_ports`], the panel's). The
+    /// nftables table is rewritten in one atomic batch before this returns.
+    pub async fn publish(&self, container: &str, ports: &[PublishedPort]) -> Result<(), NetError> {
+        self.call(|tx| Command::Publish(container.to_string(), ports.to_vec(), tx))
+            .await
     }
 
     /// Release DHCP leases and stop every task.
@@ -259,6 +320,9 @@ struct ClientHandle {
 }
 
 struct Manager {
+    /// nf_tables request socket, opened on first use.
+    nft: Option<nft::Nft>,
+    nft_events: Option<nft::NftEvents>,
     kernel: Kernel,
     cfg: NetworkConfig,
     opts: NetOptions,
@@ -308,6 +372,13 @@ impl Manager {
                     if e.is_none() {
                         tracing::error!("netlink event socket closed");
                         break;
+                    }
+                    dirty = true;
+                }
+                r = nft_changed(&mut self.nft_events) => {
+                    if let Err(e) = r {
+                        tracing::warn!("nftables notifications stopped: {e}");
+                        self.nft_events = None;
                     }
                     dirty = true;
                 }
@@ -362,8 +433,109 @@ impl Manager {
                 let _ = self.reconcile().await;
                 let _ = tx.send(r);
             }
+            Command::Publish(name, ports, tx) => {
+                let r = self.publish(&name, ports).await;
+                self.publish_status();
+                let _ = tx.send(r);
+            }
             Command::Shutdown(_) => {}
         }
+    }
+
+    async fn publish(&mut self, name: &str, ports: Vec<PublishedPort>) -> Result<(), NetError> {
+        let previous = self
+            .containers
+            .set_published(name, ports, &self.opts.reserved_ports)?;
+        let st = self.kernel.snapshot().await?;
+        if let Err(e) = self.sync_nat(&st) {
+            tracing::error!(
+                container = name,
+                "publishing ports failed ({e}); keeping the previous ones"
+            );
+            self.containers.restore_published(name, previous);
+            if let Err(e2) = self.sync_nat(&st) {
+                tracing::warn!("restoring the previous NAT table: {e2}");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The NAT table's desired content: `None` while no container is
+    /// attached (the table is then removed).
+    fn nat_spec(&self, st: &KernelState) -> Option<nat::NatSpec> {
+        if self.containers.is_empty() {
+            return None;
+        }
+        let host_addrs = st
+            .addrs
+            .iter()
+            .filter(|a| {
+                st.link(a.index)
+                    .is_some_and(|l| !l.loopback && l.name != BRIDGE)
+            })
+            .filter_map(|a| match a.net.addr() {
+                std::net::IpAddr::V4(v) if !v.is_loopback() => Some(v),
+                _ => None,
+            })
+            .collect();
+        Some(nat::NatSpec {
+            subnet: self.cfg.containers.subnet,
+            bridge: BRIDGE.to_string(),
+            host_addrs,
+            forwards: self.containers.forwards(),
+        })
+    }
+
+    /// Bring table `ip nuvol` and IPv4 forwarding to the desired state:
+    /// reads only (dumps) when they already are.
+    fn sync_nat(&mut self, st: &KernelState) -> Result<(), NetError> {
+        let want = self.nat_spec(st).map(|s| nat::ruleset(&s));
+        if want.is_some() && container::ensure_forwarding()? {
+            tracing::info!("IPv4 forwarding switched on");
+            self.kernel.note_write();
+        }
+        if self.nft.is_none() {
+            if want.is_none() {
+                // Nothing wanted: only look for a stale table (a previous
+                // run that died) if nf_tables is there at all.
+                match nft::Nft::open() {
+                    Ok(n) => self.nft = Some(n),
+                    Err(_) => return Ok(()),
+                }
+            } else {
+                self.nft = Some(nft::Nft::open()?);
+            }
+        }
+        let Some(n) = self.nft.as_mut() else {
+            return Ok(());
+        };
+        match &want {
+            None => match n.table_exists() {
+                Ok(true) => {
+                    tracing::info!("removing nftables table ip {}", nft::TABLE);
+                    self.kernel.note_write();
+                    n.apply(None)?;
+                }
+                Ok(false) => {}
+                // No nf_tables in this kernel and nothing wanted: fine.
+                Err(e) => tracing::debug!("nftables: {e}"),
+            },
+            Some(rs) => {
+                let obs = n.observe()?;
+                if !nft::matches(&obs, rs) {
+                    tracing::info!(
+                        rules = rs.rules.len(),
+                        existed = obs.table,
+                        "writing nftables table ip {} (NAT, published ports)",
+                        nft::TABLE
+                    );
+                    self.kernel.note_write();
+                    n.apply(Some(rs))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn apply(&mut self, cfg: NetworkConfig) -> Result<(), NetError> {
@@ -482,6 +654,10 @@ impl Manager {
             } else {
                 self.last_resolv = Some(text);
             }
+        }
+        if let Err(e) = self.sync_nat(&st) {
+            tracing::warn!("{e}");
+            first_err.get_or_insert(e);
         }
         match first_err {
             Some(e) => Err(e),
@@ -639,6 +815,23 @@ impl Manager {
         for t in self.aux_tasks.drain(..) {
             t.abort();
         }
+        if let Some(n) = self.nft.as_mut() {
+            if n.table_exists().unwrap_or(false) {
+                tracing::info!("removing nftables table ip {}", nft::TABLE);
+                self.kernel.note_write();
+                if let Err(e) = n.apply(None) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
         tracing::info!("network manager stopped");
+    }
+}
+
+/// Wait for a change to our nftables table; never resolves without a socket.
+async fn nft_changed(ev: &mut Option<nft::NftEvents>) -> Result<(), NetError> {
+    match ev {
+        Some(e) => e.changed().await,
+        None => futures::future::pending().await,
     }
 }
