@@ -47,6 +47,64 @@ fn power_off(vm: &mut Vm) {
     );
 }
 
+/// `GET /api/v1/network` (public): the NIC holds a bound DHCP lease from
+/// QEMU user-net (10.0.2.15, router and server 10.0.2.2, DNS 10.0.2.3) and
+/// the default route via 10.0.2.2 was installed from it.
+fn assert_user_net_lease(vm: &mut Vm) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let net: Value = loop {
+        let net: Value =
+            serde_json::from_str(&vm.wait_http("/api/v1/network", Duration::from_secs(60)))
+                .unwrap();
+        let bound = net["interfaces"]
+            .as_array()
+            .is_some_and(|ifs| ifs.iter().any(|i| i["dhcp"]["state"] == "bound"));
+        if bound || std::time::Instant::now() > deadline {
+            break net;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let ifs = net["interfaces"].as_array().expect("interfaces");
+    let nic = ifs
+        .iter()
+        .find(|i| i["dhcp"]["state"] == "bound")
+        .unwrap_or_else(|| panic!("no NIC with a bound DHCP lease: {net}"));
+    let lease = &nic["dhcp"]["lease"];
+    assert_eq!(lease["address"], "10.0.2.15/24", "{nic}");
+    assert_eq!(lease["server"], "10.0.2.2", "{nic}");
+    assert_eq!(lease["routers"][0], "10.0.2.2", "{nic}");
+    assert!(
+        lease["expires_at"].as_u64() > lease["obtained"].as_u64(),
+        "{nic}"
+    );
+    assert!(
+        nic["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "10.0.2.15/24"),
+        "{nic}"
+    );
+    assert_eq!(nic["managed"], true, "{nic}");
+    let routes = net["routes"].as_array().expect("routes");
+    assert!(
+        routes.iter().any(|r| r["destination"] == "0.0.0.0/0"
+            && r["gateway"] == "10.0.2.2"
+            && r["interface"] == nic["name"]
+            && r["protocol"] == "dhcp"),
+        "default route via 10.0.2.2 from DHCP: {routes:?}"
+    );
+    assert!(
+        net["dns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "10.0.2.3"),
+        "QEMU's DNS server from the lease: {net}"
+    );
+    assert_eq!(net["config_error"], Value::Null, "{net}");
+}
+
 /// SeaBIOS: boot, status fields, the data partition grown to fill a bigger
 /// disk, the agent SIGKILLed and restarted by PID 1, a clean poweroff, and a
 /// second boot that finds the data written by the first.
@@ -86,28 +144,7 @@ fn bios_boot_status_restart_poweroff_and_persistence() {
             .any(|a| a.as_str().unwrap().starts_with("10.0.2.")),
         "DHCP address from QEMU user-net: {eth}"
     );
-    // The network component's view: a bound DHCP lease from QEMU's
-    // user-net server, its router as the default route, its DNS.
-    let net: Value = serde_json::from_str(&vm.wait_http("/api/v1/network", BOOT)).unwrap();
-    let nic = net["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == eth["name"])
-        .unwrap_or_else(|| panic!("{net}"));
-    assert_eq!(nic["managed"], true, "{nic}");
-    assert_eq!(nic["dhcp"]["state"], "bound", "{nic}");
-    assert_eq!(nic["dhcp"]["lease"]["address"], "10.0.2.15/24", "{nic}");
-    assert_eq!(nic["dhcp"]["lease"]["server"], "10.0.2.2", "{nic}");
-    assert!(
-        net["routes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["destination"] == "0.0.0.0/0" && r["gateway"] == "10.0.2.2"),
-        "default route via QEMU's router: {net}"
-    );
-    assert_eq!(net["dns"][0], "10.0.2.3", "{net}");
+    assert_user_net_lease(&mut vm);
     let node_id = st["node_id"].as_str().unwrap().to_string();
     let (code, page) = vm.http("GET", "/").unwrap();
     assert_eq!(code, 200);

@@ -14,9 +14,10 @@ use netlink_packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::kernel::{Kernel, KernelState};
+use crate::nat::Forward;
 use crate::plan::LinkPlan;
-use crate::status::{ContainerStatus, PublishedPort};
-use crate::{NetError, Netns};
+use crate::status::ContainerStatus;
+use crate::{NetError, Netns, Proto, PublishedPort};
 
 pub const BRIDGE: &str = "nuvol0";
 
@@ -73,6 +74,88 @@ impl Containers {
                 published: self.published.get(n).cloned().unwrap_or_default(),
             })
             .collect()
+    }
+
+    /// Replace `name`'s published ports; returns the previous set. Refuses
+    /// (changing nothing) port 0, a host port+protocol given twice, used by
+    /// another container or reserved for the host.
+    pub fn set_published(
+        &mut self,
+        name: &str,
+        mut ports: Vec<PublishedPort>,
+        reserved: &[(Proto, u16)],
+    ) -> Result<Vec<PublishedPort>, NetError> {
+        let perr = |m: String| Err(NetError::Port(m));
+        if !self.attached.contains_key(name) {
+            return perr(format!("no container {name:?} attached"));
+        }
+        if ports.len() > 1024 {
+            return perr(format!("{} ports for {name:?}; at most 1024", ports.len()));
+        }
+        ports.sort();
+        ports.dedup();
+        for (i, p) in ports.iter().enumerate() {
+            if p.host_port == 0 || p.container_port == 0 {
+                return perr(format!("{} port 0 for {name:?} is not a port", p.proto));
+            }
+            if reserved.contains(&(p.proto, p.host_port)) {
+                return perr(format!(
+                    "{} {} is reserved for the host (panel or DHCP)",
+                    p.proto, p.host_port
+                ));
+            }
+            if let Some(q) = ports[i + 1..]
+                .iter()
+                .find(|q| q.proto == p.proto && q.host_port == p.host_port)
+            {
+                return perr(format!(
+                    "host {} {} given twice for {name:?} (to {} and {})",
+                    p.proto, p.host_port, p.container_port, q.container_port
+                ));
+            }
+            if let Some((other, _)) = self.published.iter().find(|(n, ps)| {
+                n.as_str() != name
+                    && ps
+                        .iter()
+                        .any(|q| q.proto == p.proto && q.host_port == p.host_port)
+            }) {
+                return perr(format!(
+                    "host {} {} is already published by {other:?}",
+                    p.proto, p.host_port
+                ));
+            }
+        }
+        let previous = if ports.is_empty() {
+            self.published.remove(name)
+        } else {
+            self.published.insert(name.to_string(), ports)
+        };
+        Ok(previous.unwrap_or_default())
+    }
+
+    pub fn restore_published(&mut self, name: &str, previous: Vec<PublishedPort>) {
+        if previous.is_empty() {
+            self.published.remove(name);
+        } else {
+            self.published.insert(name.to_string(), previous);
+        }
+    }
+
+    /// Every published port with the container address it goes to.
+    pub fn forwards(&self) -> Vec<Forward> {
+        let mut out = Vec::new();
+        for (name, ports) in &self.published {
+            if let Some(c) = self.attached.get(name) {
+                for p in ports {
+                    out.push(Forward {
+                        container: name.clone(),
+                        address: c.address.addr(),
+                        port: *p,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// The bridge's desired state while containers exist: up, with its
@@ -196,7 +279,9 @@ impl Containers {
             let _ = kernel.handle().link().del(index).execute().await;
             return Err(e);
         }
-        enable_forwarding();
+        if let Err(e) = ensure_forwarding() {
+            tracing::warn!("{e}");
+        }
         tracing::info!(container = name, %address, %veth, "container attached");
         let c = ContainerNet {
             address,
@@ -205,87 +290,6 @@ impl Containers {
         };
         self.attached.insert(name.to_string(), c.clone());
         Ok(c)
-    }
-
-    /// The container's published ports now.
-    pub fn clone_published(&self, name: &str) -> Vec<PublishedPort> {
-        self.published.get(name).cloned().unwrap_or_default()
-    }
-
-    /// Set the published ports of an attached container (replacing its
-    /// previous set). A host port may be published once per protocol, and
-    /// never one of `reserved` (the agent's own).
-    pub fn publish(
-        &mut self,
-        name: &str,
-        ports: &[PublishedPort],
-        reserved: &[u16],
-    ) -> Result<(), NetError> {
-        if !self.attached.contains_key(name) {
-            return Err(cerr(format!("no container {name:?} attached")));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for p in ports {
-            if p.host_port == 0 || p.container_port == 0 {
-                return Err(cerr(format!("{name}: port 0 cannot be published")));
-            }
-            if reserved.contains(&p.host_port) {
-                return Err(cerr(format!(
-                    "{name}: host port {} is the agent's own",
-                    p.host_port
-                )));
-            }
-            if !seen.insert((p.protocol, p.host_port)) {
-                return Err(cerr(format!(
-                    "{name}: host port {}/{:?} listed twice",
-                    p.host_port, p.protocol
-                )));
-            }
-            if let Some((other, _)) = self.published.iter().find(|(n, ps)| {
-                n.as_str() != name
-                    && ps
-                        .iter()
-                        .any(|q| q.protocol == p.protocol && q.host_port == p.host_port)
-            }) {
-                return Err(cerr(format!(
-                    "{name}: host port {}/{:?} is already published by {other}",
-                    p.host_port, p.protocol
-                )));
-            }
-        }
-        if ports.is_empty() {
-            self.published.remove(name);
-        } else {
-            self.published.insert(name.to_string(), ports.to_vec());
-        }
-        Ok(())
-    }
-
-    /// The nftables ruleset the attached containers need; `None` when no
-    /// container is attached (then nuvol keeps no table at all).
-    pub fn ruleset(&self, subnet: &Ipv4Net) -> Option<crate::nft::Ruleset> {
-        if self.attached.is_empty() {
-            return None;
-        }
-        let mut dnat = Vec::new();
-        for (name, ports) in &self.published {
-            let Some(c) = self.attached.get(name) else {
-                continue;
-            };
-            for p in ports {
-                dnat.push(crate::nft::Dnat {
-                    proto: p.protocol,
-                    host_port: p.host_port,
-                    addr: c.address.addr(),
-                    port: p.container_port,
-                });
-            }
-        }
-        Some(crate::nft::Ruleset {
-            subnet: *subnet,
-            bridge: BRIDGE.to_string(),
-            dnat,
-        })
     }
 
     pub async fn detach(&mut self, kernel: &Kernel, name: &str) -> Result<(), NetError> {
@@ -309,16 +313,18 @@ impl Containers {
     }
 }
 
-fn enable_forwarding() {
+/// Switch IPv4 forwarding on (in the current network namespace) unless it
+/// already is; returns whether it wrote.
+pub(crate) fn ensure_forwarding() -> Result<bool, NetError> {
     let p = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(p)
-        .map(|s| s.trim() != "1")
-        .unwrap_or(true)
-    {
-        if let Err(e) = std::fs::write(p, "1\n") {
-            tracing::warn!("cannot enable IPv4 forwarding: {e}");
-        }
+    let on = crate::fsutil::read_bounded(std::path::Path::new(p), 16)
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false);
+    if on {
+        return Ok(false);
     }
+    std::fs::write(p, "1\n").map_err(|e| cerr(format!("cannot enable IPv4 forwarding: {e}")))?;
+    Ok(true)
 }
 
 /// Inside the container's namespace (on a thread of its own, since

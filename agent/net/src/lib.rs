@@ -18,6 +18,7 @@ mod container;
 mod dhcp;
 mod fsutil;
 mod kernel;
+mod nat;
 mod nft;
 mod plan;
 mod status;
@@ -36,9 +37,7 @@ use tokio::task::JoinHandle;
 
 pub use container::{ContainerNet, BRIDGE};
 pub use dhcp::{DhcpState, Lease};
-pub use status::{
-    ContainerStatus, DhcpStatus, InterfaceStatus, NetworkStatus, PublishedPort, RouteStatus,
-};
+pub use status::{ContainerStatus, DhcpStatus, InterfaceStatus, NetworkStatus, RouteStatus};
 
 use kernel::{Addr, Kernel, KernelState};
 use plan::Action;
@@ -63,6 +62,9 @@ pub enum NetError {
     Nft(String),
     #[error("container network: {0}")]
     Container(String),
+    /// A `publish` refused: port 0, a host port used twice, or reserved.
+    #[error("published port: {0}")]
+    Port(String),
     #[error("the network manager has stopped")]
     Stopped,
 }
@@ -76,8 +78,10 @@ pub struct NetOptions {
     pub state_dir: PathBuf,
     /// Sent as DHCP option 12.
     pub hostname: String,
-    /// Host ports containers may not publish (the agent's own, e.g. the panel).
-    pub reserved_ports: Vec<u16>,
+    /// Host ports `publish` refuses: by default TCP 80 (the panel) and
+    /// UDP 67/68 (DHCP). Add the panel's real port with
+    /// [`NetOptions::reserve_port`].
+    pub reserved_ports: Vec<(Proto, u16)>,
 }
 
 impl NetOptions {
@@ -90,17 +94,43 @@ impl NetOptions {
             resolv_conf: resolv_conf.into(),
             state_dir: state_dir.into(),
             hostname: hostname.into(),
-            reserved_ports: Vec::new(),
+            reserved_ports: vec![(Proto::Tcp, 80), (Proto::Udp, 67), (Proto::Udp, 68)],
         }
+    }
+
+    /// Keep `port` for the host: `publish` refuses it (e.g. the panel's).
+    pub fn reserve_port(mut self, proto: Proto, port: u16) -> Self {
+        if !self.reserved_ports.contains(&(proto, port)) {
+            self.reserved_ports.push((proto, port));
+        }
+        self
     }
 }
 
 /// Transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Protocol {
+pub enum Proto {
     Tcp,
     Udp,
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// A port of the host forwarded to a container (DNAT on every address of
+/// the host except the container bridge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct PublishedPort {
+    pub proto: Proto,
+    pub host_port: u16,
+    pub container_port: u16,
 }
 
 /// A container's network namespace: the PID of a process in it, or an
@@ -171,7 +201,18 @@ pub async fn start(cfg: NetworkConfig, opts: NetOptions) -> Result<NetHandle, Ne
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (dhcp_tx, dhcp_rx) = mpsc::unbounded_channel();
     let kernel = Kernel::new(handle, writes.clone());
+    // nf_tables change notifications: someone flushing the NAT table gets
+    // it re-applied at once rather than at the next periodic check.
+    let nft_events = match nft::NftEvents::open() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!("no nftables notifications ({e}); relying on the periodic check");
+            None
+        }
+    };
     let mgr = Manager {
+        nft: None,
+        nft_events,
         kernel,
         cfg,
         opts,
@@ -183,8 +224,6 @@ pub async fn start(cfg: NetworkConfig, opts: NetOptions) -> Result<NetHandle, Ne
         owned: BTreeSet::new(),
         last_resolv: None,
         containers: container::Containers::default(),
-        nft: None,
-        nft_installed: None,
         status: status.clone(),
         dhcp_tx,
         aux_tasks: vec![conn_task, mconn_task],
@@ -249,18 +288,19 @@ impl NetHandle {
             .await
     }
 
-    /// Remove the container's veth and free its address.
+    /// Remove the container's veth, its published ports, and free its
+    /// address.
     pub async fn detach_container(&self, name: &str) -> Result<(), NetError> {
         self.call(|tx| Command::Detach(name.to_string(), tx)).await
     }
 
-    /// Publish ports of an attached container on the host: traffic to
-    /// `host_port` arriving on any interface but the bridge is forwarded
-    /// (DNAT, nftables table `ip nuvol`) to the container's address and
-    /// `container_port`. Replaces the container's previous set; an empty
-    /// list unpublishes. Detaching unpublishes too.
-    pub async fn publish(&self, name: &str, ports: &[PublishedPort]) -> Result<(), NetError> {
-        self.call(|tx| Command::Publish(name.to_string(), ports.to_vec(), tx))
+    /// Set the host ports forwarded to an attached container, replacing
+    /// its previous set (empty: none). Refused (nothing changes) for port
+    /// 0, a host port+protocol used twice or by another container, or a
+    /// reserved port ([`NetOptions::reserved_ports`], the panel's). The
+    /// nftables table is rewritten in one atomic batch before this returns.
+    pub async fn publish(&self, container: &str, ports: &[PublishedPort]) -> Result<(), NetError> {
+        self.call(|tx| Command::Publish(container.to_string(), ports.to_vec(), tx))
             .await
     }
 
@@ -280,6 +320,9 @@ struct ClientHandle {
 }
 
 struct Manager {
+    /// nf_tables request socket, opened on first use.
+    nft: Option<nft::Nft>,
+    nft_events: Option<nft::NftEvents>,
     kernel: Kernel,
     cfg: NetworkConfig,
     opts: NetOptions,
@@ -291,10 +334,6 @@ struct Manager {
     owned: BTreeSet<Addr>,
     last_resolv: Option<String>,
     containers: container::Containers,
-    /// nf_tables socket, opened on first use (in the manager's netns).
-    nft: Option<nft::Socket>,
-    /// The ruleset last written to the `ip nuvol` table.
-    nft_installed: Option<nft::Ruleset>,
     status: Arc<Mutex<NetworkStatus>>,
     dhcp_tx: mpsc::UnboundedSender<dhcp::Report>,
     aux_tasks: Vec<JoinHandle<()>>,
@@ -333,6 +372,13 @@ impl Manager {
                     if e.is_none() {
                         tracing::error!("netlink event socket closed");
                         break;
+                    }
+                    dirty = true;
+                }
+                r = nft_changed(&mut self.nft_events) => {
+                    if let Err(e) = r {
+                        tracing::warn!("nftables notifications stopped: {e}");
+                        self.nft_events = None;
                     }
                     dirty = true;
                 }
@@ -388,23 +434,108 @@ impl Manager {
                 let _ = tx.send(r);
             }
             Command::Publish(name, ports, tx) => {
-                let previous = self.containers.clone_published(&name);
-                let mut r = self
-                    .containers
-                    .publish(&name, &ports, &self.opts.reserved_ports);
-                if r.is_ok() {
-                    if let Err(e) = self.reconcile_nft() {
-                        // Keep what worked before; say why the new set failed.
-                        let _ = self.containers.publish(&name, &previous, &[]);
-                        let _ = self.reconcile_nft();
-                        r = Err(e);
-                    }
-                    self.publish_status();
-                }
+                let r = self.publish(&name, ports).await;
+                self.publish_status();
                 let _ = tx.send(r);
             }
             Command::Shutdown(_) => {}
         }
+    }
+
+    async fn publish(&mut self, name: &str, ports: Vec<PublishedPort>) -> Result<(), NetError> {
+        let previous = self
+            .containers
+            .set_published(name, ports, &self.opts.reserved_ports)?;
+        let st = self.kernel.snapshot().await?;
+        if let Err(e) = self.sync_nat(&st) {
+            tracing::error!(
+                container = name,
+                "publishing ports failed ({e}); keeping the previous ones"
+            );
+            self.containers.restore_published(name, previous);
+            if let Err(e2) = self.sync_nat(&st) {
+                tracing::warn!("restoring the previous NAT table: {e2}");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The NAT table's desired content: `None` while no container is
+    /// attached (the table is then removed).
+    fn nat_spec(&self, st: &KernelState) -> Option<nat::NatSpec> {
+        if self.containers.is_empty() {
+            return None;
+        }
+        let host_addrs = st
+            .addrs
+            .iter()
+            .filter(|a| {
+                st.link(a.index)
+                    .is_some_and(|l| !l.loopback && l.name != BRIDGE)
+            })
+            .filter_map(|a| match a.net.addr() {
+                std::net::IpAddr::V4(v) if !v.is_loopback() => Some(v),
+                _ => None,
+            })
+            .collect();
+        Some(nat::NatSpec {
+            subnet: self.cfg.containers.subnet,
+            bridge: BRIDGE.to_string(),
+            host_addrs,
+            forwards: self.containers.forwards(),
+        })
+    }
+
+    /// Bring table `ip nuvol` and IPv4 forwarding to the desired state:
+    /// reads only (dumps) when they already are.
+    fn sync_nat(&mut self, st: &KernelState) -> Result<(), NetError> {
+        let want = self.nat_spec(st).map(|s| nat::ruleset(&s));
+        if want.is_some() && container::ensure_forwarding()? {
+            tracing::info!("IPv4 forwarding switched on");
+            self.kernel.note_write();
+        }
+        if self.nft.is_none() {
+            if want.is_none() {
+                // Nothing wanted: only look for a stale table (a previous
+                // run that died) if nf_tables is there at all.
+                match nft::Nft::open() {
+                    Ok(n) => self.nft = Some(n),
+                    Err(_) => return Ok(()),
+                }
+            } else {
+                self.nft = Some(nft::Nft::open()?);
+            }
+        }
+        let Some(n) = self.nft.as_mut() else {
+            return Ok(());
+        };
+        match &want {
+            None => match n.table_exists() {
+                Ok(true) => {
+                    tracing::info!("removing nftables table ip {}", nft::TABLE);
+                    self.kernel.note_write();
+                    n.apply(None)?;
+                }
+                Ok(false) => {}
+                // No nf_tables in this kernel and nothing wanted: fine.
+                Err(e) => tracing::debug!("nftables: {e}"),
+            },
+            Some(rs) => {
+                let obs = n.observe()?;
+                if !nft::matches(&obs, rs) {
+                    tracing::info!(
+                        rules = rs.rules.len(),
+                        existed = obs.table,
+                        "writing nftables table ip {} (NAT, published ports)",
+                        nft::TABLE
+                    );
+                    self.kernel.note_write();
+                    n.apply(Some(rs))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn apply(&mut self, cfg: NetworkConfig) -> Result<(), NetError> {
@@ -509,10 +640,6 @@ impl Manager {
                 first_err.get_or_insert(e);
             }
         }
-        if let Err(e) = self.reconcile_nft() {
-            tracing::warn!("{e}");
-            first_err.get_or_insert(e);
-        }
         let (text, _, _) = plan::resolv_conf(&self.cfg, &self.leases);
         if self.last_resolv.as_deref() != Some(text.as_str()) {
             let on_disk = fsutil::read_bounded(&self.opts.resolv_conf, 64 * 1024).ok();
@@ -528,52 +655,14 @@ impl Manager {
                 self.last_resolv = Some(text);
             }
         }
+        if let Err(e) = self.sync_nat(&st) {
+            tracing::warn!("{e}");
+            first_err.get_or_insert(e);
+        }
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
         }
-    }
-
-    /// Bring the `ip nuvol` nftables table in line with the attached
-    /// containers: re-written when the wanted ruleset changed or someone
-    /// changed the table behind our back (rule count differs, table gone);
-    /// no write when it is as wanted; deleted when no container is attached.
-    fn reconcile_nft(&mut self) -> Result<(), NetError> {
-        let wanted = self.containers.ruleset(&self.cfg.containers.subnet);
-        if wanted.is_none() && self.nft_installed.is_none() {
-            return Ok(());
-        }
-        if self.nft.is_none() {
-            self.nft = Some(nft::Socket::open()?);
-        }
-        let Some(sock) = self.nft.as_mut() else {
-            return Ok(());
-        };
-        match wanted {
-            None => {
-                tracing::info!("no containers left: removing the nftables table");
-                self.kernel.note_write();
-                sock.delete()?;
-                self.nft_installed = None;
-            }
-            Some(rs) => {
-                let count = sock.rule_count()?;
-                if self.nft_installed.as_ref() != Some(&rs) || count != Some(rs.rule_count()) {
-                    tracing::info!(
-                        published = rs.dnat.len(),
-                        subnet = %rs.subnet,
-                        "writing the nftables table (masquerade + published ports)"
-                    );
-                    self.kernel.note_write();
-                    if let Err(e) = sock.replace(&rs) {
-                        self.nft_installed = None;
-                        return Err(e);
-                    }
-                    self.nft_installed = Some(rs);
-                }
-            }
-        }
-        Ok(())
     }
 
     fn sync_dhcp_clients(&mut self, st: &KernelState) {
@@ -726,13 +815,23 @@ impl Manager {
         for t in self.aux_tasks.drain(..) {
             t.abort();
         }
-        if self.nft_installed.take().is_some() {
-            if let Some(sock) = self.nft.as_mut() {
-                if let Err(e) = sock.delete() {
-                    tracing::warn!("removing the nftables table: {e}");
+        if let Some(n) = self.nft.as_mut() {
+            if n.table_exists().unwrap_or(false) {
+                tracing::info!("removing nftables table ip {}", nft::TABLE);
+                self.kernel.note_write();
+                if let Err(e) = n.apply(None) {
+                    tracing::warn!("{e}");
                 }
             }
         }
         tracing::info!("network manager stopped");
+    }
+}
+
+/// Wait for a change to our nftables table; never resolves without a socket.
+async fn nft_changed(ev: &mut Option<nft::NftEvents>) -> Result<(), NetError> {
+    match ev {
+        Some(e) => e.changed().await,
+        None => futures::future::pending().await,
     }
 }

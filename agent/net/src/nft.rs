@@ -1,36 +1,38 @@
-//! The few nf_tables netlink messages nuvol needs, written by hand: one
-//! table (`ip nuvol`) replaced atomically in a single batch, a NAT
-//! postrouting chain that masquerades the container subnet, and a NAT
-//! prerouting chain with one DNAT rule per published port.
+//! nf_tables over netlink (`NETLINK_NETFILTER`), hand-built: the handful of
+//! messages nuvol needs to own one table (`ip nuvol`): create it with its
+//! chains and rules in one atomic batch, delete it, dump it to compare with
+//! the desired state, and listen for changes made by others.
 //!
-//! Why by hand: the box has no `nft` binary and the agent is one static
-//! musl binary, so libnftnl is out; `rustables` needs bindgen + libclang at
-//! build time. The wire format is small and stable (see the kernel's
-//! `include/uapi/linux/netfilter/nf_tables.h`); what is used here is about
-//! a dozen attribute types.
+//! No `nft` binary and no libnftnl: the agent is one static musl binary.
+//! Messages are `nlmsghdr` + `nfgenmsg` + netlink attributes; integers in
+//! nf_tables attributes are big-endian. Every reply is parsed with bounds
+//! checks; a malformed reply is an error, never a panic.
 
 use std::io;
-use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
+use std::os::fd::AsRawFd;
 
-use ipnet::Ipv4Net;
+use netlink_sys::{Socket, SocketAddr};
 
-use crate::Protocol;
+use crate::NetError;
 
-/// The one table nuvol owns; nothing else on the box is touched.
+/// The table nuvol owns; nothing else on the box is touched.
 pub(crate) const TABLE: &str = "nuvol";
 
-const NETLINK_NETFILTER: i32 = 12;
+const NETLINK_NETFILTER: isize = 12;
+const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFNL_MSG_BATCH_BEGIN: u16 = 16;
+const NFNL_MSG_BATCH_END: u16 = 17;
+
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_DELRULE: u16 = 8;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -40,10 +42,11 @@ const NLM_F_APPEND: u16 = 0x800;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
+const NLA_TYPE_MASK: u16 = 0x3fff;
 
-const NFPROTO_IPV4: u8 = 2;
+/// `NFPROTO_IPV4`: the table's family (`ip`).
+pub(crate) const FAMILY_IP: u8 = 2;
 
-// Attribute numbers (nf_tables.h).
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
@@ -55,602 +58,928 @@ const NFTA_HOOK_PRIORITY: u16 = 2;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_USERDATA: u16 = 7;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
 
-const NF_INET_PRE_ROUTING: u32 = 0;
-const NF_INET_POST_ROUTING: u32 = 4;
-const NF_ACCEPT: u32 = 1;
+/// Netfilter hooks (`NF_INET_*`).
+pub(crate) const HOOK_PREROUTING: u32 = 0;
+pub(crate) const HOOK_FORWARD: u32 = 2;
+pub(crate) const HOOK_OUTPUT: u32 = 3;
+pub(crate) const HOOK_POSTROUTING: u32 = 4;
 
-const NFT_REG_1: u32 = 1;
-const NFT_REG_2: u32 = 2;
-const NFT_CMP_EQ: u32 = 0;
-const NFT_CMP_NEQ: u32 = 1;
-const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
-const NFT_META_IIFNAME: u32 = 6;
-const NFT_META_OIFNAME: u32 = 7;
-const NFT_META_L4PROTO: u32 = 16;
-const NFT_NAT_DNAT: u32 = 1;
+pub(crate) const NF_DROP: u32 = 0;
+pub(crate) const NF_ACCEPT: u32 = 1;
 
-/// One DNAT: `proto` traffic to `host_port` arriving on any interface but
-/// the bridge goes to `addr:port`.
+/// Registers (16-byte `NFT_REG_1..4`); 0 is the verdict register.
+pub(crate) const REG_1: u32 = 1;
+pub(crate) const REG_2: u32 = 2;
+
+/// `NFT_META_*` keys.
+pub(crate) const META_OIFNAME: u32 = 7;
+pub(crate) const META_IIFNAME: u32 = 6;
+pub(crate) const META_L4PROTO: u32 = 16;
+/// `NFT_CT_*` keys.
+pub(crate) const CT_STATE: u32 = 0;
+pub(crate) const CT_STATUS: u32 = 2;
+/// `NFT_PAYLOAD_*` bases.
+pub(crate) const BASE_NETWORK: u32 = 1;
+pub(crate) const BASE_TRANSPORT: u32 = 2;
+/// `NFT_CMP_*`.
+pub(crate) const CMP_EQ: u32 = 0;
+pub(crate) const CMP_NEQ: u32 = 1;
+
+/// One nf_tables expression (the subset nuvol uses).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Dnat {
-    pub proto: Protocol,
-    pub host_port: u16,
-    pub addr: Ipv4Addr,
-    pub port: u16,
+pub(crate) enum Expr {
+    Meta {
+        key: u32,
+        dreg: u32,
+    },
+    Ct {
+        key: u32,
+        dreg: u32,
+    },
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    Bitwise {
+        reg: u32,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    Cmp {
+        sreg: u32,
+        op: u32,
+        data: Vec<u8>,
+    },
+    Immediate {
+        dreg: u32,
+        data: Vec<u8>,
+    },
+    Verdict(u32),
+    /// DNAT to the address in `addr_reg` and port in `port_reg`.
+    Dnat {
+        addr_reg: u32,
+        port_reg: u32,
+    },
+    Masquerade,
 }
 
-/// What the table holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Chain {
+    pub name: &'static str,
+    /// `nat` or `filter`.
+    pub kind: &'static str,
+    pub hook: u32,
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rule {
+    pub chain: &'static str,
+    pub exprs: Vec<Expr>,
+    /// Shown by `nft list` as the rule's comment; also carries a hash of
+    /// the rule so a dump can be compared with the desired state.
+    pub comment: String,
+}
+
+/// The whole content of table `ip nuvol`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Ruleset {
-    pub subnet: Ipv4Net,
-    pub bridge: String,
-    pub dnat: Vec<Dnat>,
+    pub chains: Vec<Chain>,
+    pub rules: Vec<Rule>,
 }
 
-impl Ruleset {
-    /// Rules the kernel should list for this ruleset.
-    pub fn rule_count(&self) -> usize {
-        1 + self.dnat.len()
+/// What a dump of the table shows, in the form the comparison needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Observed {
+    pub table: bool,
+    /// (name, type, hook, priority, policy)
+    pub chains: Vec<(String, String, u32, i32, u32)>,
+    /// (chain, userdata) in kernel order.
+    pub rules: Vec<(String, Vec<u8>)>,
+}
+
+// ---- encoding ----------------------------------------------------------
+
+struct MsgBuilder {
+    buf: Vec<u8>,
+    nests: Vec<usize>,
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+impl MsgBuilder {
+    fn new(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Self {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set in finish
+        buf.extend_from_slice(&ty.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: kernel fills
+        buf.push(family);
+        buf.push(0); // NFNETLINK_V0
+        buf.extend_from_slice(&res_id.to_be_bytes());
+        MsgBuilder {
+            buf,
+            nests: Vec::new(),
+        }
     }
-}
 
-fn nerr(what: &str, e: impl std::fmt::Display) -> crate::NetError {
-    crate::NetError::Nft(format!("{what}: {e}"))
-}
+    fn nft(msg: u16, flags: u16, seq: u32) -> Self {
+        Self::new(
+            (NFNL_SUBSYS_NFTABLES << 8) | msg,
+            NLM_F_REQUEST | flags,
+            seq,
+            FAMILY_IP,
+            0,
+        )
+    }
 
-/// A netlink attribute writer.
-#[derive(Default)]
-struct Attrs(Vec<u8>);
+    fn pad(&mut self) {
+        while !self.buf.len().is_multiple_of(4) {
+            self.buf.push(0);
+        }
+    }
 
-impl Attrs {
-    fn raw(&mut self, ty: u16, payload: &[u8]) -> &mut Self {
-        let len = 4 + payload.len();
-        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.0.extend_from_slice(&ty.to_ne_bytes());
-        self.0.extend_from_slice(payload);
-        while !self.0.len().is_multiple_of(4) {
-            self.0.push(0);
+    fn attr(&mut self, ty: u16, data: &[u8]) -> &mut Self {
+        let len = (4 + data.len()) as u16;
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(data);
+        self.pad();
+        self
+    }
+
+    fn str(&mut self, ty: u16, s: &str) -> &mut Self {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        self.attr(ty, &v)
+    }
+
+    fn u32(&mut self, ty: u16, v: u32) -> &mut Self {
+        self.attr(ty, &v.to_be_bytes())
+    }
+
+    fn begin(&mut self, ty: u16) -> &mut Self {
+        self.nests.push(self.buf.len());
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        self
+    }
+
+    fn end(&mut self) -> &mut Self {
+        if let Some(start) = self.nests.pop() {
+            let len = (self.buf.len() - start) as u16;
+            self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
         }
         self
     }
-    fn str(&mut self, ty: u16, s: &str) -> &mut Self {
-        let mut b = s.as_bytes().to_vec();
-        b.push(0);
-        self.raw(ty, &b)
-    }
-    fn be32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.raw(ty, &v.to_be_bytes())
-    }
-    fn nest(&mut self, ty: u16, inner: &Attrs) -> &mut Self {
-        self.raw(ty | NLA_F_NESTED, &inner.0)
-    }
+
     fn data(&mut self, ty: u16, value: &[u8]) -> &mut Self {
-        let mut v = Attrs::default();
-        v.raw(NFTA_DATA_VALUE, value);
-        self.nest(ty, &v)
+        self.begin(ty).attr(NFTA_DATA_VALUE, value).end()
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let len = self.buf.len() as u32;
+        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.buf
     }
 }
 
-fn expr(name: &str, data: Option<Attrs>) -> Attrs {
-    let mut e = Attrs::default();
-    e.str(NFTA_EXPR_NAME, name);
-    if let Some(d) = data {
-        e.nest(NFTA_EXPR_DATA, &d);
-    }
-    e
-}
-
-fn payload(base: u32, offset: u32, len: u32) -> Attrs {
-    let mut d = Attrs::default();
-    d.be32(1, NFT_REG_1)
-        .be32(2, base)
-        .be32(3, offset)
-        .be32(4, len);
-    expr("payload", Some(d))
-}
-
-fn meta(key: u32) -> Attrs {
-    let mut d = Attrs::default();
-    d.be32(2, key).be32(1, NFT_REG_1);
-    expr("meta", Some(d))
-}
-
-fn cmp(op: u32, value: &[u8]) -> Attrs {
-    let mut d = Attrs::default();
-    d.be32(1, NFT_REG_1).be32(2, op).data(3, value);
-    expr("cmp", Some(d))
-}
-
-fn bitwise_mask(mask: &[u8]) -> Attrs {
-    let mut d = Attrs::default();
-    d.be32(1, NFT_REG_1)
-        .be32(2, NFT_REG_1)
-        .be32(3, mask.len() as u32)
-        .data(4, mask)
-        .data(5, &vec![0u8; mask.len()]);
-    expr("bitwise", Some(d))
-}
-
-fn immediate(reg: u32, value: &[u8]) -> Attrs {
-    let mut d = Attrs::default();
-    d.be32(1, reg).data(2, value);
-    expr("immediate", Some(d))
-}
-
-fn ifname(name: &str) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    let n = name.len().min(15);
-    b[..n].copy_from_slice(&name.as_bytes()[..n]);
-    b
-}
-
-fn dnat_to(addr_reg: u32, port_reg: u32) -> Attrs {
-    let mut d = Attrs::default();
-    d.be32(1, NFT_NAT_DNAT)
-        .be32(2, NFPROTO_IPV4 as u32)
-        .be32(3, addr_reg)
-        .be32(5, port_reg);
-    expr("nat", Some(d))
-}
-
-/// A netlink message buffer for one batch.
-struct Batch {
-    buf: Vec<u8>,
-    seq: u32,
-    first_seq: u32,
-}
-
-impl Batch {
-    fn new(seq: u32) -> Batch {
-        let mut b = Batch {
-            buf: Vec::new(),
-            seq,
-            first_seq: seq,
-        };
-        b.msg(
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &Attrs::default(),
-        );
-        b
-    }
-
-    fn msg(&mut self, ty: u16, flags: u16, family: u8, res_id: u16, attrs: &Attrs) {
-        let len = 16 + 4 + attrs.0.len();
-        self.buf.extend_from_slice(&(len as u32).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(&flags.to_ne_bytes());
-        self.buf.extend_from_slice(&self.seq.to_ne_bytes());
-        self.buf.extend_from_slice(&0u32.to_ne_bytes());
-        self.buf.push(family);
-        self.buf.push(0); // NFNETLINK_V0
-        self.buf.extend_from_slice(&res_id.to_be_bytes());
-        self.buf.extend_from_slice(&attrs.0);
-        self.seq = self.seq.wrapping_add(1);
-    }
-
-    fn nft(&mut self, cmd: u16, flags: u16, attrs: &Attrs) {
-        self.msg(
-            (NFNL_SUBSYS_NFTABLES << 8) | cmd,
-            NLM_F_REQUEST | NLM_F_ACK | flags,
-            NFPROTO_IPV4,
-            0,
-            attrs,
-        );
-    }
-
-    fn finish(mut self) -> (Vec<u8>, std::ops::Range<u32>) {
-        // Acks are asked for the messages between begin and end.
-        let acked = self.first_seq + 1..self.seq;
-        self.msg(
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &Attrs::default(),
-        );
-        (self.buf, acked)
-    }
-}
-
-fn table_attrs() -> Attrs {
-    let mut a = Attrs::default();
-    a.str(NFTA_TABLE_NAME, TABLE);
-    a
-}
-
-fn chain(name: &str, hook: u32, priority: i32) -> Attrs {
-    let mut h = Attrs::default();
-    h.be32(NFTA_HOOK_HOOKNUM, hook)
-        .be32(NFTA_HOOK_PRIORITY, priority as u32);
-    let mut a = Attrs::default();
-    a.str(NFTA_CHAIN_TABLE, TABLE)
-        .str(NFTA_CHAIN_NAME, name)
-        .nest(NFTA_CHAIN_HOOK, &h)
-        .be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
-        .str(NFTA_CHAIN_TYPE, "nat");
-    a
-}
-
-fn rule(chain: &str, exprs: &[Attrs]) -> Attrs {
-    let mut list = Attrs::default();
-    for e in exprs {
-        list.nest(NFTA_LIST_ELEM, e);
-    }
-    let mut a = Attrs::default();
-    a.str(NFTA_RULE_TABLE, TABLE)
-        .str(NFTA_RULE_CHAIN, chain)
-        .nest(NFTA_RULE_EXPRESSIONS, &list);
-    a
-}
-
-/// The batch that replaces the table with `rs` (add, delete, re-create:
-/// the standard atomic replace; the add makes the delete valid when the
-/// table does not exist yet).
-fn replace_batch(rs: &Ruleset, seq: u32) -> (Vec<u8>, std::ops::Range<u32>) {
-    let mut b = Batch::new(seq);
-    b.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, &table_attrs());
-    b.nft(NFT_MSG_DELTABLE, 0, &table_attrs());
-    b.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, &table_attrs());
-    b.nft(
-        NFT_MSG_NEWCHAIN,
-        NLM_F_CREATE,
-        &chain("postrouting", NF_INET_POST_ROUTING, 100),
-    );
-    b.nft(
-        NFT_MSG_NEWCHAIN,
-        NLM_F_CREATE,
-        &chain("prerouting", NF_INET_PRE_ROUTING, -100),
-    );
-    // ip saddr <subnet> oifname != <bridge> masquerade
-    let net = rs.subnet.network().octets();
-    let mask = rs.subnet.netmask().octets();
-    b.nft(
-        NFT_MSG_NEWRULE,
-        NLM_F_CREATE | NLM_F_APPEND,
-        &rule(
-            "postrouting",
-            &[
-                payload(NFT_PAYLOAD_NETWORK_HEADER, 12, 4),
-                bitwise_mask(&mask),
-                cmp(NFT_CMP_EQ, &net),
-                meta(NFT_META_OIFNAME),
-                cmp(NFT_CMP_NEQ, &ifname(&rs.bridge)),
-                expr("masq", None),
-            ],
-        ),
-    );
-    // iifname != <bridge> meta l4proto <p> th dport <host_port> dnat to <addr>:<port>
-    for d in &rs.dnat {
-        let proto = match d.proto {
-            Protocol::Tcp => 6u8,
-            Protocol::Udp => 17u8,
-        };
-        b.nft(
-            NFT_MSG_NEWRULE,
-            NLM_F_CREATE | NLM_F_APPEND,
-            &rule(
-                "prerouting",
-                &[
-                    meta(NFT_META_IIFNAME),
-                    cmp(NFT_CMP_NEQ, &ifname(&rs.bridge)),
-                    meta(NFT_META_L4PROTO),
-                    cmp(NFT_CMP_EQ, &[proto]),
-                    payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2),
-                    cmp(NFT_CMP_EQ, &d.host_port.to_be_bytes()),
-                    immediate(NFT_REG_1, &d.addr.octets()),
-                    immediate(NFT_REG_2, &d.port.to_be_bytes()),
-                    dnat_to(NFT_REG_1, NFT_REG_2),
-                ],
-            ),
-        );
-    }
-    b.finish()
-}
-
-fn delete_batch(seq: u32) -> (Vec<u8>, std::ops::Range<u32>) {
-    let mut b = Batch::new(seq);
-    // Add first so the delete never fails on a missing table.
-    b.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, &table_attrs());
-    b.nft(NFT_MSG_DELTABLE, 0, &table_attrs());
-    b.finish()
-}
-
-/// A NETLINK_NETFILTER socket in the calling thread's network namespace.
-pub(crate) struct Socket {
-    fd: OwnedFd,
-    seq: u32,
-}
-
-impl Socket {
-    pub fn open() -> Result<Socket, crate::NetError> {
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(nerr("socket", io::Error::last_os_error()));
+fn encode_expr(b: &mut MsgBuilder, e: &Expr) {
+    b.begin(NFTA_LIST_ELEM);
+    match e {
+        Expr::Meta { key, dreg } => {
+            b.str(NFTA_EXPR_NAME, "meta").begin(NFTA_EXPR_DATA);
+            b.u32(2, *key).u32(1, *dreg); // NFTA_META_KEY, NFTA_META_DREG
+            b.end();
         }
-        // SAFETY: fd is a fresh, valid descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Expr::Ct { key, dreg } => {
+            b.str(NFTA_EXPR_NAME, "ct").begin(NFTA_EXPR_DATA);
+            b.u32(2, *key).u32(1, *dreg); // NFTA_CT_KEY, NFTA_CT_DREG
+            b.end();
+        }
+        Expr::Payload {
+            base,
+            offset,
+            len,
+            dreg,
+        } => {
+            b.str(NFTA_EXPR_NAME, "payload").begin(NFTA_EXPR_DATA);
+            // NFTA_PAYLOAD_DREG, _BASE, _OFFSET, _LEN
+            b.u32(1, *dreg).u32(2, *base).u32(3, *offset).u32(4, *len);
+            b.end();
+        }
+        Expr::Bitwise { reg, mask, xor } => {
+            b.str(NFTA_EXPR_NAME, "bitwise").begin(NFTA_EXPR_DATA);
+            // NFTA_BITWISE_SREG, _DREG, _LEN, _MASK, _XOR
+            b.u32(1, *reg).u32(2, *reg).u32(3, mask.len() as u32);
+            b.data(4, mask).data(5, xor);
+            b.end();
+        }
+        Expr::Cmp { sreg, op, data } => {
+            b.str(NFTA_EXPR_NAME, "cmp").begin(NFTA_EXPR_DATA);
+            b.u32(1, *sreg).u32(2, *op).data(3, data); // SREG, OP, DATA
+            b.end();
+        }
+        Expr::Immediate { dreg, data } => {
+            b.str(NFTA_EXPR_NAME, "immediate").begin(NFTA_EXPR_DATA);
+            b.u32(1, *dreg).data(2, data); // NFTA_IMMEDIATE_DREG, _DATA
+            b.end();
+        }
+        Expr::Verdict(code) => {
+            b.str(NFTA_EXPR_NAME, "immediate").begin(NFTA_EXPR_DATA);
+            b.u32(1, 0); // the verdict register
+            b.begin(2).begin(NFTA_DATA_VERDICT);
+            b.u32(NFTA_VERDICT_CODE, *code);
+            b.end().end().end();
+        }
+        Expr::Dnat { addr_reg, port_reg } => {
+            b.str(NFTA_EXPR_NAME, "nat").begin(NFTA_EXPR_DATA);
+            // NFTA_NAT_TYPE = NFT_NAT_DNAT, _FAMILY, _REG_ADDR_MIN, _REG_PROTO_MIN
+            b.u32(1, 1).u32(2, u32::from(FAMILY_IP));
+            b.u32(3, *addr_reg).u32(5, *port_reg);
+            b.end();
+        }
+        Expr::Masquerade => {
+            b.str(NFTA_EXPR_NAME, "masq");
+        }
+    }
+    b.end();
+}
+
+/// FNV-1a 64 over the rule's chain, expressions and comment text.
+fn rule_hash(chain: &str, exprs: &[u8], comment: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in chain
+        .bytes()
+        .chain([0])
+        .chain(exprs.iter().copied())
+        .chain(comment.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+fn encoded_exprs(exprs: &[Expr]) -> Vec<u8> {
+    let mut b = MsgBuilder {
+        buf: Vec::new(),
+        nests: Vec::new(),
+    };
+    for e in exprs {
+        encode_expr(&mut b, e);
+    }
+    b.buf
+}
+
+/// The rule's userdata: a libnftnl-style comment TLV (type 0, length,
+/// NUL-terminated text) so `nft list` shows it, with a hash of the rule.
+pub(crate) fn userdata(r: &Rule) -> Vec<u8> {
+    let exprs = encoded_exprs(&r.exprs);
+    let h = rule_hash(r.chain, &exprs, &r.comment);
+    let mut text = format!("nuvol {h:016x} {}", r.comment);
+    // NFT_USERDATA_MAXLEN is 256; the TLV length is one byte.
+    let mut cut = text.len().min(240);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    let mut v = vec![0u8, (text.len() + 1) as u8];
+    v.extend_from_slice(text.as_bytes());
+    v.push(0);
+    v
+}
+
+fn batch_begin(seq: u32) -> Vec<u8> {
+    MsgBuilder::new(
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        seq,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+    )
+    .finish()
+}
+
+fn batch_end(seq: u32) -> Vec<u8> {
+    MsgBuilder::new(
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        seq,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+    )
+    .finish()
+}
+
+/// One batch message with what it is for (error reporting).
+struct Part {
+    bytes: Vec<u8>,
+    what: String,
+}
+
+/// The messages that replace the table with `rs` (or delete it when `rs`
+/// is `None`). Adding the table first makes the delete succeed whether or
+/// not it existed; the kernel applies the batch as one transaction.
+fn build_batch(rs: Option<&Ruleset>, seq0: u32) -> (Vec<u8>, Vec<(u32, String)>) {
+    let mut parts = Vec::new();
+    let mut seq = seq0;
+    let mut next = || {
+        seq = seq.wrapping_add(1);
+        seq
+    };
+    let s = next();
+    let mut b = MsgBuilder::nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, s);
+    b.str(NFTA_TABLE_NAME, TABLE);
+    parts.push((
+        s,
+        Part {
+            bytes: b.finish(),
+            what: format!("add table ip {TABLE}"),
+        },
+    ));
+    let s = next();
+    let mut b = MsgBuilder::nft(NFT_MSG_DELTABLE, NLM_F_ACK, s);
+    b.str(NFTA_TABLE_NAME, TABLE);
+    parts.push((
+        s,
+        Part {
+            bytes: b.finish(),
+            what: format!("delete table ip {TABLE}"),
+        },
+    ));
+    if let Some(rs) = rs {
+        let s = next();
+        let mut b = MsgBuilder::nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, s);
+        b.str(NFTA_TABLE_NAME, TABLE);
+        parts.push((
+            s,
+            Part {
+                bytes: b.finish(),
+                what: format!("add table ip {TABLE}"),
+            },
+        ));
+        for c in &rs.chains {
+            let s = next();
+            let mut b = MsgBuilder::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, s);
+            b.str(NFTA_CHAIN_TABLE, TABLE).str(NFTA_CHAIN_NAME, c.name);
+            b.begin(NFTA_CHAIN_HOOK)
+                .u32(NFTA_HOOK_HOOKNUM, c.hook)
+                .u32(NFTA_HOOK_PRIORITY, c.priority as u32)
+                .end();
+            b.u32(NFTA_CHAIN_POLICY, NF_ACCEPT)
+                .str(NFTA_CHAIN_TYPE, c.kind);
+            parts.push((
+                s,
+                Part {
+                    bytes: b.finish(),
+                    what: format!("add chain {} ({} hook {})", c.name, c.kind, c.hook),
+                },
+            ));
+        }
+        for r in &rs.rules {
+            let s = next();
+            let mut b =
+                MsgBuilder::nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK, s);
+            b.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, r.chain);
+            b.begin(NFTA_RULE_EXPRESSIONS);
+            for e in &r.exprs {
+                encode_expr(&mut b, e);
+            }
+            b.end();
+            b.attr(NFTA_RULE_USERDATA, &userdata(r));
+            parts.push((
+                s,
+                Part {
+                    bytes: b.finish(),
+                    what: format!("add rule in {}: {}", r.chain, r.comment),
+                },
+            ));
+        }
+    }
+    let mut out = batch_begin(seq0);
+    let mut acks = Vec::new();
+    for (s, p) in parts {
+        out.extend_from_slice(&p.bytes);
+        acks.push((s, p.what));
+    }
+    out.extend_from_slice(&batch_end(next()));
+    (out, acks)
+}
+
+// ---- decoding ----------------------------------------------------------
+
+/// One netlink message from a receive buffer.
+struct NlMsg<'a> {
+    ty: u16,
+    seq: u32,
+    payload: &'a [u8],
+}
+
+fn messages(buf: &[u8]) -> Result<Vec<NlMsg<'_>>, NetError> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        if len < 16 || off + len > buf.len() {
+            return Err(NetError::Nft("malformed netlink reply".into()));
+        }
+        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        let seq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
+        out.push(NlMsg {
+            ty,
+            seq,
+            payload: &buf[off + 16..off + len],
+        });
+        off += align4(len);
+    }
+    Ok(out)
+}
+
+/// Netlink attributes as (type without flags, value).
+type Attrs<'a> = Vec<(u16, &'a [u8])>;
+
+fn attrs(mut b: &[u8]) -> Attrs<'_> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > b.len() {
+            break;
+        }
+        out.push((ty, &b[4..len]));
+        let next = align4(len).min(b.len());
+        b = &b[next..];
+    }
+    out
+}
+
+fn attr_str(v: &[u8]) -> String {
+    let end = v.iter().position(|&c| c == 0).unwrap_or(v.len());
+    String::from_utf8_lossy(&v[..end]).into_owned()
+}
+
+fn attr_be32(v: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
+}
+
+/// The attributes of an nf_tables message (after the 4-byte nfgenmsg), or
+/// `None` if it is not an nf_tables message of family `ip`.
+fn nft_attrs<'a>(m: &NlMsg<'a>) -> Option<(u16, Attrs<'a>)> {
+    if m.ty >> 8 != NFNL_SUBSYS_NFTABLES || m.payload.len() < 4 || m.payload[0] != FAMILY_IP {
+        return None;
+    }
+    Some((m.ty & 0xff, attrs(&m.payload[4..])))
+}
+
+fn errno_of(payload: &[u8]) -> i32 {
+    payload
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_ne_bytes)
+        .unwrap_or(-libc::EPROTO)
+}
+
+fn errno_text(e: i32) -> String {
+    io::Error::from_raw_os_error(-e).to_string()
+}
+
+// ---- the socket --------------------------------------------------------
+
+/// A request/reply socket for nf_tables. Blocking with a receive timeout:
+/// the kernel handles a batch or a dump step synchronously inside
+/// `sendmsg`/`recvmsg`, so replies are already queued when read.
+pub(crate) struct Nft {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+fn io_nft(what: &str) -> impl FnOnce(io::Error) -> NetError + '_ {
+    move |e| NetError::Nft(format!("{what}: {e}"))
+}
+
+const RECV_BUF: usize = 256 * 1024;
+const MAX_DUMP_MSGS: usize = 100_000;
+
+impl Nft {
+    pub fn open() -> Result<Nft, NetError> {
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(io_nft("netlink socket"))?;
+        sock.bind_auto().map_err(io_nft("bind"))?;
         let tv = libc::timeval {
             tv_sec: 2,
             tv_usec: 0,
         };
-        // SAFETY: valid fd and a properly sized timeval.
-        unsafe {
+        // SAFETY: valid fd and a correctly sized timeval.
+        let r = unsafe {
             libc::setsockopt(
-                fd.as_raw_fd(),
+                sock.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-        }
-        let seq = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs() as u32);
-        Ok(Socket { fd, seq })
-    }
-
-    fn send(&self, buf: &[u8]) -> Result<(), crate::NetError> {
-        // SAFETY: a zeroed sockaddr_nl addresses the kernel (pid 0).
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: valid fd, buffer and address.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                0,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             )
         };
-        if n < 0 {
-            return Err(nerr("send", io::Error::last_os_error()));
+        if r != 0 {
+            return Err(io_nft("SO_RCVTIMEO")(io::Error::last_os_error()));
+        }
+        Ok(Nft {
+            sock,
+            seq: std::process::id().wrapping_mul(1000),
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    fn send(&self, bytes: &[u8]) -> Result<(), NetError> {
+        self.sock
+            .send_to(bytes, &SocketAddr::new(0, 0), 0)
+            .map_err(io_nft("send"))?;
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<(), NetError> {
+        self.buf.clear();
+        let (n, _) = self
+            .sock
+            .recv_from(&mut self.buf, libc::MSG_TRUNC)
+            .map_err(io_nft("receive"))?;
+        if n > RECV_BUF {
+            return Err(NetError::Nft("netlink reply larger than the buffer".into()));
         }
         Ok(())
     }
 
-    /// Receive messages, calling `f(type, seq, payload)` for each, until
-    /// `done(state)` says so. Errors from the kernel end it with Err.
-    fn recv_until(
-        &self,
-        mut f: impl FnMut(u16, u32, &[u8]) -> Result<bool, crate::NetError>,
-    ) -> Result<(), crate::NetError> {
-        let mut buf = vec![0u8; 64 * 1024];
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    /// Replace table `ip nuvol` with `rs`, or delete it (`None`), in one
+    /// atomic batch: all of it happens or none of it.
+    pub fn apply(&mut self, rs: Option<&Ruleset>) -> Result<(), NetError> {
+        let seq0 = self.seq;
+        let (bytes, acks) = build_batch(rs, seq0);
+        self.seq = seq0.wrapping_add(acks.len() as u32 + 2);
+        self.send(&bytes)?;
+        let mut pending: Vec<(u32, String)> = acks;
+        while !pending.is_empty() {
+            self.recv()?;
+            for m in messages(&self.buf)? {
+                if m.ty != NLMSG_ERROR {
+                    continue;
+                }
+                let Some(i) = pending.iter().position(|(s, _)| *s == m.seq) else {
+                    continue; // a stale reply of an earlier request
+                };
+                let (_, what) = pending.swap_remove(i);
+                let e = errno_of(m.payload);
+                if e != 0 {
+                    return Err(NetError::Nft(format!("{what}: {}", errno_text(e))));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dump one kind of object (tables, chains, rules) of family `ip`;
+    /// returns the attribute lists of the replies.
+    fn dump<T>(
+        &mut self,
+        msg: u16,
+        filter_table: bool,
+        mut each: impl FnMut(Vec<(u16, &[u8])>) -> Option<T>,
+    ) -> Result<Vec<T>, NetError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut b = MsgBuilder::nft(msg, NLM_F_DUMP, seq);
+        if filter_table {
+            b.str(1, TABLE); // NFTA_CHAIN_TABLE / NFTA_RULE_TABLE
+        }
+        self.send(&b.finish())?;
+        let mut out = Vec::new();
+        let mut count = 0usize;
         loop {
-            if std::time::Instant::now() > deadline {
-                return Err(nerr("receive", "no answer from the kernel"));
-            }
-            // SAFETY: valid fd and buffer.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(nerr("receive", io::Error::last_os_error()));
-            }
-            let mut rest = &buf[..n as usize];
-            while rest.len() >= 16 {
-                let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                if len < 16 || len > rest.len() {
-                    return Err(nerr("receive", "malformed netlink message"));
+            self.recv()?;
+            let mut done = false;
+            for m in messages(&self.buf)? {
+                if m.seq != seq {
+                    continue;
                 }
-                let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-                let seq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
-                if f(ty, seq, &rest[16..len])? {
-                    return Ok(());
+                match m.ty {
+                    NLMSG_DONE => done = true,
+                    NLMSG_ERROR => {
+                        let e = errno_of(m.payload);
+                        if e == -libc::ENOENT {
+                            // Filtered on a table that does not exist.
+                            done = true;
+                        } else if e != 0 {
+                            return Err(NetError::Nft(format!("dump: {}", errno_text(e))));
+                        } else {
+                            done = true;
+                        }
+                    }
+                    _ => {
+                        count += 1;
+                        if count > MAX_DUMP_MSGS {
+                            return Err(NetError::Nft("dump too long".into()));
+                        }
+                        if let Some((_, a)) = nft_attrs(&m) {
+                            if let Some(t) = each(a) {
+                                out.push(t);
+                            }
+                        }
+                    }
                 }
-                let advance = ((len + 3) & !3).min(rest.len());
-                rest = &rest[advance..];
+            }
+            if done {
+                return Ok(out);
             }
         }
     }
 
-    /// Send a batch and wait for an ack of every message in it.
-    fn transact(
-        &mut self,
-        (buf, acked): (Vec<u8>, std::ops::Range<u32>),
-    ) -> Result<(), crate::NetError> {
-        self.seq = acked.end.wrapping_add(1);
-        self.send(&buf)?;
-        let mut pending = acked.len();
-        self.recv_until(|ty, seq, body| {
-            if ty != NLMSG_ERROR || !acked.contains(&seq) {
-                return Ok(false);
+    /// Whether table `ip nuvol` exists.
+    pub fn table_exists(&mut self) -> Result<bool, NetError> {
+        let names = self.dump(NFT_MSG_GETTABLE, false, |a| {
+            a.iter()
+                .find(|(t, _)| *t == NFTA_TABLE_NAME)
+                .map(|(_, v)| attr_str(v))
+        })?;
+        Ok(names.iter().any(|n| n == TABLE))
+    }
+
+    /// The table's chains and rules as the kernel has them.
+    pub fn observe(&mut self) -> Result<Observed, NetError> {
+        let mut o = Observed {
+            table: self.table_exists()?,
+            ..Observed::default()
+        };
+        if !o.table {
+            return Ok(o);
+        }
+        o.chains = self.dump(NFT_MSG_GETCHAIN, true, |a| {
+            let mut table = String::new();
+            let mut c = (String::new(), String::new(), u32::MAX, 0i32, u32::MAX);
+            for (t, v) in a {
+                match t {
+                    NFTA_CHAIN_TABLE => table = attr_str(v),
+                    NFTA_CHAIN_NAME => c.0 = attr_str(v),
+                    NFTA_CHAIN_TYPE => c.1 = attr_str(v),
+                    NFTA_CHAIN_POLICY => c.4 = attr_be32(v).unwrap_or(u32::MAX),
+                    NFTA_CHAIN_HOOK => {
+                        for (ht, hv) in attrs(v) {
+                            match ht {
+                                NFTA_HOOK_HOOKNUM => c.2 = attr_be32(hv).unwrap_or(u32::MAX),
+                                NFTA_HOOK_PRIORITY => c.3 = attr_be32(hv).unwrap_or(0) as i32,
+                                _ => {}
+                            }
+                        }
+                    }
+                    _ => {}
+                }
             }
-            let code = body
-                .get(..4)
-                .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-            if code != 0 {
-                return Err(nerr(
-                    "the kernel refused the nuvol table",
-                    io::Error::from_raw_os_error(-code),
-                ));
+            (table == TABLE).then_some(c)
+        })?;
+        o.rules = self.dump(NFT_MSG_GETRULE, true, |a| {
+            let mut table = String::new();
+            let mut chain = String::new();
+            let mut ud = Vec::new();
+            for (t, v) in a {
+                match t {
+                    NFTA_RULE_TABLE => table = attr_str(v),
+                    NFTA_RULE_CHAIN => chain = attr_str(v),
+                    NFTA_RULE_USERDATA => ud = v.to_vec(),
+                    _ => {}
+                }
             }
-            pending -= 1;
-            Ok(pending == 0)
+            (table == TABLE).then_some((chain, ud))
+        })?;
+        Ok(o)
+    }
+}
+
+/// What a dump must show for the table to hold exactly `rs`.
+pub(crate) fn expected(rs: &Ruleset) -> Observed {
+    let mut chains: Vec<_> = rs
+        .chains
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                c.kind.to_string(),
+                c.hook,
+                c.priority,
+                NF_ACCEPT,
+            )
+        })
+        .collect();
+    chains.sort();
+    Observed {
+        table: true,
+        chains,
+        rules: rs
+            .rules
+            .iter()
+            .map(|r| (r.chain.to_string(), userdata(r)))
+            .collect(),
+    }
+}
+
+/// Whether the kernel's table matches `rs`: same chains, and in each chain
+/// the same rules in the same order.
+pub(crate) fn matches(obs: &Observed, rs: &Ruleset) -> bool {
+    let want = expected(rs);
+    let mut chains = obs.chains.clone();
+    chains.sort();
+    if !obs.table || chains != want.chains {
+        return false;
+    }
+    for c in &rs.chains {
+        let got: Vec<_> = obs.rules.iter().filter(|(ch, _)| ch == c.name).collect();
+        let exp: Vec<_> = want.rules.iter().filter(|(ch, _)| ch == c.name).collect();
+        if got != exp {
+            return false;
+        }
+    }
+    obs.rules.len() == want.rules.len()
+}
+
+/// Subscribed to nf_tables change notifications; reports changes that
+/// touch table `ip nuvol` (someone flushed or edited it).
+pub(crate) struct NftEvents {
+    fd: tokio::io::unix::AsyncFd<Socket>,
+    buf: Vec<u8>,
+}
+
+impl NftEvents {
+    pub fn open() -> Result<NftEvents, NetError> {
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(io_nft("netlink socket"))?;
+        sock.bind_auto().map_err(io_nft("bind"))?;
+        sock.add_membership(NFNLGRP_NFTABLES)
+            .map_err(io_nft("join nftables group"))?;
+        sock.set_non_blocking(true)
+            .map_err(io_nft("non-blocking"))?;
+        let _ = sock.set_rx_buf_sz(1 << 20);
+        Ok(NftEvents {
+            // SAFETY: the Socket owns its fd and is neither replaced nor
+            // closed while the AsyncFd holds it.
+            fd: unsafe { tokio::io::unix::AsyncFd::register(sock) }
+                .map_err(|e| NetError::Nft(format!("register: {e}")))?,
+            buf: Vec::with_capacity(RECV_BUF),
         })
     }
 
-    /// Replace the `ip nuvol` table with `rs`, atomically.
-    pub fn replace(&mut self, rs: &Ruleset) -> Result<(), crate::NetError> {
-        let b = replace_batch(rs, self.seq);
-        self.transact(b)
-    }
-
-    /// Delete the `ip nuvol` table (no error if it is not there).
-    pub fn delete(&mut self) -> Result<(), crate::NetError> {
-        let b = delete_batch(self.seq);
-        self.transact(b)
-    }
-
-    /// How many rules the `ip nuvol` table holds; `None` if it does not exist.
-    pub fn rule_count(&mut self) -> Result<Option<usize>, crate::NetError> {
-        // Does the table exist?
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(2);
-        self.send(&request(
-            NFT_MSG_GETTABLE,
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            &table_attrs(),
-        ))?;
-        let mut exists = None;
-        self.recv_until(|ty, s, body| {
-            if s != seq {
-                return Ok(false);
-            }
-            if ty == NLMSG_ERROR {
-                let code = body
-                    .get(..4)
-                    .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                if code == -libc::ENOENT {
-                    exists = Some(false);
-                } else if code != 0 {
-                    return Err(nerr("get table", io::Error::from_raw_os_error(-code)));
-                } else if exists.is_none() {
-                    exists = Some(true);
+    /// Wait until an event about our table arrives (or events were lost).
+    pub async fn changed(&mut self) -> Result<(), NetError> {
+        loop {
+            let mut guard = self.fd.readable().await.map_err(io_nft("wait"))?;
+            let mut relevant = false;
+            loop {
+                self.buf.clear();
+                match guard
+                    .get_inner()
+                    .recv_from(&mut self.buf, libc::MSG_DONTWAIT)
+                {
+                    Ok(_) => {
+                        if let Ok(ms) = messages(&self.buf) {
+                            relevant |= ms.iter().any(touches_our_table);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    // ENOBUFS: events were dropped; check to be safe.
+                    Err(_) => relevant = true,
                 }
-                return Ok(true);
             }
-            exists = Some(true);
-            Ok(false)
-        })?;
-        if exists != Some(true) {
-            return Ok(None);
+            if relevant {
+                return Ok(());
+            }
         }
-        let mut attrs = Attrs::default();
-        attrs.str(NFTA_RULE_TABLE, TABLE);
-        self.send(&request(
-            NFT_MSG_GETRULE,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq + 1,
-            &attrs,
-        ))?;
-        let mut count = 0;
-        self.recv_until(|ty, s, body| {
-            if s != seq + 1 {
-                return Ok(false);
-            }
-            match ty {
-                NLMSG_DONE => Ok(true),
-                NLMSG_ERROR => {
-                    let code = body
-                        .get(..4)
-                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                    if code == 0 {
-                        Ok(true)
-                    } else {
-                        Err(nerr("list rules", io::Error::from_raw_os_error(-code)))
-                    }
-                }
-                _ => {
-                    // Dumps may ignore the table filter on old kernels:
-                    // count only rules of our table.
-                    if body.len() > 4 && find_str_attr(&body[4..], NFTA_RULE_TABLE) == Some(TABLE) {
-                        count += 1;
-                    }
-                    Ok(false)
-                }
-            }
-        })?;
-        Ok(Some(count))
     }
 }
 
-/// One nf_tables request outside a batch (reads).
-fn request(cmd: u16, flags: u16, seq: u32, attrs: &Attrs) -> Vec<u8> {
-    let mut b = Vec::with_capacity(20 + attrs.0.len());
-    b.extend_from_slice(&((20 + attrs.0.len()) as u32).to_ne_bytes());
-    b.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | cmd).to_ne_bytes());
-    b.extend_from_slice(&flags.to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    b.extend_from_slice(&[NFPROTO_IPV4, 0, 0, 0]);
-    b.extend_from_slice(&attrs.0);
-    b
-}
-
-/// The string value of top-level attribute `ty` in `attrs`.
-fn find_str_attr(mut attrs: &[u8], ty: u16) -> Option<&str> {
-    while attrs.len() >= 4 {
-        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        let t = u16::from_ne_bytes([attrs[2], attrs[3]]) & !NLA_F_NESTED;
-        if len < 4 || len > attrs.len() {
-            return None;
-        }
-        if t == ty {
-            let v = &attrs[4..len];
-            let v = v.strip_suffix(&[0]).unwrap_or(v);
-            return std::str::from_utf8(v).ok();
-        }
-        attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
-    }
-    None
+fn touches_our_table(m: &NlMsg<'_>) -> bool {
+    let Some((msg, a)) = nft_attrs(m) else {
+        return false;
+    };
+    matches!(
+        msg,
+        NFT_MSG_NEWTABLE
+            | NFT_MSG_DELTABLE
+            | NFT_MSG_NEWCHAIN
+            | NFT_MSG_DELCHAIN
+            | NFT_MSG_NEWRULE
+            | NFT_MSG_DELRULE
+    ) && a.iter().any(|(t, v)| *t == 1 && attr_str(v) == TABLE)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn attributes_are_padded_and_nested() {
-        let mut a = Attrs::default();
-        a.str(1, "nuvol");
-        // 4 header + 6 bytes ("nuvol\0"), padded to 12.
-        assert_eq!(a.0.len(), 12);
-        assert_eq!(u16::from_ne_bytes([a.0[0], a.0[1]]), 10);
-        let mut outer = Attrs::default();
-        outer.nest(4, &a);
-        assert_eq!(
-            u16::from_ne_bytes([outer.0[2], outer.0[3]]),
-            4 | NLA_F_NESTED
-        );
-        assert_eq!(find_str_attr(&a.0, 1), Some("nuvol"));
-        assert_eq!(find_str_attr(&a.0, 2), None);
-        // Truncated or lying lengths are not followed.
-        assert_eq!(find_str_attr(&[40, 0, 1, 0, b'x'], 1), None);
+    fn rs() -> Ruleset {
+        Ruleset {
+            chains: vec![Chain {
+                name: "postrouting",
+                kind: "nat",
+                hook: HOOK_POSTROUTING,
+                priority: 100,
+            }],
+            rules: vec![Rule {
+                chain: "postrouting",
+                exprs: vec![
+                    Expr::Meta {
+                        key: META_OIFNAME,
+                        dreg: REG_1,
+                    },
+                    Expr::Masquerade,
+                ],
+                comment: "masquerade".into(),
+            }],
+        }
     }
 
     #[test]
-    fn batch_acks_cover_the_messages_between_begin_and_end() {
-        let rs = Ruleset {
-            subnet: "10.88.0.0/24".parse().unwrap(),
-            bridge: "nuvol0".into(),
-            dnat: vec![Dnat {
-                proto: Protocol::Tcp,
-                host_port: 8080,
-                addr: "10.88.0.2".parse().unwrap(),
-                port: 80,
-            }],
-        };
-        let (buf, acked) = replace_batch(&rs, 100);
-        // begin, newtable, deltable, newtable, 2 chains, masq rule, 1 dnat, end.
-        assert_eq!(acked, 101..108);
-        let mut n = 0;
-        let mut rest = &buf[..];
-        while !rest.is_empty() {
-            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            assert_eq!(len % 4, 0);
-            rest = &rest[len..];
-            n += 1;
+    fn batch_is_well_formed() {
+        let (bytes, acks) = build_batch(Some(&rs()), 100);
+        // begin, add table, delete table, add table, chain, rule, end
+        let ms = messages(&bytes).unwrap();
+        assert_eq!(ms.len(), 7);
+        assert_eq!(acks.len(), 5);
+        assert_eq!(ms[0].ty, NFNL_MSG_BATCH_BEGIN);
+        assert_eq!(ms[6].ty, NFNL_MSG_BATCH_END);
+        assert_eq!(ms[1].ty, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE);
+        assert_eq!(ms[2].ty, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE);
+        let (_, a) = nft_attrs(&ms[4]).unwrap();
+        let hook = a.iter().find(|(t, _)| *t == NFTA_CHAIN_HOOK).unwrap().1;
+        let h = attrs(hook);
+        assert_eq!(attr_be32(h[0].1), Some(HOOK_POSTROUTING));
+        assert_eq!(attr_be32(h[1].1), Some(100));
+        let (_, a) = nft_attrs(&ms[5]).unwrap();
+        let ud = a.iter().find(|(t, _)| *t == NFTA_RULE_USERDATA).unwrap().1;
+        assert_eq!(ud[0], 0);
+        assert_eq!(ud[1] as usize, ud.len() - 2);
+        assert!(attr_str(&ud[2..]).starts_with("nuvol "));
+        // Deleting: begin, add table, delete table, end.
+        let (bytes, acks) = build_batch(None, 1);
+        assert_eq!(messages(&bytes).unwrap().len(), 4);
+        assert_eq!(acks.len(), 2);
+    }
+
+    #[test]
+    fn comparison_notices_any_difference() {
+        let r = rs();
+        let mut obs = expected(&r);
+        assert!(matches(&obs, &r));
+        obs.rules.clear();
+        assert!(!matches(&obs, &r));
+        let mut obs = expected(&r);
+        obs.chains[0].4 = NF_DROP;
+        assert!(!matches(&obs, &r));
+        let mut obs = expected(&r);
+        obs.rules.push(obs.rules[0].clone());
+        assert!(!matches(&obs, &r));
+        let mut r2 = r.clone();
+        r2.rules[0].exprs.pop();
+        assert!(!matches(&expected(&r), &r2));
+        assert!(!matches(&Observed::default(), &r));
+    }
+
+    #[test]
+    fn long_comments_are_cut_on_a_char_boundary() {
+        let mut r = rs().rules[0].clone();
+        r.comment = "é".repeat(300);
+        let ud = userdata(&r);
+        assert!(ud.len() <= 256);
+        assert_eq!(ud[1] as usize, ud.len() - 2);
+        assert!(std::str::from_utf8(&ud[2..ud.len() - 1]).is_ok());
+    }
+
+    #[test]
+    fn garbage_replies_do_not_panic() {
+        for n in 0..64u8 {
+            let junk: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37) ^ n).collect();
+            let _ = messages(&junk).map(|ms| {
+                for m in ms {
+                    let _ = nft_attrs(&m);
+                    let _ = touches_our_table(&m);
+                    let _ = errno_of(m.payload);
+                }
+            });
+            let _ = attrs(&junk);
         }
-        assert_eq!(n, 9);
-        assert_eq!(rs.rule_count(), 2);
+        let mut bad = vec![0u8; 32];
+        bad[0..4].copy_from_slice(&64u32.to_ne_bytes());
+        assert!(messages(&bad).is_err());
     }
 }

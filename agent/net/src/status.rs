@@ -63,14 +63,7 @@ pub struct ContainerStatus {
     pub name: String,
     pub address: String,
     pub veth: String,
-    pub published: Vec<PublishedPort>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PublishedPort {
-    pub protocol: crate::Protocol,
-    pub host_port: u16,
-    pub container_port: u16,
+    pub published: Vec<crate::PublishedPort>,
 }
 
 pub(crate) fn proto_name(p: u8) -> String {

@@ -17,8 +17,8 @@ pub async fn start(
     panel_port: u16,
 ) -> Net {
     let cell: Net = Arc::new(OnceLock::new());
-    let mut opts = nuvol_net::NetOptions::new("/etc/resolv.conf", state_dir.join("net"), hostname);
-    opts.reserved_ports = vec![panel_port];
+    let opts = nuvol_net::NetOptions::new("/etc/resolv.conf", state_dir.join("net"), hostname)
+        .reserve_port(nuvol_net::Proto::Tcp, panel_port);
     match nuvol_net::start(cfg.clone(), opts).await {
         Ok(h) => {
             let _ = cell.set(h);

@@ -417,23 +417,35 @@ impl NetworkHook for NetHook {
     }
 }
 
-/// Publish a service's declared ports on the host (DNAT to the container).
-///
-/// MERGE POINT: `nuvol-net`'s `NetHandle::publish(name, &[PublishedPort {
-/// proto, host_port, container_port }])` lands in another branch; the call
-/// goes here, mapping each `nuvol_bundle::manifest::Port` to
-/// `host_port = container_port = port.port`. Until then the ports are only
-/// reachable on the container's own address.
+/// Publish a service's declared ports on the host (DNAT to the container):
+/// each manifest port on the same host port. A port another service or the
+/// panel already holds is refused by `nuvol-net`; the service then runs
+/// reachable on its container address only, and the log says why.
 async fn publish_ports(
-    _net: &nuvol_net::NetHandle,
+    net: &nuvol_net::NetHandle,
     service: &str,
     ports: &[nuvol_bundle::manifest::Port],
 ) {
-    if !ports.is_empty() {
-        tracing::info!(
+    if ports.is_empty() {
+        return;
+    }
+    let published: Vec<nuvol_net::PublishedPort> = ports
+        .iter()
+        .map(|p| nuvol_net::PublishedPort {
+            proto: match p.protocol {
+                nuvol_bundle::manifest::Protocol::Tcp => nuvol_net::Proto::Tcp,
+                nuvol_bundle::manifest::Protocol::Udp => nuvol_net::Proto::Udp,
+            },
+            host_port: p.port,
+            container_port: p.port,
+        })
+        .collect();
+    match net.publish(service, &published).await {
+        Ok(()) => tracing::info!(
             service,
-            ports = ports.len(),
-            "published ports not wired yet (NetHandle::publish)"
-        );
+            ports = published.len(),
+            "ports published on the host"
+        ),
+        Err(e) => tracing::error!(service, "ports NOT published on the host: {e}"),
     }
 }
