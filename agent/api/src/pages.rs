@@ -471,13 +471,18 @@ fn dashboard(ctx: &Ctx) -> String {
 }
 
 fn community(ctx: &Ctx) -> String {
+    community_html(ctx.node.panel_members(), ctx.node.panel_services())
+}
+
+/// The community page body from the members and services JSON.
+fn community_html(members: Option<Value>, services: Option<Value>) -> String {
     let mut b = String::from("<h2>Members</h2><div id=members>");
-    match as_list(ctx.node.panel_members()) {
+    match as_list(members) {
         Some(m) => b.push_str(&table_of(&m, 1, &[])),
         None => b.push_str("<p>Discovery is not running on this box, so no members are known.</p>"),
     }
     b.push_str("</div><h2>Services, nearest first</h2><div id=community-services>");
-    match as_list(ctx.node.panel_services()) {
+    match as_list(services) {
         Some(mut s) => {
             let rtt = ["rtt_ms", "rtt", "distance_ms", "distance"];
             s.sort_by(|a, c| {
@@ -980,6 +985,32 @@ mod tests {
         assert!(h.contains("a&lt;b") && h.contains("<th>zone</th>"), "{h}");
         assert!(render_json(&json!({"deep": [[[[[1]]]]]}), 0).contains("[1]"));
         assert_eq!(as_list(Some(json!({"members": [1]}))), Some(vec![json!(1)]));
+    }
+
+    #[test]
+    fn community_nearest_first_with_links() {
+        let services = json!({"services": [
+            {"name": "far", "rtt_ms": 80.5, "address": "10.0.0.9", "port": 8080},
+            {"name": "unknown-distance", "url": "https://x.example/"},
+            {"name": "near", "rtt_ms": 1.2, "address": "fd00::1/64", "port": 80},
+        ]});
+        let members =
+            json!([{"name": "a", "role": "super", "zone": "north", "state": "alive", "rtt_ms": 3}]);
+        let h = community_html(Some(members), Some(services));
+        let (n, f, u) = (
+            h.find(">near<").unwrap(),
+            h.find(">far<").unwrap(),
+            h.find(">unknown-distance<").unwrap(),
+        );
+        assert!(n < f && f < u, "nearest first, unknown last: {h}");
+        assert!(
+            h.contains("href=\"http://[fd00::1]:80/\"")
+                && h.contains("href=\"http://10.0.0.9:8080/\""),
+            "{h}"
+        );
+        assert!(h.contains("<th>zone</th>") && h.contains(">north<"), "{h}");
+        let none = community_html(None, None);
+        assert!(none.contains("Discovery is not running"));
     }
 
     #[test]

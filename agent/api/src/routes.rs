@@ -17,7 +17,8 @@ pub struct RouteDef {
     pub public: bool,
     /// Only served when `[debug] test_hooks = true`.
     pub test_hook: bool,
-    /// What the response is: `json`, `html`, `text`, `redirect`, `stream`.
+    /// What the response is: `json`, `html`, `text`, `redirect`, `stream`
+    /// (an endless response: Server-Sent Events, log follow).
     pub kind: &'static str,
     pub summary: &'static str,
 }
@@ -310,7 +311,8 @@ pub fn openapi(version: &str, hooks: bool) -> Value {
             .collect();
         let media = match d.kind {
             "html" => "text/html",
-            "text" | "stream" => "text/plain",
+            "text" => "text/plain",
+            "stream" => "text/event-stream",
             _ => "application/json",
         };
         let mut op = json!({

@@ -164,6 +164,33 @@ impl Agent {
         (r.code, r.head.to_ascii_lowercase(), r.body)
     }
 
+    /// Only the status code of a request (for endless streams).
+    pub fn status_only(&self, method: &str, path: &str, headers: &[String]) -> u16 {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n");
+        for h in headers {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while !line.ends_with(b"\r\n") && line.len() < 200 {
+            if s.read(&mut b).unwrap_or(0) == 0 {
+                break;
+            }
+            line.push(b[0]);
+        }
+        String::from_utf8_lossy(&line)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn get(&self, path: &str) -> Reply {
         self.raw("GET", path, &[], b"")
     }
