@@ -694,6 +694,25 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_seeds_decode() {
+        let r = decode(include_bytes!("../../../fuzz/corpus/mdns_packet/response")).unwrap();
+        assert_eq!(r.answers.len(), 4);
+        assert_eq!(r.answers[0].rdata, RData::Ptr(Name::from_labels(["web site", "_http", "_tcp", "local"])));
+        match &r.answers[1].rdata {
+            RData::Srv { port, target, .. } => {
+                assert_eq!(*port, 80);
+                assert_eq!(*target, Name::parse("host.local"));
+            }
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(r.answers[3].name, Name::parse("host.local"));
+        let p = decode(include_bytes!("../../../fuzz/corpus/mdns_packet/probe")).unwrap();
+        assert!(p.questions[0].unicast);
+        assert_eq!(p.authority[0].name, Name::parse("host.local"));
+        assert_eq!(decode(include_bytes!("../../../fuzz/corpus/mdns_packet/query")).unwrap().questions.len(), 1);
+    }
+
+    #[test]
     fn names_compare_case_insensitively() {
         assert_eq!(Name::parse("Host.LOCAL."), Name::parse("host.local"));
         assert!(Name::parse("a._http._tcp.local").ends_with(&Name::parse("_TCP.local")));
