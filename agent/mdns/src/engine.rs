@@ -110,7 +110,15 @@ pub(crate) struct Engine {
     resolving: HashMap<String, (Instant, u8)>,
     known: BTreeMap<(usize, String), Discovered>,
     rng: u64,
+    /// cache changed since the last scan
+    dirty: bool,
+    last_scan: Instant,
 }
+
+/// Cache scans (expiry, refresh, resolve, discovered set) at most this often
+/// while packets arrive, and at least every second.
+const SCAN_MIN: Duration = Duration::from_millis(100);
+const SCAN_MAX: Duration = Duration::from_secs(1);
 
 fn services_name() -> Name {
     Name::parse("_services._dns-sd._udp.local")
@@ -181,6 +189,8 @@ impl Engine {
             browse: HashMap::new(),
             resolving: HashMap::new(),
             known: BTreeMap::new(),
+            dirty: false,
+            last_scan: now,
             rng,
         };
         // RFC 6762 §8.1: wait 0-250 ms before the first probe
@@ -276,7 +286,8 @@ impl Engine {
         for (_, b) in self.browse.values() {
             w = w.min(b.next);
         }
-        w
+        let scan = if self.dirty { SCAN_MIN } else { SCAN_MAX };
+        w.min(self.last_scan + scan)
     }
 
     // ---------- own records ----------
@@ -479,12 +490,18 @@ impl Engine {
                 }
             }
         }
-        self.browse_tick(now).await;
-        self.expire(now);
-        self.refresh_discovered();
+        self.browse_queries(now).await;
+        let scan = if self.dirty { SCAN_MIN } else { SCAN_MAX };
+        if now.saturating_duration_since(self.last_scan) >= scan {
+            self.last_scan = now;
+            self.dirty = false;
+            self.expire(now);
+            self.cache_scan(now).await;
+            self.refresh_discovered();
+        }
     }
 
-    async fn browse_tick(&mut self, now: Instant) {
+    async fn browse_queries(&mut self, now: Instant) {
         // periodic browse queries with known answers
         let due: Vec<String> = self
             .browse
@@ -504,6 +521,11 @@ impl Engine {
                 self.send(i, &m, None).await;
             }
         }
+    }
+
+    /// Refresh queries for ageing records, resolve queries for incomplete
+    /// services.
+    async fn cache_scan(&mut self, now: Instant) {
         // cache refresh at 80% and 90% of the TTL (RFC 6762 §5.2)
         let mut refresh: Vec<(usize, Name, u16)> = Vec::new();
         for e in self.cache.values_mut() {
@@ -534,23 +556,27 @@ impl Engine {
             self.send(i, &m, None).await;
         }
         // resolve instances lacking SRV/TXT and hosts lacking addresses
+        let present: std::collections::HashSet<(usize, String, u16)> = self
+            .cache
+            .values()
+            .map(|e| (e.iface, e.rec.name.key(), e.rec.rtype))
+            .collect();
+        let has = |i: usize, n: &Name, t: u16| present.contains(&(i, n.key(), t));
         let mut want: Vec<(usize, Name, u16)> = Vec::new();
         for e in self.cache.values() {
             if let RData::Ptr(target) = &e.rec.rdata {
                 if e.rec.name == services_name() || e.expires <= now {
                     continue;
                 }
-                if !self.has(e.iface, target, wire::TYPE_SRV) {
+                if !has(e.iface, target, wire::TYPE_SRV) {
                     want.push((e.iface, target.clone(), wire::TYPE_SRV));
                 }
-                if !self.has(e.iface, target, wire::TYPE_TXT) {
+                if !has(e.iface, target, wire::TYPE_TXT) {
                     want.push((e.iface, target.clone(), wire::TYPE_TXT));
                 }
             }
             if let RData::Srv { target, .. } = &e.rec.rdata {
-                if !self.has(e.iface, target, wire::TYPE_A)
-                    && !self.has(e.iface, target, wire::TYPE_AAAA)
-                {
+                if !has(e.iface, target, wire::TYPE_A) && !has(e.iface, target, wire::TYPE_AAAA) {
                     want.push((e.iface, target.clone(), wire::TYPE_A));
                 }
             }
@@ -574,12 +600,6 @@ impl Engine {
         if self.resolving.len() > MAX_CACHE {
             self.resolving.clear();
         }
-    }
-
-    fn has(&self, iface: usize, name: &Name, rtype: u16) -> bool {
-        self.cache
-            .values()
-            .any(|e| e.iface == iface && e.rec.rtype == rtype && e.rec.name == *name)
     }
 
     /// A query for `qs` with the cached answers still above half their TTL.
@@ -965,6 +985,7 @@ impl Engine {
                 if let Some(e) = self.cache.get_mut(&key) {
                     e.expires = now + Duration::from_secs(1);
                     e.ttl = 0;
+                    self.dirty = true;
                 }
                 continue;
             }
@@ -995,6 +1016,7 @@ impl Engine {
                     }
                 }
             }
+            self.dirty = true;
             self.cache.insert(
                 key,
                 CacheEntry {

@@ -697,7 +697,10 @@ mod tests {
     fn fuzz_seeds_decode() {
         let r = decode(include_bytes!("../../../fuzz/corpus/mdns_packet/response")).unwrap();
         assert_eq!(r.answers.len(), 4);
-        assert_eq!(r.answers[0].rdata, RData::Ptr(Name::from_labels(["web site", "_http", "_tcp", "local"])));
+        assert_eq!(
+            r.answers[0].rdata,
+            RData::Ptr(Name::from_labels(["web site", "_http", "_tcp", "local"]))
+        );
         match &r.answers[1].rdata {
             RData::Srv { port, target, .. } => {
                 assert_eq!(*port, 80);
@@ -709,7 +712,13 @@ mod tests {
         let p = decode(include_bytes!("../../../fuzz/corpus/mdns_packet/probe")).unwrap();
         assert!(p.questions[0].unicast);
         assert_eq!(p.authority[0].name, Name::parse("host.local"));
-        assert_eq!(decode(include_bytes!("../../../fuzz/corpus/mdns_packet/query")).unwrap().questions.len(), 1);
+        assert_eq!(
+            decode(include_bytes!("../../../fuzz/corpus/mdns_packet/query"))
+                .unwrap()
+                .questions
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -18,8 +18,19 @@ const GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
 fn start(ns: &str, iface: &str, host: &str) -> (tokio::runtime::Runtime, Mdns) {
     let (iface, host) = (iface.to_string(), host.to_string());
     Pair::in_ns(ns, move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let m = rt.block_on(async { Mdns::start(MdnsConfig { hostname: host, interfaces: Some(vec![iface]) }) }).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let m = rt
+            .block_on(async {
+                Mdns::start(MdnsConfig {
+                    hostname: host,
+                    interfaces: Some(vec![iface]),
+                })
+            })
+            .unwrap();
         (rt, m)
     })
 }
@@ -33,18 +44,24 @@ fn peer_socket(ns: &str, dev: &str, ip: &str, mdns_port: bool) -> UdpSocket {
         s.set_reuse_address(true).unwrap();
         s.bind_device(Some(dev.as_bytes())).unwrap();
         let port = if mdns_port { 5353 } else { 0 };
-        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into()).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
+            .unwrap();
         if mdns_port {
             s.join_multicast_v4(&GROUP, &ip).unwrap();
         }
         s.set_multicast_if_v4(&ip).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         s.into()
     })
 }
 
 /// Responses received within `within` that satisfy `pred`.
-fn recv_until(s: &UdpSocket, within: Duration, pred: impl Fn(&Message) -> bool) -> Option<(Message, SocketAddr)> {
+fn recv_until(
+    s: &UdpSocket,
+    within: Duration,
+    pred: impl Fn(&Message) -> bool,
+) -> Option<(Message, SocketAddr)> {
     let t = Instant::now();
     let mut buf = [0u8; 9000];
     while t.elapsed() < within {
@@ -62,14 +79,22 @@ fn recv_until(s: &UdpSocket, within: Duration, pred: impl Fn(&Message) -> bool) 
 fn ptr_query(id: u16, known: Vec<Record>) -> Vec<u8> {
     wire::encode(&Message {
         id,
-        questions: vec![Question { name: Name::parse("_http._tcp.local"), qtype: wire::TYPE_PTR, qclass: 1, unicast: false }],
+        questions: vec![Question {
+            name: Name::parse("_http._tcp.local"),
+            qtype: wire::TYPE_PTR,
+            qclass: 1,
+            unicast: false,
+        }],
         answers: known,
         ..Message::default()
     })
 }
 
 fn has_ptr(m: &Message, inst: &str) -> bool {
-    m.is_response() && m.answers.iter().any(|r| matches!(&r.rdata, RData::Ptr(n) if n.0.first().map(String::as_str) == Some(inst)))
+    m.is_response()
+        && m.answers.iter().any(
+            |r| matches!(&r.rdata, RData::Ptr(n) if n.0.first().map(String::as_str) == Some(inst)),
+        )
 }
 
 #[test]
@@ -86,10 +111,19 @@ fn answers_suppresses_known_answers_and_serves_legacy_unicast() {
     })
     .unwrap();
     // the announcement comes after probing
-    let (ann, _) = recv_until(&peer, Duration::from_secs(5), |m| has_ptr(m, "ka test")).expect("no announcement");
-    let ptr = ann.answers.iter().find(|r| r.rtype == wire::TYPE_PTR && r.name == Name::parse("_http._tcp.local")).unwrap().clone();
+    let (ann, _) = recv_until(&peer, Duration::from_secs(5), |m| has_ptr(m, "ka test"))
+        .expect("no announcement");
+    let ptr = ann
+        .answers
+        .iter()
+        .find(|r| r.rtype == wire::TYPE_PTR && r.name == Name::parse("_http._tcp.local"))
+        .unwrap()
+        .clone();
     assert!(!ptr.cache_flush, "PTR is a shared record");
-    assert!(ann.answers.iter().any(|r| r.rtype == wire::TYPE_SRV && r.cache_flush));
+    assert!(ann
+        .answers
+        .iter()
+        .any(|r| r.rtype == wire::TYPE_SRV && r.cache_flush));
     // wait for the second announcement to pass
     std::thread::sleep(Duration::from_millis(1300));
     while recv_until(&peer, Duration::from_millis(200), |_| true).is_some() {}
@@ -97,30 +131,61 @@ fn answers_suppresses_known_answers_and_serves_legacy_unicast() {
     // plain query: PTR answer with SRV, TXT and A as additional records
     let t = Instant::now();
     peer.send_to(&ptr_query(0, vec![]), (GROUP, 5353)).unwrap();
-    let (r, _) = recv_until(&peer, Duration::from_secs(2), |m| has_ptr(m, "ka test")).expect("no answer");
+    let (r, _) =
+        recv_until(&peer, Duration::from_secs(2), |m| has_ptr(m, "ka test")).expect("no answer");
     eprintln!("answer latency over veth: {:?}", t.elapsed());
     let extra: Vec<u16> = r.additional.iter().map(|x| x.rtype).collect();
-    assert!(extra.contains(&wire::TYPE_SRV) && extra.contains(&wire::TYPE_TXT) && extra.contains(&wire::TYPE_A), "{extra:?}");
+    assert!(
+        extra.contains(&wire::TYPE_SRV)
+            && extra.contains(&wire::TYPE_TXT)
+            && extra.contains(&wire::TYPE_A),
+        "{extra:?}"
+    );
 
     // known answer with a fresh TTL: no answer
-    peer.send_to(&ptr_query(0, vec![ptr.clone()]), (GROUP, 5353)).unwrap();
-    assert!(recv_until(&peer, Duration::from_secs(1), |m| has_ptr(m, "ka test")).is_none(), "known answer not suppressed");
+    peer.send_to(&ptr_query(0, vec![ptr.clone()]), (GROUP, 5353))
+        .unwrap();
+    assert!(
+        recv_until(&peer, Duration::from_secs(1), |m| has_ptr(m, "ka test")).is_none(),
+        "known answer not suppressed"
+    );
     // known answer under half its TTL: answered again
-    peer.send_to(&ptr_query(0, vec![Record { ttl: 100, ..ptr.clone() }]), (GROUP, 5353)).unwrap();
-    assert!(recv_until(&peer, Duration::from_secs(2), |m| has_ptr(m, "ka test")).is_some(), "stale known answer suppressed");
+    peer.send_to(
+        &ptr_query(
+            0,
+            vec![Record {
+                ttl: 100,
+                ..ptr.clone()
+            }],
+        ),
+        (GROUP, 5353),
+    )
+    .unwrap();
+    assert!(
+        recv_until(&peer, Duration::from_secs(2), |m| has_ptr(m, "ka test")).is_some(),
+        "stale known answer suppressed"
+    );
 
     // legacy unicast (source port != 5353): unicast reply, id and question echoed, TTL <= 10
     let legacy = peer_socket(&p.a, &p.va, &p.ip_a, false);
-    legacy.send_to(&ptr_query(0x1234, vec![]), (GROUP, 5353)).unwrap();
-    let (r, src) = recv_until(&legacy, Duration::from_secs(2), |m| has_ptr(m, "ka test")).expect("no legacy reply");
+    legacy
+        .send_to(&ptr_query(0x1234, vec![]), (GROUP, 5353))
+        .unwrap();
+    let (r, src) = recv_until(&legacy, Duration::from_secs(2), |m| has_ptr(m, "ka test"))
+        .expect("no legacy reply");
     assert_eq!(r.id, 0x1234);
     assert_eq!(r.questions.len(), 1);
-    assert!(r.answers.iter().chain(&r.additional).all(|x| x.ttl <= 10 && !x.cache_flush));
+    assert!(r
+        .answers
+        .iter()
+        .chain(&r.additional)
+        .all(|x| x.ttl <= 10 && !x.cache_flush));
     assert_eq!(src.ip().to_string(), p.ip_b);
 
     // unpublish: goodbye PTR with TTL 0
     m.unpublish("ka test", "_http._tcp").unwrap();
-    let (g, _) = recv_until(&peer, Duration::from_secs(2), |m| has_ptr(m, "ka test")).expect("no goodbye");
+    let (g, _) =
+        recv_until(&peer, Duration::from_secs(2), |m| has_ptr(m, "ka test")).expect("no goodbye");
     assert!(g.answers.iter().all(|r| r.ttl == 0));
     rt.block_on(m.shutdown());
 }
@@ -132,10 +197,19 @@ fn two_nuvols_discover_each_other_and_see_goodbyes() {
     let (rt_a, a) = start(&p.a, &p.va, &format!("na-{pid}"));
     let (rt_b, b) = start(&p.b, &p.vb, &format!("nb-{pid}"));
     for (m, name) in [(&a, "alpha"), (&b, "beta")] {
-        m.publish(MdnsService { instance: name.into(), service_type: "_ssh._tcp".into(), port: 22, txt: BTreeMap::new() })
-            .unwrap();
+        m.publish(MdnsService {
+            instance: name.into(),
+            service_type: "_ssh._tcp".into(),
+            port: 22,
+            txt: BTreeMap::new(),
+        })
+        .unwrap();
     }
-    let seen = |m: &Mdns, name: &str| m.services().iter().any(|d| d.instance == name && d.port == 22);
+    let seen = |m: &Mdns, name: &str| {
+        m.services()
+            .iter()
+            .any(|d| d.instance == name && d.port == 22)
+    };
     let t = Instant::now();
     while !(seen(&a, "beta") && seen(&b, "alpha")) && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
