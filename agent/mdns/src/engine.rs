@@ -112,6 +112,10 @@ pub(crate) struct Engine {
     rng: u64,
     /// cache changed since the last scan
     dirty: bool,
+    /// next re-read of the interfaces' addresses
+    next_addr_check: Instant,
+    /// when each own record was last multicast in an answer, per interface
+    last_mcast: HashMap<(usize, String, u16, Vec<u8>), Instant>,
     last_scan: Instant,
 }
 
@@ -119,6 +123,8 @@ pub(crate) struct Engine {
 /// while packets arrive, and at least every second.
 const SCAN_MIN: Duration = Duration::from_millis(100);
 const SCAN_MAX: Duration = Duration::from_secs(1);
+/// How often interface addresses are re-read (DHCP may change them).
+const ADDR_CHECK: Duration = Duration::from_secs(10);
 
 fn services_name() -> Name {
     Name::parse("_services._dns-sd._udp.local")
@@ -190,6 +196,8 @@ impl Engine {
             resolving: HashMap::new(),
             known: BTreeMap::new(),
             dirty: false,
+            last_mcast: HashMap::new(),
+            next_addr_check: now + ADDR_CHECK,
             last_scan: now,
             rng,
         };
@@ -428,6 +436,10 @@ impl Engine {
 
     async fn tick(&mut self) {
         let now = Instant::now();
+        if now >= self.next_addr_check {
+            self.next_addr_check = now + ADDR_CHECK;
+            self.check_addresses(now);
+        }
         // host name
         if self.host.phase != Phase::Announced && self.host.next <= now {
             match self.host.phase {
@@ -498,6 +510,26 @@ impl Engine {
             self.expire(now);
             self.cache_scan(now).await;
             self.refresh_discovered();
+        }
+    }
+
+    /// Re-read addresses; on a change, announce the host records again
+    /// (their cache-flush bit replaces the old addresses at the peers).
+    fn check_addresses(&mut self, now: Instant) {
+        let Ok(all) = sys::interfaces() else { return };
+        let mut changed = false;
+        for i in &mut self.ifaces {
+            if let Some(n) = all.iter().find(|n| n.name == i.info.name) {
+                if !n.v4.is_empty() && (n.v4 != i.info.v4 || n.v6 != i.info.v6) {
+                    i.info.v4 = n.v4.clone();
+                    i.info.v6 = n.v6.clone();
+                    changed = true;
+                }
+            }
+        }
+        if changed && self.host.phase == Phase::Announced {
+            self.host.phase = Phase::Announcing { sent: 0 };
+            self.host.next = now;
         }
     }
 
@@ -894,8 +926,34 @@ impl Engine {
                 .iter()
                 .any(|k| k.same_data(a) && k.ttl >= a.ttl / 2)
         });
+        // RFC 6762 §6: a record is multicast at most once a second per
+        // interface (every 250 ms when defending against a probe)
+        let now = Instant::now();
+        if !legacy {
+            let gap = if q.authority.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(250)
+            };
+            answers.retain(|a| {
+                let k = (iface, a.name.key(), a.rtype, rdata_key(&a.rdata));
+                self.last_mcast
+                    .get(&k)
+                    .is_none_or(|t| now.saturating_duration_since(*t) >= gap)
+            });
+        }
         if answers.is_empty() {
             return;
+        }
+        if !legacy {
+            if self.last_mcast.len() > 4 * MAX_PUBLISHED {
+                self.last_mcast
+                    .retain(|_, t| now.saturating_duration_since(*t) < Duration::from_secs(2));
+            }
+            for a in &answers {
+                self.last_mcast
+                    .insert((iface, a.name.key(), a.rtype, rdata_key(&a.rdata)), now);
+            }
         }
         // additional records (RFC 6763 §12)
         let mut extra: Vec<Record> = Vec::new();
