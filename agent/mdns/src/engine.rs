@@ -112,6 +112,8 @@ pub(crate) struct Engine {
     rng: u64,
     /// cache changed since the last scan
     dirty: bool,
+    /// delayed multicast answers (shared records)
+    pending: Vec<(Instant, usize, Message)>,
     /// next re-read of the interfaces' addresses
     next_addr_check: Instant,
     /// when each own record was last multicast in an answer, per interface
@@ -125,6 +127,8 @@ const SCAN_MIN: Duration = Duration::from_millis(100);
 const SCAN_MAX: Duration = Duration::from_secs(1);
 /// How often interface addresses are re-read (DHCP may change them).
 const ADDR_CHECK: Duration = Duration::from_secs(10);
+/// Most delayed answers waiting to be sent.
+const MAX_PENDING: usize = 64;
 
 fn services_name() -> Name {
     Name::parse("_services._dns-sd._udp.local")
@@ -198,6 +202,7 @@ impl Engine {
             dirty: false,
             last_mcast: HashMap::new(),
             next_addr_check: now + ADDR_CHECK,
+            pending: Vec::new(),
             last_scan: now,
             rng,
         };
@@ -293,6 +298,9 @@ impl Engine {
         }
         for (_, b) in self.browse.values() {
             w = w.min(b.next);
+        }
+        for (at, _, _) in &self.pending {
+            w = w.min(*at);
         }
         let scan = if self.dirty { SCAN_MIN } else { SCAN_MAX };
         w.min(self.last_scan + scan)
@@ -436,6 +444,7 @@ impl Engine {
 
     async fn tick(&mut self) {
         let now = Instant::now();
+        self.send_pending(now).await;
         if now >= self.next_addr_check {
             self.next_addr_check = now + ADDR_CHECK;
             self.check_addresses(now);
@@ -617,14 +626,12 @@ impl Engine {
         want.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1 && a.2 == b.2);
         for (i, n, t) in want {
             let key = format!("{i}/{}/{t}", n.key());
-            let (last, tries) = self
-                .resolving
-                .get(&key)
-                .copied()
-                .unwrap_or((now - Duration::from_secs(2), 0));
-            if tries >= 3 || now.saturating_duration_since(last) < Duration::from_secs(1) {
-                continue;
+            if let Some((last, tries)) = self.resolving.get(&key) {
+                if *tries >= 3 || now.saturating_duration_since(*last) < Duration::from_secs(1) {
+                    continue;
+                }
             }
+            let tries = self.resolving.get(&key).map_or(0, |(_, t)| *t);
             self.resolving.insert(key, (now, tries + 1));
             let m = self.query(i, &[(n, t)], now);
             self.send(i, &m, None).await;
@@ -999,8 +1006,32 @@ impl Engine {
                 r.ttl = r.ttl.min(10);
             }
             self.send(iface, &m, Some(src)).await;
+        } else if m.answers.iter().all(|a| !a.cache_flush) && q.authority.is_empty() {
+            // RFC 6762 §6: shared answers (PTR) wait 20-120 ms so that
+            // several responders do not collide
+            if self.pending.len() < MAX_PENDING {
+                let at = now + Duration::from_millis(20) + self.jitter(100);
+                self.pending.push((at, iface, m));
+            } else {
+                self.send(iface, &m, None).await;
+            }
         } else {
             self.send(iface, &m, None).await;
+        }
+    }
+
+    async fn send_pending(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        self.pending.retain(|(at, i, m)| {
+            if *at <= now {
+                due.push((*i, m.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        for (i, m) in due {
+            self.send(i, &m, None).await;
         }
     }
 
