@@ -92,12 +92,37 @@ pub fn mdns_socket(i: &IfInfo) -> io::Result<std::net::UdpSocket> {
     s.bind_device(Some(i.name.as_bytes()))?;
     s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, MDNS_PORT)).into())?;
     s.join_multicast_v4_n(&MDNS_V4, &InterfaceIndexOrAddress::Index(i.index))?;
-    s.set_multicast_if_v4(i.v4.first().unwrap_or(&Ipv4Addr::UNSPECIFIED))?;
+    set_multicast_if_index(&s, i.index)?;
     s.set_multicast_loop_v4(false)?;
     s.set_multicast_ttl_v4(255)?;
     s.set_ttl_v4(255)?;
     s.set_nonblocking(true)?;
     Ok(s.into())
+}
+
+/// IP_MULTICAST_IF by interface index (`ip_mreqn` with no address), so the
+/// source address follows the interface's addresses as they change.
+fn set_multicast_if_index(s: &Socket, index: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mreqn = libc::ip_mreqn {
+        imr_multiaddr: libc::in_addr { s_addr: 0 },
+        imr_address: libc::in_addr { s_addr: 0 },
+        imr_ifindex: index as libc::c_int,
+    };
+    // SAFETY: setsockopt with a properly sized, initialised ip_mreqn.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_IF,
+            (&mreqn as *const libc::ip_mreqn).cast(),
+            std::mem::size_of::<libc::ip_mreqn>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Is `ip` one of `i`'s addresses?

@@ -240,3 +240,41 @@ fn host_name_conflict_with_avahi_makes_nuvol_rename_host() {
     assert_eq!(l[7], p.ip_b);
     rt.block_on(m.shutdown());
 }
+
+#[test]
+fn address_change_is_announced_to_avahi() {
+    let p = Pair::new();
+    let av = Avahi::start(&p.a, &p.va, &host("avahi5"));
+    let (rt, m) = start_nuvol(&p.b, &p.vb, &host("nuvol5"));
+    m.publish(svc("moving", "_http._tcp", 81, &[])).unwrap();
+    av.wait_browse(20, |b| {
+        b.iter()
+            .any(|l| l.len() >= 10 && l[3] == "moving" && l[7] == p.ip_b)
+    })
+    .expect("avahi does not list the service");
+    // a new address replaces the old one (as after a DHCP change)
+    let new_ip = p
+        .ip_b
+        .rsplit_once('.')
+        .map(|(n, _)| format!("{n}.77"))
+        .unwrap();
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(["-n", &p.b, "addr"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    // (deleting the primary address first: secondaries would go with it)
+    ip(&["del", &format!("{}/24", p.ip_b), "dev", &p.vb]);
+    ip(&["add", &format!("{new_ip}/24"), "dev", &p.vb]);
+    let t = Instant::now();
+    av.wait_browse(30, |b| {
+        b.iter()
+            .any(|l| l.len() >= 10 && l[3] == "moving" && l[7] == new_ip)
+    })
+    .expect("avahi did not learn the new address");
+    eprintln!("new address seen by avahi after {:?}", t.elapsed());
+    rt.block_on(m.shutdown());
+}
