@@ -80,7 +80,15 @@ struct Svc {
 struct Iface {
     info: IfInfo,
     sock: Arc<UdpSocket>,
+    reader: tokio::task::JoinHandle<()>,
+    /// the interface went away (its slot stays: cache keys use the index)
+    gone: bool,
 }
+
+type Packet = (usize, Vec<u8>, SocketAddr);
+
+/// Most interfaces served.
+const MAX_IFACES: usize = 32;
 
 struct CacheEntry {
     iface: usize,
@@ -99,6 +107,10 @@ struct Browse {
 
 pub(crate) struct Engine {
     ifaces: Vec<Iface>,
+    /// configured interface names (`None` = every eligible one)
+    filter: Option<Vec<String>>,
+    ptx: mpsc::Sender<Packet>,
+    prx: Option<mpsc::Receiver<Packet>>,
     host: Entity,
     services: Vec<Svc>,
     shared: Arc<Shared>,
@@ -163,24 +175,16 @@ fn rdata_bytes(r: &RData) -> Vec<u8> {
 impl Engine {
     pub fn new(
         hostname: String,
+        filter: Option<Vec<String>>,
         ifs: Vec<IfInfo>,
         shared: Arc<Shared>,
         events: broadcast::Sender<MdnsEvent>,
     ) -> Result<Engine, MdnsError> {
+        let (ptx, prx) = mpsc::channel::<Packet>(PKT_QUEUE);
         let mut ifaces = Vec::new();
-        for info in ifs {
-            let s = sys::mdns_socket(&info).map_err(|source| MdnsError::Socket {
-                iface: info.name.clone(),
-                source,
-            })?;
-            let sock = UdpSocket::from_std(s).map_err(|source| MdnsError::Socket {
-                iface: info.name.clone(),
-                source,
-            })?;
-            ifaces.push(Iface {
-                info,
-                sock: Arc::new(sock),
-            });
+        for info in ifs.into_iter().take(MAX_IFACES) {
+            let idx = ifaces.len();
+            ifaces.push(open_iface(info, idx, &ptx, &shared)?);
         }
         let now = Instant::now();
         let mut rng = now.elapsed().as_nanos() as u64
@@ -191,6 +195,9 @@ impl Engine {
         }
         let mut e = Engine {
             ifaces,
+            filter,
+            ptx,
+            prx: Some(prx),
             host: Entity::new(hostname.clone(), now),
             services: Vec::new(),
             shared,
@@ -233,31 +240,9 @@ impl Engine {
     }
 
     pub async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) {
-        let (ptx, mut prx) = mpsc::channel::<(usize, Vec<u8>, SocketAddr)>(PKT_QUEUE);
-        let mut readers = Vec::new();
-        for (idx, i) in self.ifaces.iter().enumerate() {
-            let sock = i.sock.clone();
-            let tx = ptx.clone();
-            let shared = self.shared.clone();
-            readers.push(tokio::spawn(async move {
-                // one byte more than the limit, to see oversized datagrams
-                let mut buf = vec![0u8; wire::MAX_MESSAGE + 1];
-                loop {
-                    let Ok((n, src)) = sock.recv_from(&mut buf).await else {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    };
-                    shared.counters.received.fetch_add(1, Ordering::Relaxed);
-                    if tx.try_send((idx, buf[..n].to_vec(), src)).is_err() {
-                        shared
-                            .counters
-                            .queue_dropped
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-        drop(ptx);
+        let Some(mut prx) = self.prx.take() else {
+            return;
+        };
         let done = loop {
             let wake = self.next_wake();
             tokio::select! {
@@ -277,8 +262,8 @@ impl Engine {
             self.tick().await;
         };
         self.goodbye_all().await;
-        for r in readers {
-            r.abort();
+        for i in &self.ifaces {
+            i.reader.abort();
         }
         if let Some(tx) = done {
             let _ = tx.send(());
@@ -423,6 +408,9 @@ impl Engine {
     // ---------- sending ----------
 
     async fn send(&self, iface: usize, m: &Message, to: Option<SocketAddr>) {
+        if self.ifaces[iface].gone {
+            return;
+        }
         let dst = to.unwrap_or(SocketAddr::V4(SocketAddrV4::new(MDNS_V4, MDNS_PORT)));
         for b in split(m) {
             if self.ifaces[iface].sock.send_to(&b, dst).await.is_ok() {
@@ -527,18 +515,65 @@ impl Engine {
     fn check_addresses(&mut self, now: Instant) {
         let Ok(all) = sys::interfaces() else { return };
         let mut changed = false;
-        for i in &mut self.ifaces {
-            if let Some(n) = all.iter().find(|n| n.name == i.info.name) {
-                if !n.v4.is_empty() && (n.v4 != i.info.v4 || n.v6 != i.info.v6) {
-                    i.info.v4 = n.v4.clone();
-                    i.info.v6 = n.v6.clone();
-                    changed = true;
+        for n in all
+            .iter()
+            .filter(|n| sys::eligible(n, self.filter.as_deref()))
+        {
+            match self.ifaces.iter().position(|i| i.info.name == n.name) {
+                Some(k) if self.ifaces[k].gone || self.ifaces[k].info.index != n.index => {
+                    // back (or re-created): a fresh socket in the same slot
+                    if let Ok(i) = open_iface(n.clone(), k, &self.ptx, &self.shared) {
+                        self.ifaces[k].reader.abort();
+                        self.ifaces[k] = i;
+                        changed = true;
+                    }
                 }
+                Some(k) => {
+                    let i = &mut self.ifaces[k];
+                    if n.v4 != i.info.v4 || n.v6 != i.info.v6 {
+                        i.info.v4 = n.v4.clone();
+                        i.info.v6 = n.v6.clone();
+                        changed = true;
+                    }
+                }
+                None if self.ifaces.len() < MAX_IFACES => {
+                    let k = self.ifaces.len();
+                    if let Ok(i) = open_iface(n.clone(), k, &self.ptx, &self.shared) {
+                        self.ifaces.push(i);
+                        changed = true;
+                    }
+                }
+                None => {}
             }
         }
-        if changed && self.host.phase == Phase::Announced {
-            self.host.phase = Phase::Announcing { sent: 0 };
-            self.host.next = now;
+        for i in &mut self.ifaces {
+            if !i.gone
+                && !all
+                    .iter()
+                    .any(|n| n.name == i.info.name && sys::eligible(n, self.filter.as_deref()))
+            {
+                i.gone = true;
+                i.reader.abort();
+            }
+        }
+        if changed {
+            // announce everything again (new link, or new addresses whose
+            // cache-flush bit replaces the old ones at the peers), and
+            // browse afresh
+            if self.host.phase == Phase::Announced {
+                self.host.phase = Phase::Announcing { sent: 0 };
+                self.host.next = now;
+            }
+            for s in &mut self.services {
+                if s.e.phase == Phase::Announced {
+                    s.e.phase = Phase::Announcing { sent: 0 };
+                    s.e.next = now;
+                }
+            }
+            for (_, b) in self.browse.values_mut() {
+                b.next = now;
+                b.interval = Duration::from_secs(1);
+            }
         }
     }
 
@@ -1208,6 +1243,45 @@ impl Engine {
             self.known = now_set.into_iter().map(|(k, (d, _))| (k, d)).collect();
         }
     }
+}
+
+/// Open the socket of interface slot `idx` and start its reader.
+fn open_iface(
+    info: IfInfo,
+    idx: usize,
+    ptx: &mpsc::Sender<Packet>,
+    shared: &Arc<Shared>,
+) -> Result<Iface, MdnsError> {
+    let err = |source| MdnsError::Socket {
+        iface: info.name.clone(),
+        source,
+    };
+    let s = sys::mdns_socket(&info).map_err(err)?;
+    let sock = Arc::new(UdpSocket::from_std(s).map_err(err)?);
+    let (rsock, tx, shared) = (sock.clone(), ptx.clone(), shared.clone());
+    let reader = tokio::spawn(async move {
+        // one byte more than the limit, to see oversized datagrams
+        let mut buf = vec![0u8; wire::MAX_MESSAGE + 1];
+        loop {
+            let Ok((n, src)) = rsock.recv_from(&mut buf).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            shared.counters.received.fetch_add(1, Ordering::Relaxed);
+            if tx.try_send((idx, buf[..n].to_vec(), src)).is_err() {
+                shared
+                    .counters
+                    .queue_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    Ok(Iface {
+        info,
+        sock,
+        reader,
+        gone: false,
+    })
 }
 
 /// RDATA as a cache key: names lower-cased, everything else as on the wire.

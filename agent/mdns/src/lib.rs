@@ -28,8 +28,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub struct MdnsConfig {
     /// host label (without `.local`)
     pub hostname: String,
-    /// interfaces to use; `None` = all up, multicast, non-loopback ones with
-    /// an IPv4 address
+    /// interfaces to use; `None` = all up, multicast, non-loopback ones.
+    /// An interface is served once it has an IPv4 address; the set is
+    /// re-read every 10 s, so interfaces and addresses may come later.
     pub interfaces: Option<Vec<String>>,
 }
 
@@ -90,8 +91,6 @@ pub struct MdnsStats {
 pub enum MdnsError {
     #[error("Mdns::start needs a tokio runtime")]
     NoRuntime,
-    #[error("no usable interface (up, multicast, with an IPv4 address)")]
-    NoInterfaces,
     #[error("invalid {0}")]
     Invalid(String),
     #[error("mDNS engine stopped")]
@@ -154,23 +153,21 @@ impl Mdns {
         if cfg.hostname.contains('.') {
             return Err(MdnsError::Invalid("hostname (no dots)".into()));
         }
-        let all = sys::interfaces()?;
-        let chosen: Vec<sys::IfInfo> = all
+        let chosen: Vec<sys::IfInfo> = sys::interfaces()?
             .into_iter()
-            .filter(|i| match &cfg.interfaces {
-                Some(names) => names.contains(&i.name),
-                None => i.up_multicast && !i.loopback,
-            })
-            .filter(|i| !i.v4.is_empty())
+            .filter(|i| sys::eligible(i, cfg.interfaces.as_deref()))
             .collect();
-        if chosen.is_empty() {
-            return Err(MdnsError::NoInterfaces);
-        }
         let shared = Arc::new(Shared::default());
         let (events, _) = broadcast::channel(256);
         let (cmd, cmd_rx) = mpsc::channel(CMD_QUEUE);
         let _guard = rt.enter();
-        let engine = engine::Engine::new(cfg.hostname, chosen, shared.clone(), events.clone())?;
+        let engine = engine::Engine::new(
+            cfg.hostname,
+            cfg.interfaces,
+            chosen,
+            shared.clone(),
+            events.clone(),
+        )?;
         rt.spawn(engine.run(cmd_rx));
         Ok(Mdns {
             cmd,

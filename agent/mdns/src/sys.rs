@@ -83,6 +83,16 @@ pub fn interfaces() -> io::Result<Vec<IfInfo>> {
     Ok(out)
 }
 
+/// Is `i` served under `filter` (`None`: up, multicast, non-loopback)? It
+/// needs an IPv4 address either way.
+pub fn eligible(i: &IfInfo, filter: Option<&[String]>) -> bool {
+    let chosen = match filter {
+        Some(names) => names.contains(&i.name),
+        None => i.up_multicast && !i.loopback,
+    };
+    chosen && !i.v4.is_empty()
+}
+
 /// A UDP socket on 0.0.0.0:5353 bound to one device, joined to 224.0.0.251
 /// there, sending multicast out of it with TTL 255 and no loopback.
 pub fn mdns_socket(i: &IfInfo) -> io::Result<std::net::UdpSocket> {

@@ -278,3 +278,64 @@ fn address_change_is_announced_to_avahi() {
     eprintln!("new address seen by avahi after {:?}", t.elapsed());
     rt.block_on(m.shutdown());
 }
+
+#[test]
+fn all_interfaces_mode_picks_up_an_interface_configured_later() {
+    let p = Pair::new();
+    let av = Avahi::start(&p.a, &p.va, &host("avahi6"));
+    // nuvol starts before the LAN has an address (as at boot, before DHCP)
+    let st = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &p.b,
+            "addr",
+            "del",
+            &format!("{}/24", p.ip_b),
+            "dev",
+            &p.vb,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let h = host("nuvol6");
+    let (rt, m) = Pair::in_ns(&p.b, move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let m = rt
+            .block_on(async {
+                Mdns::start(MdnsConfig {
+                    hostname: h,
+                    interfaces: None,
+                })
+            })
+            .expect("start without addresses");
+        (rt, m)
+    });
+    m.publish(svc("late", "_http._tcp", 82, &[("a", "b")]))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let st = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &p.b,
+            "addr",
+            "add",
+            &format!("{}/24", p.ip_b),
+            "dev",
+            &p.vb,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    av.wait_browse(30, |b| {
+        b.iter()
+            .any(|l| l.len() >= 10 && l[3] == "late" && l[7] == p.ip_b && l[8] == "82")
+    })
+    .expect("avahi never listed the service of the late interface");
+    eprintln!("late interface served after {:?}", t.elapsed());
+    rt.block_on(m.shutdown());
+}
