@@ -412,7 +412,12 @@ impl Engine {
             return;
         }
         let dst = to.unwrap_or(SocketAddr::V4(SocketAddrV4::new(MDNS_V4, MDNS_PORT)));
-        for b in split(m) {
+        let parts = if m.is_response() {
+            split(m)
+        } else {
+            split_query(m)
+        };
+        for b in parts {
             if self.ifaces[iface].sock.send_to(&b, dst).await.is_ok() {
                 self.shared.counters.sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -947,6 +952,21 @@ impl Engine {
 
     async fn answer(&mut self, iface: usize, q: &Message, src: SocketAddr) {
         let legacy = src.port() != MDNS_PORT;
+        // more known answers of a truncated query (RFC 6762 §7.2): they
+        // suppress answers still waiting to be sent on this interface
+        if q.questions.is_empty() && !q.answers.is_empty() {
+            for (_, i, m) in &mut self.pending {
+                if *i == iface {
+                    m.answers.retain(|a| {
+                        !q.answers
+                            .iter()
+                            .any(|k| k.same_data(a) && k.ttl >= a.ttl / 2)
+                    });
+                }
+            }
+            self.pending.retain(|(_, _, m)| !m.answers.is_empty());
+            return;
+        }
         let own = self.all_records(iface);
         if own.is_empty() {
             return;
@@ -1045,7 +1065,12 @@ impl Engine {
             // RFC 6762 §6: shared answers (PTR) wait 20-120 ms so that
             // several responders do not collide
             if self.pending.len() < MAX_PENDING {
-                let at = now + Duration::from_millis(20) + self.jitter(100);
+                // a truncated query's known answers follow: wait 400-500 ms
+                let at = if q.flags & FLAG_TC != 0 {
+                    now + Duration::from_millis(400) + self.jitter(100)
+                } else {
+                    now + Duration::from_millis(20) + self.jitter(100)
+                };
                 self.pending.push((at, iface, m));
             } else {
                 self.send(iface, &m, None).await;
@@ -1331,6 +1356,52 @@ fn announce(recs: Vec<Record>) -> Message {
 /// Split a message whose encoding exceeds [`SEND_MTU`] into several, by
 /// halving its answer (or question) list; additional records go with
 /// every part while they fit.
+/// TC bit of the header.
+const FLAG_TC: u16 = 0x0200;
+
+/// Split a query whose known answers do not fit one packet the RFC 6762
+/// §7.2 way: the questions and the first known answers in the first packet,
+/// the rest in packets without questions, all but the last with TC set.
+pub(crate) fn split_query(m: &Message) -> Vec<Vec<u8>> {
+    let b = wire::encode(m);
+    if b.len() <= SEND_MTU || m.answers.is_empty() {
+        return vec![b];
+    }
+    let mut parts: Vec<Message> = Vec::new();
+    let q_size: usize = 12
+        + m.questions
+            .iter()
+            .map(|q| q.name.0.iter().map(|l| l.len() + 1).sum::<usize>() + 5)
+            .sum::<usize>();
+    let mut cur = Message {
+        questions: m.questions.clone(),
+        ..Message::default()
+    };
+    let mut size = q_size;
+    for a in &m.answers {
+        let n = wire::record_size_hint(a);
+        if size + n > SEND_MTU && !cur.answers.is_empty() {
+            parts.push(std::mem::take(&mut cur));
+            size = 12;
+        }
+        size += n;
+        cur.answers.push(a.clone());
+    }
+    parts.push(cur);
+    let last = parts.len() - 1;
+    parts
+        .iter_mut()
+        .enumerate()
+        .map(|(k, p)| {
+            if k != last {
+                p.flags |= FLAG_TC;
+            }
+            wire::encode(p)
+        })
+        .filter(|b| b.len() <= wire::MAX_MESSAGE)
+        .collect()
+}
+
 pub(crate) fn split(m: &Message) -> Vec<Vec<u8>> {
     let b = wire::encode(m);
     if b.len() <= SEND_MTU {
@@ -1402,6 +1473,45 @@ mod tests {
             n += wire::decode(p).unwrap().answers.len();
         }
         assert_eq!(n, 200);
+    }
+
+    #[test]
+    fn long_known_answer_lists_go_in_tc_packets() {
+        let t = Name::parse("_http._tcp.local");
+        let q = Message {
+            questions: vec![Question {
+                name: t.clone(),
+                qtype: wire::TYPE_PTR,
+                qclass: 1,
+                unicast: false,
+            }],
+            answers: (0..200)
+                .map(|i| Record {
+                    name: t.clone(),
+                    rtype: wire::TYPE_PTR,
+                    class: CLASS_IN,
+                    cache_flush: false,
+                    ttl: 4000,
+                    rdata: RData::Ptr(Name::prepend(&format!("known instance {i}"), &t)),
+                })
+                .collect(),
+            ..Message::default()
+        };
+        let parts: Vec<Message> = split_query(&q)
+            .iter()
+            .map(|b| {
+                assert!(b.len() <= SEND_MTU);
+                wire::decode(b).unwrap()
+            })
+            .collect();
+        assert!(parts.len() > 1);
+        assert_eq!(parts[0].questions.len(), 1);
+        assert!(parts[1..].iter().all(|p| p.questions.is_empty()));
+        let last = parts.len() - 1;
+        for (k, p) in parts.iter().enumerate() {
+            assert_eq!(p.flags & FLAG_TC != 0, k != last);
+        }
+        assert_eq!(parts.iter().map(|p| p.answers.len()).sum::<usize>(), 200);
     }
 
     #[test]

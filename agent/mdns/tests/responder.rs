@@ -182,6 +182,25 @@ fn answers_suppresses_known_answers_and_serves_legacy_unicast() {
         .all(|x| x.ttl <= 10 && !x.cache_flush));
     assert_eq!(src.ip().to_string(), p.ip_b);
 
+    // truncated query (TC) whose known answers follow in a second packet
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut tc = wire::decode(&ptr_query(0, vec![])).unwrap();
+    tc.flags |= 0x0200;
+    peer.send_to(&wire::encode(&tc), (GROUP, 5353)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let more = Message {
+        answers: vec![ptr.clone()],
+        ..Message::default()
+    };
+    peer.send_to(&wire::encode(&more), (GROUP, 5353)).unwrap();
+    assert!(
+        recv_until(&peer, Duration::from_millis(1500), |m| has_ptr(
+            m, "ka test"
+        ))
+        .is_none(),
+        "known answer in a follow-up packet not honoured"
+    );
+
     // unpublish: goodbye PTR with TTL 0
     m.unpublish("ka test", "_http._tcp").unwrap();
     let (g, _) =
@@ -216,11 +235,26 @@ fn two_nuvols_discover_each_other_and_see_goodbyes() {
     }
     eprintln!("mutual discovery in {:?}", t.elapsed());
     assert!(seen(&a, "beta") && seen(&b, "alpha"));
+    let mut ev = b.events();
     rt_a.block_on(a.shutdown());
     let t = Instant::now();
     while seen(&b, "alpha") && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!seen(&b, "alpha"), "goodbye not honoured");
+    let removed = rt_b.block_on(async {
+        tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match ev.recv().await {
+                    Ok(nuvol_mdns::MdnsEvent::Removed(d)) if d.instance == "alpha" => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    });
+    assert!(removed, "no Removed event");
     rt_b.block_on(b.shutdown());
 }
