@@ -1,0 +1,144 @@
+//! Interfaces (getifaddrs) and per-interface multicast sockets.
+
+use std::ffi::CStr;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
+
+pub const MDNS_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
+pub const MDNS_PORT: u16 = 5353;
+
+/// One usable interface and its addresses.
+#[derive(Debug, Clone, Default)]
+pub struct IfInfo {
+    pub name: String,
+    pub index: u32,
+    pub up_multicast: bool,
+    pub loopback: bool,
+    pub v4: Vec<Ipv4Addr>,
+    pub v6: Vec<Ipv6Addr>,
+}
+
+/// All interfaces with their addresses.
+pub fn interfaces() -> io::Result<Vec<IfInfo>> {
+    let mut out: Vec<IfInfo> = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list returned by getifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        let pos = match out.iter().position(|i| i.name == name) {
+            Some(p) => p,
+            None => {
+                let c = std::ffi::CString::new(name.clone()).unwrap_or_default();
+                // SAFETY: c is a valid C string.
+                let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+                out.push(IfInfo {
+                    name,
+                    index,
+                    ..IfInfo::default()
+                });
+                out.len() - 1
+            }
+        };
+        let i = &mut out[pos];
+        let f = ifa.ifa_flags;
+        i.up_multicast = f & libc::IFF_UP as u32 != 0
+            && f & libc::IFF_RUNNING as u32 != 0
+            && f & libc::IFF_MULTICAST as u32 != 0;
+        i.loopback = f & libc::IFF_LOOPBACK as u32 != 0;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr points to a sockaddr whose family says its real type.
+        match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+            libc::AF_INET => {
+                // SAFETY: family is AF_INET so this is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                i.v4.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+            libc::AF_INET6 => {
+                // SAFETY: family is AF_INET6 so this is a sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                i.v6.push(Ipv6Addr::from(sin6.sin6_addr.s6_addr));
+            }
+            _ => {}
+        }
+    }
+    // SAFETY: head came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// Is `i` served under `filter` (`None`: up, multicast, non-loopback)? It
+/// needs an IPv4 address either way.
+pub fn eligible(i: &IfInfo, filter: Option<&[String]>) -> bool {
+    let chosen = match filter {
+        Some(names) => names.contains(&i.name),
+        None => i.up_multicast && !i.loopback,
+    };
+    chosen && !i.v4.is_empty()
+}
+
+/// A UDP socket on 0.0.0.0:5353 bound to one device, joined to 224.0.0.251
+/// there, sending multicast out of it with TTL 255 and no loopback.
+pub fn mdns_socket(i: &IfInfo) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind_device(Some(i.name.as_bytes()))?;
+    s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, MDNS_PORT)).into())?;
+    s.join_multicast_v4_n(&MDNS_V4, &InterfaceIndexOrAddress::Index(i.index))?;
+    set_multicast_if_index(&s, i.index)?;
+    s.set_multicast_loop_v4(false)?;
+    s.set_multicast_ttl_v4(255)?;
+    s.set_ttl_v4(255)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// IP_MULTICAST_IF by interface index (`ip_mreqn` with no address), so the
+/// source address follows the interface's addresses as they change.
+fn set_multicast_if_index(s: &Socket, index: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mreqn = libc::ip_mreqn {
+        imr_multiaddr: libc::in_addr { s_addr: 0 },
+        imr_address: libc::in_addr { s_addr: 0 },
+        imr_ifindex: index as libc::c_int,
+    };
+    // SAFETY: setsockopt with a properly sized, initialised ip_mreqn.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_IF,
+            (&mreqn as *const libc::ip_mreqn).cast(),
+            std::mem::size_of::<libc::ip_mreqn>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Is `ip` one of `i`'s addresses?
+pub fn is_own(i: &IfInfo, ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => i.v4.contains(&a),
+        IpAddr::V6(a) => i.v6.contains(&a),
+    }
+}
