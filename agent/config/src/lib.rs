@@ -8,6 +8,7 @@
 //! can show it on the console and on the status page.
 
 mod bundles;
+mod discovery;
 mod network;
 
 use std::fmt;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use bundles::{BundleSource, BundlesConfig};
+pub use discovery::{DiscoveryConfig, GossipProfile, Role, DEFAULT_GOSSIP_PORT};
 pub use network::{InterfaceConfig, NetworkConfig, RouteConfig};
 
 /// Largest provisioning file accepted; anything bigger is not a config file.
@@ -33,6 +35,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// Signed service bundles to trust and install unattended.
     pub bundles: BundlesConfig,
+    /// Serf-compatible gossip and mDNS discovery.
+    pub discovery: DiscoveryConfig,
     /// Switches for testing; never set these on a box in service.
     pub debug: DebugConfig,
 }
@@ -124,6 +128,7 @@ impl Config {
             return Err(("panel.port".into(), "port 0 is not a port".into()));
         }
         self.network.validate()?;
+        self.discovery.validate()?;
         self.bundles.validate()
     }
 }
