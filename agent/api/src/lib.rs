@@ -6,6 +6,8 @@
 //! - `GET /api/v1/network` — links, addresses, routes, DNS, DHCP leases
 //! - `/api/v1/bundles…`, `/api/v1/keys…` — signed bundles and the keyring
 //!   (see [`bundles`])
+//! - `/api/v1/members`, `/api/v1/services`, `/api/v1/events` — gossip
+//!   discovery (see [`discovery`])
 //! - `POST /api/v1/debug/kill` — only when `[debug] test_hooks = true`:
 //!   the agent SIGKILLs itself (boot tests use it to check PID 1 restarts it)
 //!
@@ -18,6 +20,7 @@
 //! stable code.
 
 pub mod bundles;
+pub mod discovery;
 mod panel;
 
 use std::convert::Infallible;
@@ -47,6 +50,10 @@ pub trait Node: Send + Sync + 'static {
     /// Called after an install, upgrade, rollback or removal succeeded
     /// through the API (the supervisor re-reads the store).
     fn bundles_changed(&self) {}
+    /// The running gossip discovery, `None` when off (see [`discovery`]).
+    fn discovery(&self) -> Option<nuvol_catalog::DiscoveryHandle> {
+        None
+    }
 }
 
 /// Routes anyone may read; everything else needs the admin token.
@@ -191,6 +198,8 @@ async fn handle(node: Arc<dyn Node>, req: Request<Incoming>) -> Result<Resp, Inf
                 "the bundle store could not be opened; see the agent's log",
             ),
         }
+    } else if discovery::owns(&path) {
+        discovery::handle(node.discovery(), req).await
     } else {
         route(node.as_ref(), &method, &path)
     };
