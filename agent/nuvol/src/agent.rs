@@ -42,6 +42,7 @@ struct Node {
     admin_token: Option<String>,
     store: Option<Arc<nuvol_bundle::Store>>,
     upload_dir: PathBuf,
+    discovery: Arc<crate::discovery::Discovery>,
 }
 
 impl nuvol_api::Node for Node {
@@ -63,6 +64,12 @@ impl nuvol_api::Node for Node {
     fn bundle_store(&self) -> Option<(Arc<nuvol_bundle::Store>, PathBuf)> {
         self.store.clone().map(|s| (s, self.upload_dir.clone()))
     }
+    fn bundles_changed(&self) {
+        self.discovery.bundles_changed();
+    }
+    fn discovery(&self) -> Option<nuvol_catalog::DiscoveryHandle> {
+        self.discovery.handle()
+    }
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -82,6 +89,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let identity = Identity::load_or_create(&args.state_dir, &run_dir)
         .with_context(|| format!("state directory {}", args.state_dir.display()))?;
     tracing::info!(node_id = %identity.node_id, boot = identity.boot_count, "identity");
+    let node_id = identity.node_id.clone();
     let config_state = ConfigState {
         path: loaded.path.display().to_string(),
         found: loaded.found,
@@ -132,6 +140,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         } else {
             None
         };
+        let discovery = crate::discovery::spawn(
+            loaded.config.discovery.clone(),
+            loaded.config.hostname().to_string(),
+            node_id,
+            store.clone(),
+        );
         let node = Arc::new(Node {
             collector: Mutex::new(Collector::new(
                 identity,
@@ -143,6 +157,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             admin_token,
             store: store.clone(),
             upload_dir: crate::bundles::upload_dir(&args.state_dir),
+            discovery: discovery.clone(),
         });
         if let Some(store) = store {
             let config_dir = args
@@ -164,6 +179,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         wait_for_stop().await;
         tracing::info!("stopping");
         let _ = stop_tx.send(true);
+        discovery.leave().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
         if let Some(net) = net {
             crate::net::shutdown(net).await;

@@ -3,6 +3,7 @@
 mod agent;
 mod bundles;
 mod cmd_bundle;
+mod discovery;
 mod fetch;
 mod logging;
 mod net;
