@@ -68,8 +68,12 @@ pub struct Service {
 pub struct MemberView {
     /// node name
     pub name: String,
-    /// gossip address
+    /// gossip address `ip:port`
     pub addr: String,
+    /// gossip IP alone
+    pub address: String,
+    /// gossip port alone
+    pub port: u16,
     /// zone
     pub zone: String,
     /// role (`super-node`, `ordinary-node` or empty)
@@ -95,6 +99,8 @@ pub fn member_views(members: &[Member]) -> Vec<MemberView> {
         .map(|m| MemberView {
             name: m.name.clone(),
             addr: m.addr.to_string(),
+            address: m.addr.ip().to_string(),
+            port: m.addr.port(),
             zone: m.tags.get(ZONE_TAG).cloned().unwrap_or_default(),
             role: m.tags.get(ROLE_TAG).cloned().unwrap_or_default(),
             status: m.status.as_str(),
