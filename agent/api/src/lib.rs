@@ -4,6 +4,8 @@
 //! `/api/v1/openapi.json` is made from that table (see docs/api.md).
 //! This box's services: `/api/v1/local-services`, `/api/v1/services/NAME…`
 //! (start/stop/restart, logs with follow; see [`services`]).
+//! Community discovery: `/api/v1/members`, `/api/v1/services`,
+//! `/api/v1/events` (see [`discovery`]).
 //!
 //! Access: `GET /`, `/login`, `/panel.js`, `/api/v1/status`,
 //! `/api/v1/network` and `/api/v1/openapi.json` are public and read-only.
@@ -27,6 +29,7 @@
 
 pub mod auth;
 pub mod bundles;
+pub mod discovery;
 mod io;
 pub mod metrics;
 mod pages;
@@ -95,6 +98,10 @@ pub trait Node: Send + Sync + 'static {
     /// This box's supervised services (`/api/v1/local-services`,
     /// `/api/v1/services/NAME…`); `None` while the supervisor is not running.
     fn services(&self) -> Option<Arc<dyn services::Services>> {
+        None
+    }
+    /// The running gossip discovery, `None` when off (see [`discovery`]).
+    fn discovery(&self) -> Option<nuvol_catalog::DiscoveryHandle> {
         None
     }
 }
@@ -511,6 +518,8 @@ async fn dispatch(
         html(panel::status_page(&ctx.status()))
     } else if method == Method::GET && path == "/api/v1/status" {
         json(StatusCode::OK, &ctx.status())
+    } else if discovery::owns(&path) {
+        discovery::handle(node.discovery(), req).await
     } else {
         route(node.as_ref(), &method, &path)
     }

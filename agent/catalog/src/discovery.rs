@@ -9,6 +9,7 @@ use crate::{
 use nuvol_gossip::{Config, Event, GossipError, Handle, Profile};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 /// A service this box announces.
@@ -37,7 +38,7 @@ pub struct DiscoveryConfig {
     pub join: Vec<SocketAddr>,
     /// extra tags
     pub tags: BTreeMap<String, String>,
-    /// `super` or `ordinary`
+    /// locality zone (tag `zone`; empty: none)
     pub zone: String,
     /// encryption key (16/24/32 bytes)
     pub encrypt_key: Option<Vec<u8>>,
@@ -56,7 +57,12 @@ pub struct DiscoveryHandle {
     zone: String,
     base_tags: BTreeMap<String, String>,
     cloudy_compat: bool,
+    /// services learned elsewhere (mDNS), by source name
+    external: Arc<Mutex<BTreeMap<String, Vec<Service>>>>,
 }
+
+/// Most services kept per external source.
+pub const MAX_EXTERNAL_SERVICES: usize = 4096;
 
 /// Tags announcing `services` (nuvol scheme, plus Cloudy's if asked and
 /// it fits).
@@ -124,6 +130,7 @@ impl DiscoveryHandle {
             zone: cfg.zone,
             base_tags: cfg.tags,
             cloudy_compat: cfg.cloudy_compat,
+            external: Arc::default(),
         })
     }
     /// Members for `GET /api/v1/members`.
@@ -136,7 +143,27 @@ impl DiscoveryHandle {
         if q.zone.is_none() && !self.zone.is_empty() {
             q.zone = Some(self.zone.clone());
         }
-        query(services_from_members(&self.gossip.members()), &q)
+        let mut all = services_from_members(&self.gossip.members());
+        if let Ok(ext) = self.external.lock() {
+            all.extend(ext.values().flatten().cloned());
+        }
+        query(all, &q)
+    }
+    /// Replace the services learned from another source (`"mdns"`: the
+    /// mDNS browser calls this with everything it currently sees); they are
+    /// merged into [`DiscoveryHandle::services`]. At most
+    /// [`MAX_EXTERNAL_SERVICES`] are kept per source.
+    pub fn set_external_services(&self, source: &str, mut services: Vec<Service>) {
+        services.truncate(MAX_EXTERNAL_SERVICES);
+        let mut ext = match self.external.lock() {
+            Ok(e) => e,
+            Err(p) => p.into_inner(),
+        };
+        if services.is_empty() {
+            ext.remove(source);
+        } else {
+            ext.insert(source.to_string(), services);
+        }
     }
     /// Join/leave/fail/user/query events.
     pub fn events(&self) -> broadcast::Receiver<Event> {

@@ -18,8 +18,11 @@ use std::time::Duration;
 /// (for example `svc:web=_http._tcp:80`), readable with
 /// `serf members -tag svc:web=.*`.
 pub const SVC_PREFIX: &str = "svc:";
-/// Tag holding the zone/role: `super` (super node) or `ordinary`.
+/// Tag holding the locality zone (free text from `[discovery] zone`).
 pub const ZONE_TAG: &str = "zone";
+/// Tag holding the role: `super-node` or `ordinary-node` (Serf's old
+/// role-only metadata also lands here).
+pub const ROLE_TAG: &str = "role";
 
 /// Where an entry was learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,7 +45,7 @@ pub struct Service {
     pub service_type: String,
     /// node that offers it
     pub node: String,
-    /// node zone (`super`/`ordinary`/empty)
+    /// node zone (locality, empty if unknown)
     pub zone: String,
     /// address to connect to
     pub addr: Option<IpAddr>,
@@ -65,10 +68,16 @@ pub struct Service {
 pub struct MemberView {
     /// node name
     pub name: String,
-    /// gossip address
+    /// gossip address `ip:port`
     pub addr: String,
+    /// gossip IP alone
+    pub address: String,
+    /// gossip port alone
+    pub port: u16,
     /// zone
     pub zone: String,
+    /// role (`super-node`, `ordinary-node` or empty)
+    pub role: String,
     /// `alive`, `leaving`, `left`, `failed`
     pub status: &'static str,
     /// tags
@@ -90,7 +99,10 @@ pub fn member_views(members: &[Member]) -> Vec<MemberView> {
         .map(|m| MemberView {
             name: m.name.clone(),
             addr: m.addr.to_string(),
+            address: m.addr.ip().to_string(),
+            port: m.addr.port(),
             zone: m.tags.get(ZONE_TAG).cloned().unwrap_or_default(),
+            role: m.tags.get(ROLE_TAG).cloned().unwrap_or_default(),
             status: m.status.as_str(),
             tags: m.tags.clone(),
             rtt_estimate_ms: ms(m.rtt_estimate),

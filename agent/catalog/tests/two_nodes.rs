@@ -60,6 +60,23 @@ async fn services_cross_the_gossip() {
         .iter()
         .any(|s| s.source == Source::Cloudy && s.port == 8080));
     assert_eq!(b.members().len(), 2);
+    assert!(b
+        .members()
+        .iter()
+        .all(|m| m.address == "127.0.0.1" && m.port != 0));
+
+    // services from another source (mDNS) merge into the same query
+    let mut m = found[0].clone();
+    m.source = Source::Mdns;
+    m.node = "printer".into();
+    b.set_external_services("mdns", vec![m]);
+    let merged = b.services(&q);
+    assert_eq!(merged.len(), 3, "{merged:?}");
+    assert!(merged
+        .iter()
+        .any(|s| s.source == Source::Mdns && s.node == "printer"));
+    b.set_external_services("mdns", Vec::new());
+    assert_eq!(b.services(&q).len(), 2);
     a.shutdown();
     b.shutdown();
 }

@@ -9,6 +9,7 @@
 
 mod admin;
 mod bundles;
+mod discovery;
 mod network;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use admin::AdminConfig;
 pub use bundles::{BundleSource, BundlesConfig};
+pub use discovery::{DiscoveryConfig, GossipProfile, Role, DEFAULT_GOSSIP_PORT};
 pub use network::{InterfaceConfig, NetworkConfig, RouteConfig};
 
 /// Largest provisioning file accepted; anything bigger is not a config file.
@@ -35,6 +37,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// Signed service bundles to trust and install unattended.
     pub bundles: BundlesConfig,
+    /// Serf-compatible gossip and mDNS discovery.
+    pub discovery: DiscoveryConfig,
     /// Switches for testing; never set these on a box in service.
     pub debug: DebugConfig,
     /// Provisioned admin credentials (password hash, API keys).
@@ -141,6 +145,7 @@ impl Config {
         }
         self.admin.validate()?;
         self.network.validate()?;
+        self.discovery.validate()?;
         self.bundles.validate()
     }
 }

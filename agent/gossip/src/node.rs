@@ -1455,7 +1455,9 @@ async fn read_stream(
     Ok((t, rest.to_vec()))
 }
 
-fn parse_push_pull(
+/// Decode a push/pull body (after the type byte): join flag, node states,
+/// Serf user state. Public for the fuzzer.
+pub fn parse_push_pull(
     body: &[u8],
 ) -> Result<(bool, Vec<wire::PushNodeState>, Vec<u8>), wire::WireError> {
     let (hv, mut pos) = msgpack::decode(body)?;

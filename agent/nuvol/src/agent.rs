@@ -48,6 +48,7 @@ struct Node {
     upload_dir: PathBuf,
     under_init: bool,
     services: Option<crate::services::ServicesHandle>,
+    discovery: Arc<crate::discovery::Discovery>,
 }
 
 impl nuvol_api::Node for Node {
@@ -89,6 +90,20 @@ impl nuvol_api::Node for Node {
         if let Some(h) = self.services.clone() {
             tokio::spawn(async move { h.sync().await });
         }
+        self.discovery.bundles_changed();
+    }
+    fn discovery(&self) -> Option<nuvol_catalog::DiscoveryHandle> {
+        self.discovery.handle()
+    }
+    fn panel_members(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self.discovery.handle()?.members()).ok()
+    }
+    fn panel_services(&self) -> Option<serde_json::Value> {
+        let q = nuvol_catalog::ServiceQuery {
+            near: true,
+            ..Default::default()
+        };
+        serde_json::to_value(self.discovery.handle()?.services(&q)).ok()
     }
 }
 
@@ -109,6 +124,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let identity = Identity::load_or_create(&args.state_dir, &run_dir)
         .with_context(|| format!("state directory {}", args.state_dir.display()))?;
     tracing::info!(node_id = %identity.node_id, boot = identity.boot_count, "identity");
+    let node_id = identity.node_id.clone();
     let config_state = ConfigState {
         path: loaded.path.display().to_string(),
         found: loaded.found,
@@ -168,6 +184,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let services = store
             .clone()
             .map(|s| crate::services::start(s, &args.state_dir, net.clone()));
+        let discovery = crate::discovery::spawn(
+            loaded.config.discovery.clone(),
+            loaded.config.hostname().to_string(),
+            node_id,
+            store.clone(),
+        );
         let node = Arc::new(Node {
             collector: Mutex::new(Collector::new(
                 identity,
@@ -181,6 +203,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             upload_dir: crate::bundles::upload_dir(&args.state_dir),
             under_init,
             services: services.clone(),
+            discovery: discovery.clone(),
         });
         if let Some(store) = store {
             let config_dir = args
@@ -210,6 +233,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         wait_for_stop().await;
         tracing::info!("stopping");
         let _ = stop_tx.send(true);
+        discovery.leave().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
         if let Some(s) = &services {
             s.shutdown().await;

@@ -5,6 +5,7 @@ mod api_setup;
 mod bundles;
 mod cmd_bundle;
 mod cmd_ctl;
+mod discovery;
 mod fetch;
 mod logging;
 mod net;

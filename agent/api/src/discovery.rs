@@ -1,0 +1,338 @@
+//! Discovery routes: members, services nearest first, and events.
+//!
+//! - `GET /api/v1/members` — every gossip member with status, tags, zone,
+//!   role and RTTs
+//! - `GET /api/v1/services?type=_http._tcp&near=1&zone=Z&healthy=1` — the
+//!   catalog (gossip `svc:` tags, Cloudy `services` tags, mDNS)
+//! - `GET /api/v1/events` — Server-Sent Events: join, leave, failed,
+//!   update, reap, user, query
+//! - `POST /api/v1/events` `{"name": "...", "payload": "...", "coalesce": false}`
+//!   — send a Serf user event
+//!
+//! The JSON shapes are documented in docs/discovery.md (`nuvol ctl` reads
+//! them). All of these need the admin token (`handle()` enforces it).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use nuvol_catalog::{DiscoveryHandle, ServiceQuery};
+use nuvol_gossip::{Event, Member};
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::{error, json, Resp};
+
+/// Most event streams open at once (each holds a task and a queue).
+pub const MAX_EVENT_STREAMS: usize = 16;
+/// Largest `POST /api/v1/events` body.
+pub const MAX_EVENT_BODY: usize = 4096;
+/// Comment line sent when nothing happened for this long (keeps proxies and
+/// the panel's EventSource from timing out, and notices closed clients).
+pub const KEEPALIVE: Duration = Duration::from_secs(15);
+
+static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether `path` is one of ours. `/api/v1/services/…` (local supervised
+/// services) and `/api/v1/local-services` are not.
+pub fn owns(path: &str) -> bool {
+    matches!(
+        path,
+        "/api/v1/members" | "/api/v1/services" | "/api/v1/events"
+    )
+}
+
+/// Answer one discovery request.
+pub async fn handle(d: Option<DiscoveryHandle>, req: Request<Incoming>) -> Resp {
+    let allowed = matches!(
+        (req.method(), req.uri().path()),
+        (
+            &Method::GET,
+            "/api/v1/members" | "/api/v1/services" | "/api/v1/events"
+        ) | (&Method::POST, "/api/v1/events")
+    );
+    if !allowed {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{} is not allowed on {}", req.method(), req.uri().path()),
+        );
+    }
+    let Some(d) = d else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "discovery_off",
+            "discovery is not running (see [discovery] in nuvol.toml and the agent's log)",
+        );
+    };
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/api/v1/members") => json(StatusCode::OK, &d.members()),
+        (Method::GET, "/api/v1/services") => match parse_query(&query) {
+            Ok(q) => json(StatusCode::OK, &d.services(&q)),
+            Err(m) => error(StatusCode::BAD_REQUEST, "bad_query", &m),
+        },
+        (Method::GET, "/api/v1/events") => event_stream(&d),
+        (Method::POST, "/api/v1/events") => send_event(&d, req).await,
+        (m, p) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{m} is not allowed on {p}"),
+        ),
+    }
+}
+
+/// `type=_http._tcp&near=1&zone=Z&healthy=1`; unknown keys are refused so
+/// typos show.
+pub fn parse_query(q: &str) -> Result<ServiceQuery, String> {
+    if q.len() > 1024 {
+        return Err("query string too long".into());
+    }
+    let mut out = ServiceQuery::default();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v).ok_or_else(|| format!("bad %-escape in {k}"))?;
+        let flag = |v: &str| match v {
+            "" | "1" | "true" | "yes" => Ok(true),
+            "0" | "false" | "no" => Ok(false),
+            _ => Err(format!("{k}={v}: want 1 or 0")),
+        };
+        match k {
+            "type" => out.service_type = Some(v),
+            "near" => out.near = flag(&v)?,
+            "zone" => out.zone = Some(v),
+            "healthy" => out.healthy_only = flag(&v)?,
+            _ => {
+                return Err(format!(
+                    "unknown parameter {k:?} (known: type, near, zone, healthy)"
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserEventReq {
+    name: String,
+    #[serde(default)]
+    payload: String,
+    #[serde(default)]
+    coalesce: bool,
+}
+
+async fn send_event(d: &DiscoveryHandle, req: Request<Incoming>) -> Resp {
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_EVENT_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("body over {MAX_EVENT_BODY} bytes or unreadable"),
+            )
+        }
+    };
+    let ev: UserEventReq = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                &format!("want {{\"name\", \"payload\", \"coalesce\"}}: {e}"),
+            )
+        }
+    };
+    if ev.name.is_empty() || ev.name.starts_with("_serf") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_name",
+            "event name must be non-empty and not start with _serf",
+        );
+    }
+    match d.user_event(&ev.name, ev.payload.as_bytes(), ev.coalesce) {
+        Ok(()) => json(StatusCode::ACCEPTED, &serde_json::json!({"sent": true})),
+        Err(e) => error(StatusCode::BAD_REQUEST, "event_refused", &e.to_string()),
+    }
+}
+
+fn member_json(m: &Member) -> serde_json::Value {
+    let v = nuvol_catalog::member_views(std::slice::from_ref(m));
+    v.first()
+        .and_then(|v| serde_json::to_value(v).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// One event as an SSE frame (`event: <type>` + one `data:` JSON line).
+pub fn sse_frame(e: &Event) -> String {
+    let (ty, data) = match e {
+        Event::Join(m) => ("join", serde_json::json!({ "member": member_json(m) })),
+        Event::Leave(m) => ("leave", serde_json::json!({ "member": member_json(m) })),
+        Event::Failed(m) => ("failed", serde_json::json!({ "member": member_json(m) })),
+        Event::Update(m) => ("update", serde_json::json!({ "member": member_json(m) })),
+        Event::Reap(m) => ("reap", serde_json::json!({ "member": member_json(m) })),
+        Event::User {
+            ltime,
+            name,
+            payload,
+            coalesce,
+        } => (
+            "user",
+            serde_json::json!({
+                "ltime": ltime,
+                "name": name,
+                "payload": String::from_utf8_lossy(payload),
+                "coalesce": coalesce,
+            }),
+        ),
+        Event::Query(q) => (
+            "query",
+            serde_json::json!({
+                "ltime": q.ltime,
+                "id": q.id,
+                "name": q.name,
+                "payload": String::from_utf8_lossy(&q.payload),
+                "from": q.source_node,
+            }),
+        ),
+    };
+    // serde_json::to_string never emits raw newlines, so one data line holds it
+    format!("event: {ty}\ndata: {data}\n\n")
+}
+
+struct StreamGuard;
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        OPEN_STREAMS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn event_stream(d: &DiscoveryHandle) -> Resp {
+    if OPEN_STREAMS.fetch_add(1, Ordering::Relaxed) >= MAX_EVENT_STREAMS {
+        OPEN_STREAMS.fetch_sub(1, Ordering::Relaxed);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            &format!("at most {MAX_EVENT_STREAMS} event streams at once"),
+        );
+    }
+    let guard = StreamGuard;
+    let mut rx = d.events();
+    let (tx, body_rx) = mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let _guard = guard;
+        if tx
+            .send(Bytes::from_static(b": nuvol events\n\n"))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let frame = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
+                Err(_) => ": keepalive\n\n".to_string(),
+                Ok(Ok(e)) => sse_frame(&e),
+                Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                    format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n")
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => return,
+            };
+            if tx.send(Bytes::from(frame)).await.is_err() {
+                return; // client went away
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-store")
+        .body(ChannelBody { rx: body_rx }.boxed_unsync())
+        .unwrap_or_else(|_| Response::new(crate::full(Bytes::new())))
+}
+
+/// A streaming body fed by a channel.
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let q = parse_query("type=_http._tcp&near=1&zone=bcn%2D1").unwrap();
+        assert_eq!(q.service_type.as_deref(), Some("_http._tcp"));
+        assert!(q.near && !q.healthy_only);
+        assert_eq!(q.zone.as_deref(), Some("bcn-1"));
+        assert_eq!(parse_query("").unwrap(), ServiceQuery::default());
+        assert!(parse_query("near=maybe").is_err());
+        assert!(parse_query("tpye=x").unwrap_err().contains("tpye"));
+        assert!(parse_query("type=%zz").is_err());
+        assert!(parse_query(&"a".repeat(2000)).is_err());
+    }
+
+    #[test]
+    fn routes_owned() {
+        assert!(owns("/api/v1/members") && owns("/api/v1/services") && owns("/api/v1/events"));
+        assert!(!owns("/api/v1/services/web") && !owns("/api/v1/local-services"));
+    }
+
+    #[test]
+    fn sse_frames_are_one_data_line() {
+        let f = sse_frame(&Event::User {
+            ltime: 3,
+            name: "deploy".into(),
+            payload: b"line1\nline2".to_vec(),
+            coalesce: false,
+        });
+        assert!(f.starts_with("event: user\ndata: {"), "{f}");
+        assert_eq!(f.matches('\n').count(), 3, "{f}");
+        let v: serde_json::Value =
+            serde_json::from_str(f.trim_end().split_once("data: ").unwrap().1).unwrap();
+        assert_eq!(v["payload"], "line1\nline2");
+    }
+}

@@ -1,0 +1,143 @@
+//! A bare gossip node for tests and benchmarks (not shipped on the box):
+//!
+//! ```text
+//! nuvol-gossip-node --name N --bind IP:PORT [--join IP:PORT]... [--profile lan|wan|local] [--key HEX] [--tag K=V]...
+//! ```
+//!
+//! Reads commands on stdin, one per line, answers one line on stdout:
+//! `members` → `members name=status name=status ...`, `stats` → `stats
+//! packets_in packets_out bytes_in bytes_out`, `leave` → leaves and exits.
+//! Member events are printed as they happen: `event join|leave|failed|update|reap NAME`.
+
+use nuvol_gossip::{Config, Event, Handle, Profile};
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+
+fn usage(msg: &str) -> ! {
+    eprintln!("nuvol-gossip-node: {msg}");
+    std::process::exit(2)
+}
+
+fn hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn parse() -> (Config, Vec<SocketAddr>) {
+    let mut name = None;
+    let mut bind: Option<SocketAddr> = None;
+    let mut join = Vec::new();
+    let mut profile = Profile::Lan;
+    let mut keys = Vec::new();
+    let mut tags = std::collections::BTreeMap::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let v = args
+            .next()
+            .unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        match a.as_str() {
+            "--name" => name = Some(v),
+            "--bind" => bind = Some(v.parse().unwrap_or_else(|_| usage("bad --bind"))),
+            "--join" => join.push(v.parse().unwrap_or_else(|_| usage("bad --join"))),
+            "--profile" => {
+                profile = match v.as_str() {
+                    "lan" => Profile::Lan,
+                    "wan" => Profile::Wan,
+                    "local" => Profile::Local,
+                    _ => usage("bad --profile"),
+                }
+            }
+            "--key" => keys.push(hex(&v).unwrap_or_else(|| usage("bad --key"))),
+            "--tag" => {
+                let (k, v) = v.split_once('=').unwrap_or_else(|| usage("--tag K=V"));
+                tags.insert(k.to_string(), v.to_string());
+            }
+            _ => usage(&format!("unknown argument {a}")),
+        }
+    }
+    let name = name.unwrap_or_else(|| usage("--name is required"));
+    let bind = bind.unwrap_or_else(|| usage("--bind is required"));
+    let mut cfg = Config::new(name, bind, profile);
+    cfg.keys = keys;
+    cfg.tags = tags;
+    (cfg, join)
+}
+
+fn out(line: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{line}");
+    let _ = o.flush();
+}
+
+fn main() {
+    let (cfg, join) = parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| usage(&format!("runtime: {e}")));
+    rt.block_on(async move {
+        let h = Handle::start(cfg)
+            .await
+            .unwrap_or_else(|e| usage(&format!("start: {e}")));
+        let mut ev = h.events();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(16);
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(l) = line else { break };
+                if tx.blocking_send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        if !join.is_empty() {
+            let h2 = h.clone();
+            tokio::spawn(async move {
+                // seeds may start a moment after us
+                for _ in 0..50 {
+                    if h2.join(&join).await.is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            });
+        }
+        out("ready");
+        loop {
+            tokio::select! {
+                e = ev.recv() => match e {
+                    Ok(Event::Join(m)) => out(&format!("event join {}", m.name)),
+                    Ok(Event::Leave(m)) => out(&format!("event leave {}", m.name)),
+                    Ok(Event::Failed(m)) => out(&format!("event failed {}", m.name)),
+                    Ok(Event::Reap(m)) => out(&format!("event reap {}", m.name)),
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                },
+                c = rx.recv() => match c.as_deref() {
+                    Some("members") => {
+                        let mut s = String::from("members");
+                        for m in h.members() {
+                            s.push_str(&format!(" {}={}", m.name, m.status.as_str()));
+                        }
+                        out(&s);
+                    }
+                    Some("stats") => {
+                        let s = h.stats();
+                        out(&format!("stats {} {} {} {}", s.packets_in, s.packets_out, s.bytes_in, s.bytes_out));
+                    }
+                    Some("leave") | None => {
+                        h.leave().await;
+                        out("left");
+                        return;
+                    }
+                    Some(_) => out("error unknown command"),
+                },
+            }
+        }
+    });
+}

@@ -1,0 +1,426 @@
+//! The agent's side of discovery: start Serf-compatible gossip from
+//! `[discovery]`, announce the services of installed bundles, answer the
+//! `nuvol-services` query, retry the seeds, leave gracefully on stop.
+//!
+//! Nothing here is fatal: a problem is logged and printed on the console and
+//! the box runs without discovery.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use nuvol_bundle::Store;
+use nuvol_catalog::discovery::service_tags;
+use nuvol_catalog::{DiscoveryConfig as Start, DiscoveryHandle, LocalService};
+use nuvol_config::{DiscoveryConfig, GossipProfile};
+use nuvol_gossip::{Event, Profile};
+
+/// Name of the query nuvol answers with its services as JSON
+/// (`serf query nuvol-services`).
+pub const SERVICES_QUERY: &str = "nuvol-services";
+/// How often the announced services are re-read from the bundle store.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// Longest wait between two attempts to join the seeds.
+pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How long to wait for an address to announce when bound to 0.0.0.0.
+const ADDRESS_WAIT: Duration = Duration::from_secs(60);
+
+/// The agent's discovery: the handle once gossip runs, and what a
+/// re-announcement needs.
+pub struct Discovery {
+    slot: OnceLock<DiscoveryHandle>,
+    hostname: String,
+    store: Option<Arc<Store>>,
+}
+
+impl Discovery {
+    /// The running discovery, if it started.
+    pub fn handle(&self) -> Option<DiscoveryHandle> {
+        self.slot.get().cloned()
+    }
+
+    /// Re-announce after bundles were installed, upgraded or removed.
+    pub fn bundles_changed(&self) {
+        if let (Some(d), Some(s)) = (self.slot.get(), &self.store) {
+            refresh(d, s, &self.hostname);
+        }
+    }
+
+    /// Leave the cluster gracefully (bounded: the agent must stop promptly).
+    pub async fn leave(&self) {
+        if let Some(d) = self.slot.get() {
+            if tokio::time::timeout(Duration::from_secs(5), d.leave())
+                .await
+                .is_err()
+            {
+                d.shutdown();
+            }
+            tracing::info!("discovery: left the cluster");
+        }
+    }
+}
+
+/// The services to announce: one per `[[announce]]` of each installed
+/// bundle; the first keeps the bundle's name, later ones get `-2`, `-3`...
+pub fn local_services(store: &Store, hostname: &str) -> Vec<LocalService> {
+    let bundles = match store.list() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!("discovery: cannot list bundles: {e}");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for b in bundles {
+        if b.state != "installed" {
+            continue;
+        }
+        for (i, a) in b.manifest.announce.iter().enumerate() {
+            out.push(LocalService {
+                name: if i == 0 {
+                    b.name.clone()
+                } else {
+                    format!("{}-{}", b.name, i + 1)
+                },
+                service_type: a.service_type.clone(),
+                port: a.port,
+                description: a
+                    .instance
+                    .clone()
+                    .unwrap_or_else(|| format!("{} on {hostname}", b.name)),
+            });
+        }
+    }
+    out
+}
+
+/// The longest prefix of `services` whose tags fit Serf's 512 bytes.
+fn fit(
+    base: &BTreeMap<String, String>,
+    zone: &str,
+    node: &str,
+    ip: &str,
+    services: &[LocalService],
+    cloudy: bool,
+) -> Vec<LocalService> {
+    let mut n = services.len();
+    while n > 0 {
+        let tags = service_tags(base, zone, node, ip, &services[..n], cloudy);
+        if nuvol_gossip::serf::encode_tags(&tags).len() <= nuvol_gossip::wire::META_MAX {
+            break;
+        }
+        n -= 1;
+    }
+    if n < services.len() {
+        tracing::warn!(
+            "discovery: only {n} of {} services fit Serf's 512-byte tags",
+            services.len()
+        );
+    }
+    services[..n].to_vec()
+}
+
+/// Re-announce the services of the installed bundles (call after bundle
+/// changes; also done every [`REFRESH_EVERY`]).
+pub fn refresh(d: &DiscoveryHandle, store: &Store, hostname: &str) {
+    let services = local_services(store, hostname);
+    if let Err(e) = set(d, &services) {
+        tracing::warn!("discovery: announcing services: {e}");
+    }
+}
+
+fn set(d: &DiscoveryHandle, services: &[LocalService]) -> Result<(), nuvol_gossip::GossipError> {
+    let g = d.gossip();
+    let me = g.members().into_iter().find(|m| m.name == g.name());
+    let base: BTreeMap<String, String> = me
+        .map(|m| {
+            m.tags
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with(nuvol_catalog::SVC_PREFIX) && k != "services")
+                .collect()
+        })
+        .unwrap_or_default();
+    let want = fit(
+        &base,
+        "",
+        g.name(),
+        &g.advertise().ip().to_string(),
+        services,
+        true,
+    );
+    d.set_services(&want)
+}
+
+/// The address to announce when bound to 0.0.0.0: the source address
+/// towards the first seed, else the first private (then any global) IPv4.
+fn pick_address(seeds: &[SocketAddr]) -> Option<IpAddr> {
+    for s in seeds {
+        let any: SocketAddr = if s.is_ipv4() {
+            "0.0.0.0:0".parse().ok()?
+        } else {
+            "[::]:0".parse().ok()?
+        };
+        if let Ok(u) = std::net::UdpSocket::bind(any) {
+            if u.connect(s).is_ok() {
+                if let Ok(a) = u.local_addr() {
+                    if !a.ip().is_unspecified() {
+                        return Some(a.ip());
+                    }
+                }
+            }
+        }
+    }
+    let v4: Vec<std::net::Ipv4Addr> = nuvol_status::interfaces()
+        .into_iter()
+        .filter(|i| i.name != "lo")
+        .flat_map(|i| i.addresses)
+        .filter_map(|a| a.split('/').next().and_then(|a| a.parse().ok()))
+        .filter(|a: &std::net::Ipv4Addr| !a.is_loopback() && !a.is_link_local())
+        .collect();
+    v4.iter()
+        .find(|a| a.is_private())
+        .or(v4.first())
+        .map(|a| IpAddr::V4(*a))
+}
+
+/// Start discovery in the background; the handle lands in the returned
+/// returned [`Discovery`] once gossip runs. Never fails: problems are logged and printed.
+pub fn spawn(
+    cfg: DiscoveryConfig,
+    hostname: String,
+    node_id: String,
+    store: Option<Arc<Store>>,
+) -> Arc<Discovery> {
+    let disc = Arc::new(Discovery {
+        slot: OnceLock::new(),
+        hostname: hostname.clone(),
+        store: store.clone(),
+    });
+    if !cfg.enabled {
+        tracing::info!("discovery: off ([discovery] enabled = false)");
+        return disc;
+    }
+    let s = disc.clone();
+    tokio::spawn(async move {
+        if let Some(d) = start(&cfg, &hostname, &node_id, store.as_deref()).await {
+            let _ = s.slot.set(d.clone());
+            background(d, cfg, hostname, store).await;
+        }
+    });
+    disc
+}
+
+/// Start gossip with the configured seeds and the bundles' services.
+pub async fn start(
+    cfg: &DiscoveryConfig,
+    hostname: &str,
+    node_id: &str,
+    store: Option<&Store>,
+) -> Option<DiscoveryHandle> {
+    let node_name = cfg.node_name_for(hostname, node_id);
+    let seeds = cfg.join_addrs();
+    let mut advertise = cfg.advertise.map(|ip| SocketAddr::new(ip, cfg.port));
+    if advertise.is_none() && cfg.bind.is_unspecified() {
+        let t0 = tokio::time::Instant::now();
+        loop {
+            if let Some(ip) = pick_address(&seeds) {
+                advertise = Some(SocketAddr::new(ip, cfg.port));
+                break;
+            }
+            if t0.elapsed() > ADDRESS_WAIT {
+                problem("no address to announce (set [discovery] advertise)");
+                return None;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let mut tags = cfg.tags.clone();
+    tags.insert(
+        nuvol_catalog::ROLE_TAG.to_string(),
+        cfg.role.as_str().to_string(),
+    );
+    let zone = cfg.zone.clone().unwrap_or_default();
+    let ip = advertise.map(|a| a.ip()).unwrap_or(cfg.bind).to_string();
+    let services = store
+        .map(|s| local_services(s, hostname))
+        .unwrap_or_default();
+    let services = fit(&tags, &zone, &node_name, &ip, &services, cfg.cloudy_compat);
+    let start = Start {
+        node_name: node_name.clone(),
+        bind: cfg.bind_addr(),
+        advertise,
+        join: Vec::new(), // joined below, with retries
+        tags,
+        zone,
+        encrypt_key: cfg.key_bytes(),
+        profile: match cfg.profile {
+            GossipProfile::Lan => Profile::Lan,
+            GossipProfile::Wan => Profile::Wan,
+        },
+        services,
+        cloudy_compat: cfg.cloudy_compat,
+    };
+    match DiscoveryHandle::start(start).await {
+        Ok(d) => {
+            let line = format!(
+                "nuvol: discovery: gossip as {node_name} on {} ({} seeds)",
+                d.gossip().advertise(),
+                seeds.len()
+            );
+            tracing::info!("{line}");
+            eprintln!("{line}");
+            Some(d)
+        }
+        Err(e) => {
+            problem(&format!("cannot start gossip on {}: {e}", cfg.bind_addr()));
+            None
+        }
+    }
+}
+
+fn problem(msg: &str) {
+    tracing::error!("discovery: {msg}");
+    eprintln!("nuvol: DISCOVERY PROBLEM: {msg}; running without discovery");
+}
+
+/// Seeds with backoff, the services query, periodic re-announcement.
+async fn background(
+    d: DiscoveryHandle,
+    cfg: DiscoveryConfig,
+    hostname: String,
+    store: Option<Arc<Store>>,
+) {
+    let seeds = cfg.join_addrs();
+    if !seeds.is_empty() {
+        let d = d.clone();
+        tokio::spawn(async move { join_with_backoff(&d, &seeds).await });
+    }
+    let mut events = d.events();
+    let mut tick = tokio::time::interval(REFRESH_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(Event::Query(q)) if q.name == SERVICES_QUERY => {
+                    let mine = own_services(&d);
+                    if let Err(e) = d.gossip().respond(&q, mine.as_bytes()) {
+                        tracing::debug!("discovery: answering {}: {e}", q.name);
+                    }
+                }
+                Ok(Event::Join(m)) => tracing::info!(node = %m.name, addr = %m.addr, "discovery: join"),
+                Ok(Event::Leave(m)) => tracing::info!(node = %m.name, "discovery: left"),
+                Ok(Event::Failed(m)) => tracing::warn!(node = %m.name, "discovery: failed"),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tick.tick() => {
+                if let Some(s) = &store {
+                    let want = local_services(s, &hostname);
+                    if want_differs(&d, &want) {
+                        refresh(&d, s, &hostname);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Our announced services as the `nuvol-services` answer:
+/// `[{"name","type","port"}]`, trimmed to fit a Serf response.
+fn own_services(d: &DiscoveryHandle) -> String {
+    let g = d.gossip();
+    let me = g.members().into_iter().find(|m| m.name == g.name());
+    let mut list: Vec<serde_json::Value> = Vec::new();
+    if let Some(m) = me {
+        for (k, v) in &m.tags {
+            if let Some(name) = k.strip_prefix(nuvol_catalog::SVC_PREFIX) {
+                if let Some((ty, port)) = v.rsplit_once(':') {
+                    list.push(serde_json::json!({"name": name, "type": ty, "port": port.parse::<u16>().unwrap_or(0)}));
+                }
+            }
+        }
+    }
+    loop {
+        let s = serde_json::Value::Array(list.clone()).to_string();
+        if s.len() <= 900 || list.is_empty() {
+            return s;
+        }
+        list.pop();
+    }
+}
+
+fn want_differs(d: &DiscoveryHandle, want: &[LocalService]) -> bool {
+    let g = d.gossip();
+    let Some(me) = g.members().into_iter().find(|m| m.name == g.name()) else {
+        return true;
+    };
+    let have: BTreeMap<&str, &str> = me
+        .tags
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(nuvol_catalog::SVC_PREFIX)?, v.as_str())))
+        .collect();
+    let want_map: BTreeMap<String, String> = want
+        .iter()
+        .map(|s| (s.name.clone(), format!("{}:{}", s.service_type, s.port)))
+        .collect();
+    have.len() != want_map.len()
+        || want_map
+            .iter()
+            .any(|(k, v)| have.get(k.as_str()) != Some(&v.as_str()))
+}
+
+/// Try the seeds until one answers: 1 s, 2 s, 4 s ... up to a minute.
+async fn join_with_backoff(d: &DiscoveryHandle, seeds: &[SocketAddr]) {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match d.gossip().join(seeds).await {
+            Ok(n) => {
+                tracing::info!("discovery: joined through {n} of {} seeds", seeds.len());
+                return;
+            }
+            Err(e) => tracing::info!("discovery: {e}; retrying in {wait:?}"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(JOIN_BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, port: u16) -> LocalService {
+        LocalService {
+            name: name.into(),
+            service_type: "_http._tcp".into(),
+            port,
+            description: format!("{name} on box"),
+        }
+    }
+
+    #[test]
+    fn fit_drops_services_past_serf_limit() {
+        let many: Vec<LocalService> = (0..60)
+            .map(|i| svc(&format!("service{i}"), 8000 + i))
+            .collect();
+        let base = BTreeMap::new();
+        let kept = fit(&base, "z", "box", "10.0.0.1", &many, true);
+        assert!(
+            !kept.is_empty() && kept.len() < many.len(),
+            "{}",
+            kept.len()
+        );
+        let tags = service_tags(&base, "z", "box", "10.0.0.1", &kept, true);
+        assert!(nuvol_gossip::serf::encode_tags(&tags).len() <= nuvol_gossip::wire::META_MAX);
+        let few = vec![svc("web", 8080)];
+        assert_eq!(fit(&base, "z", "box", "10.0.0.1", &few, true), few);
+    }
+
+    #[test]
+    fn address_towards_a_seed() {
+        let ip = pick_address(&["127.0.0.9:7946".parse().unwrap()]);
+        assert_eq!(ip, Some("127.0.0.1".parse().unwrap()));
+    }
+}

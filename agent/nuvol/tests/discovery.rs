@@ -1,0 +1,542 @@
+//! Discovery through the real binary: two Go `serf agent`s (Debian's
+//! `serf`) and two `nuvol agent` processes on 127.0.0.1 ports, in the clear
+//! and with an encryption key on all four.
+//!
+//! Checked: Go lists the nuvol nodes alive with their tags (config tags,
+//! role/zone, and the `svc:` + Cloudy `services` tags of a bundle installed
+//! through the API); `/api/v1/members` lists the Go nodes with theirs;
+//! `serf event` shows up in `/api/v1/events`; `POST /api/v1/events` reaches
+//! Go's event handler; `serf query nuvol-services` is answered by both
+//! nuvol nodes; `kill -9` of a nuvol node is seen as failed by both Go
+//! nodes and the other nuvol; SIGTERM makes a nuvol node leave gracefully.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let p = u.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+struct TmpDir(PathBuf);
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A Go serf agent, killed on drop.
+struct GoSerf {
+    child: Child,
+    rpc: String,
+    bind: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Drop for GoSerf {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl GoSerf {
+    fn start(dir: &Path, name: &str, key: Option<&str>, join: Option<SocketAddr>) -> GoSerf {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let bind = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let rpc = format!("127.0.0.1:{}", free_port());
+        let events = dir.join("events.log");
+        let mut cmd = Command::new("serf");
+        cmd.arg("agent")
+            .arg(format!("-node={name}"))
+            .arg(format!("-bind={bind}"))
+            .arg(format!("-rpc-addr={rpc}"))
+            .arg("-tag")
+            .arg("lang=go")
+            .arg(format!(
+                "-event-handler=user=sh -c 'echo \"$SERF_USER_EVENT $(cat)\" >> {}'",
+                events.display()
+            ));
+        if let Some(k) = key {
+            cmd.arg(format!("-encrypt={k}"));
+        }
+        if let Some(j) = join {
+            cmd.arg(format!("-join={j}"));
+        }
+        let log = std::fs::File::create(dir.join("agent.log")).expect("log");
+        let child = cmd
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("serf is installed (tests/apt-packages.txt)");
+        let g = GoSerf {
+            child,
+            rpc,
+            bind,
+            dir,
+        };
+        let t0 = Instant::now();
+        while g.members().is_none() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        g
+    }
+
+    fn members(&self) -> Option<serde_json::Value> {
+        let out = Command::new("serf")
+            .args([
+                "members",
+                "-format=json",
+                &format!("-rpc-addr={}", self.rpc),
+            ])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn member(&self, node: &str) -> Option<serde_json::Value> {
+        self.members()?["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == node)
+            .cloned()
+    }
+
+    fn status_of(&self, node: &str) -> String {
+        self.member(node)
+            .and_then(|m| m["status"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    fn events_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("events.log")).unwrap_or_default()
+    }
+}
+
+/// A `nuvol agent` process, killed on drop.
+struct Nuvol {
+    child: Child,
+    port: u16,
+    gossip: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Drop for Nuvol {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Nuvol {
+    fn start(dir: &Path, name: &str, extra: &str, trusted_key: &str) -> Nuvol {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let gossip = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = format!(
+            "[bundles]\ntrusted_keys = [\"{trusted_key}\"]\n\n\
+             [discovery]\nbind = \"127.0.0.1\"\nport = {}\nnode_name = \"{name}\"\n\
+             mdns = false\nrole = \"super-node\"\nzone = \"z1\"\ntags = {{ colour = \"blue\" }}\n{extra}",
+            gossip.port()
+        );
+        std::fs::write(dir.join("nuvol.toml"), config).expect("config");
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("agent.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_nuvol"))
+            .args(["agent", "--network", "off", "--config"])
+            .arg(dir.join("nuvol.toml"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("NUVOL_RUN_DIR", dir.join("run"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("nuvol");
+        let n = Nuvol {
+            child,
+            port,
+            gossip,
+            dir,
+        };
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "agent did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        n
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("state/admin-token"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    fn req(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return (0, String::new());
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+            self.token(),
+            body.len()
+        );
+        if s.write_all(head.as_bytes()).is_err() || s.write_all(body).is_err() {
+            return (0, String::new());
+        }
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out).into_owned();
+        let Some((head, body)) = out.split_once("\r\n\r\n") else {
+            return (0, out);
+        };
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, body.to_string())
+    }
+
+    fn members(&self) -> Vec<serde_json::Value> {
+        let (code, body) = self.req("GET", "/api/v1/members", b"");
+        if code != 200 {
+            return Vec::new();
+        }
+        serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap_or_default()
+    }
+
+    fn status_of(&self, node: &str) -> String {
+        self.members()
+            .iter()
+            .find(|m| m["name"] == node)
+            .and_then(|m| m["status"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+}
+
+/// Reads `GET /api/v1/events` into a buffer until dropped.
+struct EventStream {
+    buf: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl EventStream {
+    fn open(n: &Nuvol) -> EventStream {
+        let buf = Arc::new(Mutex::new(String::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut s = TcpStream::connect(("127.0.0.1", n.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET /api/v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+            n.token()
+        )
+        .expect("write");
+        let (b, st) = (buf.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while !st.load(Ordering::Relaxed) {
+                match s.read(&mut chunk) {
+                    Ok(0) => return,
+                    Ok(k) => {
+                        if let Ok(mut g) = b.lock() {
+                            g.push_str(&String::from_utf8_lossy(&chunk[..k]));
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        EventStream { buf, stop }
+    }
+    fn text(&self) -> String {
+        self.buf.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if f() {
+            eprintln!("{what}: after {:?}", t0.elapsed());
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("timed out after {limit:?} waiting for {what}");
+    false
+}
+
+fn nuvol_cli(args: &[&str]) {
+    let st = Command::new(env!("CARGO_BIN_EXE_nuvol"))
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("nuvol");
+    assert!(st.success(), "nuvol {args:?}");
+}
+
+/// A signed bundle announcing `_http._tcp` on 8080, and its public key line.
+fn make_bundle(dir: &Path) -> (PathBuf, String) {
+    let s = |p: &str| dir.join(p).to_string_lossy().into_owned();
+    std::fs::create_dir_all(dir.join("root/bin")).expect("root");
+    std::fs::write(dir.join("root/bin/x"), "x").expect("file");
+    std::fs::write(
+        dir.join("m.toml"),
+        "name = \"webby\"\nversion = \"1\"\npublisher = \"t\"\n[run]\ncommand = [\"/bin/x\"]\n\
+         [[announce]]\nservice_type = \"_http._tcp\"\nport = 8080\n",
+    )
+    .expect("manifest");
+    nuvol_cli(&["bundle", "keygen", "-o", &s("k")]);
+    nuvol_cli(&[
+        "bundle",
+        "build",
+        "-m",
+        &s("m.toml"),
+        "-r",
+        &s("root"),
+        "-o",
+        &s("w.nvb"),
+        "-k",
+        &s("k.sec"),
+    ]);
+    let pubkey = std::fs::read_to_string(dir.join("k.pub")).expect("pub");
+    let line = pubkey
+        .lines()
+        .find(|l| l.starts_with("RW"))
+        .expect("key line")
+        .to_string();
+    (dir.join("w.nvb"), line)
+}
+
+fn scenario(tag: &str, key: Option<&str>) {
+    let pid = std::process::id();
+    let tmp = TmpDir(std::env::temp_dir().join(format!("nuvol-disc-{tag}-{pid}")));
+    let _ = std::fs::remove_dir_all(&tmp.0);
+    std::fs::create_dir_all(&tmp.0).expect("tmp");
+    let (bundle, pubkey) = make_bundle(&tmp.0);
+
+    let go_a = GoSerf::start(&tmp.0, &format!("go-a-{pid}"), key, None);
+    let go_b = GoSerf::start(&tmp.0, &format!("go-b-{pid}"), key, Some(go_a.bind));
+    let extra = |join: SocketAddr| {
+        let mut s = format!("join = [\"{join}\"]\n");
+        if let Some(k) = key {
+            s.push_str(&format!("encrypt_key = \"{k}\"\n"));
+        }
+        s
+    };
+    let n1_name = format!("nuvol-1-{pid}");
+    let n2_name = format!("nuvol-2-{pid}");
+    let n1 = Nuvol::start(&tmp.0, &n1_name, &extra(go_a.bind), &pubkey);
+    let n2 = Nuvol::start(&tmp.0, &n2_name, &extra(go_b.bind), &pubkey);
+    let diag = |n: &Nuvol| format!("{} log:\n{}", n.gossip, n.log());
+
+    // Go sees both nuvol nodes alive, with their tags
+    assert!(
+        wait_for(
+            "go-a lists both nuvol nodes alive",
+            Duration::from_secs(20),
+            || { go_a.status_of(&n1_name) == "alive" && go_a.status_of(&n2_name) == "alive" }
+        ),
+        "{}",
+        diag(&n1)
+    );
+    let m = go_a.member(&n1_name).expect("member");
+    assert_eq!(m["tags"]["colour"], "blue", "{m}");
+    assert_eq!(m["tags"]["role"], "super-node", "{m}");
+    assert_eq!(m["tags"]["zone"], "z1", "{m}");
+
+    // the API lists the Go nodes with their tags
+    let go_names = [format!("go-a-{pid}"), format!("go-b-{pid}")];
+    assert!(wait_for(
+        "nuvol-2 lists both Go nodes alive",
+        Duration::from_secs(20),
+        || { go_names.iter().all(|g| n2.status_of(g) == "alive") }
+    ));
+    let ms = n2.members();
+    let ga = ms.iter().find(|m| m["name"] == go_names[0]).expect("go-a");
+    assert_eq!(ga["tags"]["lang"], "go", "{ga}");
+    assert!(
+        ga["addr"]
+            .as_str()
+            .is_some_and(|a| a == go_a.bind.to_string()),
+        "{ga}"
+    );
+
+    // a bundle installed through the API is announced to Go as tags
+    let (code, body) = n1.req(
+        "POST",
+        "/api/v1/bundles",
+        &std::fs::read(&bundle).expect("nvb"),
+    );
+    assert!(code == 200 || code == 201, "install: {code} {body}");
+    assert!(
+        wait_for(
+            "go-b sees the bundle's svc: tag",
+            Duration::from_secs(20),
+            || {
+                go_b.member(&n1_name)
+                    .is_some_and(|m| m["tags"]["svc:webby"] == "_http._tcp:8080")
+            }
+        ),
+        "{}",
+        diag(&n1)
+    );
+    let m = go_b.member(&n1_name).expect("member");
+    assert!(
+        m["tags"]["services"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "{m}"
+    );
+    // ... and lands in the other nuvol's catalog, from both tag schemes
+    assert!(wait_for(
+        "nuvol-2's catalog has webby",
+        Duration::from_secs(10),
+        || {
+            let (c, b) = n2.req("GET", "/api/v1/services?type=_http._tcp&near=1", b"");
+            c == 200 && b.contains("\"serf\"") && b.contains("\"cloudy\"") && b.contains(&n1_name)
+        }
+    ));
+
+    // serf event → nuvol's event stream
+    let stream = EventStream::open(&n1);
+    std::thread::sleep(Duration::from_millis(300));
+    let st = Command::new("serf")
+        .args([
+            "event",
+            &format!("-rpc-addr={}", go_b.rpc),
+            "from-go",
+            "payload-42",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("serf event");
+    assert!(st.success());
+    assert!(
+        wait_for("from-go in /api/v1/events", Duration::from_secs(10), || {
+            let t = stream.text();
+            t.contains("event: user") && t.contains("from-go") && t.contains("payload-42")
+        }),
+        "stream: {}",
+        stream.text()
+    );
+    assert!(stream.text().contains("text/event-stream"));
+
+    // POST /api/v1/events → Go's event handler
+    let (code, body) = n2.req(
+        "POST",
+        "/api/v1/events",
+        br#"{"name": "from-nuvol", "payload": "hello", "coalesce": false}"#,
+    );
+    assert_eq!(code, 202, "{body}");
+    assert!(wait_for(
+        "Go handler ran for from-nuvol",
+        Duration::from_secs(10),
+        || {
+            go_a.events_log().contains("from-nuvol hello")
+                && go_b.events_log().contains("from-nuvol hello")
+        }
+    ));
+    let (code, _) = n2.req("POST", "/api/v1/events", b"{\"nme\": 1}");
+    assert_eq!(code, 400);
+
+    // serf query answered by both nuvol nodes
+    let out = Command::new("serf")
+        .args([
+            "query",
+            &format!("-rpc-addr={}", go_a.rpc),
+            "-format=json",
+            "-timeout=3s",
+            "nuvol-services",
+            "",
+        ])
+        .output()
+        .expect("serf query");
+    let q: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(q["Responses"][&n1_name].is_string(), "{q}");
+    assert!(q["Responses"][&n2_name].is_string(), "{q}");
+    let r: serde_json::Value =
+        serde_json::from_str(q["Responses"][&n1_name].as_str().unwrap_or("")).unwrap_or_default();
+    assert_eq!(r[0]["name"], "webby", "{q}");
+
+    // kill -9 nuvol-1: failed at both Go nodes and at nuvol-2 (Serf's LAN
+    // timing: probe 1 s, suspicion 4 × log10(n) s, scaled up to 6×)
+    let stream2 = EventStream::open(&n2);
+    std::thread::sleep(Duration::from_millis(300));
+    n1.signal("-9");
+    let t0 = Instant::now();
+    assert!(wait_for(
+        "nuvol-1 failed everywhere",
+        Duration::from_secs(30),
+        || {
+            go_a.status_of(&n1_name) == "failed"
+                && go_b.status_of(&n1_name) == "failed"
+                && n2.status_of(&n1_name) == "failed"
+        }
+    ));
+    eprintln!("[{tag}] kill -9 detected by all in {:?}", t0.elapsed());
+    let t = stream2.text();
+    assert!(t.contains("event: failed") && t.contains(&n1_name), "{t}");
+
+    // SIGTERM nuvol-2: graceful leave
+    n2.signal("-TERM");
+    assert!(wait_for("nuvol-2 left", Duration::from_secs(15), || {
+        go_a.status_of(&n2_name) == "left" && go_b.status_of(&n2_name) == "left"
+    }));
+    drop(stream);
+    drop(stream2);
+}
+
+#[test]
+fn discovery_with_go_serf_clear() {
+    scenario("clear", None);
+}
+
+#[test]
+fn discovery_with_go_serf_encrypted() {
+    scenario("enc", Some("T9jncgl9mbLus+baTTa7q7nPSUrXwbDi2dhbtqir37s="));
+}
