@@ -32,6 +32,8 @@ pub struct Discovery {
     slot: OnceLock<DiscoveryHandle>,
     hostname: String,
     store: Option<Arc<Store>>,
+    /// The mDNS responder/browser while it runs (taken on leave for goodbyes).
+    mdns: std::sync::Mutex<Option<Arc<nuvol_mdns::Mdns>>>,
 }
 
 impl Discovery {
@@ -47,8 +49,14 @@ impl Discovery {
         }
     }
 
-    /// Leave the cluster gracefully (bounded: the agent must stop promptly).
+    /// Leave the cluster gracefully and send mDNS goodbyes (bounded: the
+    /// agent must stop promptly).
     pub async fn leave(&self) {
+        let mdns = self.mdns.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(m) = mdns.and_then(|m| Arc::try_unwrap(m).ok()) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), m.shutdown()).await;
+            tracing::info!("discovery: mDNS goodbyes sent");
+        }
         if let Some(d) = self.slot.get() {
             if tokio::time::timeout(Duration::from_secs(5), d.leave())
                 .await
@@ -196,10 +204,14 @@ pub fn spawn(
         slot: OnceLock::new(),
         hostname: hostname.clone(),
         store: store.clone(),
+        mdns: std::sync::Mutex::new(None),
     });
     if !cfg.enabled {
         tracing::info!("discovery: off ([discovery] enabled = false)");
         return disc;
+    }
+    if cfg.mdns {
+        start_mdns(&disc, &hostname);
     }
     let s = disc.clone();
     tokio::spawn(async move {
@@ -209,6 +221,79 @@ pub fn spawn(
         }
     });
     disc
+}
+
+/// Start the mDNS responder/browser: publish this box's services on every
+/// LAN, merge what others publish into the catalog (source `mdns`).
+fn start_mdns(disc: &Arc<Discovery>, hostname: &str) {
+    let cfg = nuvol_mdns::MdnsConfig {
+        hostname: hostname.to_string(),
+        interfaces: None,
+    };
+    let m = match nuvol_mdns::Mdns::start(cfg) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            problem(&format!("mDNS: {e}"));
+            return;
+        }
+    };
+    let mut events = m.events();
+    let weak = Arc::downgrade(&m);
+    *disc.mdns.lock().unwrap_or_else(|p| p.into_inner()) = Some(m);
+    let disc = Arc::downgrade(disc);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                ev = events.recv() => if let Err(tokio::sync::broadcast::error::RecvError::Closed) = ev {
+                    return;
+                },
+            }
+            let (Some(m), Some(disc)) = (weak.upgrade(), disc.upgrade()) else {
+                return;
+            };
+            sync_mdns(&m, &disc);
+        }
+    });
+}
+
+/// Publish what should be published, unpublish what should not, and hand
+/// the discovered services to the catalog.
+fn sync_mdns(m: &nuvol_mdns::Mdns, disc: &Discovery) {
+    let want: Vec<nuvol_mdns::MdnsService> = disc
+        .store
+        .as_deref()
+        .map(|s| local_services(s, &disc.hostname))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| nuvol_mdns::MdnsService {
+            instance: format!("{} on {}", l.name, disc.hostname)
+                .chars()
+                .take(63)
+                .collect(),
+            service_type: l.service_type,
+            port: l.port,
+            txt: BTreeMap::new(),
+        })
+        .collect();
+    let have = m.published();
+    for h in &have {
+        if !want.contains(h) {
+            let _ = m.unpublish(&h.instance, &h.service_type);
+        }
+    }
+    for w in want {
+        if !have.contains(&w) {
+            if let Err(e) = m.publish(w) {
+                tracing::warn!("mDNS publish: {e}");
+            }
+        }
+    }
+    if let Some(d) = disc.slot.get() {
+        let found = m.services().iter().map(nuvol_mdns::to_catalog).collect();
+        d.set_external_services("mdns", found);
+    }
 }
 
 /// Start gossip with the configured seeds and the bundles' services.
