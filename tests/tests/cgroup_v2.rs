@@ -31,6 +31,7 @@ const PLAN: &[(&str, &str, &[&str])] = &[
             "stop_with_grace_lets_a_service_exit_cleanly",
             "cpu_max_and_weight_are_written_and_enforced",
             "fifty_containers_leave_no_cgroups_or_mounts",
+            "v2_root_path_enables_controllers_on_the_way_down",
         ],
     ),
     (
