@@ -397,8 +397,8 @@ impl Cgroup {
     }
 
     /// CPU time used by the cgroup's processes, in microseconds
-    /// (`cpu.stat` `usage_usec` on v2, `cpuacct.usage` on v1 when mounted
-    /// with `cpu`; 0 when unknown).
+    /// (`cpu.stat` `usage_usec` on v2; on v1 `cpuacct.usage`, found only
+    /// when cpuacct is co-mounted with cpu; 0 when unknown).
     pub fn cpu_usage_usec(&self) -> u64 {
         match &self.root {
             CgroupRoot::V2(p) => {

@@ -55,6 +55,13 @@ impl Env {
         let tmp = tempfile::tempdir().unwrap();
         let rootfs = busybox_rootfs(tmp.path());
         let cg = CgroupRoot::detect(&unique("nuvol-sup-test")).unwrap();
+        // The QEMU run (tests/tests/cgroup_v2.rs) sets this: v1 must not pass for v2.
+        if std::env::var_os("NUVOL_REQUIRE_CGROUP_V2").is_some() {
+            assert!(
+                cg.is_v2(),
+                "cgroup v2 required but this kernel offers {cg:?}"
+            );
+        }
         let sup = Supervisor::new(&tmp.path().join("data"), cg.clone()).unwrap();
         Env {
             sup,

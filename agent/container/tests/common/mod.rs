@@ -52,8 +52,28 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
 pub struct CgroupGuard(pub CgroupRoot);
 
 impl CgroupGuard {
+    /// Fails when `NUVOL_REQUIRE_CGROUP_V2` is set (the QEMU run of
+    /// `tests/tests/cgroup_v2.rs` sets it) and the host offers only v1, so a
+    /// v2 run can never pass on v1 by accident. Says which one it uses.
     pub fn new() -> Self {
-        CgroupGuard(CgroupRoot::detect(&unique("nuvol-test")).expect("cgroups"))
+        let root = CgroupRoot::detect(&unique("nuvol-test")).expect("cgroups");
+        require_v2_if_asked(&root);
+        CgroupGuard(root)
+    }
+}
+
+/// Panic if cgroup v2 is required but `root` is not v2; print which is used.
+pub fn require_v2_if_asked(root: &CgroupRoot) {
+    if std::env::var_os("NUVOL_REQUIRE_CGROUP_V2").is_some() {
+        assert!(
+            root.is_v2(),
+            "cgroup v2 required (NUVOL_REQUIRE_CGROUP_V2) but this kernel offers {root:?}"
+        );
+    }
+    if !root.is_v2() {
+        eprintln!(
+            "note: cgroup v1 (hybrid host); the v2 run of this test is tests/tests/cgroup_v2.rs (QEMU, box kernel)"
+        );
     }
 }
 
