@@ -210,12 +210,20 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .config
                 .parent()
                 .map_or_else(|| PathBuf::from("."), PathBuf::from);
-            tokio::spawn(crate::bundles::provision(
+            let provisioning = crate::bundles::provision(
                 store,
                 loaded.config.bundles.clone(),
                 config_dir,
                 args.state_dir.clone(),
-            ));
+            );
+            let services = services.clone();
+            tokio::spawn(async move {
+                provisioning.await;
+                // Run what provisioning installed.
+                if let Some(s) = services {
+                    s.sync().await;
+                }
+            });
         }
         let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
         let https = crate::api_setup::https_addr(args.listen, args.https_listen, &loaded.config);

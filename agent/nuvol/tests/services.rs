@@ -61,7 +61,11 @@ struct Agent {
 
 impl Agent {
     fn start(dir: PathBuf) -> Agent {
-        std::fs::write(dir.join("nuvol.toml"), "").unwrap();
+        Agent::start_with(dir, "")
+    }
+
+    fn start_with(dir: PathBuf, config: &str) -> Agent {
+        std::fs::write(dir.join("nuvol.toml"), config).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -370,4 +374,25 @@ fn agent_stop_takes_its_services_down() {
         processes_in_cgroup_of(agent_pid).is_empty(),
         "service processes outlived the agent"
     );
+}
+
+#[test]
+fn bundle_named_in_nuvol_toml_is_installed_and_run() {
+    let dir = std::env::temp_dir().join(format!("nuvol-services-prov-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = SecretKey::generate().unwrap();
+    let v1 = make_bundle(&dir, &key, "1.0");
+    let public = key.public().to_text("test");
+    let line = public.lines().nth(1).unwrap();
+    let config = format!(
+        "[bundles]\ntrusted_keys = [{line:?}]\ninstall = [{:?}]\n",
+        v1.file_name().unwrap().to_str().unwrap()
+    );
+    let mut a = Agent::start_with(dir.clone(), &config);
+    let s = a.wait_for("provisioned service", |s| {
+        s["state"] == "running" && s["version"] == "1.0"
+    });
+    assert!(s["pid"].is_number(), "{s}");
+    a.stop();
 }
