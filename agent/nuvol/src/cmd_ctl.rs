@@ -580,25 +580,35 @@ async fn main(args: CtlArgs) -> Result<(), Fail> {
             lines,
             name,
         } => {
-            let path = format!(
-                "/api/v1/services/{}/logs?lines={lines}{}",
-                nuvol_api::parse::percent_encode(&name),
-                if follow { "&follow=1" } else { "" }
-            );
-            let resp = c.send("GET", &path, Payload::Empty, None).await?;
-            if !resp.status().is_success() {
-                let st = resp.status();
-                return Err(Fail(BOX_ERROR, format!("{st}: {}", error_text(resp).await)));
-            }
-            let mut body = resp.into_body();
-            let mut out = std::io::stdout();
-            while let Some(f) = body.frame().await {
-                let f = f.map_err(|e| Fail(CANNOT, format!("log stream: {e}")))?;
-                if let Ok(d) = f.into_data() {
-                    if out.write_all(&d).and_then(|()| out.flush()).is_err() {
-                        break;
+            // The box closes a connection idle for 120 s, so a quiet
+            // service's follow stream ends now and then: with -f, resume
+            // with only new lines until interrupted or the service is gone.
+            let mut lines = lines;
+            loop {
+                let path = format!(
+                    "/api/v1/services/{}/logs?lines={lines}{}",
+                    nuvol_api::parse::percent_encode(&name),
+                    if follow { "&follow=1" } else { "" }
+                );
+                let resp = c.send("GET", &path, Payload::Empty, None).await?;
+                if !resp.status().is_success() {
+                    let st = resp.status();
+                    return Err(Fail(BOX_ERROR, format!("{st}: {}", error_text(resp).await)));
+                }
+                let mut body = resp.into_body();
+                let mut out = std::io::stdout();
+                while let Some(f) = body.frame().await {
+                    let Ok(f) = f else { break };
+                    if let Ok(d) = f.into_data() {
+                        if out.write_all(&d).and_then(|()| out.flush()).is_err() {
+                            return Ok(());
+                        }
                     }
                 }
+                if !follow {
+                    break;
+                }
+                lines = 0;
             }
         }
         CtlCmd::Reboot => {
