@@ -30,6 +30,7 @@ IMAGE := out/nuvol-x86_64.img
 IMAGE_WRAPPER ?=
 FIRMWARE ?= bios
 PORT ?= 8080
+HTTPS_PORT ?= 8443
 
 .PHONY: deps deps-test nuvol kernel image qemu test test-unit test-e2e fuzz-short lint bench bundles clean
 
@@ -50,7 +51,7 @@ image: nuvol kernel
 	$(IMAGE_WRAPPER) image/build.sh $(NUVOL_BIN) out/bzImage $(IMAGE)
 
 qemu: image
-	qemu/run.sh --firmware $(FIRMWARE) --port $(PORT) $(IMAGE)
+	qemu/run.sh --firmware $(FIRMWARE) --port $(PORT) --https-port $(HTTPS_PORT) $(IMAGE)
 
 lint: deps
 	cargo fmt --all -- --check

@@ -4,6 +4,7 @@
 #   qemu/run.sh [options] IMAGE
 #     --firmware bios|uefi   SeaBIOS (default) or OVMF
 #     --port N               host port forwarded to the guest's panel (port 80); default 8080
+#     --https-port N         host port forwarded to the guest's HTTPS panel (443); default none
 #     --qmp PATH             QMP socket (for system_powerdown and friends)
 #     --serial FILE          serial console to FILE instead of this terminal
 #     --mem MIB              guest memory; default 512
@@ -15,11 +16,12 @@
 # otherwise TCG. Set QEMU_ACCEL=kvm|tcg to force one.
 set -euo pipefail
 
-firmware=bios port=8080 qmp="" serial="" mem=512 vars="" kernel="" initrd="" append=""
+firmware=bios port=8080 https_port="" qmp="" serial="" mem=512 vars="" kernel="" initrd="" append=""
 while [ $# -gt 1 ]; do
     case $1 in
         --firmware) firmware=$2; shift 2 ;;
         --port) port=$2; shift 2 ;;
+        --https-port) https_port=$2; shift 2 ;;
         --qmp) qmp=$2; shift 2 ;;
         --serial) serial=$2; shift 2 ;;
         --mem) mem=$2; shift 2 ;;
@@ -30,14 +32,14 @@ while [ $# -gt 1 ]; do
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-[ $# -eq 1 ] || { sed -n '2,15p' "$0" >&2; exit 2; }
+[ $# -eq 1 ] || { sed -n '2,16p' "$0" >&2; exit 2; }
 image=$1
 [ -f "$image" ] || { echo "run.sh: no image at $image (run 'make image')" >&2; exit 1; }
 
 accel=${QEMU_ACCEL:-$("$(dirname "$0")/probe-kvm.sh")}
 args=(-machine q35 -accel "$accel" -m "$mem" -smp 2 -nographic -no-user-config -nodefaults
       -drive "file=$image,if=virtio,format=raw,cache=unsafe"
-      -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:80"
+      -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:80${https_port:+,hostfwd=tcp:127.0.0.1:$https_port-:443}"
       -device virtio-net-pci,netdev=n0,romfile=
       -device i6300esb -watchdog-action reset
       -device virtio-rng-pci)
