@@ -12,14 +12,12 @@
 //! The JSON shapes are documented in docs/discovery.md (`nuvol ctl` reads
 //! them). All of these need the admin token (`handle()` enforces it).
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use nuvol_catalog::{DiscoveryHandle, ServiceQuery};
 use nuvol_gossip::{Event, Member};
@@ -278,24 +276,8 @@ fn event_stream(d: &DiscoveryHandle) -> Resp {
     Response::builder()
         .header("content-type", "text/event-stream")
         .header("cache-control", "no-store")
-        .body(ChannelBody { rx: body_rx }.boxed_unsync())
+        .body(crate::channel_body(body_rx))
         .unwrap_or_else(|_| Response::new(crate::full(Bytes::new())))
-}
-
-/// A streaming body fed by a channel.
-struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
 }
 
 #[cfg(test)]

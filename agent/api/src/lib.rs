@@ -143,6 +143,26 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error
 /// What every handler returns.
 pub type Resp = Response<Body>;
 
+/// A streaming body fed by a channel: each message is one chunk; the body
+/// ends when the sender is dropped, and dropping the body (client gone)
+/// closes the channel, which ends the task feeding it.
+pub fn channel_body(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Body {
+    struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+    impl hyper::body::Body for ChannelBody {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+        }
+    }
+    ChannelBody(rx).boxed_unsync()
+}
+
 /// A body holding `bytes` whole.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

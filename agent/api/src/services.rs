@@ -16,13 +16,9 @@
 //! `bad_request` (400), `service_error` (409/500).
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::Frame;
 use hyper::{Method, Request, Response, StatusCode};
 use nuvol_supervisor::{LogFollower, LogLine, ServiceStatus, Stream, SupervisorError};
 use serde::Serialize;
@@ -30,7 +26,7 @@ use serde::Serialize;
 use crate::{error, full, json, Body, Resp};
 
 /// A boxed future, so the trait stays object safe.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Most lines one `?lines=` asks for (the memory ring holds fewer anyway).
 pub const MAX_LINES: usize = 10_000;
@@ -121,22 +117,6 @@ fn text(body: Body) -> Resp {
         .unwrap_or_else(|_| Response::new(full(Bytes::new())))
 }
 
-/// A body fed by a channel: each message is one chunk; the body ends when
-/// the sender is dropped. Dropping the body (client gone) closes the channel,
-/// which ends the task feeding it.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
-}
-
 /// The last `lines` lines of the follower's backlog, then live lines, until
 /// the client goes away or the service is removed.
 fn follow_body(mut follower: LogFollower, lines: Option<usize>) -> Body {
@@ -159,7 +139,7 @@ fn follow_body(mut follower: LogFollower, lines: Option<usize>) -> Body {
             }
         }
     });
-    ChannelBody(rx).boxed_unsync()
+    crate::channel_body(rx)
 }
 
 fn find(svc: &dyn Services, name: &str) -> Option<LocalService> {

@@ -2,7 +2,7 @@
 //! the store on the data partition, and unattended installs named in
 //! `nuvol.toml` `[bundles]`.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,27 +35,9 @@ pub fn admin_token(state_dir: &Path) -> anyhow::Result<String> {
         .and_then(|mut f| f.read_exact(&mut raw))
         .context("reading /dev/urandom")?;
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(&path, token.as_bytes())
+    nuvol_api::auth::write_atomic(&path, token.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(token)
-}
-
-/// Write `bytes` to `path` atomically with mode 0600.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{TOKEN_FILE}.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Open the bundle store under the state directory with the policy from
