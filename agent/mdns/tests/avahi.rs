@@ -223,8 +223,7 @@ fn host_name_conflict_with_avahi_makes_nuvol_rename_host() {
     let name = host("samehost");
     let av = Avahi::start(&p.a, &p.va, &name);
 
-    // let avahi finish probing and announcing its host name
-    std::thread::sleep(Duration::from_secs(3));
+    // Avahi::start returns once avahi has probed and announced its host name
     let (rt, m) = start_nuvol(&p.b, &p.vb, &name);
     let t = Instant::now();
     while m.hostname() == name && t.elapsed() < Duration::from_secs(10) {
