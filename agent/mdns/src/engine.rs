@@ -28,8 +28,9 @@ const PKT_QUEUE: usize = 256;
 const MAX_BROWSE_INTERVAL: Duration = Duration::from_secs(900);
 /// Payload we aim at per packet we send (Ethernet MTU minus IP/UDP).
 const SEND_MTU: usize = 1460;
-/// Longest TTL we believe (so `Instant + ttl` cannot overflow).
-const MAX_TTL: u32 = 86_400;
+/// Longest TTL we believe: the DNS-SD PTR/TXT TTL (RFC 6762 §10). It also
+/// bounds how long a flood of junk can keep a full cache full.
+const MAX_TTL: u32 = 4500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {

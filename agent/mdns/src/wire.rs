@@ -81,7 +81,13 @@ impl Name {
     pub fn key(&self) -> String {
         let mut s = String::new();
         for l in &self.0 {
-            s.push_str(&l.to_ascii_lowercase());
+            // escape so that label boundaries stay distinct ("a.b" vs "a","b")
+            for c in l.chars() {
+                if c == '.' || c == '\\' {
+                    s.push('\\');
+                }
+                s.push(c.to_ascii_lowercase());
+            }
             s.push('.');
         }
         s
@@ -719,6 +725,35 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn dotted_labels_are_not_confused_with_label_boundaries() {
+        let a = Name::from_labels(["x.y", "_http", "_tcp", "local"]);
+        let b = Name::from_labels(["x", "y", "_http", "_tcp", "local"]);
+        assert_ne!(a.key(), b.key());
+        let m = Message {
+            answers: vec![
+                Record {
+                    name: a.clone(),
+                    rtype: TYPE_PTR,
+                    class: 1,
+                    cache_flush: false,
+                    ttl: 1,
+                    rdata: RData::Ptr(b.clone()),
+                },
+                Record {
+                    name: b.clone(),
+                    rtype: TYPE_PTR,
+                    class: 1,
+                    cache_flush: false,
+                    ttl: 1,
+                    rdata: RData::Ptr(a.clone()),
+                },
+            ],
+            ..Message::default()
+        };
+        assert_eq!(decode(&encode(&m)).unwrap(), m);
     }
 
     #[test]

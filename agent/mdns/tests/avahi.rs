@@ -223,8 +223,7 @@ fn host_name_conflict_with_avahi_makes_nuvol_rename_host() {
     let name = host("samehost");
     let av = Avahi::start(&p.a, &p.va, &name);
 
-    // let avahi finish probing and announcing its host name
-    std::thread::sleep(Duration::from_secs(3));
+    // Avahi::start returns once avahi has probed and announced its host name
     let (rt, m) = start_nuvol(&p.b, &p.vb, &name);
     let t = Instant::now();
     while m.hostname() == name && t.elapsed() < Duration::from_secs(10) {
@@ -337,5 +336,37 @@ fn all_interfaces_mode_picks_up_an_interface_configured_later() {
     })
     .expect("avahi never listed the service of the late interface");
     eprintln!("late interface served after {:?}", t.elapsed());
+    rt.block_on(m.shutdown());
+}
+
+#[test]
+fn nuvol_defends_its_announced_name_against_avahi() {
+    let p = Pair::new();
+    let mut av = Avahi::start(&p.a, &p.va, &host("avahi7"));
+    let (rt, m) = start_nuvol(&p.b, &p.vb, &host("nuvol7"));
+    m.publish(svc("Defended", "_http._tcp", 8007, &[])).unwrap();
+    av.wait_browse(20, |b| {
+        b.iter()
+            .any(|l| l.len() >= 10 && l[3] == "Defended" && l[8] == "8007")
+    })
+    .expect("avahi does not list nuvol's service");
+    // avahi probes the same name, nuvol answers, avahi-publish picks another name
+    av.publish("Defended", "_http._tcp", 9007, &[]);
+    let b = av
+        .wait_browse(20, |b| {
+            b.iter().any(|l| {
+                l.len() >= 10
+                    && l[3] != "Defended"
+                    && l[3].starts_with("Defended")
+                    && l[8] == "9007"
+            })
+        })
+        .expect("avahi did not rename its clashing service");
+    assert!(
+        b.iter().any(|l| l[3] == "Defended" && l[8] == "8007"),
+        "nuvol lost its name: {b:?}"
+    );
+    assert_eq!(m.published()[0].instance, "Defended");
+    assert_eq!(m.stats().conflicts, 0);
     rt.block_on(m.shutdown());
 }

@@ -258,3 +258,79 @@ fn two_nuvols_discover_each_other_and_see_goodbyes() {
     assert!(removed, "no Removed event");
     rt_b.block_on(b.shutdown());
 }
+
+#[test]
+fn cache_is_bounded_under_a_flood_of_services() {
+    let p = Pair::new();
+    let (rt, m) = start(&p.b, &p.vb, &format!("flood-{}", std::process::id()));
+    m.publish(MdnsService {
+        instance: "still here".into(),
+        service_type: "_http._tcp".into(),
+        port: 1,
+        txt: BTreeMap::new(),
+    })
+    .unwrap();
+    let peer = peer_socket(&p.a, &p.va, &p.ip_a, true);
+    // probed and announced before the flood
+    recv_until(&peer, Duration::from_secs(5), |m| has_ptr(m, "still here"))
+        .expect("no announcement");
+    let t_name = Name::parse("_flood._tcp.local");
+    let t = Instant::now();
+    let mut i = 0u32;
+    // 4 records a service: past 4096 records after ~1024 services
+    while m.stats().cache_full == 0 && t.elapsed() < Duration::from_secs(30) {
+        let inst = Name::prepend(&format!("flood {i}"), &t_name);
+        let host = Name::parse(&format!("f{i}.local"));
+        let r = |name: &Name, rtype, rdata| Record {
+            name: name.clone(),
+            rtype,
+            class: 1,
+            cache_flush: false,
+            ttl: 600,
+            rdata,
+        };
+        let msg = Message {
+            flags: 0x8400,
+            answers: vec![
+                r(&t_name, wire::TYPE_PTR, RData::Ptr(inst.clone())),
+                r(
+                    &inst,
+                    wire::TYPE_SRV,
+                    RData::Srv {
+                        priority: 0,
+                        weight: 0,
+                        port: 9,
+                        target: host.clone(),
+                    },
+                ),
+                r(&inst, wire::TYPE_TXT, RData::Txt(vec![])),
+                r(
+                    &host,
+                    wire::TYPE_A,
+                    RData::A(Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8)),
+                ),
+            ],
+            ..Message::default()
+        };
+        peer.send_to(&wire::encode(&msg), (GROUP, 5353)).unwrap();
+        i += 1;
+        if i.is_multiple_of(64) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let st = m.stats();
+    eprintln!("sent {i} services in {:?}; stats {st:?}", t.elapsed());
+    assert!(st.cache_full > 0, "cache never filled: {st:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let n = m.services().len();
+    assert!((900..=4096 / 3).contains(&n), "{n} services listed");
+    // still answering
+    let legacy = peer_socket(&p.a, &p.va, &p.ip_a, false);
+    legacy
+        .send_to(&ptr_query(7, vec![]), (GROUP, 5353))
+        .unwrap();
+    assert!(recv_until(&legacy, Duration::from_secs(3), |m| m.id == 7
+        && has_ptr(m, "still here"))
+    .is_some());
+    rt.block_on(m.shutdown());
+}

@@ -192,19 +192,30 @@ impl Avahi {
             daemon,
             children: Vec::new(),
         };
-        // ready once it answers on the bus
+        // ready once its server state is RUNNING (2): host name probed and
+        // announced
         let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(10) {
-            let ok = a
-                .cmd("avahi-browse")
-                .args(["-a", "-t", "-p"])
+        let mut running = false;
+        while !running && t.elapsed() < Duration::from_secs(15) {
+            let out = a
+                .cmd("dbus-send")
+                .args([
+                    "--system",
+                    "--print-reply",
+                    "--dest=org.freedesktop.Avahi",
+                    "/",
+                    "org.freedesktop.Avahi.Server.GetState",
+                ])
                 .stderr(Stdio::null())
                 .output();
-            if ok.map(|o| o.status.success()).unwrap_or(false) {
-                break;
+            running = out
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("int32 2"))
+                .unwrap_or(false);
+            if !running {
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
+        assert!(running, "avahi-daemon did not reach the running state");
         a
     }
 
