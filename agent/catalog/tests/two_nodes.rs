@@ -72,7 +72,9 @@ async fn services_cross_the_gossip() {
     b.set_external_services("mdns", vec![m]);
     let merged = b.services(&q);
     assert_eq!(merged.len(), 3, "{merged:?}");
-    assert!(merged.iter().any(|s| s.source == Source::Mdns && s.node == "printer"));
+    assert!(merged
+        .iter()
+        .any(|s| s.source == Source::Mdns && s.node == "printer"));
     b.set_external_services("mdns", Vec::new());
     assert_eq!(b.services(&q).len(), 2);
     a.shutdown();
