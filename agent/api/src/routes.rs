@@ -392,6 +392,15 @@ mod tests {
     }
 
     #[test]
+    fn doc_names_media_types() {
+        let doc = openapi("0", false);
+        let c = &doc["paths"]["/api/v1/status"]["get"]["responses"]["default"]["content"];
+        assert!(c.get("application/json").is_some(), "{c}");
+        let c = &doc["paths"]["/dashboard"]["get"]["responses"]["default"]["content"];
+        assert!(c.get("text/html").is_some(), "{c}");
+    }
+
+    #[test]
     fn table_has_no_duplicates_and_doc_lists_all() {
         for (i, a) in ROUTES.iter().enumerate() {
             for b in &ROUTES[i + 1..] {
