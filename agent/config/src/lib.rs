@@ -11,6 +11,7 @@ mod admin;
 mod bundles;
 mod discovery;
 mod network;
+pub mod overlay;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub use admin::AdminConfig;
 pub use bundles::{BundleSource, BundlesConfig};
 pub use discovery::{DiscoveryConfig, GossipProfile, Role, DEFAULT_GOSSIP_PORT};
 pub use network::{InterfaceConfig, NetworkConfig, RouteConfig};
+pub use overlay::{SettingError, Settings, SETTINGS_FILE};
 
 /// Largest provisioning file accepted; anything bigger is not a config file.
 pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
@@ -65,6 +67,10 @@ pub struct PanelConfig {
     /// Serve everything over plain HTTP too (a trusted LAN). Default: only
     /// the read-only status page; the rest redirects to HTTPS.
     pub allow_plain_http: bool,
+    /// The HTTPS port clients reach the box at, when a port forward makes
+    /// it differ from `https_port` (`make qemu`: host 8443 to guest 443).
+    /// Plain HTTP redirects name this port. Default: `https_port`.
+    pub public_https_port: Option<u16>,
 }
 
 impl Default for PanelConfig {
@@ -73,6 +79,7 @@ impl Default for PanelConfig {
             port: 80,
             https_port: 443,
             allow_plain_http: false,
+            public_https_port: None,
         }
     }
 }
@@ -142,6 +149,12 @@ impl Config {
         }
         if self.panel.https_port == 0 {
             return Err(("panel.https_port".into(), "port 0 is not a port".into()));
+        }
+        if self.panel.public_https_port == Some(0) {
+            return Err((
+                "panel.public_https_port".into(),
+                "port 0 is not a port".into(),
+            ));
         }
         self.admin.validate()?;
         self.network.validate()?;

@@ -1,0 +1,471 @@
+//! The settings overlay: `<state-dir>/settings.toml`, written by the panel,
+//! `PUT /api/v1/settings` and `nuvol ctl settings set`, read over the
+//! provisioning file at every start. For the few keys it holds, the
+//! overlay wins over nuvol.toml:
+//!
+//! | key | value | applied |
+//! |---|---|---|
+//! | `hostname` | RFC 1123 name | at the next start of the agent (reboot) |
+//! | `discovery.zone` | 1-63 of `[A-Za-z0-9._-]`, `""` = no zone | live (gossip tags) |
+//! | `discovery.role` | `super-node` or `ordinary-node` | live (gossip tags) |
+//! | `panel.allow_plain_http` | `true` / `false` | live |
+//! | `admin.password` | stored as `[admin] password_hash` (argon2) | live |
+//!
+//! The file has the same shape as nuvol.toml (`[discovery] zone = …`) and
+//! the same rules: a value nuvol.toml would refuse is refused here, naming
+//! the key.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Config, Role};
+
+/// File name of the overlay under the agent's state directory.
+pub const SETTINGS_FILE: &str = "settings.toml";
+/// Largest overlay file read.
+pub const MAX_SETTINGS_BYTES: u64 = 16 * 1024;
+/// Shortest admin password accepted.
+pub const MIN_PASSWORD_LEN: usize = 10;
+/// Longest admin password accepted (argon2 input is bounded anyway).
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
+/// One changeable key: its dotted name and when a change takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettingKey {
+    pub key: &'static str,
+    /// `"live"` or `"restart"` (next start of the agent).
+    pub applies: &'static str,
+    pub help: &'static str,
+}
+
+/// Every key the overlay may hold, in display order.
+pub const KEYS: &[SettingKey] = &[
+    SettingKey {
+        key: "discovery.zone",
+        applies: "live",
+        help: "locality name announced in gossip; \"\" for none",
+    },
+    SettingKey {
+        key: "discovery.role",
+        applies: "live",
+        help: "super-node or ordinary-node, announced in gossip",
+    },
+    SettingKey {
+        key: "panel.allow_plain_http",
+        applies: "live",
+        help: "serve the whole panel over plain HTTP too (true/false)",
+    },
+    SettingKey {
+        key: "admin.password",
+        applies: "live",
+        help: "admin password (at least 10 characters); replaces the console token",
+    },
+    SettingKey {
+        key: "hostname",
+        applies: "restart",
+        help: "host name; applies at the next start of the agent (reboot)",
+    },
+];
+
+/// Whether `key` is a changeable setting.
+pub fn known_key(key: &str) -> bool {
+    KEYS.iter().any(|k| k.key == key)
+}
+
+/// `[discovery]` keys of the overlay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoverySettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+}
+
+/// `[panel]` keys of the overlay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PanelSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_plain_http: Option<bool>,
+}
+
+/// `[admin]` keys of the overlay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// argon2 PHC string of the admin password set through the API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+}
+
+/// The overlay file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    pub panel: PanelSettings,
+    pub discovery: DiscoverySettings,
+    pub admin: AdminSettings,
+}
+
+/// What went wrong with a setting or the overlay file.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingError {
+    #[error("unknown setting `{0}` (known: hostname, discovery.zone, discovery.role, panel.allow_plain_http, admin.password)")]
+    Unknown(String),
+    #[error("`{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl SettingError {
+    /// Stable machine code for API errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SettingError::Unknown(_) => "unknown_setting",
+            SettingError::Invalid { .. } => "invalid_setting",
+            SettingError::File { .. } => "bad_settings_file",
+            SettingError::Io { .. } => "io_error",
+        }
+    }
+
+    /// The key the error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            SettingError::Unknown(k) => Some(k),
+            SettingError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> SettingError {
+    SettingError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+impl Settings {
+    /// Read the overlay; a missing file is an empty overlay.
+    pub fn load(path: &Path) -> Result<Settings, SettingError> {
+        let io = |source| SettingError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Settings::default()),
+            Err(e) => return Err(io(e)),
+        };
+        if meta.len() > MAX_SETTINGS_BYTES {
+            return Err(SettingError::File {
+                path: path.to_path_buf(),
+                message: format!("more than {MAX_SETTINGS_BYTES} bytes"),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let s: Settings = toml::from_str(&text).map_err(|e| SettingError::File {
+            path: path.to_path_buf(),
+            message: e.message().trim().to_string(),
+        })?;
+        s.validate().map_err(|e| SettingError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Ok(s)
+    }
+
+    /// Write the overlay atomically (temp file, fsync, rename, fsync of the
+    /// directory), mode 0600: it may hold the password hash.
+    pub fn save(&self, path: &Path) -> Result<(), SettingError> {
+        let text = toml::to_string(self).map_err(|e| SettingError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let text = format!(
+            "# Written by the nuvol agent (panel settings, PUT /api/v1/settings).\n\
+             # Keys here win over nuvol.toml.\n{text}"
+        );
+        write_atomic(path, text.as_bytes()).map_err(|source| SettingError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// `base` (nuvol.toml) with the overlay's keys in force.
+    pub fn apply(&self, base: &Config) -> Config {
+        let mut c = base.clone();
+        if let Some(h) = &self.hostname {
+            c.hostname = Some(h.clone());
+        }
+        if let Some(z) = &self.discovery.zone {
+            c.discovery.zone = (!z.is_empty()).then(|| z.clone());
+        }
+        if let Some(r) = self.discovery.role {
+            c.discovery.role = r;
+        }
+        if let Some(p) = self.panel.allow_plain_http {
+            c.panel.allow_plain_http = p;
+        }
+        if let Some(h) = &self.admin.password_hash {
+            c.admin.password_hash = Some(h.clone());
+        }
+        c
+    }
+
+    /// Whether the overlay sets `key`.
+    pub fn sets(&self, key: &str) -> bool {
+        match key {
+            "hostname" => self.hostname.is_some(),
+            "discovery.zone" => self.discovery.zone.is_some(),
+            "discovery.role" => self.discovery.role.is_some(),
+            "panel.allow_plain_http" => self.panel.allow_plain_http.is_some(),
+            "admin.password" => self.admin.password_hash.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Set `key` from its text form, or drop it from the overlay with
+    /// `None` (nuvol.toml's value, or the default, is in force again).
+    /// `admin.password` is set with [`Settings::set_password_hash`] (it
+    /// needs hashing); here it can only be dropped.
+    pub fn set(&mut self, key: &str, value: Option<&str>) -> Result<(), SettingError> {
+        let v = value.map(str::trim);
+        match key {
+            "hostname" => {
+                if let Some(h) = v {
+                    crate::validate_hostname(h).map_err(|m| invalid(key, m))?;
+                }
+                self.hostname = v.map(str::to_string);
+            }
+            "discovery.zone" => {
+                if let Some(z) = v.filter(|z| !z.is_empty()) {
+                    let d = crate::DiscoveryConfig {
+                        zone: Some(z.to_string()),
+                        ..Default::default()
+                    };
+                    d.validate().map_err(|(k, m)| invalid(&k, m))?;
+                }
+                self.discovery.zone = v.map(str::to_string);
+            }
+            "discovery.role" => {
+                self.discovery.role = match v {
+                    None => None,
+                    Some("super-node") => Some(Role::SuperNode),
+                    Some("ordinary-node") => Some(Role::OrdinaryNode),
+                    Some(x) => {
+                        return Err(invalid(
+                            key,
+                            format!("{x:?}: want \"super-node\" or \"ordinary-node\""),
+                        ))
+                    }
+                }
+            }
+            "panel.allow_plain_http" => {
+                self.panel.allow_plain_http = match v {
+                    None => None,
+                    Some("true" | "1" | "yes" | "on") => Some(true),
+                    Some("false" | "0" | "no" | "off") => Some(false),
+                    Some(x) => return Err(invalid(key, format!("{x:?}: want true or false"))),
+                }
+            }
+            "admin.password" => {
+                if v.is_some() {
+                    return Err(invalid(key, "set a password with set_password_hash"));
+                }
+                self.admin.password_hash = None;
+            }
+            _ => return Err(SettingError::Unknown(key.to_string())),
+        }
+        Ok(())
+    }
+
+    /// Store the hash of a new admin password (see [`check_password`]).
+    pub fn set_password_hash(&mut self, phc: String) -> Result<(), SettingError> {
+        let a = crate::AdminConfig {
+            password_hash: Some(phc.clone()),
+            api_keys: Vec::new(),
+        };
+        a.validate()
+            .map_err(|(_, m)| invalid("admin.password", m))?;
+        self.admin.password_hash = Some(phc);
+        Ok(())
+    }
+
+    /// The checks of nuvol.toml, on the overlay's keys.
+    pub fn validate(&self) -> Result<(), SettingError> {
+        let mut probe = Settings::default();
+        if let Some(h) = &self.hostname {
+            probe.set("hostname", Some(h))?;
+        }
+        if let Some(z) = &self.discovery.zone {
+            probe.set("discovery.zone", Some(z))?;
+        }
+        if let Some(h) = &self.admin.password_hash {
+            probe.set_password_hash(h.clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// The rules for a new admin password.
+pub fn check_password(pw: &str) -> Result<(), SettingError> {
+    let n = pw.chars().count();
+    if n < MIN_PASSWORD_LEN {
+        return Err(invalid(
+            "admin.password",
+            format!("too short: at least {MIN_PASSWORD_LEN} characters"),
+        ));
+    }
+    if pw.len() > MAX_PASSWORD_LEN {
+        return Err(invalid(
+            "admin.password",
+            format!("too long: at most {MAX_PASSWORD_LEN} bytes"),
+        ));
+    }
+    if pw.chars().any(char::is_control) {
+        return Err(invalid(
+            "admin.password",
+            "control characters are not allowed",
+        ));
+    }
+    Ok(())
+}
+
+/// The dotted keys (among [`KEYS`], with `admin.password` for
+/// `admin.password_hash`) that the provisioning file's text sets, so the
+/// API can say where a value comes from. A file that does not parse sets
+/// nothing (the defaults are in force).
+pub fn keys_in_file(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let Ok(t) = text.parse::<toml::Table>() else {
+        return out;
+    };
+    for k in KEYS {
+        let path: Vec<&str> = match k.key {
+            "admin.password" => vec!["admin", "password_hash"],
+            other => other.split('.').collect(),
+        };
+        let mut cur: Option<&toml::Value> = None;
+        let mut table = Some(&t);
+        for p in &path {
+            cur = table.and_then(|tb| tb.get(*p));
+            table = cur.and_then(toml::Value::as_table);
+        }
+        if cur.is_some() {
+            out.insert(k.key.to_string());
+        }
+    }
+    out
+}
+
+/// Write `bytes` to `path` atomically (temp, fsync, rename, fsync dir),
+/// mode 0600.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "tmp".to_string(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_validates_and_names_the_key() {
+        let mut s = Settings::default();
+        s.set("discovery.zone", Some("north")).unwrap();
+        s.set("discovery.role", Some("super-node")).unwrap();
+        s.set("panel.allow_plain_http", Some("true")).unwrap();
+        s.set("hostname", Some("box-1")).unwrap();
+        let e = s.set("discovery.zone", Some("no spaces")).unwrap_err();
+        assert_eq!(e.key(), Some("discovery.zone"), "{e}");
+        let e = s.set("discovery.role", Some("king")).unwrap_err();
+        assert!(e.to_string().contains("discovery.role"), "{e}");
+        let e = s.set("panel.allow_plain_http", Some("maybe")).unwrap_err();
+        assert_eq!(e.code(), "invalid_setting");
+        let e = s.set("hostname", Some("a_b")).unwrap_err();
+        assert_eq!(e.key(), Some("hostname"));
+        let e = s.set("panel.port", Some("81")).unwrap_err();
+        assert_eq!(e.code(), "unknown_setting");
+        assert!(check_password("short").is_err());
+        assert!(check_password("long enough!").is_ok());
+        let e = s.set_password_hash("plain".into()).unwrap_err();
+        assert_eq!(e.key(), Some("admin.password"));
+        // Failed sets changed nothing.
+        assert_eq!(s.discovery.zone.as_deref(), Some("north"));
+    }
+
+    #[test]
+    fn overlay_wins_and_round_trips() {
+        let base = Config::parse(
+            "hostname = \"a\"\n[discovery]\nzone = \"south\"\n[panel]\nallow_plain_http = true\n",
+            Path::new("n.toml"),
+        )
+        .unwrap();
+        let mut s = Settings::default();
+        s.set("discovery.zone", Some("")).unwrap();
+        s.set("panel.allow_plain_http", Some("false")).unwrap();
+        s.set_password_hash("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into())
+            .unwrap();
+        let c = s.apply(&base);
+        assert_eq!(c.discovery.zone, None, "\"\" clears the zone");
+        assert!(!c.panel.allow_plain_http);
+        assert_eq!(c.hostname(), "a", "keys the overlay lacks stay");
+        assert!(c.admin.provisioned());
+        let dir = std::env::temp_dir().join(format!("nuvol-overlay-{}", std::process::id()));
+        let path = dir.join(SETTINGS_FILE);
+        assert_eq!(Settings::load(&path).unwrap(), Settings::default());
+        s.save(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(Settings::load(&path).unwrap(), s);
+        s.set("panel.allow_plain_http", None).unwrap();
+        assert!(!s.sets("panel.allow_plain_http"));
+        std::fs::write(&path, "[panel]\nport = 8\n").unwrap();
+        assert_eq!(
+            Settings::load(&path).unwrap_err().code(),
+            "bad_settings_file"
+        );
+        std::fs::write(&path, "[discovery]\nzone = \"a b\"\n").unwrap();
+        assert!(Settings::load(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn keys_in_file_finds_provisioned_keys() {
+        let k =
+            keys_in_file("[discovery]\nrole = \"super-node\"\n[admin]\npassword_hash = \"x\"\n");
+        assert!(k.contains("discovery.role") && k.contains("admin.password"));
+        assert!(!k.contains("discovery.zone") && !k.contains("hostname"));
+        assert!(keys_in_file("not = = toml").is_empty());
+    }
+}
