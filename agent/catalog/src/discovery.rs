@@ -54,11 +54,19 @@ pub struct DiscoveryConfig {
 #[derive(Debug, Clone)]
 pub struct DiscoveryHandle {
     gossip: Handle,
-    zone: String,
-    base_tags: BTreeMap<String, String>,
+    /// zone, extra tags (with `role`) and services as last announced; the
+    /// settings API changes zone and role live
+    announced: Arc<Mutex<Announced>>,
     cloudy_compat: bool,
     /// services learned elsewhere (mDNS), by source name
     external: Arc<Mutex<BTreeMap<String, Vec<Service>>>>,
+}
+
+#[derive(Debug, Default)]
+struct Announced {
+    zone: String,
+    base_tags: BTreeMap<String, String>,
+    services: Vec<LocalService>,
 }
 
 /// Most services kept per external source.
@@ -127,8 +135,11 @@ impl DiscoveryHandle {
         let gossip = Handle::start(g).await?;
         Ok(DiscoveryHandle {
             gossip,
-            zone: cfg.zone,
-            base_tags: cfg.tags,
+            announced: Arc::new(Mutex::new(Announced {
+                zone: cfg.zone,
+                base_tags: cfg.tags,
+                services: cfg.services,
+            })),
             cloudy_compat: cfg.cloudy_compat,
             external: Arc::default(),
         })
@@ -140,8 +151,9 @@ impl DiscoveryHandle {
     /// Services for `GET /api/v1/services` (our zone preferred on ties).
     pub fn services(&self, q: &ServiceQuery) -> Vec<Service> {
         let mut q = q.clone();
-        if q.zone.is_none() && !self.zone.is_empty() {
-            q.zone = Some(self.zone.clone());
+        let zone = self.zone();
+        if q.zone.is_none() && !zone.is_empty() {
+            q.zone = Some(zone);
         }
         let mut all = services_from_members(&self.gossip.members());
         if let Ok(ext) = self.external.lock() {
@@ -171,16 +183,47 @@ impl DiscoveryHandle {
     }
     /// Re-announce a new set of services.
     pub fn set_services(&self, services: &[LocalService]) -> Result<(), GossipError> {
+        let mut a = self.announced();
         let ip = self.gossip.advertise().ip().to_string();
         let tags = service_tags(
-            &self.base_tags,
-            &self.zone,
+            &a.base_tags,
+            &a.zone,
             self.gossip.name(),
             &ip,
             services,
             self.cloudy_compat,
         );
-        self.gossip.set_tags(tags)
+        self.gossip.set_tags(tags)?;
+        a.services = services.to_vec();
+        Ok(())
+    }
+    /// This node's zone (empty: none).
+    pub fn zone(&self) -> String {
+        self.announced().zone.clone()
+    }
+    /// Change zone (empty: none) and role (the `role` tag) live: the tags
+    /// are re-announced with the current services, so Serf peers see the
+    /// change with the next alive message.
+    pub fn set_zone_and_role(&self, zone: &str, role: &str) -> Result<(), GossipError> {
+        let mut a = self.announced();
+        let mut base = a.base_tags.clone();
+        base.insert(crate::ROLE_TAG.to_string(), role.to_string());
+        let ip = self.gossip.advertise().ip().to_string();
+        let tags = service_tags(
+            &base,
+            zone,
+            self.gossip.name(),
+            &ip,
+            &a.services,
+            self.cloudy_compat,
+        );
+        self.gossip.set_tags(tags)?;
+        a.zone = zone.to_string();
+        a.base_tags = base;
+        Ok(())
+    }
+    fn announced(&self) -> std::sync::MutexGuard<'_, Announced> {
+        self.announced.lock().unwrap_or_else(|p| p.into_inner())
     }
     /// Replace the extra tags (services are re-announced by `set_services`).
     pub fn set_tags(&self, tags: BTreeMap<String, String>) -> Result<(), GossipError> {
