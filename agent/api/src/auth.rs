@@ -130,7 +130,11 @@ pub enum LoginError {
 
 /// The authentication state of one agent.
 pub struct Auth {
-    admin_token: Option<String>,
+    /// The console token while no admin credential is set.
+    admin_token: Mutex<Option<String>>,
+    /// The admin password's hash (`[admin] password_hash`, or set live
+    /// through the settings API).
+    password_hash: Mutex<Option<String>>,
     settings: AdminSettings,
     tokens_path: Option<PathBuf>,
     tokens: Mutex<Vec<TokenInfo>>,
@@ -212,7 +216,8 @@ impl Auth {
             })
             .unwrap_or_default();
         Auth {
-            admin_token: if provisioned { None } else { admin_token },
+            admin_token: Mutex::new(if provisioned { None } else { admin_token }),
+            password_hash: Mutex::new(settings.password_hash.clone()),
             settings,
             tokens_path,
             tokens: Mutex::new(tokens),
@@ -224,7 +229,22 @@ impl Auth {
 
     /// Whether the console admin token is a valid credential.
     pub fn admin_token_active(&self) -> bool {
-        self.admin_token.is_some()
+        lock(&self.admin_token).is_some()
+    }
+
+    /// Whether an admin password is set.
+    pub fn password_set(&self) -> bool {
+        lock(&self.password_hash).is_some()
+    }
+
+    /// A new admin password (hash) is in force: logins need it, the console
+    /// token stops working (as with `[admin] password_hash`), and every
+    /// session but `keep` (the one that changed it) ends.
+    pub fn set_password_hash(&self, phc: String, keep: Option<&str>) {
+        *lock(&self.password_hash) = Some(phc);
+        *lock(&self.admin_token) = None;
+        let keep = keep.map(sha);
+        lock(&self.sessions).retain(|k, _| Some(*k) == keep);
     }
 
     /// Check a bearer credential.
@@ -232,7 +252,7 @@ impl Auth {
         if got.is_empty() || got.len() > 512 {
             return false;
         }
-        if let Some(t) = &self.admin_token {
+        if let Some(t) = lock(&self.admin_token).as_deref() {
             if ct_eq(got.as_bytes(), t.as_bytes()) {
                 return true;
             }
@@ -329,12 +349,22 @@ impl Auth {
 
     /// Log in from `ip` with `secret`: a new session id and its CSRF token.
     pub fn login(&self, ip: IpAddr, secret: &str) -> Result<(String, String), LoginError> {
+        self.verify_secret(ip, secret)?;
+        self.new_session().map_err(|_| LoginError::Closed)
+    }
+
+    /// Check the login secret (the admin password, or without one the
+    /// console token) from `ip`, rate-limited like logins. Slow with a
+    /// password (argon2): run it off the async runtime.
+    pub fn verify_secret(&self, ip: IpAddr, secret: &str) -> Result<(), LoginError> {
         let now = Instant::now();
         if let Some(wait) = self.limited(ip, now) {
             return Err(LoginError::RateLimited(wait));
         }
-        let ok = match (&self.settings.password_hash, &self.admin_token) {
-            (Some(h), _) => secret.len() <= 1024 && argon2_verify(h, secret),
+        let hash = lock(&self.password_hash).clone();
+        let token = lock(&self.admin_token).clone();
+        let ok = match (hash, token) {
+            (Some(h), _) => secret.len() <= 1024 && argon2_verify(&h, secret),
             (None, Some(t)) => ct_eq(secret.trim().as_bytes(), t.as_bytes()),
             (None, None) => return Err(LoginError::Closed),
         };
@@ -343,7 +373,7 @@ impl Auth {
             return Err(LoginError::Wrong);
         }
         lock(&self.limits).remove(&ip);
-        self.new_session().map_err(|_| LoginError::Closed)
+        Ok(())
     }
 
     /// Make a session (after the caller checked a credential).
@@ -592,6 +622,20 @@ mod tests {
         assert!(a.check_bearer("key-1"));
         assert_eq!(a.login(ip(4), &"t".repeat(64)), Err(LoginError::Wrong));
         assert!(a.login(ip(4), "correct horse").is_ok());
+    }
+
+    #[test]
+    fn password_set_live_ends_the_token_and_other_sessions() {
+        let a = Auth::new(Some("t".repeat(64)), AdminSettings::default(), None);
+        let (mine, _) = a.login(ip(5), &"t".repeat(64)).unwrap();
+        let (other, _) = a.login(ip(5), &"t".repeat(64)).unwrap();
+        assert_eq!(a.verify_secret(ip(5), "nope"), Err(LoginError::Wrong));
+        a.set_password_hash(argon2_hash("a new password").unwrap(), Some(&mine));
+        assert!(a.password_set() && !a.admin_token_active());
+        assert!(!a.check_bearer(&"t".repeat(64)));
+        assert!(a.session(&mine).is_some() && a.session(&other).is_none());
+        assert_eq!(a.login(ip(5), &"t".repeat(64)), Err(LoginError::Wrong));
+        assert!(a.login(ip(5), "a new password").is_ok());
     }
 
     #[test]

@@ -22,7 +22,11 @@
 //! Limits: request headers within 10 s, small bodies (forms, JSON, keys)
 //! at most 64 KiB and 30 s, bundle uploads 1 GiB with at most 30 s between
 //! body chunks, and a connection with no traffic either way for 120 s is
-//! closed (streams should send a heartbeat at least every 60 s).
+//! closed. A streaming response (log follow, events) that is waiting for
+//! something to send is not idle: it stays open however quiet it is; dead
+//! peers are found by TCP keepalive (probes after 60 s of silence, every
+//! 10 s, 4 tries) and the stream ends when a write fails (see [`io`]).
+//! Settings: `/api/v1/settings` (see [`settings`]).
 //!
 //! Errors are JSON `{"error": {"code": "...", "message": "..."}}` with a
 //! stable code.
@@ -37,6 +41,7 @@ mod panel;
 pub mod parse;
 pub mod routes;
 pub mod services;
+pub mod settings;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -103,6 +108,18 @@ pub trait Node: Send + Sync + 'static {
     /// The running gossip discovery, `None` when off (see [`discovery`]).
     fn discovery(&self) -> Option<nuvol_catalog::DiscoveryHandle> {
         None
+    }
+    /// Announce a zone (`None`: none) and role changed through the settings
+    /// API. Default: re-set the gossip tags of the running discovery (if
+    /// discovery is off or not started yet, the saved settings apply at the
+    /// next start).
+    fn apply_discovery_settings(&self, zone: Option<&str>, role: &str) -> Result<(), String> {
+        match self.discovery() {
+            Some(d) => d
+                .set_zone_and_role(zone.unwrap_or(""), role)
+                .map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -285,6 +302,14 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// Serve everything over plain HTTP even when HTTPS is on.
     pub allow_plain_http: bool,
+    /// The HTTPS port clients reach (a port forward may differ from the
+    /// listener's); plain-HTTP redirects name it. `None`: the listener's.
+    pub public_https_port: Option<u16>,
+    /// The settings overlay (`None`: no `/api/v1/settings`).
+    pub settings: Option<settings::Setup>,
+    /// Idle time after which a connection is closed (`None`: [`io::IDLE`]);
+    /// tests shorten it.
+    pub idle: Option<Duration>,
 }
 
 /// The listeners: plain HTTP and, optionally, HTTPS.
@@ -298,9 +323,16 @@ pub struct Ctx {
     pub node: Arc<dyn Node>,
     pub auth: auth::Auth,
     pub metrics: metrics::Metrics,
-    /// Port of the HTTPS listener, if any (for redirects).
+    /// Port of the HTTPS listener, if any (for redirects): `[panel]
+    /// public_https_port` when set, else the listener's port.
     pub https_port: Option<u16>,
-    pub allow_plain_http: bool,
+    /// `[panel] allow_plain_http`, changeable live through the settings.
+    pub allow_plain_http: std::sync::atomic::AtomicBool,
+    /// The settings overlay, when the agent has a state directory.
+    pub settings: Option<settings::Store>,
+    /// Connections idle this long are closed (streams waiting for data
+    /// excepted; see [`io`]).
+    pub idle: Duration,
     /// One argon2 computation at a time (each takes ~19 MiB).
     pub argon2_gate: tokio::sync::Semaphore,
     /// The last status and when it was collected (see [`Ctx::status`]).
@@ -393,7 +425,9 @@ async fn handle(ctx: Arc<Ctx>, conn: Conn, req: Request<Incoming>) -> Result<Res
     let resp = if let (false, Some(port), false) = (
         conn.tls,
         ctx.https_port,
-        ctx.allow_plain_http || plain_http_ok(&method, &path),
+        ctx.allow_plain_http
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || plain_http_ok(&method, &path),
     ) {
         let pq = req
             .uri()
@@ -498,6 +532,8 @@ async fn dispatch(
         r
     } else if path == "/login" || path == "/logout" || path.starts_with("/api/v1/tokens") {
         pages::auth_routes(ctx, conn, principal.as_ref(), req).await
+    } else if path == "/api/v1/settings" {
+        settings::handle(ctx, conn, principal.as_ref(), req).await
     } else if path.starts_with("/api/v1/bundles") || path.starts_with("/api/v1/keys") {
         match node.bundle_store() {
             Some((store, dir)) => match bundles::handle(store, dir, req).await {
@@ -570,13 +606,15 @@ pub async fn serve_all(
         .https
         .as_ref()
         .and_then(|(l, _)| l.local_addr().ok())
-        .map(|a| a.port());
+        .map(|a| opts.public_https_port.unwrap_or(a.port()));
     let ctx = Arc::new(Ctx {
         auth: auth::Auth::new(node.admin_token(), opts.admin, opts.state_dir.as_deref()),
         metrics: metrics::Metrics::new(),
         node,
         https_port,
-        allow_plain_http: opts.allow_plain_http,
+        allow_plain_http: std::sync::atomic::AtomicBool::new(opts.allow_plain_http),
+        settings: opts.settings.map(settings::Store::new),
+        idle: opts.idle.unwrap_or(io::IDLE),
         argon2_gate: tokio::sync::Semaphore::new(1),
         status_cache: std::sync::Mutex::new(None),
     });
@@ -601,6 +639,7 @@ pub async fn serve_all(
             }
         };
         let _ = stream.set_nodelay(true);
+        io::keepalive(&stream);
         let ctx = ctx.clone();
         let conn = Conn { peer, tls };
         if tls {
@@ -632,8 +671,15 @@ async fn serve_conn<S>(stream: S, ctx: Arc<Ctx>, conn: Conn)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let io = io::IdleTimeout::new(stream, io::IDLE);
-    let svc = hyper::service::service_fn(move |req| handle(ctx.clone(), conn, req));
+    let streams = io::Streams::default();
+    let io = io::IdleTimeout::new(stream, ctx.idle).with_streams(streams.clone());
+    let svc = hyper::service::service_fn(move |req| {
+        let (ctx, streams) = (ctx.clone(), streams.clone());
+        async move {
+            let resp = handle(ctx, conn, req).await?;
+            Ok::<_, Infallible>(io::track_stream(resp, &streams))
+        }
+    });
     let c = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))

@@ -108,7 +108,7 @@ pub fn login_page(host: &str, next: &str, msg: Option<&str>) -> String {
     page(host, "Log in", "", None, &b)
 }
 
-fn with_csrf(action: &str, csrf: &str, back: &str) -> String {
+pub(crate) fn with_csrf(action: &str, csrf: &str, back: &str) -> String {
     let sep = if action.contains('?') { '&' } else { '?' };
     format!(
         "{action}{sep}csrf={}&back={}",
@@ -651,7 +651,8 @@ fn network(ctx: &Ctx) -> String {
 }
 
 fn settings(ctx: &Ctx, csrf: &str) -> String {
-    let mut b = String::from("<h2>API tokens</h2><p>For <code>nuvol ctl --token …</code> and scripts. The secret is shown once.</p>");
+    let mut b = crate::settings::page_section(ctx, csrf);
+    b.push_str("<h2>API tokens</h2><p>For <code>nuvol ctl --token …</code> and scripts. The secret is shown once.</p>");
     b.push_str("<div class=wrap><table id=tokens><tr><th>Name</th><th>Id</th><th>Created</th><th></th></tr>");
     let tokens = ctx.auth.list_tokens();
     if tokens.is_empty() {
@@ -682,9 +683,9 @@ fn settings(ctx: &Ctx, csrf: &str) -> String {
         b,
         "<h2>Login</h2><p>{}</p>",
         if ctx.auth.admin_token_active() {
-            "You log in with the admin token shown on the console. Set <code>[admin] password_hash</code> in nuvol.toml (make one with <code>nuvol ctl hash-password</code>) to use a password instead."
+            "You log in with the admin token shown on the console. Set a password above, or <code>[admin] password_hash</code> in nuvol.toml (make one with <code>nuvol ctl hash-password</code>), to use a password instead."
         } else {
-            "You log in with the admin password from <code>[admin] password_hash</code> in nuvol.toml."
+            "You log in with the admin password (set above, or <code>[admin] password_hash</code> in nuvol.toml)."
         }
     );
     b
