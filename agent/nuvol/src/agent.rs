@@ -119,6 +119,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         None => tracing::info!("{loaded}"),
     }
+    let (loaded, settings) = crate::settings::overlay(loaded, &args.state_dir);
     let run_dir = std::env::var_os("NUVOL_RUN_DIR")
         .map_or_else(|| PathBuf::from("/run/nuvol"), PathBuf::from);
     let identity = Identity::load_or_create(&args.state_dir, &run_dir)
@@ -229,6 +230,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let https = crate::api_setup::https_addr(args.listen, args.https_listen, &loaded.config);
         let (listeners, opts) =
             crate::api_setup::listeners(listener, https, &args.state_dir, &loaded.config).await;
+        let opts = nuvol_api::Options {
+            settings: Some(settings),
+            idle: crate::settings::test_idle(&loaded.config),
+            ..opts
+        };
         let server = tokio::spawn(nuvol_api::serve_all(
             listeners,
             node.clone(),

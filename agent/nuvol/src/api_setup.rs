@@ -40,6 +40,8 @@ pub async fn listeners(
         },
         state_dir: Some(state_dir.to_path_buf()),
         allow_plain_http: cfg.panel.allow_plain_http,
+        public_https_port: cfg.panel.public_https_port,
+        ..Default::default()
     };
     let tls = match https {
         Some(addr) => match bind_https(addr, state_dir, cfg.hostname()).await {

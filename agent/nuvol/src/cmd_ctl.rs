@@ -84,6 +84,32 @@ enum CtlCmd {
     Update,
     /// Hash a password (read from stdin) for `[admin] password_hash`.
     HashPassword,
+    /// The box's settings (value and source); `settings set KEY=VALUE…`
+    /// changes them.
+    Settings {
+        #[command(subcommand)]
+        cmd: Option<SettingsCmd>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SettingsCmd {
+    /// Change settings: `KEY=VALUE` (a value of `-` is read from stdin,
+    /// e.g. `admin.password=-`), `KEY=` for an empty value.
+    Set {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+        /// The current admin password (or admin token), needed to change
+        /// admin.password; `-` reads it from stdin.
+        #[arg(long)]
+        current: Option<String>,
+    },
+    /// Drop settings made here: nuvol.toml's value (or the default) is in
+    /// force again.
+    Reset {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -161,9 +187,11 @@ struct Client {
     tls: Option<Arc<nuvol_api::rustls::ClientConfig>>,
 }
 
-/// A request body: nothing, or a file streamed with progress.
+/// A request body: nothing, a small JSON document, or a file streamed
+/// with progress.
 enum Payload {
     Empty,
+    Json(Option<Bytes>),
     File(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>),
 }
 
@@ -176,6 +204,7 @@ impl hyper::body::Body for Payload {
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             Payload::Empty => Poll::Ready(None),
+            Payload::Json(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Payload::File(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
         }
     }
@@ -580,9 +609,10 @@ async fn main(args: CtlArgs) -> Result<(), Fail> {
             lines,
             name,
         } => {
-            // The box closes a connection idle for 120 s, so a quiet
-            // service's follow stream ends now and then: with -f, resume
-            // with only new lines until interrupted or the service is gone.
+            // The box keeps a quiet follow stream open (it is exempt from
+            // the idle timer), but a restart of the agent or a network
+            // hiccup still ends it: with -f, resume with only new lines
+            // until interrupted or the service is gone.
             let mut lines = lines;
             loop {
                 let path = format!(
@@ -638,6 +668,81 @@ async fn main(args: CtlArgs) -> Result<(), Fail> {
             }
         }
         CtlCmd::HashPassword => {}
+        CtlCmd::Settings { cmd } => settings(&c, json, cmd).await?,
+    }
+    Ok(())
+}
+
+/// `nuvol ctl settings [set KEY=VALUE… | reset KEY…]`.
+async fn settings(c: &Client, json: bool, cmd: Option<SettingsCmd>) -> Result<(), Fail> {
+    let body = match cmd {
+        None => None,
+        Some(SettingsCmd::Set { pairs, current }) => {
+            let mut o = serde_json::Map::new();
+            let mut stdin = std::io::stdin().lines();
+            let mut read = |what: &str| -> Result<String, Fail> {
+                match stdin.next() {
+                    Some(Ok(l)) => Ok(l.trim_end_matches('\r').to_string()),
+                    _ => Err(Fail(2, format!("{what}: nothing on stdin"))),
+                }
+            };
+            for p in pairs {
+                let Some((k, v)) = p.split_once('=') else {
+                    return Err(Fail(2, format!("{p:?}: want KEY=VALUE")));
+                };
+                let v = if v == "-" { read(k)? } else { v.to_string() };
+                o.insert(k.trim().to_string(), Value::String(v));
+            }
+            if let Some(cur) = current {
+                let cur = if cur == "-" { read("--current")? } else { cur };
+                o.insert("current".into(), Value::String(cur));
+            }
+            Some(Value::Object(o))
+        }
+        Some(SettingsCmd::Reset { keys }) => Some(Value::Object(
+            keys.into_iter().map(|k| (k, Value::Null)).collect(),
+        )),
+    };
+    let v = match body {
+        None => {
+            c.json("GET", "/api/v1/settings", Payload::Empty, None)
+                .await?
+        }
+        Some(b) => {
+            let bytes = Bytes::from(b.to_string());
+            let len = bytes.len() as u64;
+            c.json(
+                "PUT",
+                "/api/v1/settings",
+                Payload::Json(Some(bytes)),
+                Some(len),
+            )
+            .await?
+        }
+    };
+    if json {
+        pretty(&v);
+        return Ok(());
+    }
+    let rows: Vec<Value> = v["settings"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, s)| {
+            let value = if k == "admin.password" {
+                Value::String(if s["password_set"] == true { "(set)" } else { "(not set)" }.into())
+            } else {
+                s["value"].clone()
+            };
+            serde_json::json!({"key": k, "value": value, "source": s["source"], "applies": s["applies"]})
+        })
+        .collect();
+    table(&rows, &["key", "value", "source", "applies"]);
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", cell(w));
+    }
+    if v.get("restart_needed").is_some() {
+        eprintln!("note: the host name applies at the next start of the agent (reboot)");
     }
     Ok(())
 }

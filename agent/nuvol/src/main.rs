@@ -10,6 +10,7 @@ mod fetch;
 mod logging;
 mod net;
 mod services;
+mod settings;
 
 use clap::{Parser, Subcommand};
 

@@ -61,6 +61,11 @@ impl Agent {
 
     /// Start with `dir/nuvol.toml` = `config`, state in `dir/state`.
     pub fn start_in(dir: PathBuf, config: &str, https: bool) -> Agent {
+        Agent::start_in_env(dir, config, https, &[])
+    }
+
+    /// [`Agent::start_in`] with extra environment variables for the agent.
+    pub fn start_in_env(dir: PathBuf, config: &str, https: bool, env: &[(&str, &str)]) -> Agent {
         std::fs::write(dir.join("nuvol.toml"), config).unwrap();
         let port = free_port();
         let https_port = https.then(free_port);
@@ -73,6 +78,7 @@ impl Agent {
             .env("NUVOL_RUN_DIR", dir.join("run"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("console")).unwrap());
+        cmd.envs(env.iter().copied());
         if let Some(p) = https_port {
             cmd.args(["--https-listen", &format!("127.0.0.1:{p}")]);
         }
@@ -224,6 +230,17 @@ impl Agent {
         );
         let csrf = s.json()["csrf"].as_str().unwrap().to_string();
         (session, csrf)
+    }
+}
+
+impl Agent {
+    /// Stop the agent (SIGKILL) but keep its directory: for restarts with
+    /// [`Agent::start_in`].
+    pub fn stop_keep(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Drop then finds no directory to remove.
+        std::mem::take(&mut self.dir)
     }
 }
 
