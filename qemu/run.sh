@@ -44,6 +44,9 @@ args=(-machine q35 -accel "$accel" -m "$mem" -smp 2 -nographic -no-user-config -
       -device i6300esb -watchdog-action reset
       -device virtio-rng-pci)
 [ "$accel" = kvm ] && args+=(-cpu host) || args+=(-cpu qemu64)
+# Tell the guest which host port reaches its HTTPS panel, so plain-HTTP
+# redirects point there ([panel] public_https_port in nuvol.toml wins).
+[ -n "$https_port" ] && args+=(-smbios "type=11,value=nuvol:panel.public_https_port=$https_port")
 case $firmware in
     bios) ;;
     uefi)

@@ -40,7 +40,10 @@ pub async fn listeners(
         },
         state_dir: Some(state_dir.to_path_buf()),
         allow_plain_http: cfg.panel.allow_plain_http,
-        public_https_port: cfg.panel.public_https_port,
+        public_https_port: cfg
+            .panel
+            .public_https_port
+            .or_else(crate::smbios::public_https_port),
         ..Default::default()
     };
     let tls = match https {

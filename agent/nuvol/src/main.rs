@@ -11,6 +11,7 @@ mod logging;
 mod net;
 mod services;
 mod settings;
+mod smbios;
 
 use clap::{Parser, Subcommand};
 
