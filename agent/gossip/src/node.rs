@@ -2468,3 +2468,63 @@ impl Handle {
         let _ = self.inner.shutdown.send(true);
     }
 }
+
+#[cfg(test)]
+mod column_tests {
+    use super::*;
+
+    #[test]
+    fn hops_from_ttl_guesses_the_initial_ttl() {
+        assert_eq!(hops_from_ttl(64), 0);
+        assert_eq!(hops_from_ttl(63), 1);
+        assert_eq!(hops_from_ttl(1), 63);
+        assert_eq!(hops_from_ttl(128), 0);
+        assert_eq!(hops_from_ttl(120), 8);
+        assert_eq!(hops_from_ttl(255), 0);
+        assert_eq!(hops_from_ttl(250), 5);
+        assert_eq!(hops_from_ttl(129), 126);
+        assert_eq!(hops_from_ttl(0), 64);
+    }
+
+    fn rec() -> NodeRec {
+        NodeRec {
+            name: "n".into(),
+            ip: IpAddr::from([10, 0, 0, 1]),
+            port: 7946,
+            meta: Vec::new(),
+            tags: BTreeMap::new(),
+            incarnation: 1,
+            state: NodeState::Suspect,
+            state_change: Instant::now(),
+            vsn: VSN,
+            suspicion: None,
+            status: Status::Alive,
+            status_ltime: 0,
+            leave_time: None,
+            rtt: None,
+            coord: None,
+            probe_bits: 0,
+            probe_n: 0,
+        }
+    }
+
+    #[test]
+    fn loss_window_needs_four_probes_and_keeps_the_last_32() {
+        let mut n = rec();
+        assert_eq!(n.health(), Health::Suspect);
+        for _ in 0..3 {
+            n.record_probe(false);
+        }
+        assert_eq!(n.loss(), None);
+        n.record_probe(true);
+        assert_eq!(n.loss(), Some(0.75));
+        for _ in 0..32 {
+            n.record_probe(true);
+        }
+        assert_eq!(n.loss(), Some(0.0));
+        for i in 0..32 {
+            n.record_probe(i % 4 != 0);
+        }
+        assert_eq!(n.loss(), Some(0.25));
+    }
+}
