@@ -477,19 +477,71 @@ fn community(ctx: &Ctx) -> String {
 /// The community page body from the members and services JSON.
 fn community_html(members: Option<Value>, services: Option<Value>) -> String {
     let mut b = String::from("<h2>Members</h2><div id=members>");
+    // the columns worth a glance (tags etc. stay in the API)
+    const MEMBER_COLS: &[&str] = &[
+        "name",
+        "status",
+        "health",
+        "zone",
+        "role",
+        "address",
+        "port",
+        "hops",
+        "loss",
+        "rtt_ms",
+        "rtt_estimate_ms",
+    ];
+    const SERVICE_COLS: &[&str] = &[
+        "name",
+        "service_type",
+        "node",
+        "zone",
+        "addr",
+        "port",
+        "url",
+        "source",
+        "health",
+        "hops",
+        "loss",
+        "rtt_ms",
+        "rtt_estimate_ms",
+    ];
+    // keep only `cols` of objects that have any of them; others as they are
+    let pick = |v: Value, cols: &[&str]| match v {
+        Value::Object(o) if cols.iter().any(|c| o.contains_key(*c)) => Value::Object(
+            cols.iter()
+                .filter_map(|c| o.get(*c).map(|x| (c.to_string(), x.clone())))
+                .collect(),
+        ),
+        v => v,
+    };
     match as_list(members) {
-        Some(m) => b.push_str(&table_of(&m, 1, &[])),
+        Some(m) => {
+            let m: Vec<Value> = m.into_iter().map(|v| pick(v, MEMBER_COLS)).collect();
+            b.push_str(&table_of(&m, 1, &[]));
+        }
         None => b.push_str("<p>Discovery is not running on this box, so no members are known.</p>"),
     }
     b.push_str("</div><h2>Services, nearest first</h2><div id=community-services>");
     match as_list(services) {
         Some(mut s) => {
             let rtt = ["rtt_ms", "rtt", "distance_ms", "distance"];
+            // healthy first, providers on `suspect` nodes next, then RTT
+            let rank = |v: &Value| {
+                if v.get("healthy").and_then(Value::as_bool) == Some(false) {
+                    2
+                } else if v.get("health").and_then(Value::as_str) == Some("suspect") {
+                    1
+                } else {
+                    0
+                }
+            };
             s.sort_by(|a, c| {
                 let x = num(a, &rtt).unwrap_or(f64::MAX);
                 let y = num(c, &rtt).unwrap_or(f64::MAX);
-                x.total_cmp(&y)
+                rank(a).cmp(&rank(c)).then(x.total_cmp(&y))
             });
+            let s: Vec<Value> = s.into_iter().map(|v| pick(v, SERVICE_COLS)).collect();
             let open = |v: &Value| {
                 service_link(v).map_or_else(String::new, |u| {
                     format!("<a href=\"{}\" rel=noopener>open</a>", esc(&u))
