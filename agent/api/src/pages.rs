@@ -480,6 +480,7 @@ fn community_html(members: Option<Value>, services: Option<Value>) -> String {
     // the columns worth a glance (tags etc. stay in the API)
     const MEMBER_COLS: &[&str] = &[
         "name",
+        "state",
         "status",
         "health",
         "zone",
@@ -496,6 +497,7 @@ fn community_html(members: Option<Value>, services: Option<Value>) -> String {
         "service_type",
         "node",
         "zone",
+        "address",
         "addr",
         "port",
         "url",
@@ -1063,6 +1065,36 @@ mod tests {
         assert!(h.contains("<th>zone</th>") && h.contains(">north<"), "{h}");
         let none = community_html(None, None);
         assert!(none.contains("Discovery is not running"));
+    }
+
+    #[test]
+    fn community_shows_health_hops_loss_and_puts_suspect_after_healthy() {
+        let services = json!([
+            {"name": "s-suspect", "service_type": "_http._tcp", "node": "n1", "zone": "",
+             "addr": "10.0.0.1", "port": 80, "txt": {}, "source": "serf", "healthy": true,
+             "health": "suspect", "rtt_estimate_ms": 0.1, "rtt_ms": 0.1, "hops": 0, "loss": 0.5},
+            {"name": "s-dead", "service_type": "_http._tcp", "node": "n2", "zone": "",
+             "addr": "10.0.0.2", "port": 80, "txt": {}, "source": "serf", "healthy": false,
+             "health": "dead", "rtt_estimate_ms": 0.1, "rtt_ms": 0.1, "hops": 0, "loss": 1.0},
+            {"name": "s-far", "service_type": "_http._tcp", "node": "n3", "zone": "",
+             "addr": "10.0.0.3", "port": 80, "txt": {}, "source": "serf", "healthy": true,
+             "health": "alive", "rtt_estimate_ms": 40.0, "rtt_ms": 40.0, "hops": 3, "loss": 0.0},
+        ]);
+        let members = json!([{"name": "n1", "addr": "10.0.0.1:7946", "address": "10.0.0.1",
+            "port": 7946, "zone": "z", "role": "super-node", "status": "alive",
+            "health": "suspect", "tags": {"a": "b"}, "rtt_estimate_ms": 0.1, "rtt_ms": 0.1,
+            "hops": 2, "loss": 0.25}]);
+        let h = community_html(Some(members), Some(services));
+        for col in ["health", "hops", "loss", "status", "zone", "rtt_ms"] {
+            assert!(h.contains(&format!("<th>{col}</th>")), "column {col}: {h}");
+        }
+        assert!(h.contains(">suspect<") && h.contains(">0.25<"), "{h}");
+        let (far, sus, dead) = (
+            h.find(">s-far<").unwrap(),
+            h.find(">s-suspect<").unwrap(),
+            h.find(">s-dead<").unwrap(),
+        );
+        assert!(far < sus && sus < dead, "healthy, suspect, dead: {h}");
     }
 
     #[test]
