@@ -85,13 +85,30 @@ pub fn interfaces() -> io::Result<Vec<IfInfo>> {
 }
 
 /// Is `i` served under `filter` (`None`: up, multicast, non-loopback)? It
-/// needs an IPv4 or IPv6 address either way.
+/// needs an IPv4 or IPv6 address either way. Without a filter, an
+/// interface with only IPv6 addresses that is enslaved to a bridge or bond
+/// (container veths, bridge ports: they all have link-local addresses) is
+/// left to its master.
 pub fn eligible(i: &IfInfo, filter: Option<&[String]>) -> bool {
-    let chosen = match filter {
-        Some(names) => names.contains(&i.name),
-        None => i.up_multicast && !i.loopback,
-    };
-    chosen && (!i.v4.is_empty() || !i.v6.is_empty())
+    match filter {
+        Some(names) => names.contains(&i.name) && (!i.v4.is_empty() || !i.v6.is_empty()),
+        None => {
+            i.up_multicast
+                && !i.loopback
+                && (!i.v4.is_empty() || (!i.v6.is_empty() && !enslaved(&i.name)))
+        }
+    }
+}
+
+/// Does the interface have a master (bridge port, bond slave)?
+fn enslaved(name: &str) -> bool {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return false;
+    }
+    std::path::Path::new("/sys/class/net")
+        .join(name)
+        .join("master")
+        .exists()
 }
 
 /// A UDP socket on 0.0.0.0:5353 bound to one device, joined to 224.0.0.251
@@ -200,5 +217,29 @@ pub fn is_own(i: &IfInfo, ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => i.v4.contains(&a),
         IpAddr::V6(a) => i.v6.contains(&a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_only_interfaces_are_eligible() {
+        let mut i = IfInfo {
+            name: "nuvol-test-none0".into(),
+            index: 99,
+            up_multicast: true,
+            loopback: false,
+            v4: Vec::new(),
+            v6: Vec::new(),
+        };
+        assert!(!eligible(&i, None), "no address at all");
+        i.v6.push("fe80::1".parse().unwrap());
+        assert!(eligible(&i, None));
+        assert!(eligible(&i, Some(&["nuvol-test-none0".to_string()])));
+        assert!(!eligible(&i, Some(&["eth0".to_string()])));
+        i.loopback = true;
+        assert!(!eligible(&i, None));
     }
 }
