@@ -477,19 +477,73 @@ fn community(ctx: &Ctx) -> String {
 /// The community page body from the members and services JSON.
 fn community_html(members: Option<Value>, services: Option<Value>) -> String {
     let mut b = String::from("<h2>Members</h2><div id=members>");
+    // the columns worth a glance (tags etc. stay in the API)
+    const MEMBER_COLS: &[&str] = &[
+        "name",
+        "state",
+        "status",
+        "health",
+        "zone",
+        "role",
+        "address",
+        "port",
+        "hops",
+        "loss",
+        "rtt_ms",
+        "rtt_estimate_ms",
+    ];
+    const SERVICE_COLS: &[&str] = &[
+        "name",
+        "service_type",
+        "node",
+        "zone",
+        "address",
+        "addr",
+        "port",
+        "url",
+        "source",
+        "health",
+        "hops",
+        "loss",
+        "rtt_ms",
+        "rtt_estimate_ms",
+    ];
+    // keep only `cols` of objects that have any of them; others as they are
+    let pick = |v: Value, cols: &[&str]| match v {
+        Value::Object(o) if cols.iter().any(|c| o.contains_key(*c)) => Value::Object(
+            cols.iter()
+                .filter_map(|c| o.get(*c).map(|x| (c.to_string(), x.clone())))
+                .collect(),
+        ),
+        v => v,
+    };
     match as_list(members) {
-        Some(m) => b.push_str(&table_of(&m, 1, &[])),
+        Some(m) => {
+            let m: Vec<Value> = m.into_iter().map(|v| pick(v, MEMBER_COLS)).collect();
+            b.push_str(&table_of(&m, 1, &[]));
+        }
         None => b.push_str("<p>Discovery is not running on this box, so no members are known.</p>"),
     }
     b.push_str("</div><h2>Services, nearest first</h2><div id=community-services>");
     match as_list(services) {
         Some(mut s) => {
             let rtt = ["rtt_ms", "rtt", "distance_ms", "distance"];
+            // healthy first, providers on `suspect` nodes next, then RTT
+            let rank = |v: &Value| {
+                if v.get("healthy").and_then(Value::as_bool) == Some(false) {
+                    2
+                } else if v.get("health").and_then(Value::as_str) == Some("suspect") {
+                    1
+                } else {
+                    0
+                }
+            };
             s.sort_by(|a, c| {
                 let x = num(a, &rtt).unwrap_or(f64::MAX);
                 let y = num(c, &rtt).unwrap_or(f64::MAX);
-                x.total_cmp(&y)
+                rank(a).cmp(&rank(c)).then(x.total_cmp(&y))
             });
+            let s: Vec<Value> = s.into_iter().map(|v| pick(v, SERVICE_COLS)).collect();
             let open = |v: &Value| {
                 service_link(v).map_or_else(String::new, |u| {
                     format!("<a href=\"{}\" rel=noopener>open</a>", esc(&u))
@@ -1012,6 +1066,36 @@ mod tests {
         assert!(h.contains("<th>zone</th>") && h.contains(">north<"), "{h}");
         let none = community_html(None, None);
         assert!(none.contains("Discovery is not running"));
+    }
+
+    #[test]
+    fn community_shows_health_hops_loss_and_puts_suspect_after_healthy() {
+        let services = json!([
+            {"name": "s-suspect", "service_type": "_http._tcp", "node": "n1", "zone": "",
+             "addr": "10.0.0.1", "port": 80, "txt": {}, "source": "serf", "healthy": true,
+             "health": "suspect", "rtt_estimate_ms": 0.1, "rtt_ms": 0.1, "hops": 0, "loss": 0.5},
+            {"name": "s-dead", "service_type": "_http._tcp", "node": "n2", "zone": "",
+             "addr": "10.0.0.2", "port": 80, "txt": {}, "source": "serf", "healthy": false,
+             "health": "dead", "rtt_estimate_ms": 0.1, "rtt_ms": 0.1, "hops": 0, "loss": 1.0},
+            {"name": "s-far", "service_type": "_http._tcp", "node": "n3", "zone": "",
+             "addr": "10.0.0.3", "port": 80, "txt": {}, "source": "serf", "healthy": true,
+             "health": "alive", "rtt_estimate_ms": 40.0, "rtt_ms": 40.0, "hops": 3, "loss": 0.0},
+        ]);
+        let members = json!([{"name": "n1", "addr": "10.0.0.1:7946", "address": "10.0.0.1",
+            "port": 7946, "zone": "z", "role": "super-node", "status": "alive",
+            "health": "suspect", "tags": {"a": "b"}, "rtt_estimate_ms": 0.1, "rtt_ms": 0.1,
+            "hops": 2, "loss": 0.25}]);
+        let h = community_html(Some(members), Some(services));
+        for col in ["health", "hops", "loss", "status", "zone", "rtt_ms"] {
+            assert!(h.contains(&format!("<th>{col}</th>")), "column {col}: {h}");
+        }
+        assert!(h.contains(">suspect<") && h.contains(">0.25<"), "{h}");
+        let (far, sus, dead) = (
+            h.find(">s-far<").unwrap(),
+            h.find(">s-suspect<").unwrap(),
+            h.find(">s-dead<").unwrap(),
+        );
+        assert!(far < sus && sus < dead, "healthy, suspect, dead: {h}");
     }
 
     #[test]

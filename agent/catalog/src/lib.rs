@@ -8,7 +8,7 @@ pub mod discovery;
 
 pub use discovery::{DiscoveryConfig, DiscoveryHandle, LocalService};
 
-use nuvol_gossip::{Member, Status};
+use nuvol_gossip::{Health, Member, Status};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -57,10 +57,19 @@ pub struct Service {
     pub source: Source,
     /// is the node alive
     pub healthy: bool,
+    /// the node's memberlist health: `alive`, `suspect`, `dead`, `left`
+    /// (`alive` for mDNS entries, which are dropped when they expire)
+    pub health: &'static str,
     /// Vivaldi RTT estimate (ms)
     pub rtt_estimate_ms: Option<f64>,
     /// measured probe RTT (ms)
     pub rtt_ms: Option<f64>,
+    /// hops to the node, from the TTL of its packets (gossip: initial TTL
+    /// guessed as 64/128/255; mDNS: 255 − TTL); `None` if unknown
+    pub hops: Option<u8>,
+    /// share of recent direct probes of the node left unanswered (0.0–1.0;
+    /// `None` until 4 probes, and for mDNS entries)
+    pub loss: Option<f64>,
 }
 
 /// A member as the catalog shows it.
@@ -78,14 +87,22 @@ pub struct MemberView {
     pub zone: String,
     /// role (`super-node`, `ordinary-node` or empty)
     pub role: String,
-    /// `alive`, `leaving`, `left`, `failed`
+    /// Serf's status, as `serf members` prints it: `alive`, `leaving`,
+    /// `left`, `failed` (a suspect node is still `alive` here)
     pub status: &'static str,
+    /// memberlist's view: `alive`, `suspect`, `dead`, `left`
+    pub health: &'static str,
     /// tags
     pub tags: BTreeMap<String, String>,
     /// Vivaldi RTT estimate (ms)
     pub rtt_estimate_ms: Option<f64>,
     /// measured probe RTT (ms)
     pub rtt_ms: Option<f64>,
+    /// hops from the TTL of its last gossip packet (0 = same link)
+    pub hops: Option<u8>,
+    /// share of the last 32 direct probes left unanswered (0.0–1.0,
+    /// `None` until 4 probes)
+    pub loss: Option<f64>,
 }
 
 fn ms(d: Option<Duration>) -> Option<f64> {
@@ -104,9 +121,12 @@ pub fn member_views(members: &[Member]) -> Vec<MemberView> {
             zone: m.tags.get(ZONE_TAG).cloned().unwrap_or_default(),
             role: m.tags.get(ROLE_TAG).cloned().unwrap_or_default(),
             status: m.status.as_str(),
+            health: m.health.as_str(),
             tags: m.tags.clone(),
             rtt_estimate_ms: ms(m.rtt_estimate),
             rtt_ms: ms(m.rtt),
+            hops: m.hops,
+            loss: m.loss,
         })
         .collect()
 }
@@ -137,8 +157,11 @@ pub fn services_from_members(members: &[Member]) -> Vec<Service> {
                 txt,
                 source,
                 healthy,
+                health: m.health.as_str(),
                 rtt_estimate_ms: ms(m.rtt_estimate),
                 rtt_ms: ms(m.rtt),
+                hops: m.hops,
+                loss: m.loss,
             };
         for (k, v) in &m.tags {
             if let Some(name) = k.strip_prefix(SVC_PREFIX) {
@@ -193,8 +216,9 @@ pub struct ServiceQuery {
     pub healthy_only: bool,
 }
 
-/// Filter and sort: healthy first, then by RTT (measured if known, else
-/// the Vivaldi estimate; unknown last), ties prefer `zone`, then by node.
+/// Filter and sort: healthy first (providers whose node is `suspect` after
+/// the other healthy ones), then by RTT (the Vivaldi estimate if known, else
+/// the measured RTT; unknown last), ties prefer `zone`, then by node.
 pub fn query(mut all: Vec<Service>, q: &ServiceQuery) -> Vec<Service> {
     all.retain(|s| q.service_type.as_ref().is_none_or(|t| s.service_type == *t));
     if q.healthy_only {
@@ -210,13 +234,14 @@ pub fn query(mut all: Vec<Service>, q: &ServiceQuery) -> Vec<Service> {
                 u64::MAX
             };
             let same_zone = q.zone.as_ref().is_some_and(|z| *z == s.zone);
-            (
-                !s.healthy,
-                bucket,
-                !same_zone,
-                s.node.clone(),
-                s.name.clone(),
-            )
+            let rank = if !s.healthy {
+                2u8
+            } else if s.health == Health::Suspect.as_str() {
+                1
+            } else {
+                0
+            };
+            (rank, bucket, !same_zone, s.node.clone(), s.name.clone())
         };
         all.sort_by_key(key);
     } else {
@@ -247,6 +272,13 @@ mod tests {
             addr: SocketAddr::from(([10, 0, 0, 1], 7946)),
             tags: t,
             status,
+            health: if status == Status::Alive {
+                Health::Alive
+            } else {
+                Health::Dead
+            },
+            hops: None,
+            loss: None,
             rtt: None,
             rtt_estimate: Some(Duration::from_millis(rtt_ms)),
             coordinate: None,
@@ -304,6 +336,35 @@ mod tests {
         let order: Vec<&str> = r.iter().map(|s| s.node.as_str()).collect();
         assert_eq!(order, vec!["tie-same", "tie-other", "far", "near-dead"]);
         assert_eq!(r[1].port, 8080);
+    }
+
+    #[test]
+    fn suspect_providers_sort_after_healthy_ones() {
+        let web = &[("svc:web", "_http._tcp:80")];
+        let mut near_suspect = member("near-suspect", "", 1, Status::Alive, web);
+        near_suspect.health = Health::Suspect;
+        near_suspect.hops = Some(0);
+        near_suspect.loss = Some(0.75);
+        let ms = vec![
+            near_suspect,
+            member("far", "", 50, Status::Alive, web),
+            member("dead", "", 1, Status::Failed, web),
+        ];
+        let r = query(
+            services_from_members(&ms),
+            &ServiceQuery {
+                near: true,
+                ..Default::default()
+            },
+        );
+        let order: Vec<&str> = r.iter().map(|s| s.node.as_str()).collect();
+        assert_eq!(order, vec!["far", "near-suspect", "dead"]);
+        assert_eq!(r[1].health, "suspect");
+        assert!(r[1].healthy, "a suspect node is still alive for Serf");
+        assert_eq!((r[1].hops, r[1].loss), (Some(0), Some(0.75)));
+        let v = member_views(&ms);
+        assert_eq!((v[0].status, v[0].health), ("alive", "suspect"));
+        assert_eq!(v[0].loss, Some(0.75));
     }
 
     #[test]

@@ -64,6 +64,14 @@ async fn services_cross_the_gossip() {
         .members()
         .iter()
         .all(|m| m.address == "127.0.0.1" && m.port != 0));
+    // loopback: TTL 64 arrives as 64 (0 hops); both alive for memberlist too
+    assert!(b
+        .members()
+        .iter()
+        .all(|m| m.health == "alive" && m.status == "alive" && m.hops == Some(0)));
+    assert!(found
+        .iter()
+        .all(|s| s.health == "alive" && s.hops == Some(0)));
 
     // services from another source (mDNS) merge into the same query
     let mut m = found[0].clone();

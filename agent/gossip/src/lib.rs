@@ -11,4 +11,6 @@ pub mod serf;
 pub mod wire;
 
 pub use config::{Config, Profile, Timing};
-pub use node::{Event, GossipError, Handle, IncomingQuery, Member, StatsSnapshot, Status};
+pub use node::{
+    hops_from_ttl, Event, GossipError, Handle, Health, IncomingQuery, Member, StatsSnapshot, Status,
+};

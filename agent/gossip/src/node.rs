@@ -31,6 +31,59 @@ const QUERY_RESPONSE_LIMIT: usize = 1024;
 const MAX_INTENTS: usize = 8192;
 const MAX_PENDING_ACKS: usize = 4096;
 
+/// Ask the kernel for the TTL / hop limit of each received datagram
+/// (`IP_RECVTTL`, `IPV6_RECVHOPLIMIT`). Best effort: without it the hop
+/// column stays empty.
+fn enable_recv_ttl(udp: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(udp, sockopt::Ipv4RecvTtl, &true);
+    if udp.local_addr().is_ok_and(|a| a.is_ipv6()) {
+        let _ = setsockopt(udp, sockopt::Ipv6RecvHopLimit, &true);
+    }
+}
+
+/// One non-blocking `recvmsg`: length, source, and the TTL / hop limit
+/// from the control messages when the kernel sent one.
+fn recv_with_ttl(
+    udp: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<u8>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    use std::os::fd::AsRawFd;
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(i32, i32);
+    let msg = recvmsg::<SockaddrStorage>(
+        udp.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut ttl = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::Ipv4Ttl(t) | ControlMessageOwned::Ipv6HopLimit(t) => {
+                    ttl = u8::try_from(t).ok();
+                }
+                _ => {}
+            }
+        }
+    }
+    let from = msg.address.and_then(|a: SockaddrStorage| {
+        if let Some(v4) = a.as_sockaddr_in() {
+            Some(SocketAddr::V4((*v4).into()))
+        } else {
+            a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+        }
+    });
+    let n = msg.bytes;
+    match from {
+        Some(f) => Ok((n, f, ttl)),
+        None => Err(std::io::Error::other("datagram without a source address")),
+    }
+}
+
 /// Errors from starting or using a node.
 #[derive(Debug, Error)]
 pub enum GossipError {
@@ -79,6 +132,54 @@ impl Status {
     }
 }
 
+/// memberlist's own view of a node (SWIM), finer than Serf's [`Status`]:
+/// a node that stopped answering probes is `Suspect` for the suspicion
+/// timeout before it becomes `Dead` (Serf's `failed`); Serf itself keeps
+/// showing such a node as `alive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// answering probes (or not yet suspected)
+    Alive,
+    /// missed a probe round; confirmed dead after the suspicion timeout
+    /// unless it refutes
+    Suspect,
+    /// declared dead (Serf `failed`)
+    Dead,
+    /// left gracefully
+    Left,
+}
+
+impl Health {
+    /// `alive`, `suspect`, `dead`, `left` (memberlist's names).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Health::Alive => "alive",
+            Health::Suspect => "suspect",
+            Health::Dead => "dead",
+            Health::Left => "left",
+        }
+    }
+}
+
+/// Hop count from a received IP TTL / IPv6 hop limit: the sender's initial
+/// TTL is guessed as the smallest of 64 (Linux, Go, BSD), 128 (Windows)
+/// and 255 (mDNS, some routers) not below the received value, and the
+/// hops are the difference. Wrong only for senders with an unusual
+/// initial TTL (e.g. 32) or paths of more than 63 hops.
+pub fn hops_from_ttl(ttl: u8) -> u8 {
+    let initial = match ttl {
+        0..=64 => 64,
+        65..=128 => 128,
+        _ => 255,
+    };
+    initial - ttl
+}
+
+/// Direct probes remembered per member for the loss column.
+pub const LOSS_WINDOW: u32 = 32;
+/// Direct probes needed before a loss is reported.
+pub const LOSS_MIN_PROBES: u32 = 4;
+
 /// A member as the application sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
@@ -90,6 +191,15 @@ pub struct Member {
     pub tags: BTreeMap<String, String>,
     /// Serf status
     pub status: Status,
+    /// memberlist health (shows `Suspect`, which Serf's status hides)
+    pub health: Health,
+    /// hops from the TTL of its last gossip packet ([`hops_from_ttl`]);
+    /// `Some(0)` for ourselves, `None` before a packet was received
+    pub hops: Option<u8>,
+    /// share of the last [`LOSS_WINDOW`] direct probes (ping → ack within
+    /// the probe timeout) left unanswered, 0.0–1.0; `None` until
+    /// [`LOSS_MIN_PROBES`] were sent, and for ourselves
+    pub loss: Option<f64>,
     /// last measured probe RTT
     pub rtt: Option<Duration>,
     /// Vivaldi estimate of the RTT from us
@@ -198,6 +308,10 @@ struct NodeRec {
     leave_time: Option<Instant>,
     rtt: Option<Duration>,
     coord: Option<Coordinate>,
+    /// direct probe outcomes, newest in bit 0 (1 = acked in time)
+    probe_bits: u32,
+    /// how many outcomes `probe_bits` holds (≤ LOSS_WINDOW)
+    probe_n: u32,
 }
 
 impl NodeRec {
@@ -209,6 +323,30 @@ impl NodeRec {
     }
     fn dead_or_left(&self) -> bool {
         matches!(self.state, NodeState::Dead | NodeState::Left)
+    }
+    fn health(&self) -> Health {
+        match self.state {
+            NodeState::Alive => Health::Alive,
+            NodeState::Suspect => Health::Suspect,
+            NodeState::Dead => Health::Dead,
+            NodeState::Left => Health::Left,
+        }
+    }
+    fn record_probe(&mut self, acked: bool) {
+        self.probe_bits = (self.probe_bits << 1) | u32::from(acked);
+        self.probe_n = (self.probe_n + 1).min(LOSS_WINDOW);
+    }
+    fn loss(&self) -> Option<f64> {
+        if self.probe_n < LOSS_MIN_PROBES {
+            return None;
+        }
+        let mask = if self.probe_n >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << self.probe_n) - 1
+        };
+        let acked = (self.probe_bits & mask).count_ones();
+        Some(f64::from(self.probe_n - acked) / f64::from(self.probe_n))
     }
 }
 
@@ -283,6 +421,8 @@ struct State {
     leaving: bool,
     left: bool,
     outbox: Vec<(SocketAddr, Vec<u8>, bool)>,
+    /// last received TTL / hop limit per source IP (bounded)
+    ttls: HashMap<IpAddr, u8>,
 }
 
 struct Inner {
@@ -401,6 +541,13 @@ impl Inner {
             addr: n.addr(),
             tags: n.tags.clone(),
             status: n.status,
+            health: n.health(),
+            hops: if n.name == self.me {
+                Some(0)
+            } else {
+                st.ttls.get(&n.ip.to_canonical()).map(|t| hops_from_ttl(*t))
+            },
+            loss: if n.name == self.me { None } else { n.loss() },
             rtt: n.rtt,
             rtt_estimate: if n.name == self.me {
                 Some(Duration::ZERO)
@@ -535,6 +682,8 @@ impl Inner {
                     leave_time: None,
                     rtt: None,
                     coord: None,
+                    probe_bits: 0,
+                    probe_n: 0,
                 },
             );
             let pos = if st.probe_order.is_empty() {
@@ -1143,7 +1292,7 @@ impl Inner {
 
     // ---- packet handling ----
 
-    fn ingest(&self, buf: &[u8], from: SocketAddr, at: Instant) {
+    fn ingest(&self, buf: &[u8], from: SocketAddr, at: Instant, ttl: Option<u8>) {
         self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_in
@@ -1156,6 +1305,18 @@ impl Inner {
             }
         };
         let mut st = self.st();
+        if let Some(t) = ttl {
+            // only authenticated/well-formed packets count
+            let ip = from.ip().to_canonical();
+            if st.ttls.len() >= 2 * self.cfg.max_members.max(16) && !st.ttls.contains_key(&ip) {
+                let State { ttls, nodes, .. } = &mut *st;
+                let known: HashSet<IpAddr> = nodes.values().map(|n| n.ip.to_canonical()).collect();
+                ttls.retain(|k, _| known.contains(k));
+            }
+            if st.ttls.len() < 2 * self.cfg.max_members.max(16) || st.ttls.contains_key(&ip) {
+                st.ttls.insert(ip, t);
+            }
+        }
         self.command(&mut st, &msg, from, at, 0);
         self.flush(&mut st);
     }
@@ -1488,6 +1649,7 @@ impl Handle {
             compress: true,
         };
         let udp = UdpSocket::bind(cfg.bind).await?;
+        enable_recv_ttl(&udp);
         let tcp = TcpListener::bind(udp.local_addr()?).await?;
         let bound = udp.local_addr()?;
         let adv = cfg.advertise.unwrap_or(bound);
@@ -1521,6 +1683,7 @@ impl Handle {
             leaving: false,
             left: false,
             outbox: Vec::new(),
+            ttls: HashMap::new(),
         };
         let inner = Arc::new_cyclic(|weak| Inner {
             cfg: cfg.clone(),
@@ -1560,9 +1723,9 @@ impl Handle {
             let mut buf = vec![0u8; wire::MAX_PACKET];
             loop {
                 tokio::select! {
-                    r = i.udp.recv_from(&mut buf) => {
-                        if let Ok((n, from)) = r {
-                            i.ingest(&buf[..n], from, Instant::now());
+                    r = i.udp.async_io(tokio::io::Interest::READABLE, || recv_with_ttl(&i.udp, &mut buf)) => {
+                        if let Ok((n, from, ttl)) = r {
+                            i.ingest(&buf[..n], from, Instant::now(), ttl);
                         }
                     }
                     _ = stop.changed() => break,
@@ -1814,6 +1977,9 @@ impl Handle {
             Ok(Err(_)) => {}
             Err(_) => {}
         }
+        if let Some(n) = i.st().nodes.get_mut(name) {
+            n.record_probe(false);
+        }
         // indirect probes
         let expected_nacks = {
             let mut st = i.st();
@@ -1896,6 +2062,7 @@ impl Handle {
             st.vivaldi.update(name, c, rtt);
         }
         if let Some(n) = st.nodes.get_mut(name) {
+            n.record_probe(true);
             n.rtt = Some(rtt);
             if coord.is_some() {
                 n.coord = coord;
@@ -2299,5 +2466,65 @@ impl Handle {
     /// Stop all tasks without telling anyone (others will see us fail).
     pub fn shutdown(&self) {
         let _ = self.inner.shutdown.send(true);
+    }
+}
+
+#[cfg(test)]
+mod column_tests {
+    use super::*;
+
+    #[test]
+    fn hops_from_ttl_guesses_the_initial_ttl() {
+        assert_eq!(hops_from_ttl(64), 0);
+        assert_eq!(hops_from_ttl(63), 1);
+        assert_eq!(hops_from_ttl(1), 63);
+        assert_eq!(hops_from_ttl(128), 0);
+        assert_eq!(hops_from_ttl(120), 8);
+        assert_eq!(hops_from_ttl(255), 0);
+        assert_eq!(hops_from_ttl(250), 5);
+        assert_eq!(hops_from_ttl(129), 126);
+        assert_eq!(hops_from_ttl(0), 64);
+    }
+
+    fn rec() -> NodeRec {
+        NodeRec {
+            name: "n".into(),
+            ip: IpAddr::from([10, 0, 0, 1]),
+            port: 7946,
+            meta: Vec::new(),
+            tags: BTreeMap::new(),
+            incarnation: 1,
+            state: NodeState::Suspect,
+            state_change: Instant::now(),
+            vsn: VSN,
+            suspicion: None,
+            status: Status::Alive,
+            status_ltime: 0,
+            leave_time: None,
+            rtt: None,
+            coord: None,
+            probe_bits: 0,
+            probe_n: 0,
+        }
+    }
+
+    #[test]
+    fn loss_window_needs_four_probes_and_keeps_the_last_32() {
+        let mut n = rec();
+        assert_eq!(n.health(), Health::Suspect);
+        for _ in 0..3 {
+            n.record_probe(false);
+        }
+        assert_eq!(n.loss(), None);
+        n.record_probe(true);
+        assert_eq!(n.loss(), Some(0.75));
+        for _ in 0..32 {
+            n.record_probe(true);
+        }
+        assert_eq!(n.loss(), Some(0.0));
+        for i in 0..32 {
+            n.record_probe(i % 4 != 0);
+        }
+        assert_eq!(n.loss(), Some(0.25));
     }
 }

@@ -2,7 +2,7 @@
 //! feeding it packets through a bounded queue.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::sys::{self, IfInfo, MDNS_PORT, MDNS_V4};
+use crate::sys::{self, IfInfo, MDNS_PORT, MDNS_V4, MDNS_V6};
 use crate::wire::{self, Message, Name, Question, RData, Record, CLASS_IN};
 use crate::{Cmd, Discovered, MdnsError, MdnsEvent, MdnsService, Shared};
 
@@ -80,13 +80,18 @@ struct Svc {
 
 struct Iface {
     info: IfInfo,
-    sock: Arc<UdpSocket>,
-    reader: tokio::task::JoinHandle<()>,
+    /// 224.0.0.251 socket (None if it could not be opened)
+    sock: Option<Arc<UdpSocket>>,
+    /// ff02::fb socket (None without IPv6)
+    sock6: Option<Arc<UdpSocket>>,
+    /// one reader task per socket
+    readers: Vec<tokio::task::JoinHandle<()>>,
     /// the interface went away (its slot stays: cache keys use the index)
     gone: bool,
 }
 
-type Packet = (usize, Vec<u8>, SocketAddr);
+/// (interface slot, bytes, source, received IP TTL / hop limit)
+type Packet = (usize, Vec<u8>, SocketAddr, Option<u8>);
 
 /// Most interfaces served.
 const MAX_IFACES: usize = 32;
@@ -99,6 +104,8 @@ struct CacheEntry {
     expires: Instant,
     /// refresh queries sent (at 80% and 90% of the TTL)
     refreshes: u8,
+    /// 255 − TTL of the packet that carried it last
+    hops: Option<u8>,
 }
 
 struct Browse {
@@ -248,8 +255,8 @@ impl Engine {
             let wake = self.next_wake();
             tokio::select! {
                 p = prx.recv() => {
-                    if let Some((idx, b, src)) = p {
-                        self.on_packet(idx, &b, src).await;
+                    if let Some((idx, b, src, ttl)) = p {
+                        self.on_packet(idx, &b, src, ttl).await;
                     }
                 }
                 c = cmds.recv() => match c {
@@ -264,7 +271,7 @@ impl Engine {
         };
         self.goodbye_all().await;
         for i in &self.ifaces {
-            i.reader.abort();
+            i.stop();
         }
         if let Some(tx) = done {
             let _ = tx.send(());
@@ -412,15 +419,42 @@ impl Engine {
         if self.ifaces[iface].gone {
             return;
         }
-        let dst = to.unwrap_or(SocketAddr::V4(SocketAddrV4::new(MDNS_V4, MDNS_PORT)));
+        let i = &self.ifaces[iface];
+        // unicast: back over the family it came in on; multicast: on both
+        // 224.0.0.251 and ff02::fb where the link has addresses of that family
+        let mut dsts: Vec<(&Arc<UdpSocket>, SocketAddr)> = Vec::with_capacity(2);
+        match to {
+            Some(d @ SocketAddr::V4(_)) => dsts.extend(i.sock.as_ref().map(|s| (s, d))),
+            Some(d @ SocketAddr::V6(_)) => dsts.extend(i.sock6.as_ref().map(|s| (s, d))),
+            None => {
+                if !i.info.v4.is_empty() {
+                    dsts.extend(
+                        i.sock
+                            .as_ref()
+                            .map(|s| (s, SocketAddr::V4(SocketAddrV4::new(MDNS_V4, MDNS_PORT)))),
+                    );
+                }
+                if !i.info.v6.is_empty() {
+                    dsts.extend(i.sock6.as_ref().map(|s| {
+                        let a = SocketAddrV6::new(MDNS_V6, MDNS_PORT, 0, i.info.index);
+                        (s, SocketAddr::V6(a))
+                    }));
+                }
+            }
+        }
+        if dsts.is_empty() {
+            return;
+        }
         let parts = if m.is_response() {
             split(m)
         } else {
             split_query(m)
         };
         for b in parts {
-            if self.ifaces[iface].sock.send_to(&b, dst).await.is_ok() {
-                self.shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+            for (sock, dst) in &dsts {
+                if sock.send_to(&b, *dst).await.is_ok() {
+                    self.shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -529,7 +563,7 @@ impl Engine {
                 Some(k) if self.ifaces[k].gone || self.ifaces[k].info.index != n.index => {
                     // back (or re-created): a fresh socket in the same slot
                     if let Ok(i) = open_iface(n.clone(), k, &self.ptx, &self.shared) {
-                        self.ifaces[k].reader.abort();
+                        self.ifaces[k].stop();
                         self.ifaces[k] = i;
                         changed = true;
                     }
@@ -559,7 +593,7 @@ impl Engine {
                     .any(|n| n.name == i.info.name && sys::eligible(n, self.filter.as_deref()))
             {
                 i.gone = true;
-                i.reader.abort();
+                i.stop();
             }
         }
         if changed {
@@ -803,7 +837,7 @@ impl Engine {
 
     // ---------- receiving ----------
 
-    async fn on_packet(&mut self, iface: usize, b: &[u8], src: SocketAddr) {
+    async fn on_packet(&mut self, iface: usize, b: &[u8], src: SocketAddr, ttl: Option<u8>) {
         if sys::is_own(&self.ifaces[iface].info, src.ip()) {
             return;
         }
@@ -830,7 +864,8 @@ impl Engine {
                     .collect::<Vec<_>>(),
                 false,
             );
-            self.cache_records(iface, &m);
+            // RFC 6762 §11: sent with TTL / hop limit 255
+            self.cache_records(iface, &m, ttl.map(|t| 255 - t));
         } else {
             if !m.authority.is_empty() {
                 self.probe_tiebreak(iface, &m);
@@ -1096,7 +1131,7 @@ impl Engine {
         }
     }
 
-    fn cache_records(&mut self, iface: usize, m: &Message) {
+    fn cache_records(&mut self, iface: usize, m: &Message, hops: Option<u8>) {
         let now = Instant::now();
         for r in m.answers.iter().chain(&m.additional) {
             if r.class != CLASS_IN
@@ -1176,6 +1211,7 @@ impl Engine {
                     inserted: now,
                     expires: now + Duration::from_secs(u64::from(ttl)),
                     refreshes: 0,
+                    hops,
                 },
             );
         }
@@ -1183,14 +1219,14 @@ impl Engine {
 
     /// Rebuild the discovered set from the cache and emit the differences.
     fn refresh_discovered(&mut self) {
-        let mut srv: HashMap<(usize, String), (&Record, Instant)> = HashMap::new();
+        let mut srv: HashMap<(usize, String), (&Record, Instant, Option<u8>)> = HashMap::new();
         let mut txt: HashMap<(usize, String), &Record> = HashMap::new();
         let mut addrs: HashMap<(usize, String), Vec<IpAddr>> = HashMap::new();
         for e in self.cache.values() {
             let k = (e.iface, e.rec.name.key());
             match &e.rec.rdata {
-                RData::Srv { .. } if srv.get(&k).is_none_or(|(_, t)| e.inserted > *t) => {
-                    srv.insert(k, (&e.rec, e.inserted));
+                RData::Srv { .. } if srv.get(&k).is_none_or(|(_, t, _)| e.inserted > *t) => {
+                    srv.insert(k, (&e.rec, e.inserted, e.hops));
                 }
                 RData::Txt(_) => {
                     txt.insert(k, &e.rec);
@@ -1212,7 +1248,9 @@ impl Engine {
                 continue;
             }
             let k = (e.iface, inst.key());
-            let Some((s, _)) = srv.get(&k) else { continue };
+            let Some((s, _, hops)) = srv.get(&k) else {
+                continue;
+            };
             let RData::Srv { port, target, .. } = &s.rdata else {
                 continue;
             };
@@ -1235,6 +1273,7 @@ impl Engine {
                 txt,
                 interface: self.ifaces[e.iface].info.name.clone(),
                 ttl_left: Duration::ZERO,
+                hops: *hops,
             };
             now_set.insert(k, (d, e.expires));
         }
@@ -1282,32 +1321,65 @@ fn open_iface(
         iface: info.name.clone(),
         source,
     };
-    let s = sys::mdns_socket(&info).map_err(err)?;
-    let sock = Arc::new(UdpSocket::from_std(s).map_err(err)?);
-    let (rsock, tx, shared) = (sock.clone(), ptx.clone(), shared.clone());
-    let reader = tokio::spawn(async move {
+    // IPv4 and IPv6 each where possible; at least one must open
+    let v4 = sys::mdns_socket(&info).and_then(UdpSocket::from_std);
+    let v6 = sys::mdns_socket_v6(&info).and_then(UdpSocket::from_std);
+    let (sock, sock6) = match (v4, v6) {
+        (Err(e), Err(_)) => return Err(err(e)),
+        (a, b) => (a.ok().map(Arc::new), b.ok().map(Arc::new)),
+    };
+    let readers = sock
+        .iter()
+        .chain(sock6.iter())
+        .map(|s| spawn_reader(s.clone(), idx, ptx.clone(), shared.clone()))
+        .collect();
+    Ok(Iface {
+        info,
+        sock,
+        sock6,
+        readers,
+        gone: false,
+    })
+}
+
+/// Read datagrams (with their TTL) from `sock` into the engine's queue.
+fn spawn_reader(
+    sock: Arc<UdpSocket>,
+    idx: usize,
+    tx: mpsc::Sender<Packet>,
+    shared: Arc<Shared>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         // one byte more than the limit, to see oversized datagrams
         let mut buf = vec![0u8; wire::MAX_MESSAGE + 1];
         loop {
-            let Ok((n, src)) = rsock.recv_from(&mut buf).await else {
+            let r = sock
+                .async_io(tokio::io::Interest::READABLE, || {
+                    sys::recv_with_ttl(&sock, &mut buf)
+                })
+                .await;
+            let Ok((n, src, ttl)) = r else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
+            let n = n.min(buf.len());
             shared.counters.received.fetch_add(1, Ordering::Relaxed);
-            if tx.try_send((idx, buf[..n].to_vec(), src)).is_err() {
+            if tx.try_send((idx, buf[..n].to_vec(), src, ttl)).is_err() {
                 shared
                     .counters
                     .queue_dropped
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
-    });
-    Ok(Iface {
-        info,
-        sock,
-        reader,
-        gone: false,
     })
+}
+
+impl Iface {
+    fn stop(&self) {
+        for r in &self.readers {
+            r.abort();
+        }
+    }
 }
 
 /// RDATA as a cache key: names lower-cased, everything else as on the wire.

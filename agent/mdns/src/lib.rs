@@ -60,6 +60,10 @@ pub struct Discovered {
     pub interface: String,
     /// time left of the PTR record
     pub ttl_left: Duration,
+    /// hops to the responder: 255 − the IP TTL / hop limit of the packet
+    /// that last carried its SRV record (RFC 6762 §11 sends with 255, so 0
+    /// is the same link); `None` when the kernel did not say
+    pub hops: Option<u8>,
 }
 
 /// Changes of the discovered set.
@@ -331,8 +335,11 @@ pub fn to_catalog(d: &Discovered) -> nuvol_catalog::Service {
         txt: d.txt.clone(),
         source: nuvol_catalog::Source::Mdns,
         healthy: true,
+        health: "alive",
         rtt_estimate_ms: None,
         rtt_ms: None,
+        hops: d.hops,
+        loss: None,
     }
 }
 
@@ -379,9 +386,11 @@ mod tests {
             txt: BTreeMap::from([("path".into(), "/".into())]),
             interface: "eth0".into(),
             ttl_left: Duration::from_secs(10),
+            hops: Some(0),
         };
         let s = to_catalog(&d);
         assert_eq!(s.addr, Some("10.0.0.2".parse().unwrap()));
+        assert_eq!((s.hops, s.loss, s.health), (Some(0), None, "alive"));
         assert_eq!(s.node, "box");
         assert_eq!(s.source, nuvol_catalog::Source::Mdns);
         assert_eq!(s.txt.get("path").map(String::as_str), Some("/"));

@@ -135,8 +135,10 @@ fn nuvol_discovers_avahi_published_service_and_survives_garbage() {
         "ttl_left {:?}",
         d.ttl_left
     );
+    assert_eq!(d.hops, Some(0), "same link: TTL 255 arrives as 255");
     let c = nuvol_mdns::to_catalog(d);
     assert_eq!(c.port, 631);
+    assert_eq!(c.hops, Some(0));
     let added = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(2), async {
             loop {
@@ -368,5 +370,52 @@ fn nuvol_defends_its_announced_name_against_avahi() {
     );
     assert_eq!(m.published()[0].instance, "Defended");
     assert_eq!(m.stats().conflicts, 0);
+    rt.block_on(m.shutdown());
+}
+
+/// IPv6 only (no IPv4 address on the link, Avahi with `use-ipv4=no`):
+/// Avahi lists nuvol's service with an IPv6 address, and nuvol's catalog
+/// lists Avahi's with one.
+#[test]
+fn ipv6_only_link_interop_with_avahi() {
+    let p = Pair::new_v6();
+    let mut av = Avahi::start_v6(&p.a, &p.va, &host("avahi6"));
+    let nuvol_host = host("nuvol6");
+    let (rt, m) = start_nuvol(&p.b, &p.vb, &nuvol_host);
+    m.publish(svc("nuvol six", "_http._tcp", 8086, &[("v", "6")]))
+        .unwrap();
+    av.publish("Avahi six", "_ipp._tcp", 631, &["rp=six"]);
+
+    let lines = av
+        .wait_browse(20, |b| {
+            b.iter().any(|l| l.len() >= 10 && l[3] == "nuvol six")
+        })
+        .expect("avahi-browse never listed nuvol's service over IPv6");
+    let l = lines.iter().find(|l| l[3] == "nuvol six").unwrap();
+    assert_eq!(l[2], "IPv6", "{l:?}");
+    assert_eq!(l[6], format!("{nuvol_host}.local"));
+    let a: std::net::Ipv6Addr = l[7].parse().expect("an IPv6 address");
+    assert!(
+        a == p.ip_b.parse::<std::net::Ipv6Addr>().unwrap() || a.is_unicast_link_local(),
+        "address {a}"
+    );
+    assert_eq!(l[8], "8086");
+
+    let s = wait_services(&m, 20, |s| {
+        s.iter()
+            .any(|d| d.instance == "Avahi six" && !d.addresses.is_empty())
+    })
+    .expect("nuvol never discovered avahi's service over IPv6");
+    let d = s.iter().find(|d| d.instance == "Avahi six").unwrap();
+    assert_eq!(d.port, 631);
+    assert_eq!(d.txt.get("rp").map(String::as_str), Some("six"));
+    assert_eq!(d.hops, Some(0), "hop limit 255 on the same link");
+    let c = nuvol_mdns::to_catalog(d);
+    assert!(
+        matches!(c.addr, Some(std::net::IpAddr::V6(_))),
+        "catalog address {:?}",
+        c.addr
+    );
+    assert_eq!(c.hops, Some(0));
     rt.block_on(m.shutdown());
 }

@@ -511,7 +511,10 @@ async fn main(args: CtlArgs) -> Result<(), Fail> {
             } else {
                 table(
                     &list(&v),
-                    &["name", "role", "zone", "state", "rtt_ms", "addr", "address"],
+                    &[
+                        "name", "role", "zone", "state", "status", "health", "hops", "loss",
+                        "rtt_ms", "addr", "address",
+                    ],
                 )
             }
         }
@@ -538,7 +541,19 @@ async fn main(args: CtlArgs) -> Result<(), Fail> {
                 table(
                     &list(&v),
                     &[
-                        "name", "type", "node", "zone", "address", "port", "url", "rtt_ms",
+                        "name",
+                        "type",
+                        "service_type",
+                        "node",
+                        "zone",
+                        "address",
+                        "addr",
+                        "port",
+                        "url",
+                        "health",
+                        "hops",
+                        "loss",
+                        "rtt_ms",
                     ],
                 )
             }

@@ -399,6 +399,19 @@ fn scenario(tag: &str, key: Option<&str>) {
     let ms = n2.members();
     let ga = ms.iter().find(|m| m["name"] == go_names[0]).expect("go-a");
     assert_eq!(ga["tags"]["lang"], "go", "{ga}");
+    assert_eq!(ga["health"], "alive", "{ga}");
+    // Go sends with TTL 64: 0 hops over loopback; loss once probed 4 times
+    assert!(wait_for(
+        "nuvol-2 has hop count and loss for go-a",
+        Duration::from_secs(20),
+        || {
+            n2.members().iter().any(|m| {
+                m["name"] == go_names[0]
+                    && m["hops"] == 0
+                    && m["loss"].as_f64().is_some_and(|l| l <= 0.5)
+            })
+        }
+    ));
     assert!(
         ga["addr"]
             .as_str()

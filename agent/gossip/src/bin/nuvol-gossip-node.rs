@@ -1,12 +1,16 @@
 //! A bare gossip node for tests and benchmarks (not shipped on the box):
 //!
 //! ```text
-//! nuvol-gossip-node --name N --bind IP:PORT [--join IP:PORT]... [--profile lan|wan|local] [--key HEX] [--tag K=V]...
+//! nuvol-gossip-node --name N --bind IP:PORT [--join IP:PORT]... [--profile lan|wan|local] [--key HEX] [--tag K=V]... [--probe-ms MS]
 //! ```
+//!
+//! `--probe-ms` probes every MS ms (timeout MS/2) and scales the suspicion
+//! multiplier so the suspicion timeout stays the profile's, in seconds.
 //!
 //! Reads commands on stdin, one per line, answers one line on stdout:
 //! `members` → `members name=status name=status ...`, `stats` → `stats
-//! packets_in packets_out bytes_in bytes_out`, `leave` → leaves and exits.
+//! packets_in packets_out bytes_in bytes_out`, `health` → `health
+//! name=status,health,hops,loss ...` (`-` for unknown), `leave` → leaves and exits.
 //! Member events are printed as they happen: `event join|leave|failed|update|reap NAME`.
 
 use nuvol_gossip::{Config, Event, Handle, Profile};
@@ -35,6 +39,7 @@ fn parse() -> (Config, Vec<SocketAddr>) {
     let mut profile = Profile::Lan;
     let mut keys = Vec::new();
     let mut tags = std::collections::BTreeMap::new();
+    let mut probe_ms: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args
@@ -57,6 +62,14 @@ fn parse() -> (Config, Vec<SocketAddr>) {
                 let (k, v) = v.split_once('=').unwrap_or_else(|| usage("--tag K=V"));
                 tags.insert(k.to_string(), v.to_string());
             }
+            "--probe-ms" => {
+                probe_ms = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|m| (10..=10_000).contains(m))
+                        .unwrap_or_else(|| usage("bad --probe-ms")),
+                )
+            }
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -65,6 +78,13 @@ fn parse() -> (Config, Vec<SocketAddr>) {
     let mut cfg = Config::new(name, bind, profile);
     cfg.keys = keys;
     cfg.tags = tags;
+    if let Some(ms) = probe_ms {
+        let t = &mut cfg.timing;
+        let scale = t.probe_interval.as_millis() as f64 / ms as f64;
+        t.suspicion_mult = ((f64::from(t.suspicion_mult) * scale).round() as u32).max(1);
+        t.probe_interval = std::time::Duration::from_millis(ms);
+        t.probe_timeout = std::time::Duration::from_millis(ms / 2);
+    }
     (cfg, join)
 }
 
@@ -123,6 +143,22 @@ fn main() {
                         let mut s = String::from("members");
                         for m in h.members() {
                             s.push_str(&format!(" {}={}", m.name, m.status.as_str()));
+                        }
+                        out(&s);
+                    }
+                    Some("health") => {
+                        let mut s = String::from("health");
+                        for m in h.members() {
+                            let hops = m.hops.map_or("-".to_string(), |x| x.to_string());
+                            let loss = m.loss.map_or("-".to_string(), |x| format!("{x:.3}"));
+                            s.push_str(&format!(
+                                " {}={},{},{},{}",
+                                m.name,
+                                m.status.as_str(),
+                                m.health.as_str(),
+                                hops,
+                                loss
+                            ));
                         }
                         out(&s);
                     }

@@ -82,6 +82,74 @@ impl Pair {
         p
     }
 
+    /// Like `new`, but the link has only IPv6: `fd77:N::1/64` and
+    /// `fd77:N::2/64` (and the link-local addresses), no IPv4 address, DAD
+    /// off so the addresses are usable at once.
+    pub fn new_v6() -> Pair {
+        let pid = std::process::id();
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{}", pid % 100_000, n);
+        let net = format!("{:x}", (pid % 0xfff0) + n);
+        let p = Pair {
+            a: format!("mdA{tag}"),
+            b: format!("mdB{tag}"),
+            va: format!("va{tag}"),
+            vb: format!("vb{tag}"),
+            ip_a: format!("fd77:{net}::1"),
+            ip_b: format!("fd77:{net}::2"),
+        };
+        for ns in [&p.a, &p.b] {
+            run(&["ip", "netns", "add", ns]);
+            for k in ["all", "default"] {
+                run(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{k}.accept_dad=0"),
+                ]);
+            }
+        }
+        run(&[
+            "ip", "link", "add", &p.va, "type", "veth", "peer", "name", &p.vb,
+        ]);
+        run(&["ip", "link", "set", &p.va, "netns", &p.a]);
+        run(&["ip", "link", "set", &p.vb, "netns", &p.b]);
+        for (ns, dev, ip) in [(&p.a, &p.va, &p.ip_a), (&p.b, &p.vb, &p.ip_b)] {
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            run(&["ip", "-n", ns, "link", "set", dev, "up", "multicast", "on"]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        // carrier, and a link-local address on both ends
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            let ok = [(&p.a, &p.va), (&p.b, &p.vb)].iter().all(|(ns, dev)| {
+                Command::new("ip")
+                    .args(["-n", ns, "-6", "addr", "show", "dev", dev, "scope", "link"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).contains("fe80::"))
+                    .unwrap_or(false)
+            });
+            if ok {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
     /// Run `f` on a thread that entered namespace `ns`, inside a tokio runtime.
     pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/run/netns/{ns}");
@@ -118,6 +186,15 @@ pub struct Avahi {
 
 impl Avahi {
     pub fn start(ns: &str, iface: &str, host: &str) -> Avahi {
+        Avahi::start_with(ns, iface, host, "use-ipv4=yes\nuse-ipv6=no")
+    }
+
+    /// avahi-daemon speaking only IPv6 (`use-ipv4=no`, `use-ipv6=yes`).
+    pub fn start_v6(ns: &str, iface: &str, host: &str) -> Avahi {
+        Avahi::start_with(ns, iface, host, "use-ipv4=no\nuse-ipv6=yes")
+    }
+
+    fn start_with(ns: &str, iface: &str, host: &str, families: &str) -> Avahi {
         let dir = std::env::temp_dir().join(format!(
             "nuvol-mdns-avahi-{}-{}",
             std::process::id(),
@@ -150,7 +227,7 @@ impl Avahi {
         std::fs::write(
             dir.join("avahi.conf"),
             format!(
-                "[server]\nhost-name={host}\nuse-ipv4=yes\nuse-ipv6=no\nallow-interfaces={iface}\nenable-dbus=yes\nratelimit-interval-usec=0\n\
+                "[server]\nhost-name={host}\n{families}\nallow-interfaces={iface}\nenable-dbus=yes\nratelimit-interval-usec=0\n\
                  [wide-area]\nenable-wide-area=no\n[publish]\npublish-hinfo=no\npublish-workstation=no\npublish-aaaa-on-ipv4=no\n\
                  [reflector]\nenable-reflector=no\n[rlimits]\n"
             ),
