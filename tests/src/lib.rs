@@ -109,6 +109,12 @@ pub struct Vm {
 
 impl Vm {
     pub fn boot(disk: &Path, firmware: &str, dir: &Path) -> Vm {
+        Vm::boot_with(disk, firmware, dir, None)
+    }
+
+    /// [`Vm::boot`], also forwarding host port `https_port` to the guest's
+    /// HTTPS panel (`qemu/run.sh --https-port`).
+    pub fn boot_with(disk: &Path, firmware: &str, dir: &Path, https_port: Option<u16>) -> Vm {
         let port = free_port();
         let serial = dir.join(format!("serial-{port}.log"));
         let qmp = dir.join("qmp.sock");
@@ -130,6 +136,9 @@ impl Vm {
                 fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
             }
             args.extend(["--vars".into(), vars.into()]);
+        }
+        if let Some(p) = https_port {
+            args.extend(["--https-port".into(), p.to_string().into()]);
         }
         args.push(disk.into());
         let mut cmd = Command::new(repo().join("qemu/run.sh"));
@@ -290,6 +299,21 @@ pub fn http_auth(
     path: &str,
     token: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    let (status, text) = http_full(port, method, path, token)?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The status and the whole response text, headers included.
+pub fn http_full(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
@@ -305,9 +329,5 @@ pub fn http_auth(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    Ok((status, text))
 }

@@ -189,7 +189,10 @@ fn uefi_boot_with_bad_config_uses_defaults_and_says_why() {
     let disk = disk_copy(&dir.0, 64);
     write_config(&disk, "hostname = \"e2e-uefi\"\n\nhostnmae = \"typo\"\n");
 
-    let mut vm = Vm::boot(&disk, "uefi", &dir.0);
+    // HTTPS forwarded to a host port as `make qemu` does: the guest learns
+    // the public port from the SMBIOS OEM string run.sh passes.
+    let https_port = nuvol_e2e::free_port();
+    let mut vm = Vm::boot_with(&disk, "uefi", &dir.0, Some(https_port));
     let t = vm.wait_console(READY, 1, BOOT);
     eprintln!("uefi: ready after {:.1} s", t.as_secs_f64());
     let c = vm.console();
@@ -209,6 +212,13 @@ fn uefi_boot_with_bad_config_uses_defaults_and_says_why() {
     assert!(
         page.contains("config-problem") && page.contains("nuvol.toml:3:1"),
         "{page}"
+    );
+    // Plain HTTP redirects everything private to HTTPS, at the forwarded port.
+    let (code, text) = nuvol_e2e::http_full(vm.port, "GET", "/settings", None).unwrap();
+    let want = format!("location: https://nuvol:{https_port}/settings");
+    assert!(
+        code == 308 && text.to_ascii_lowercase().contains(&want),
+        "{code} {text}"
     );
     power_off(&mut vm);
 }
