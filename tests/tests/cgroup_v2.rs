@@ -283,6 +283,7 @@ fn cgroup_v2_limits_on_the_box_kernel() {
     // fail under nested virtualisation), else TCG; QEMU_ACCEL forces one.
     let accel = std::env::var("QEMU_ACCEL").unwrap_or_else(|_| {
         let out = Command::new(repo().join("qemu/probe-kvm.sh"))
+            .arg(&kernel)
             .output()
             .expect("qemu/probe-kvm.sh");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
