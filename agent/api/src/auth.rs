@@ -16,7 +16,6 @@
 //! hashes, passwords as argon2 PHC strings.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -496,9 +495,11 @@ impl Auth {
             return Ok(());
         };
         let bytes = serde_json::to_vec_pretty(tokens).unwrap_or_default();
-        write_atomic(path, &bytes).map_err(|source| AuthError::Io {
-            path: path.display().to_string(),
-            source,
+        nuvol_durable::write_atomic(path, &bytes, nuvol_durable::Mode::Private).map_err(|source| {
+            AuthError::Io {
+                path: path.display().to_string(),
+                source,
+            }
         })
     }
 }
@@ -542,28 +543,6 @@ pub fn csrf_ok(want: &str, headers: &hyper::HeaderMap, query: &str) -> bool {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Write `bytes` to `path` atomically (temp file, fsync, rename, fsync dir),
-/// mode 0600.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map_or_else(|| "tmp".to_string(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

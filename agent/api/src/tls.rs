@@ -86,8 +86,8 @@ pub fn load_or_create(state_dir: &Path, hostname: &str) -> Result<Identity, TlsE
         let path = p.display().to_string();
         move |source| TlsError::Io { path, source }
     };
-    crate::auth::write_atomic(&kp, &key).map_err(io(&kp))?;
-    crate::auth::write_atomic(&cp, &cert).map_err(io(&cp))?;
+    nuvol_durable::write_atomic(&kp, &key, nuvol_durable::Mode::Private).map_err(io(&kp))?;
+    nuvol_durable::write_atomic(&cp, &cert, nuvol_durable::Mode::Private).map_err(io(&cp))?;
     Ok(Identity {
         config: server_config(cert.clone(), key)?,
         fingerprint: fingerprint(&cert),

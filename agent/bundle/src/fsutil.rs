@@ -1,42 +1,20 @@
 //! Atomic file replacement: temp file, fsync, rename, fsync directory.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, File};
+
 use std::path::Path;
 
 use crate::error::BundleError;
 
 /// fsync a directory so a rename or create inside it is durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), BundleError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(BundleError::io(dir))
+    nuvol_durable::fsync_dir(dir).map_err(BundleError::io(dir))
 }
 
 /// Replace `path` with `data` atomically and durably.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), BundleError> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| BundleError::State(format!("{} has no parent", path.display())))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| BundleError::State(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(BundleError::io(&tmp))?;
-    f.write_all(data).map_err(BundleError::io(&tmp))?;
-    f.sync_all().map_err(BundleError::io(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(BundleError::io(path))?;
-    fsync_dir(dir)
+    nuvol_durable::write_atomic(path, data, nuvol_durable::Mode::Public)
+        .map_err(BundleError::io(path))
 }
 
 /// Create a directory (and parents) and fsync its parent.

@@ -16,7 +16,7 @@
 //! the key.
 
 use std::collections::BTreeSet;
-use std::io::Write;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -198,10 +198,12 @@ impl Settings {
             "# Written by the nuvol agent (panel settings, PUT /api/v1/settings).\n\
              # Keys here win over nuvol.toml.\n{text}"
         );
-        write_atomic(path, text.as_bytes()).map_err(|source| SettingError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        nuvol_durable::write_atomic(path, text.as_bytes(), nuvol_durable::Mode::Private).map_err(
+            |source| SettingError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        )
     }
 
     /// `base` (nuvol.toml) with the overlay's keys in force.
@@ -369,29 +371,6 @@ pub fn keys_in_file(text: &str) -> BTreeSet<String> {
         }
     }
     out
-}
-
-/// Write `bytes` to `path` atomically (temp, fsync, rename, fsync dir),
-/// mode 0600.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map_or_else(|| "tmp".to_string(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

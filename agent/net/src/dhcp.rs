@@ -25,8 +25,6 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
-use crate::fsutil::write_atomic;
-
 /// A lease as granted by the server, with wall-clock times (Unix seconds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
@@ -295,7 +293,9 @@ impl Client {
         let r = match lease {
             Some(l) => serde_json::to_vec_pretty(l)
                 .map_err(io::Error::other)
-                .and_then(|b| write_atomic(&self.lease_file, &b)),
+                .and_then(|b| {
+                    nuvol_durable::write_atomic(&self.lease_file, &b, nuvol_durable::Mode::Public)
+                }),
             None => match std::fs::remove_file(&self.lease_file) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),

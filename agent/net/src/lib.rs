@@ -645,7 +645,11 @@ impl Manager {
             let on_disk = fsutil::read_bounded(&self.opts.resolv_conf, 64 * 1024).ok();
             if on_disk.as_deref() != Some(text.as_str()) {
                 tracing::info!(path = %self.opts.resolv_conf.display(), "writing resolv.conf");
-                if let Err(e) = fsutil::write_atomic(&self.opts.resolv_conf, text.as_bytes()) {
+                if let Err(e) = nuvol_durable::write_atomic(
+                    &self.opts.resolv_conf,
+                    text.as_bytes(),
+                    nuvol_durable::Mode::Public,
+                ) {
                     tracing::warn!("cannot write {}: {e}", self.opts.resolv_conf.display());
                     first_err.get_or_insert(NetError::Io(e));
                 } else {

@@ -35,7 +35,7 @@ pub fn admin_token(state_dir: &Path) -> anyhow::Result<String> {
         .and_then(|mut f| f.read_exact(&mut raw))
         .context("reading /dev/urandom")?;
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    nuvol_api::auth::write_atomic(&path, token.as_bytes())
+    nuvol_durable::write_atomic(&path, token.as_bytes(), nuvol_durable::Mode::Private)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(token)
 }

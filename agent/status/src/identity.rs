@@ -3,7 +3,7 @@
 //! how the boot tests see that data persists.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -22,22 +22,6 @@ pub enum IdentityError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// Write `data` to `path` atomically: temp file, fsync, rename, fsync dir.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    fs::File::open(dir)?.sync_all()
 }
 
 impl Identity {
@@ -61,7 +45,12 @@ impl Identity {
                     .and_then(|mut f| f.read_exact(&mut raw))
                     .map_err(io(Path::new("/dev/urandom")))?;
                 let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-                write_atomic(&id_path, format!("{id}\n").as_bytes()).map_err(io(&id_path))?;
+                nuvol_durable::write_atomic(
+                    &id_path,
+                    format!("{id}\n").as_bytes(),
+                    nuvol_durable::Mode::Public,
+                )
+                .map_err(io(&id_path))?;
                 id
             }
         };
@@ -75,7 +64,12 @@ impl Identity {
             stored
         } else {
             let n = stored.saturating_add(1);
-            write_atomic(&count_path, format!("{n}\n").as_bytes()).map_err(io(&count_path))?;
+            nuvol_durable::write_atomic(
+                &count_path,
+                format!("{n}\n").as_bytes(),
+                nuvol_durable::Mode::Public,
+            )
+            .map_err(io(&count_path))?;
             fs::create_dir_all(run_dir).map_err(io(run_dir))?;
             fs::write(&marker, b"").map_err(io(&marker))?;
             n
