@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use nuvol_catalog::{DiscoveryHandle, ServiceQuery};
+use nuvol_catalog::{DiscoveryHandle, LoggedEvent, ServiceQuery};
 use nuvol_gossip::{Event, Member};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
@@ -76,7 +76,16 @@ pub async fn handle(d: Option<DiscoveryHandle>, req: Request<Incoming>) -> Resp 
             Ok(q) => json(StatusCode::OK, &d.services(&q)),
             Err(m) => error(StatusCode::BAD_REQUEST, "bad_query", &m),
         },
-        (Method::GET, "/api/v1/events") => event_stream(&d),
+        (Method::GET, "/api/v1/events") => {
+            let last_id = req
+                .headers()
+                .get("last-event-id")
+                .map(|v| v.to_str().unwrap_or("").to_string());
+            match parse_since(&query, last_id.as_deref()) {
+                Ok(since) => event_stream(&d, since),
+                Err(m) => error(StatusCode::BAD_REQUEST, "bad_query", &m),
+            }
+        }
         (Method::POST, "/api/v1/events") => send_event(&d, req).await,
         (m, p) => error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -196,7 +205,27 @@ fn member_json(m: &Member) -> serde_json::Value {
 
 /// One event as an SSE frame (`event: <type>` + one `data:` JSON line).
 pub fn sse_frame(e: &Event) -> String {
-    let (ty, data) = match e {
+    let (ty, data) = event_json(e);
+    // serde_json::to_string never emits raw newlines, so one data line holds it
+    format!("event: {ty}\ndata: {data}\n\n")
+}
+
+/// A logged event as an SSE frame with its `id:` (what a reconnecting
+/// client sends back as `Last-Event-ID`); the data also carries `id` and
+/// `at_unix_ms`.
+pub fn sse_logged_frame(e: &LoggedEvent) -> String {
+    let (ty, mut data) = event_json(&e.event);
+    if let Some(o) = data.as_object_mut() {
+        o.insert("id".into(), e.id.into());
+        o.insert("at_unix_ms".into(), e.at_unix_ms.into());
+    }
+    format!("id: {}\nevent: {ty}\ndata: {data}\n\n", e.id)
+}
+
+/// The SSE event type and JSON data of one event (also the panel's
+/// "Recent events").
+pub fn event_json(e: &Event) -> (&'static str, serde_json::Value) {
+    match e {
         Event::Join(m) => ("join", serde_json::json!({ "member": member_json(m) })),
         Event::Leave(m) => ("leave", serde_json::json!({ "member": member_json(m) })),
         Event::Failed(m) => ("failed", serde_json::json!({ "member": member_json(m) })),
@@ -226,9 +255,7 @@ pub fn sse_frame(e: &Event) -> String {
                 "from": q.source_node,
             }),
         ),
-    };
-    // serde_json::to_string never emits raw newlines, so one data line holds it
-    format!("event: {ty}\ndata: {data}\n\n")
+    }
 }
 
 struct StreamGuard;
@@ -238,7 +265,32 @@ impl Drop for StreamGuard {
     }
 }
 
-fn event_stream(d: &DiscoveryHandle) -> Resp {
+/// `since=N` of `GET /api/v1/events`, or the SSE `Last-Event-ID` header
+/// (which wins: it is what a reconnecting EventSource sends).
+pub fn parse_since(query: &str, last_event_id: Option<&str>) -> Result<Option<u64>, String> {
+    if let Some(h) = last_event_id {
+        return h
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("Last-Event-ID {h:?}: want an event id (a number)"));
+    }
+    let mut since = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("since", v) => {
+                since = Some(
+                    v.parse()
+                        .map_err(|_| format!("since={v:?}: want an event id (a number)"))?,
+                )
+            }
+            (k, _) => return Err(format!("unknown parameter {k:?} (known: since)")),
+        }
+    }
+    Ok(since)
+}
+
+fn event_stream(d: &DiscoveryHandle, since: Option<u64>) -> Resp {
     if OPEN_STREAMS.fetch_add(1, Ordering::Relaxed) >= MAX_EVENT_STREAMS {
         OPEN_STREAMS.fetch_sub(1, Ordering::Relaxed);
         return error(
@@ -248,21 +300,47 @@ fn event_stream(d: &DiscoveryHandle) -> Resp {
         );
     }
     let guard = StreamGuard;
-    let mut rx = d.events();
+    // subscribe before reading the backlog, then skip what the backlog had:
+    // nothing falls between the two
+    let mut rx = d.logged_events();
+    let backlog = match since {
+        Some(_) => d.recent_events(since),
+        None => Vec::new(),
+    };
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         let _guard = guard;
-        if tx
-            .send(Bytes::from_static(b": nuvol events\n\n"))
-            .await
-            .is_err()
-        {
+        let mut last = since.unwrap_or(0);
+        let mut out = String::from(": nuvol events\n\n");
+        if let (Some(s), Some(first)) = (since, backlog.first()) {
+            if first.id > s + 1 {
+                // the ring no longer holds everything after `since`
+                out.push_str(&format!(
+                    "event: lagged\ndata: {{\"missed\":{}}}\n\n",
+                    first.id - s - 1
+                ));
+            }
+        }
+        for e in &backlog {
+            out.push_str(&sse_logged_frame(e));
+            last = e.id;
+        }
+        if tx.send(Bytes::from(out)).await.is_err() {
             return;
         }
         loop {
-            let frame = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
+            let next = tokio::select! {
+                // the client went away: free the slot now, not at the next event
+                _ = tx.closed() => return,
+                r = tokio::time::timeout(KEEPALIVE, rx.recv()) => r,
+            };
+            let frame = match next {
                 Err(_) => ": keepalive\n\n".to_string(),
-                Ok(Ok(e)) => sse_frame(&e),
+                Ok(Ok(e)) if e.id <= last => continue,
+                Ok(Ok(e)) => {
+                    last = e.id;
+                    sse_logged_frame(&e)
+                }
                 Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
                     format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n")
                 }
@@ -316,5 +394,35 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(f.trim_end().split_once("data: ").unwrap().1).unwrap();
         assert_eq!(v["payload"], "line1\nline2");
+    }
+
+    #[test]
+    fn logged_frames_carry_their_id() {
+        let log = nuvol_catalog::EventLog::new();
+        log.push(Event::User {
+            ltime: 1,
+            name: "a".into(),
+            payload: Vec::new(),
+            coalesce: true,
+        });
+        let e = &log.since(None)[0];
+        let f = sse_logged_frame(e);
+        assert!(f.starts_with("id: 1\nevent: user\ndata: {"), "{f}");
+        let v: serde_json::Value =
+            serde_json::from_str(f.trim_end().split_once("data: ").unwrap().1).unwrap();
+        assert_eq!(v["id"], 1);
+        assert!(v["at_unix_ms"].as_u64().is_some());
+    }
+
+    #[test]
+    fn since_parsing() {
+        assert_eq!(parse_since("", None), Ok(None));
+        assert_eq!(parse_since("since=7", None), Ok(Some(7)));
+        assert_eq!(parse_since("since=7", Some(" 9 ")), Ok(Some(9)));
+        assert!(parse_since("since=x", None).unwrap_err().contains("since"));
+        assert!(parse_since("snice=1", None).unwrap_err().contains("snice"));
+        assert!(parse_since("", Some("abc"))
+            .unwrap_err()
+            .contains("Last-Event-ID"));
     }
 }

@@ -46,6 +46,38 @@ const PANEL_JS: &str = r#"// nuvol panel: optional live updates. Everything work
 (function(){
   var live = document.getElementById('live');
   if (live) { setTimeout(function(){ location.reload(); }, 30000); }
+  // Community page: follow the event stream; on a membership change fetch
+  // the page again and swap its sections (a reload after 30 s if it breaks).
+  var ev = document.getElementById('events');
+  if (ev && window.fetch && window.TextDecoder) {
+    var since = ev.getAttribute('data-last') || '0', timer = null;
+    var refresh = function(){
+      timer = null;
+      fetch('/community', {credentials:'same-origin'}).then(function(r){ return r.text(); }).then(function(t){
+        var doc = new DOMParser().parseFromString(t, 'text/html');
+        ['members', 'community-services', 'events'].forEach(function(id){
+          var a = document.getElementById(id), b = doc.getElementById(id);
+          if (a && b) a.innerHTML = b.innerHTML;
+        });
+        document.body.setAttribute('data-refreshed', String(Date.now()));
+      }).catch(function(){});
+    };
+    var fallback = function(){ setTimeout(function(){ location.reload(); }, 30000); };
+    fetch('/api/v1/events?since=' + encodeURIComponent(since), {credentials:'same-origin'}).then(function(r){
+      if (!r.ok || !r.body) return fallback();
+      var rd = r.body.getReader(), dec = new TextDecoder(), buf = '';
+      function more(){ return rd.read().then(function(x){
+        if (x.done) return fallback();
+        buf += dec.decode(x.value, {stream:true});
+        var frames = buf.split('\n\n'); buf = frames.pop();
+        frames.forEach(function(f){
+          var m = /^event: (join|leave|failed|update|reap)$/m.exec(f);
+          if (m && !timer) timer = setTimeout(refresh, 300);
+        });
+        return more(); }); }
+      return more();
+    }).catch(fallback);
+  }
   document.querySelectorAll('pre[data-follow]').forEach(function(pre){
     fetch(pre.getAttribute('data-follow'), {credentials:'same-origin'}).then(function(r){
       if (!r.body) return;
@@ -471,7 +503,58 @@ fn dashboard(ctx: &Ctx) -> String {
 }
 
 fn community(ctx: &Ctx) -> String {
-    community_html(ctx.node.panel_members(), ctx.node.panel_services())
+    let mut b = community_html(ctx.node.panel_members(), ctx.node.panel_services());
+    if let Some(d) = ctx.node.discovery() {
+        b.push_str(&events_html(&d.recent_events(None)));
+    }
+    b
+}
+
+/// Membership and user events shown on the Community page (queries are
+/// left to the API: they are answers waiting to happen, not news).
+const PANEL_EVENTS: usize = 20;
+
+/// "Recent events", newest first. `data-last` is the newest id: panel.js
+/// follows `/api/v1/events?since=<it>` and refreshes the page's sections
+/// when the membership changes.
+fn events_html(events: &[Arc<nuvol_catalog::LoggedEvent>]) -> String {
+    let last = events.last().map_or(0, |e| e.id);
+    let mut b = format!("<h2>Recent events</h2><div id=events data-last={last}>");
+    let shown: Vec<_> = events
+        .iter()
+        .rev()
+        .filter(|e| !matches!(e.event, nuvol_gossip::Event::Query(_)))
+        .take(PANEL_EVENTS)
+        .collect();
+    if shown.is_empty() {
+        b.push_str("<p>Nothing happened since the agent started.</p></div>");
+        return b;
+    }
+    b.push_str("<table><tr><th>time (UTC)</th><th>event</th><th>member</th><th>detail</th></tr>");
+    for e in shown {
+        let (ty, data) = crate::discovery::event_json(&e.event);
+        let secs = e.at_unix_ms / 1000 % 86_400;
+        let member = data["member"]["name"].as_str().unwrap_or("");
+        let detail = match ty {
+            "user" => format!(
+                "{} {}",
+                data["name"].as_str().unwrap_or(""),
+                data["payload"].as_str().unwrap_or("")
+            ),
+            _ => data["member"]["address"].as_str().unwrap_or("").to_string(),
+        };
+        let _ = write!(
+            b,
+            "<tr class=ev-{ty}><td>{:02}:{:02}:{:02}</td><td>{ty}</td><td>{}</td><td>{}</td></tr>",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60,
+            esc(member),
+            esc(&detail)
+        );
+    }
+    b.push_str("</table></div>");
+    b
 }
 
 /// The community page body from the members and services JSON.
@@ -1043,6 +1126,30 @@ mod tests {
     }
 
     #[test]
+    fn recent_events_newest_first_without_queries() {
+        let log = nuvol_catalog::EventLog::new();
+        log.push(nuvol_gossip::Event::User {
+            ltime: 1,
+            name: "deploy".into(),
+            payload: b"<v2>".to_vec(),
+            coalesce: false,
+        });
+        log.push(nuvol_gossip::Event::User {
+            ltime: 2,
+            name: "second".into(),
+            payload: Vec::new(),
+            coalesce: false,
+        });
+        let h = events_html(&log.since(None));
+        assert!(h.contains("data-last=2"), "{h}");
+        let (a, b) = (h.find("second").unwrap(), h.find("deploy").unwrap());
+        assert!(a < b, "newest first: {h}");
+        assert!(h.contains("deploy &lt;v2&gt;"), "escaped: {h}");
+        let empty = events_html(&[]);
+        assert!(empty.contains("data-last=0") && empty.contains("Nothing happened"));
+    }
+
+    #[test]
     fn community_nearest_first_with_links() {
         let services = json!({"services": [
             {"name": "far", "rtt_ms": 80.5, "address": "10.0.0.9", "port": 8080},
@@ -1065,6 +1172,7 @@ mod tests {
         );
         assert!(h.contains("<th>zone</th>") && h.contains(">north<"), "{h}");
         let none = community_html(None, None);
+        assert!(!none.contains("id=events"));
         assert!(none.contains("Discovery is not running"));
     }
 

@@ -203,7 +203,7 @@ pub const ROUTES: &[RouteDef] = &[
         "/api/v1/events",
         false,
         "stream",
-        "Membership and user events (Server-Sent Events)",
+        "Membership and user events (Server-Sent Events, ids; since=ID or Last-Event-ID replays the last 50)",
     ),
     r(
         "POST",

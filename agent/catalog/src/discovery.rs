@@ -2,6 +2,7 @@
 //! members and services nearest first.
 
 use crate::cloudy::{self, CloudyService};
+use crate::events::{EventLog, LoggedEvent};
 use crate::{
     member_views, query, services_from_members, MemberView, Service, ServiceQuery, SVC_PREFIX,
     ZONE_TAG,
@@ -60,6 +61,8 @@ pub struct DiscoveryHandle {
     cloudy_compat: bool,
     /// services learned elsewhere (mDNS), by source name
     external: Arc<Mutex<BTreeMap<String, Vec<Service>>>>,
+    /// the last events, with ids (panel, SSE replay)
+    log: EventLog,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +136,8 @@ impl DiscoveryHandle {
             cfg.cloudy_compat,
         );
         let gossip = Handle::start(g).await?;
+        let log = EventLog::new();
+        tokio::spawn(log.clone().follow(gossip.events()));
         Ok(DiscoveryHandle {
             gossip,
             announced: Arc::new(Mutex::new(Announced {
@@ -142,6 +147,7 @@ impl DiscoveryHandle {
             })),
             cloudy_compat: cfg.cloudy_compat,
             external: Arc::default(),
+            log,
         })
     }
     /// Members for `GET /api/v1/members`.
@@ -180,6 +186,15 @@ impl DiscoveryHandle {
     /// Join/leave/fail/user/query events.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.gossip.events()
+    }
+    /// The same events with ids, from now on (see [`EventLog::subscribe`]).
+    pub fn logged_events(&self) -> broadcast::Receiver<Arc<LoggedEvent>> {
+        self.log.subscribe()
+    }
+    /// The last [`crate::events::RECENT_EVENTS`] events with an id above
+    /// `since`, oldest first.
+    pub fn recent_events(&self, since: Option<u64>) -> Vec<Arc<LoggedEvent>> {
+        self.log.since(since)
     }
     /// Re-announce a new set of services.
     pub fn set_services(&self, services: &[LocalService]) -> Result<(), GossipError> {

@@ -5,8 +5,10 @@
 
 pub mod cloudy;
 pub mod discovery;
+pub mod events;
 
 pub use discovery::{DiscoveryConfig, DiscoveryHandle, LocalService};
+pub use events::{EventLog, LoggedEvent, RECENT_EVENTS};
 
 use nuvol_gossip::{Health, Member, Status};
 use serde::Serialize;

@@ -253,6 +253,9 @@ struct EventStream {
 
 impl EventStream {
     fn open(n: &Nuvol) -> EventStream {
+        EventStream::open_at(n, "/api/v1/events")
+    }
+    fn open_at(n: &Nuvol, path: &str) -> EventStream {
         let buf = Arc::new(Mutex::new(String::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut s = TcpStream::connect(("127.0.0.1", n.port)).expect("connect");
@@ -260,7 +263,7 @@ impl EventStream {
             .expect("timeout");
         write!(
             s,
-            "GET /api/v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\r\n",
             n.token()
         )
         .expect("write");
@@ -534,6 +537,46 @@ fn scenario(tag: &str, key: Option<&str>) {
     eprintln!("[{tag}] kill -9 detected by all in {:?}", t0.elapsed());
     let t = stream2.text();
     assert!(t.contains("event: failed") && t.contains(&n1_name), "{t}");
+    // every frame has an id; a client reconnecting with `since` (or
+    // Last-Event-ID) gets what it missed from the recent-events ring
+    let failed_id: u64 = t
+        .split("\n\n")
+        .find(|f| f.contains("event: failed") && f.contains(&n1_name))
+        .and_then(|f| f.lines().find_map(|l| l.strip_prefix("id: ")))
+        .and_then(|id| id.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no id on the failed frame: {t}"));
+    let replay = EventStream::open_at(&n2, &format!("/api/v1/events?since={}", failed_id - 1));
+    assert!(
+        wait_for("the failed event replayed", Duration::from_secs(5), || {
+            replay
+                .text()
+                .contains(&format!("id: {failed_id}\nevent: failed"))
+        }),
+        "{}",
+        replay.text()
+    );
+    assert!(
+        !replay.text().contains(&format!("id: {}\n", failed_id - 1)),
+        "only events after `since`: {}",
+        replay.text()
+    );
+    let (code, _) = n2.req("GET", "/api/v1/events?since=soon", b"");
+    assert_eq!(code, 400);
+    // and the Community page lists it under "Recent events"
+    let (code, page) = n2.req("GET", "/community", b"");
+    assert_eq!(code, 200, "{page}");
+    let events = page.split_once("id=events").map(|(_, e)| e).unwrap_or("");
+    assert!(
+        events.contains("<td>failed</td>") && events.contains(&n1_name),
+        "{page}"
+    );
+    let last: u64 = events
+        .split_once("data-last=")
+        .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(last >= failed_id, "data-last={last} < {failed_id}: {page}");
+    drop(replay);
 
     // SIGTERM nuvol-2: graceful leave
     n2.signal("-TERM");
