@@ -203,10 +203,14 @@ fn chromium_community_page_follows_membership_events_live() {
 
     let mut serf = go_serf(&a.dir, "go-live", gossip);
     let t0 = Instant::now();
-    wait_for("go-live appears without a reload", Duration::from_secs(20), || {
-        let m = b.text_of("members");
-        m.contains("go-live") && m.contains("north")
-    });
+    wait_for(
+        "go-live appears without a reload",
+        Duration::from_secs(20),
+        || {
+            let m = b.text_of("members");
+            m.contains("go-live") && m.contains("north")
+        },
+    );
     eprintln!("join shown on the open page after {:?}", t0.elapsed());
     assert_eq!(b.eval("window.nuvolMarker"), json!(42), "the page reloaded");
     assert!(b.text_of("events").contains("go-live"));
@@ -214,13 +218,18 @@ fn chromium_community_page_follows_membership_events_live() {
     let _ = serf.kill();
     let _ = serf.wait();
     let t0 = Instant::now();
-    wait_for("go-live failed on the open page", Duration::from_secs(30), || {
-        let ev = b.text_of("events");
-        ev.lines().any(|l| l.contains("failed") && l.contains("go-live"))
-            && b.text_of("members")
-                .lines()
-                .any(|l| l.contains("go-live") && l.contains("failed"))
-    });
+    wait_for(
+        "go-live failed on the open page",
+        Duration::from_secs(30),
+        || {
+            let ev = b.text_of("events");
+            ev.lines()
+                .any(|l| l.contains("failed") && l.contains("go-live"))
+                && b.text_of("members")
+                    .lines()
+                    .any(|l| l.contains("go-live") && l.contains("failed"))
+        },
+    );
     eprintln!("failure shown on the open page after {:?}", t0.elapsed());
     assert_eq!(b.eval("window.nuvolMarker"), json!(42), "the page reloaded");
 }
