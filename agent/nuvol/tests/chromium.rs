@@ -284,6 +284,11 @@ fn chromium_renders_live_peers_and_services() {
     ] {
         let row = row_of(&dom, "members", name)
             .unwrap_or_else(|| panic!("no member row for {name}:\n{dom}"));
+        // The name first, the columns in the page's order, not the JSON's.
+        assert!(
+            row.starts_with(&format!("<td>{name}</td><td>alive</td>")),
+            "{name} first, then its status: {row}"
+        );
         for want in [role, zone, "alive"] {
             assert!(
                 row.contains(&format!("<td>{want}</td>")),
@@ -293,6 +298,20 @@ fn chromium_renders_live_peers_and_services() {
     }
     let svc = row_of(&dom, "community-services", "web")
         .unwrap_or_else(|| panic!("no service row for web:\n{dom}"));
+    assert!(svc.starts_with("<td>web</td>"), "name first: {svc}");
+    // Times to 0.01 ms: no cell with a float's noise digits.
+    for cell in svc.split("<td>").chain(
+        row_of(&dom, "members", &go_a_name)
+            .unwrap_or_default()
+            .split("<td>"),
+    ) {
+        let text = cell.split('<').next().unwrap_or("");
+        if let Some((_, frac)) = text.split_once('.') {
+            if frac.chars().all(|c| c.is_ascii_digit()) {
+                assert!(frac.len() <= 2, "unrounded number {text:?} on the page");
+            }
+        }
+    }
     for want in ["_http._tcp", go_a_name.as_str()] {
         assert!(svc.contains(want), "{want} not in the service row: {svc}");
     }
