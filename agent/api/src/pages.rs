@@ -269,11 +269,11 @@ pub fn render_json(v: &Value, depth: usize) -> String {
     }
 }
 
-/// A table of objects: a column per key (first seen order, at most 12),
-/// plus `extra(row)` columns.
 /// An extra column: header and how to fill a row's cell.
 type Column<'a> = (&'a str, &'a dyn Fn(&Value) -> String);
 
+/// A table of objects: a column per key (in key order, which for JSON
+/// objects is sorted by name; at most 12), plus `extra(row)` columns.
 fn table_of(rows: &[Value], depth: usize, extra: &[Column<'_>]) -> String {
     let mut cols: Vec<&str> = Vec::new();
     for r in rows.iter().take(500) {
@@ -285,8 +285,24 @@ fn table_of(rows: &[Value], depth: usize, extra: &[Column<'_>]) -> String {
             }
         }
     }
+    table_with(rows, &cols, depth, extra)
+}
+
+/// A table of objects with the columns `order` that any row has, in that
+/// order (a JSON object keeps its keys sorted, so `name` would come after
+/// `address`), plus `extra(row)` columns.
+fn table_in_order(rows: &[Value], order: &[&str], depth: usize, extra: &[Column<'_>]) -> String {
+    let cols: Vec<&str> = order
+        .iter()
+        .copied()
+        .filter(|c| rows.iter().take(500).any(|r| r.get(*c).is_some()))
+        .collect();
+    table_with(rows, &cols, depth, extra)
+}
+
+fn table_with(rows: &[Value], cols: &[&str], depth: usize, extra: &[Column<'_>]) -> String {
     let mut h = String::from("<div class=wrap><table><tr>");
-    for c in &cols {
+    for c in cols {
         let _ = write!(h, "<th>{}</th>", esc(c));
     }
     for (name, _) in extra {
@@ -295,7 +311,7 @@ fn table_of(rows: &[Value], depth: usize, extra: &[Column<'_>]) -> String {
     h.push_str("</tr>");
     for r in rows.iter().take(500) {
         h.push_str("<tr>");
-        for c in &cols {
+        for c in cols {
             let _ = write!(h, "<td>{}</td>", render_json(&r[*c], depth + 1));
         }
         for (_, f) in extra {
@@ -591,11 +607,22 @@ fn community_html(members: Option<Value>, services: Option<Value>) -> String {
         "rtt_ms",
         "rtt_estimate_ms",
     ];
-    // keep only `cols` of objects that have any of them; others as they are
+    // keep only `cols` of objects that have any of them; others as they are.
+    // Times to 0.01 ms: a float's last digits are noise on a page.
     let pick = |v: Value, cols: &[&str]| match v {
         Value::Object(o) if cols.iter().any(|c| o.contains_key(*c)) => Value::Object(
             cols.iter()
-                .filter_map(|c| o.get(*c).map(|x| (c.to_string(), x.clone())))
+                .filter_map(|c| {
+                    o.get(*c).map(|x| {
+                        let x = match x.as_f64() {
+                            Some(f) if c.ends_with("_ms") && !x.is_u64() && !x.is_i64() => {
+                                json!((f * 100.0).round() / 100.0)
+                            }
+                            _ => x.clone(),
+                        };
+                        (c.to_string(), x)
+                    })
+                })
                 .collect(),
         ),
         v => v,
@@ -603,7 +630,7 @@ fn community_html(members: Option<Value>, services: Option<Value>) -> String {
     match as_list(members) {
         Some(m) => {
             let m: Vec<Value> = m.into_iter().map(|v| pick(v, MEMBER_COLS)).collect();
-            b.push_str(&table_of(&m, 1, &[]));
+            b.push_str(&table_in_order(&m, MEMBER_COLS, 1, &[]));
         }
         None => b.push_str("<p>Discovery is not running on this box, so no members are known.</p>"),
     }
@@ -632,7 +659,7 @@ fn community_html(members: Option<Value>, services: Option<Value>) -> String {
                     format!("<a href=\"{}\" rel=noopener>open</a>", esc(&u))
                 })
             };
-            b.push_str(&table_of(&s, 1, &[("Open", &open)]));
+            b.push_str(&table_in_order(&s, SERVICE_COLS, 1, &[("Open", &open)]));
         }
         None => b.push_str("<p>No community services known.</p>"),
     }
@@ -1204,6 +1231,46 @@ mod tests {
             h.find(">s-dead<").unwrap(),
         );
         assert!(far < sus && sus < dead, "healthy, suspect, dead: {h}");
+    }
+
+    #[test]
+    fn community_columns_keep_their_order_and_times_are_rounded() {
+        let members = json!([{"address": "127.0.0.1", "health": "dead", "name": "go-b",
+            "role": "ordinary-node", "rtt_ms": 1.2609469999999998, "status": "failed",
+            "zone": "south", "tags": {"x": "y"}}]);
+        let services = json!([{"addr": "127.0.0.1", "name": "web", "node": "go-a",
+            "port": 8080, "rtt_ms": 13.424511, "service_type": "_http._tcp"}]);
+        let h = community_html(Some(members), Some(services));
+        let heads: Vec<&str> = h
+            .split("<th>")
+            .skip(1)
+            .map(|x| x.split('<').next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            heads,
+            [
+                "name",
+                "status",
+                "health",
+                "zone",
+                "role",
+                "address",
+                "rtt_ms", // members
+                "name",
+                "service_type",
+                "node",
+                "addr",
+                "port",
+                "rtt_ms",
+                "Open" // services
+            ],
+            "{h}"
+        );
+        assert!(
+            h.contains("<td>1.26</td>") && h.contains("<td>13.42</td>"),
+            "{h}"
+        );
+        assert!(h.contains("<td>8080</td>") && !h.contains("tags"), "{h}");
     }
 
     #[test]

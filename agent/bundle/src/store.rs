@@ -575,9 +575,14 @@ impl Store {
         for f in files {
             let r = (|| {
                 let (_, head) = crate::verify::read_head(f)?;
+                // Already installed means this very bundle is current: the
+                // same image *and* the same manifest. Bundles built from one
+                // rootfs share an image digest but are services of their own.
                 let digest = hex(&head.header.image_digest);
-                if let Some(b) = self.list()?.into_iter().find(|b| b.digest == digest) {
-                    return Ok(ProvisionOutcome::AlreadyInstalled(b));
+                for b in self.list()? {
+                    if b.digest == digest && self.current_manifest_is(&b, &head.manifest_bytes)? {
+                        return Ok(ProvisionOutcome::AlreadyInstalled(b));
+                    }
                 }
                 match self.install(f) {
                     Ok(b) => Ok(ProvisionOutcome::Installed(b)),
@@ -593,6 +598,19 @@ impl Store {
             key_errors,
             results: out,
         }
+    }
+
+    /// Whether the stored head of `b`'s current version carries exactly
+    /// `manifest_bytes` (compared as bytes: an unverified manifest is never
+    /// parsed).
+    fn current_manifest_is(
+        &self,
+        b: &InstalledBundle,
+        manifest_bytes: &[u8],
+    ) -> Result<bool, BundleError> {
+        let stored = self.dir(&b.name).join(&b.digest).join("head");
+        let head = Head::parse_head_only(&read_small(&stored)?)?;
+        Ok(head.manifest_bytes == manifest_bytes)
     }
 
     /// Re-hash the current image of `name` and compare with its signed digest.

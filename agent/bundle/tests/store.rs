@@ -287,3 +287,67 @@ fn erofs_bundle_installs_and_corrupt_state_is_contained() {
     assert!(matches!(store.get("app"), Err(BundleError::State(_))));
     assert_eq!(store.get("web").unwrap().version, "1.0");
 }
+
+/// Several services built from one rootfs (one image, one digest) but with
+/// their own names and manifests: each is a bundle of its own, installed
+/// under its own name, and naming them again changes nothing.
+#[test]
+fn provision_installs_bundles_that_share_an_image() {
+    let t = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let root = t.path().join("rootfs");
+    make_rootfs(&root, "shared");
+    let names = ["web-a", "web-b", "web-c"];
+    let mut files = Vec::new();
+    for n in names {
+        let mf = t.path().join(format!("{n}.toml"));
+        fs::write(&mf, manifest_text(n, "1.0", "")).unwrap();
+        let out = t.path().join(format!("{n}.nvb"));
+        nuvol_bundle::build::build(&mf, &root, ImageType::Squashfs, &out, Some(&key)).unwrap();
+        files.push(out);
+    }
+    let digests: Vec<_> = files
+        .iter()
+        .map(|f| {
+            nuvol_bundle::verify::read_head(f)
+                .unwrap()
+                .1
+                .header
+                .image_digest
+        })
+        .collect();
+    assert!(
+        digests.iter().all(|d| *d == digests[0]),
+        "the test needs one image for all"
+    );
+    let store = Store::open_with(&t.path().join("data"), opts()).unwrap();
+    let b64 = key.public().to_base64();
+    let rep = store.provision(std::slice::from_ref(&b64), &files);
+    for (i, (f, r)) in rep.results.iter().enumerate() {
+        match r {
+            Ok(nuvol_bundle::ProvisionOutcome::Installed(b)) => assert_eq!(b.name, names[i]),
+            other => panic!("{}: {other:?}", f.display()),
+        }
+    }
+    let listed: Vec<_> = store.list().unwrap().into_iter().map(|b| b.name).collect();
+    assert_eq!(listed, names);
+    for n in names {
+        store.verify_installed(n).unwrap();
+        assert_eq!(store.get(n).unwrap().manifest.name, n);
+    }
+    // Next boot: each is already installed, as itself.
+    let rep = store.provision(&[b64], &files);
+    for (i, (f, r)) in rep.results.iter().enumerate() {
+        match r {
+            Ok(nuvol_bundle::ProvisionOutcome::AlreadyInstalled(b)) => {
+                assert_eq!(b.name, names[i])
+            }
+            other => panic!("{}: {other:?}", f.display()),
+        }
+    }
+    // Removing one leaves the others and their shared image alone.
+    store.remove("web-a", true).unwrap();
+    for n in &names[1..] {
+        store.verify_installed(n).unwrap();
+    }
+}

@@ -428,12 +428,51 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Stop every service, dependents before their dependencies.
+    /// Stop every service, dependents before their dependencies, in waves:
+    /// all services nothing still running depends on get SIGTERM together,
+    /// and the next wave starts when the last of them is gone. One after
+    /// another, N services that ignore SIGTERM (a daemon exec'd as PID 1 of
+    /// its namespace does) would take N grace periods, longer than PID 1
+    /// gives the agent to stop.
     pub async fn stop_all(&self) -> Result<()> {
-        let mut order = self.order(None)?;
-        order.reverse();
-        for n in order {
-            self.stop(&n).await?;
+        let order = self.order(None)?; // also refuses cycles
+        let deps: BTreeMap<String, Vec<String>> = order
+            .iter()
+            .map(|n| Ok((n.clone(), lock(&self.service(n)?.spec).depends_on.clone())))
+            .collect::<Result<_>>()?;
+        let mut left: BTreeSet<String> = order.into_iter().collect();
+        while !left.is_empty() {
+            let wave: Vec<String> = left
+                .iter()
+                .filter(|n| {
+                    !left
+                        .iter()
+                        .any(|m| deps.get(m).is_some_and(|d| d.contains(n)))
+                })
+                .cloned()
+                .collect();
+            if wave.is_empty() {
+                // Not reachable after `order`; never loop forever.
+                return Err(SupervisorError::DependencyCycle(
+                    left.into_iter().collect::<Vec<_>>().join(" -> "),
+                ));
+            }
+            let mut tasks = Vec::new();
+            for n in &wave {
+                let svc = self.service(n)?;
+                if let Some(tx) = lock(&svc.ctl).take() {
+                    let _ = tx.send(Ctl::Stop);
+                }
+                tasks.extend(lock(&svc.task).take());
+            }
+            // The service tasks run on their own: awaiting them one by one
+            // waits for the slowest, not for the sum.
+            for t in tasks {
+                let _ = t.await;
+            }
+            for n in &wave {
+                left.remove(n);
+            }
         }
         Ok(())
     }

@@ -555,3 +555,53 @@ async fn network_hook_runs_before_the_service_starts() {
         "veth leaked"
     );
 }
+
+/// Services that ignore SIGTERM (a shell or daemon as PID 1 of its pid
+/// namespace) each use their whole grace period: stop_all stops the
+/// independent ones together, so five take about one grace period, not
+/// five, and a dependent is still gone before its dependency gets SIGTERM.
+#[tokio::test(flavor = "current_thread")]
+async fn stop_all_stops_independent_services_together_dependents_first() {
+    let env = Env::new();
+    let grace = 1500;
+    let names = ["w1", "w2", "w3", "w4", "app"];
+    for n in names {
+        let mut s = env.service(n, "exec sleep 600");
+        s.stop_grace_ms = grace;
+        if n == "app" {
+            s.depends_on = vec!["w1".into()];
+        }
+        env.sup.add(s).unwrap();
+    }
+    for n in names {
+        env.sup.start(n).await.unwrap();
+    }
+    for n in names {
+        env.wait_for(n, "running", |s| s.state == State::Running)
+            .await;
+    }
+    let t0 = std::time::Instant::now();
+    env.sup.stop_all().await.unwrap();
+    let took = t0.elapsed();
+    // Two waves ({app, w2, w3, w4}, then w1): two grace periods. One by one
+    // it would be five.
+    assert!(
+        took >= Duration::from_millis(2 * grace) && took < Duration::from_millis(4 * grace),
+        "stop_all took {took:?} for two waves of {grace} ms"
+    );
+    let exit_at = |n: &str| {
+        let st = env.sup.service_status(n).unwrap();
+        assert_eq!(st.state, State::Stopped, "{n}: {st:?}");
+        st.last_exit.expect("exit recorded").at_ms
+    };
+    assert!(
+        exit_at("w1") >= exit_at("app") + grace,
+        "w1 got SIGTERM before app was gone"
+    );
+    let spread = ["w2", "w3", "w4"].map(exit_at);
+    assert!(
+        spread.iter().max().unwrap() - spread.iter().min().unwrap() < grace,
+        "w2..w4 were not stopped together: {spread:?}"
+    );
+    assert!(env.cg.children().is_empty());
+}
