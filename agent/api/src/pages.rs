@@ -301,21 +301,41 @@ fn table_in_order(rows: &[Value], order: &[&str], depth: usize, extra: &[Column<
 }
 
 fn table_with(rows: &[Value], cols: &[&str], depth: usize, extra: &[Column<'_>]) -> String {
+    table_with_at(rows, cols, depth, extra, cols.len())
+}
+
+/// [`table_with`] with the `extra` columns after the first `at` data
+/// columns (the services table puts "Open" beside the name, where a wide
+/// table cannot push it off screen).
+fn table_with_at(
+    rows: &[Value],
+    cols: &[&str],
+    depth: usize,
+    extra: &[Column<'_>],
+    at: usize,
+) -> String {
+    let at = at.min(cols.len());
     let mut h = String::from("<div class=wrap><table><tr>");
-    for c in cols {
+    for c in &cols[..at] {
         let _ = write!(h, "<th>{}</th>", esc(c));
     }
     for (name, _) in extra {
         let _ = write!(h, "<th>{}</th>", esc(name));
     }
+    for c in &cols[at..] {
+        let _ = write!(h, "<th>{}</th>", esc(c));
+    }
     h.push_str("</tr>");
     for r in rows.iter().take(500) {
         h.push_str("<tr>");
-        for c in cols {
+        for c in &cols[..at] {
             let _ = write!(h, "<td>{}</td>", render_json(&r[*c], depth + 1));
         }
         for (_, f) in extra {
             let _ = write!(h, "<td>{}</td>", f(r));
+        }
+        for c in &cols[at..] {
+            let _ = write!(h, "<td>{}</td>", render_json(&r[*c], depth + 1));
         }
         h.push_str("</tr>");
     }
@@ -659,7 +679,14 @@ fn community_html(members: Option<Value>, services: Option<Value>) -> String {
                     format!("<a href=\"{}\" rel=noopener>open</a>", esc(&u))
                 })
             };
-            b.push_str(&table_in_order(&s, SERVICE_COLS, 1, &[("Open", &open)]));
+            // "Open" right after the name: the table is wide
+            let cols: Vec<&str> = SERVICE_COLS
+                .iter()
+                .copied()
+                .filter(|c| s.iter().take(500).any(|r| r.get(*c).is_some()))
+                .collect();
+            let at = usize::from(cols.first() == Some(&"name"));
+            b.push_str(&table_with_at(&s, &cols, 1, &[("Open", &open)], at));
         }
         None => b.push_str("<p>No community services known.</p>"),
     }
@@ -1257,12 +1284,12 @@ mod tests {
                 "address",
                 "rtt_ms", // members
                 "name",
+                "Open", // beside the name, never pushed off screen
                 "service_type",
                 "node",
                 "addr",
                 "port",
-                "rtt_ms",
-                "Open" // services
+                "rtt_ms", // services
             ],
             "{h}"
         );

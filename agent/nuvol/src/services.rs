@@ -74,10 +74,53 @@ fn cgroup_root() -> Result<(CgroupRoot, bool), String> {
             .map(|r| (r, false))
             .map_err(|e| e.to_string())
     } else {
-        CgroupRoot::detect(&format!("nuvol-agent-{}", std::process::id()))
-            .map(|r| (r, true))
-            .map_err(|e| e.to_string())
+        let root = CgroupRoot::detect(&format!("nuvol-agent-{}", std::process::id()))
+            .map_err(|e| e.to_string())?;
+        for d in root.dirs() {
+            if let Some(parent) = d.parent() {
+                remove_stale_agent_cgroups(parent);
+            }
+        }
+        Ok((root, true))
     }
+}
+
+/// Remove the `nuvol-agent-<pid>` sub-trees that agents killed without a
+/// chance to clean up (SIGKILL, a crash) left beside ours on a development
+/// host: only those whose pid is gone, and only empty cgroups (the kernel
+/// refuses to remove one with processes, which are then left alone).
+fn remove_stale_agent_cgroups(parent: &Path) {
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("nuvol-agent-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if rmdir_tree(&e.path()) {
+            tracing::info!("removed the stale cgroup {}", e.path().display());
+        }
+    }
+}
+
+/// rmdir a cgroup and its children, deepest first; false if any stayed.
+fn rmdir_tree(dir: &Path) -> bool {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    std::fs::remove_dir(dir).is_ok()
 }
 
 /// Start the supervisor and (in a task) every installed bundle. Must be

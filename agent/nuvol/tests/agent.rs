@@ -99,3 +99,54 @@ fn nix_kill(pid: u32) {
         .unwrap()
         .success());
 }
+
+/// The `nuvol-agent-<pid>` service cgroup of agent `pid`, if it has one.
+fn agent_cgroup(pid: u32) -> Option<std::path::PathBuf> {
+    let want = format!("nuvol-agent-{pid}");
+    let mut dirs = vec![(std::path::PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((d, depth)) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_str() == Some(want.as_str()) {
+                return Some(e.path());
+            }
+            if depth < 6 {
+                dirs.push((e.path(), depth + 1));
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn a_killed_agents_cgroup_is_removed_by_the_next_agent() {
+    let a = Agent::start("stale-cg-a", "", false);
+    let pid = a.child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let cg = loop {
+        if let Some(cg) = agent_cgroup(pid) {
+            break cg;
+        }
+        if Instant::now() > deadline {
+            eprintln!("no service cgroup on this host (cgroups not delegated): nothing to check");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // SIGKILL: the agent gets no chance to remove its cgroup
+    drop(a);
+    assert!(cg.exists(), "{} should outlive a SIGKILL", cg.display());
+    let b = Agent::start("stale-cg-b", "", false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cg.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} was left behind by the next agent",
+            cg.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agent_cgroup(b.child.id()).is_some(), "b made its own");
+}
