@@ -46,6 +46,7 @@ fn bundle_error(e: &BundleError) -> Resp {
             StatusCode::FORBIDDEN
         }
         BundleError::Downgrade { .. }
+        | BundleError::SameImage { .. }
         | BundleError::PublisherChanged { .. }
         | BundleError::NoPrevious(_) => StatusCode::CONFLICT,
         BundleError::Io { .. }

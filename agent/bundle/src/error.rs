@@ -95,6 +95,15 @@ pub enum BundleError {
         installed: String,
         offered: String,
     },
+    #[error(
+        "bundle {name:?} {installed} is installed with this same image; {offered} changes only \
+the manifest, which the store cannot tell apart yet (rebuild the image with a changed file)"
+    )]
+    SameImage {
+        name: String,
+        installed: String,
+        offered: String,
+    },
     #[error("store state: {0}")]
     State(String),
     #[error("external tool {tool}: {message}")]
@@ -139,6 +148,7 @@ impl BundleError {
             NoPrevious(_) => "no_previous_version",
             Downgrade { .. } => "downgrade",
             PublisherChanged { .. } => "publisher_changed",
+            SameImage { .. } => "same_image",
             State(_) => "store_state",
             Tool { .. } => "tool_error",
         }

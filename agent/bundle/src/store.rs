@@ -371,7 +371,18 @@ impl Store {
         };
         if let Some(old) = &old {
             if old.current == digest {
-                return self.describe(&name, &old.current, old.previous.as_deref());
+                let cur = self.describe(&name, &old.current, old.previous.as_deref())?;
+                if self.current_manifest_is(&cur, &verified.head.manifest_bytes)? {
+                    return Ok(cur); // the very same bundle again
+                }
+                // Versions are kept by image digest: a new manifest over the
+                // same image would replace nothing. Say so instead of
+                // reporting the old version as the new one.
+                return Err(BundleError::SameImage {
+                    name,
+                    installed: cur.version,
+                    offered: m.version.clone(),
+                });
             }
             let cur = self.describe(&name, &old.current, None)?;
             let ord = compare_versions(&m.version, &cur.version);

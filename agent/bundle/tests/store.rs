@@ -351,3 +351,29 @@ fn provision_installs_bundles_that_share_an_image() {
         store.verify_installed(n).unwrap();
     }
 }
+
+#[test]
+fn a_new_manifest_over_the_same_image_is_refused_not_ignored() {
+    let t = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let root = t.path().join("rootfs");
+    make_rootfs(&root, "same");
+    let build = |version: &str| {
+        let mf = t.path().join(format!("{version}.toml"));
+        fs::write(&mf, manifest_text("web", version, "")).unwrap();
+        let out = t.path().join(format!("web-{version}.nvb"));
+        nuvol_bundle::build::build(&mf, &root, ImageType::Squashfs, &out, Some(&key)).unwrap();
+        out
+    };
+    let (v1, v2) = (build("1.0"), build("1.1"));
+    let store = Store::open_with(&t.path().join("data"), opts()).unwrap();
+    store.keyring().add(&key.public(), "test").unwrap();
+    assert_eq!(store.install(&v1).unwrap().version, "1.0");
+    // the very same file again: nothing to do, not an error
+    assert_eq!(store.install(&v1).unwrap().version, "1.0");
+    let e = store.install(&v2).unwrap_err();
+    assert_eq!(e.code(), "same_image", "{e}");
+    assert!(e.to_string().contains("1.1"), "{e}");
+    assert_eq!(store.get("web").unwrap().version, "1.0", "left as it was");
+    store.verify_installed("web").unwrap();
+}
