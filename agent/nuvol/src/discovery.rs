@@ -510,21 +510,40 @@ mod tests {
 
     #[test]
     fn cloudy_tag_keeps_what_fits_and_reads_back() {
-        let four: Vec<LocalService> = (0..4).map(|i| svc(&format!("s{i}"), 8000 + i)).collect();
+        // descriptions bzip2 cannot shrink much: 60 pseudo-random letters
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut word = || {
+            (0..60)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect::<String>()
+        };
+        let six: Vec<LocalService> = (0..6)
+            .map(|i| LocalService {
+                description: word(),
+                ..svc(&format!("s{i}"), 8000 + i)
+            })
+            .collect();
         let base = BTreeMap::new();
-        let kept = fit(&base, "", "box", "10.0.0.1", &four, true);
-        assert_eq!(kept, four, "four short svc: tags fit");
+        let kept = fit(&base, "", "box", "10.0.0.1", &six, true);
+        assert_eq!(kept, six, "six short svc: tags fit");
         let tags = service_tags(&base, "", "box", "10.0.0.1", &kept, true);
         assert!(nuvol_gossip::serf::encode_tags(&tags).len() <= nuvol_gossip::wire::META_MAX);
         let list = nuvol_catalog::cloudy::decode(&tags["services"]).expect("cloudy tag");
-        assert!(!list.is_empty() && list.len() < 4, "{}", list.len());
+        assert!(!list.is_empty() && list.len() < 6, "{}", list.len());
+        // a prefix: services are dropped from the end
+        assert_eq!(list[0].description, six[0].description);
         assert_eq!(list[0].service_type, "http");
-        assert_eq!(list[0].description, "s0_on_box");
         assert_eq!(list[0].host, "box.guifi.local");
         assert_eq!((list[0].port, list[0].microcloud.as_str()), (8000, "demo"));
-        let one = service_tags(&base, "", "box", "10.0.0.1", &four[..1], true);
+        let one = service_tags(&base, "", "box", "10.0.0.1", &[svc("web", 80)], true);
         let list = nuvol_catalog::cloudy::decode(&one["services"]).expect("one");
         assert_eq!(list.len(), 1);
+        assert_eq!(list[0].description, "web_on_box");
     }
 
     #[test]
