@@ -31,6 +31,8 @@ pub struct LocalService {
 pub struct DiscoveryConfig {
     /// node name
     pub node_name: String,
+    /// host name (`uname -n`), for Cloudy's `m` field
+    pub hostname: String,
     /// gossip bind address (Serf: 7946; Cloudy: 5000)
     pub bind: SocketAddr,
     /// advertised address
@@ -59,6 +61,8 @@ pub struct DiscoveryHandle {
     /// settings API changes zone and role live
     announced: Arc<Mutex<Announced>>,
     cloudy_compat: bool,
+    /// host name for Cloudy's `m`
+    hostname: String,
     /// services learned elsewhere (mDNS), by source name
     external: Arc<Mutex<BTreeMap<String, Vec<Service>>>>,
     /// the last events, with ids (panel, SSE replay)
@@ -75,12 +79,16 @@ struct Announced {
 /// Most services kept per external source.
 pub const MAX_EXTERNAL_SERVICES: usize = 4096;
 
-/// Tags announcing `services` (nuvol scheme, plus Cloudy's if asked and
-/// it fits).
+/// Tags announcing `services`: nuvol's `svc:<name>` for each, and with
+/// `cloudy_compat` Cloudy's `services` tag (see [`cloudy`]) with the longest
+/// prefix of `services` for which the whole tag map still fits Serf's 512
+/// bytes (services are dropped from the end; no tag if none fits).
+/// `hostname` is the box's host name (`uname -n`; Cloudy's `m` is
+/// `<hostname>.guifi.local`), `ip` the advertised address (`i`).
 pub fn service_tags(
     base: &BTreeMap<String, String>,
     zone: &str,
-    node: &str,
+    hostname: &str,
     ip: &str,
     services: &[LocalService],
     cloudy_compat: bool,
@@ -99,21 +107,28 @@ pub fn service_tags(
         let list: Vec<CloudyService> = services
             .iter()
             .map(|s| CloudyService {
-                service_type: s.service_type.clone(),
-                description: if s.description.is_empty() {
-                    s.name.clone()
+                service_type: cloudy::bare_type(&s.service_type),
+                description: cloudy::description(if s.description.is_empty() {
+                    &s.name
                 } else {
-                    s.description.clone()
-                },
-                host: node.to_string(),
+                    &s.description
+                }),
+                host: cloudy::host(hostname),
                 ip: ip.to_string(),
                 port: s.port,
-                microcloud: String::new(),
+                microcloud: cloudy::DEVICE_NAME.to_string(),
                 txt: String::new(),
             })
             .collect();
-        if let Ok(t) = cloudy::encode(&list) {
+        for n in (1..=list.len()).rev() {
+            let Ok(t) = cloudy::encode(&list[..n]) else {
+                break;
+            };
             tags.insert(cloudy::TAG.to_string(), t);
+            if nuvol_gossip::serf::encode_tags(&tags).len() <= nuvol_gossip::wire::META_MAX {
+                break;
+            }
+            tags.remove(cloudy::TAG);
         }
     }
     tags
@@ -130,7 +145,7 @@ impl DiscoveryHandle {
         g.tags = service_tags(
             &cfg.tags,
             &cfg.zone,
-            &cfg.node_name,
+            &cfg.hostname,
             &ip,
             &cfg.services,
             cfg.cloudy_compat,
@@ -146,6 +161,7 @@ impl DiscoveryHandle {
                 services: cfg.services,
             })),
             cloudy_compat: cfg.cloudy_compat,
+            hostname: cfg.hostname,
             external: Arc::default(),
             log,
         })
@@ -203,7 +219,7 @@ impl DiscoveryHandle {
         let tags = service_tags(
             &a.base_tags,
             &a.zone,
-            self.gossip.name(),
+            &self.hostname,
             &ip,
             services,
             self.cloudy_compat,
@@ -227,7 +243,7 @@ impl DiscoveryHandle {
         let tags = service_tags(
             &base,
             zone,
-            self.gossip.name(),
+            &self.hostname,
             &ip,
             &a.services,
             self.cloudy_compat,

@@ -192,7 +192,7 @@ pub fn services_from_members(members: &[Member]) -> Vec<Service> {
                     }
                     out.push(base(
                         s.description,
-                        s.service_type,
+                        cloudy::dns_sd_type(&s.service_type),
                         addr,
                         s.port,
                         txt,
@@ -372,13 +372,13 @@ mod tests {
     #[test]
     fn cloudy_tag_becomes_services() {
         let tag = cloudy::encode(&[cloudy::CloudyService {
-            service_type: "_http._tcp".into(),
-            description: "Syncthing".into(),
-            host: "cloudy1".into(),
+            service_type: "syncthing".into(),
+            description: "Syncthing_instance_running".into(),
+            host: "cloudy1.guifi.local".into(),
             ip: "10.1.2.3".into(),
             port: 8384,
-            microcloud: "guifi".into(),
-            txt: String::new(),
+            microcloud: "demo".into(),
+            txt: "node_id=X".into(),
         }])
         .unwrap();
         let m = member("cloudy1", "", 5, Status::Alive, &[(cloudy::TAG, &tag)]);
@@ -387,5 +387,9 @@ mod tests {
         assert_eq!(s[0].source, Source::Cloudy);
         assert_eq!(s[0].addr, "10.1.2.3".parse().ok());
         assert_eq!(s[0].port, 8384);
+        assert_eq!(s[0].service_type, "_syncthing._tcp");
+        assert_eq!(s[0].name, "Syncthing_instance_running");
+        assert_eq!(s[0].txt.get("txt").map(String::as_str), Some("node_id=X"));
+        assert_eq!(s[0].txt.get("microcloud").map(String::as_str), Some("demo"));
     }
 }

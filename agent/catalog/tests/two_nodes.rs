@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 fn cfg(name: &str, join: Vec<SocketAddr>, services: Vec<LocalService>) -> DiscoveryConfig {
     DiscoveryConfig {
         node_name: format!("{name}-{}", std::process::id()),
+        hostname: name.into(),
         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         advertise: None,
         join,

@@ -12,8 +12,11 @@
 //!   address) over a 10 s steady-state window;
 //! - RSS per node (VmRSS, mean).
 //!
-//! Prints a table and nuvol/Go ratios (< 1 is better for nuvol on every
-//! line). Run: `cargo bench -p nuvol-gossip --bench discovery` (as root).
+//! Each N runs `NUVOL_BENCH_TRIALS` trials per implementation (default 3,
+//! 1 at N >= 200), alternating nuvol and Go; prints every trial, the
+//! per-column medians (`nuvol~`, `go~`) and their nuvol/Go ratios (< 1 is
+//! better for nuvol on every column). Run: `cargo bench -p nuvol-gossip
+//! --bench discovery` (as root).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -342,38 +345,82 @@ fn main() {
         "{:>5} {:>8} {:>10} {:>10} {:>10} {:>12} {:>10}",
         "N", "impl", "startup_s", "join_s", "detect_s", "bytes/s/node", "rss_KiB"
     );
+    let trials_for = |n: usize| -> usize {
+        let default = if n >= 200 { 1 } else { 3 };
+        std::env::var("NUVOL_BENCH_TRIALS")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .filter(|&t| (1..=20).contains(&t))
+            .unwrap_or(default)
+    };
+    let row = |n: usize, label: &str, r: &Result1| {
+        println!(
+            "{:>5} {:>8} {:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>10.0}",
+            n, label, r.startup, r.join, r.detect, r.bps, r.rss_kib
+        );
+    };
     for &n in &sizes {
-        let mut res = Vec::new();
-        for imp in [Imp::Nuvol, Imp::Go] {
-            let r = run(&ns, imp, n);
-            if let Some(r) = r {
-                println!(
-                    "{:>5} {:>8} {:>10.2} {:>10.2} {:>10.2} {:>12.0} {:>10.0}",
-                    n,
-                    imp.label(),
-                    r.startup,
-                    r.join,
-                    r.detect,
-                    r.bps,
-                    r.rss_kib
-                );
-            } else {
-                println!("{n:>5} {:>8} did not complete", imp.label());
+        let trials = trials_for(n);
+        // trials alternate nuvol and Go so drift in the machine's load hits
+        // both alike
+        let mut res: [Vec<Result1>; 2] = [Vec::new(), Vec::new()];
+        for t in 0..trials {
+            for (k, imp) in [Imp::Nuvol, Imp::Go].into_iter().enumerate() {
+                match run(&ns, imp, n) {
+                    Some(r) => {
+                        row(n, &format!("{}#{}", imp.label(), t + 1), &r);
+                        res[k].push(r);
+                    }
+                    None => println!("{n:>5} {:>8} did not complete", imp.label()),
+                }
             }
-            res.push(r);
         }
-        if let [Some(a), Some(b)] = res[..] {
+        let [a, b] = [median(&res[0]), median(&res[1])];
+        if let Some(a) = &a {
+            row(n, "nuvol~", a);
+        }
+        if let Some(b) = &b {
+            row(n, "go~", b);
+        }
+        if let (Some(a), Some(b)) = (a, b) {
             let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
             println!(
-                "{:>5} {:>8} {:>10.2} {:>10.2} {:>10.2} {:>12.2} {:>10.2}   (nuvol/go; targets: join, detect <= 1; rss <= 0.33)",
+                "{:>5} {:>8} {:>10.2} {:>10.2} {:>10.2} {:>12.2} {:>10.2}   (medians of {}/{} trials, nuvol/go; targets: join, detect <= 1; rss <= 0.33)",
                 n,
                 "ratio",
                 ratio(a.startup, b.startup),
                 ratio(a.join, b.join),
                 ratio(a.detect, b.detect),
                 ratio(a.bps, b.bps),
-                ratio(a.rss_kib, b.rss_kib)
+                ratio(a.rss_kib, b.rss_kib),
+                res[0].len(),
+                res[1].len(),
             );
         }
     }
+}
+
+/// The median of each column on its own (the middle value; the mean of the
+/// two middle ones for an even count).
+fn median(rs: &[Result1]) -> Option<Result1> {
+    if rs.is_empty() {
+        return None;
+    }
+    let col = |f: fn(&Result1) -> f64| {
+        let mut v: Vec<f64> = rs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            (v[m - 1] + v[m]) / 2.0
+        }
+    };
+    Some(Result1 {
+        startup: col(|r| r.startup),
+        join: col(|r| r.join),
+        detect: col(|r| r.detect),
+        bps: col(|r| r.bps),
+        rss_kib: col(|r| r.rss_kib),
+    })
 }

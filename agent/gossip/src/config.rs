@@ -76,6 +76,8 @@ impl Timing {
                 push_pull_interval: Duration::from_secs(60),
                 probe_timeout: Duration::from_secs(3),
                 probe_interval: Duration::from_secs(5),
+                // memberlist: "gossip less frequently, but to an additional node"
+                gossip_nodes: 4,
                 gossip_interval: Duration::from_millis(500),
                 gossip_to_the_dead: Duration::from_secs(60),
                 ..lan
@@ -136,5 +138,38 @@ impl Config {
             max_members: 4096,
             event_queue: 1024,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// memberlist's DefaultLANConfig, DefaultWANConfig (what Cloudy's
+    /// `serf agent -profile=wan` runs) and DefaultLocalConfig.
+    #[test]
+    fn profiles_match_memberlist() {
+        let t = Timing::of;
+        let lan = t(Profile::Lan);
+        let wan = t(Profile::Wan);
+        let local = t(Profile::Local);
+        let row = |x: &Timing| {
+            (
+                x.probe_interval.as_millis(),
+                x.probe_timeout.as_millis(),
+                x.gossip_interval.as_millis(),
+                x.gossip_nodes,
+                x.indirect_checks,
+                x.retransmit_mult,
+                x.suspicion_mult,
+                x.suspicion_max_mult,
+                x.push_pull_interval.as_secs(),
+                x.gossip_to_the_dead.as_secs(),
+                x.tcp_timeout.as_secs(),
+            )
+        };
+        assert_eq!(row(&lan), (1000, 500, 200, 3, 3, 4, 4, 6, 30, 30, 10));
+        assert_eq!(row(&wan), (5000, 3000, 500, 4, 3, 4, 6, 6, 60, 60, 30));
+        assert_eq!(row(&local), (1000, 200, 100, 3, 1, 2, 3, 6, 15, 15, 1));
     }
 }

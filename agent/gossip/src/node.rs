@@ -482,6 +482,18 @@ fn retransmit_limit(mult: usize, n: usize) -> usize {
     mult * ((n as f64 + 1.0).log10().ceil() as usize).max(1)
 }
 
+fn est_num_nodes<'a>(
+    nodes: impl Iterator<Item = &'a NodeRec>,
+    now: Instant,
+    dead_window: Duration,
+) -> usize {
+    nodes
+        .filter(|n| {
+            !n.dead_or_left() || now.saturating_duration_since(n.state_change) <= dead_window
+        })
+        .count()
+}
+
 fn suspicion_timeout(mult: u32, n: usize, interval: Duration) -> Duration {
     let scale = (n.max(1) as f64).log10().max(1.0);
     Duration::from_secs_f64(f64::from(mult) * scale * interval.as_secs_f64())
@@ -493,6 +505,16 @@ impl State {
     }
     fn alive_count(&self) -> usize {
         self.nodes.values().filter(|n| !n.dead_or_left()).count()
+    }
+    /// memberlist's `estNumNodes`: the length of its node list, which holds
+    /// alive and suspect nodes and dead/left ones until `resetNodes` drops
+    /// them `gossip_to_the_dead` after their change. It sizes suspicion
+    /// timeouts and the expected confirmations, retransmits and push/pull
+    /// scaling. Our table keeps failed members for Serf's 24 h reconnect
+    /// timeout, so counting all of it would stretch every suspicion (and
+    /// expect confirmations from nodes long gone) after a few failures.
+    fn est_num_nodes(&self, now: Instant, dead_window: Duration) -> usize {
+        est_num_nodes(self.nodes.values(), now, dead_window)
     }
     fn queue(&mut self, key: Option<(u8, String)>, msg: Vec<u8>, stats: &Stats) {
         if let Some(k) = &key {
@@ -509,8 +531,8 @@ impl State {
         });
     }
     /// Take broadcasts fitting `limit` bytes (fewest transmits first).
-    fn take_broadcasts(&mut self, mult: usize, limit: usize) -> Vec<Vec<u8>> {
-        let max_tx = retransmit_limit(mult, self.nodes.len());
+    fn take_broadcasts(&mut self, mult: usize, limit: usize, n: usize) -> Vec<Vec<u8>> {
+        let max_tx = retransmit_limit(mult, n);
         let mut idx: Vec<usize> = (0..self.bcasts.len()).collect();
         idx.sort_by_key(|&i| self.bcasts[i].transmits);
         let mut used = 0;
@@ -601,7 +623,8 @@ impl Inner {
         if self.framing.keyring.enabled() {
             avail = avail.saturating_sub(29);
         }
-        let extra = st.take_broadcasts(self.cfg.timing.retransmit_mult, avail);
+        let n = st.est_num_nodes(Instant::now(), self.cfg.timing.gossip_to_the_dead);
+        let extra = st.take_broadcasts(self.cfg.timing.retransmit_mult, avail, n);
         let crc = Self::peer_crc(st, to);
         if extra.is_empty() {
             st.outbox.push((to, msg, crc));
@@ -748,10 +771,10 @@ impl Inner {
     }
 
     fn suspect_node(&self, st: &mut State, s: &Accusation) {
-        // memberlist counts every node it still holds, dead ones included,
-        // when sizing suspicion; so must we, or we would send no
+        // memberlist counts every node it still holds, recently dead ones
+        // included, when sizing suspicion; so must we, or we would send no
         // confirmations where Go peers expect them
-        let n_alive = st.nodes.len();
+        let n_alive = st.est_num_nodes(Instant::now(), self.cfg.timing.gossip_to_the_dead);
         let Some(n) = st.nodes.get_mut(&s.node) else {
             return;
         };
@@ -2105,7 +2128,8 @@ impl Handle {
                 avail -= 29;
             }
             for t in targets {
-                let msgs = st.take_broadcasts(i.cfg.timing.retransmit_mult, avail);
+                let n = st.est_num_nodes(now, i.cfg.timing.gossip_to_the_dead);
+                let msgs = st.take_broadcasts(i.cfg.timing.retransmit_mult, avail, n);
                 if msgs.is_empty() {
                     break;
                 }
@@ -2139,7 +2163,8 @@ impl Handle {
                     .filter(|n| n.name != i.me && n.state == NodeState::Alive)
                     .map(NodeRec::addr)
                     .collect();
-                (alive.choose(&mut rand::rng()).copied(), st.nodes.len())
+                let n = st.est_num_nodes(Instant::now(), i.cfg.timing.gossip_to_the_dead);
+                (alive.choose(&mut rand::rng()).copied(), n)
             };
             if let Some(t) = target {
                 let _ = self.push_pull_with(t, false).await;
@@ -2526,5 +2551,66 @@ mod column_tests {
             n.record_probe(i % 4 != 0);
         }
         assert_eq!(n.loss(), Some(0.25));
+    }
+
+    #[test]
+    fn node_count_forgets_the_dead_after_gossip_to_the_dead() {
+        let now = Instant::now();
+        let window = Duration::from_secs(30);
+        let mut nodes = Vec::new();
+        for (i, (state, age)) in [
+            (NodeState::Alive, 100),
+            (NodeState::Suspect, 100),
+            (NodeState::Dead, 10),
+            (NodeState::Dead, 31),
+            (NodeState::Left, 29),
+            (NodeState::Left, 3600),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut n = rec();
+            n.name = format!("n{i}");
+            n.state = state;
+            n.state_change = now.checked_sub(Duration::from_secs(age)).unwrap_or(now);
+            nodes.push(n);
+        }
+        // alive, suspect, dead 10 s ago, left 29 s ago
+        assert_eq!(est_num_nodes(nodes.iter(), now, window), 4);
+        assert_eq!(
+            est_num_nodes(nodes.iter(), now, Duration::from_secs(4000)),
+            6
+        );
+        assert_eq!(
+            suspicion_timeout(4, 10, Duration::from_secs(1)),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            suspicion_timeout(4, 100, Duration::from_secs(1)),
+            Duration::from_secs(8)
+        );
+    }
+
+    #[test]
+    fn suspicion_deadline_follows_memberlist() {
+        let start = Instant::now();
+        let mut s = Suspicion {
+            start,
+            min: Duration::from_secs(4),
+            max: Duration::from_secs(24),
+            k: 2,
+            confirmations: HashSet::new(),
+            incarnation: 1,
+            from: "a".into(),
+        };
+        // remainingSuspicionTime: max − ln(n+1)/ln(k+1)·(max − min), floored to ms
+        assert_eq!(s.deadline() - start, Duration::from_secs(24));
+        s.confirmations.insert("b".into());
+        assert_eq!(s.deadline() - start, Duration::from_millis(11381));
+        s.confirmations.insert("c".into());
+        assert_eq!(s.deadline() - start, Duration::from_secs(4));
+        s.k = 0;
+        s.confirmations.clear();
+        assert_eq!(s.deadline() - start, Duration::from_secs(4));
     }
 }

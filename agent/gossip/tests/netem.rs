@@ -6,12 +6,17 @@
 //! - 10% loss on every node's link for 20 s: no member is declared failed
 //!   by anyone (Go's member-failed handler and nuvol's events stay quiet).
 //! - 30% loss for 20 s: afterwards, within 30 s, everyone sees all five alive.
-//! - partition: two nodes' bridge ports down for 20 s, which is longer than
-//!   LAN failure detection (probe 1 s + suspicion 4-6 × log10(5) s ≈ 3-5 s)
-//!   so each side has declared the other failed — what a 60 s partition
-//!   produces too, since nothing else changes until the 24 h reap timeout;
-//!   then healed: everyone sees all five alive again (Serf/nuvol reconnect
-//!   to failed members every 30 s), within 60 s.
+//! - partition {go-0, nuvol-1, nuvol-2} | {nuvol-3, go-4} for 60 s
+//!   (nftables in nuvol-3's and go-4's namespaces drops all traffic to and
+//!   from the other side). Checked while it lasts: on the majority side a
+//!   nuvol and a Go node see nuvol-3 and go-4 failed, and on the minority
+//!   side nuvol-3 and go-4 each see the three others failed (LAN
+//!   detection: probe 1 s + suspicion 4-24 s at n = 5, shorter with
+//!   confirmations from the own side); at the end of the 60 s they all
+//!   still do (no flapping) and the minority pair still sees each other
+//!   alive. Then healed: within 60 s everyone sees all five alive again
+//!   (Serf/nuvol reconnect to failed members every 30 s and push/pull with
+//!   them). The whole test takes about 2 minutes.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -143,16 +148,39 @@ impl Net {
         let at = t.find("packets ")?;
         t[at + 8..].split_whitespace().next()?.parse().ok()
     }
-    fn port(&self, i: usize, up: bool) {
+    /// Cut node `i` off from `others` (or restore it): nftables in its
+    /// namespace drops everything to and from their addresses, so the
+    /// nodes on one side still reach each other.
+    fn cut(&self, i: usize, others: &[usize], on: bool) {
+        let ns = &self.nodes[i];
+        sh(&[
+            "ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "nvcut",
+        ]);
+        if !on {
+            return;
+        }
+        let set = others
+            .iter()
+            .map(|&o| Net::ip(o))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rules = format!(
+            "table inet nvcut {{\n chain in {{\n  type filter hook input priority -10; policy accept;\n  \
+             ip saddr {{ {set} }} drop\n }}\n chain out {{\n  type filter hook output priority -10; policy accept;\n  \
+             ip daddr {{ {set} }} drop\n }}\n}}\n"
+        );
+        let file = std::env::temp_dir().join(format!("{ns}-cut.nft"));
+        std::fs::write(&file, rules).expect("nft file");
         must(&[
             "ip",
-            "-n",
-            &self.hub,
-            "link",
-            "set",
-            &format!("p{i}"),
-            if up { "up" } else { "down" },
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "-f",
+            &file.to_string_lossy(),
         ]);
+        let _ = std::fs::remove_file(&file);
     }
 }
 
@@ -341,6 +369,9 @@ fn wait_all_alive(nodes: &mut [Node], limit: Duration, what: &str) -> Duration {
     panic!("{what}: not converged after {limit:?}: {views:#?}");
 }
 
+/// How long the partition is held (issue: "a 60 s partition then heal").
+const PARTITION: Duration = Duration::from_secs(60);
+
 #[test]
 fn loss_and_partition_with_netem() {
     let pid = std::process::id();
@@ -405,25 +436,61 @@ fn loss_and_partition_with_netem() {
     }
     wait_all_alive(&mut nodes, Duration::from_secs(30), "after 30% loss");
 
-    // partition {0,1,2} | {3} | {4}, held past failure detection, healed
-    net.port(3, false);
-    net.port(4, false);
+    // partition {0,1,2} | {3,4} for 60 s, then healed
+    for i in [3, 4] {
+        net.cut(i, &[0, 1, 2], true);
+    }
+    let sides: [(usize, &[&str]); 4] = [
+        (1, &["nuvol-3", "go-4"]),
+        (0, &["nuvol-3", "go-4"]),
+        (3, &["go-0", "nuvol-1", "nuvol-2"]),
+        (4, &["go-0", "nuvol-1", "nuvol-2"]),
+    ];
+    let split = |nodes: &mut [Node], who: usize, others: &[&str]| {
+        let m = nodes[who].members();
+        others
+            .iter()
+            .all(|x| m.iter().any(|(k, v)| k == x && v == "failed"))
+    };
     let t0 = Instant::now();
-    let mut split = false;
-    while t0.elapsed() < Duration::from_secs(20) {
-        if !split {
-            let m = nodes[1].members();
-            split = ["nuvol-3", "go-4"]
-                .iter()
-                .all(|x| m.iter().any(|(k, v)| k == x && v == "failed"));
-            if split {
-                eprintln!("partition seen as failed after {:?}", t0.elapsed());
+    let mut seen: Vec<Option<Duration>> = vec![None; sides.len()];
+    while t0.elapsed() < PARTITION {
+        for (i, (who, others)) in sides.iter().enumerate() {
+            if seen[i].is_none() && split(&mut nodes, *who, others) {
+                seen[i] = Some(t0.elapsed());
+                eprintln!(
+                    "partition: {} saw {others:?} failed after {:?}",
+                    nodes[*who].name,
+                    t0.elapsed()
+                );
             }
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(split, "the partition was never detected");
-    net.port(3, true);
-    net.port(4, true);
+    for (i, (who, others)) in sides.iter().enumerate() {
+        assert!(
+            seen[i].is_some(),
+            "{} never saw {others:?} failed during the partition",
+            nodes[*who].name
+        );
+        // still failed at the end: nothing flapped back across the cut
+        assert!(
+            split(&mut nodes, *who, others),
+            "{} no longer sees {others:?} failed after {PARTITION:?}",
+            nodes[*who].name
+        );
+    }
+    // the minority side kept each other
+    for (who, other) in [(3, "go-4"), (4, "nuvol-3")] {
+        let m = nodes[who].members();
+        assert!(
+            m.iter().any(|(k, v)| k == other && v == "alive"),
+            "{} lost {other} on its own side: {m:?}",
+            nodes[who].name
+        );
+    }
+    for i in [3, 4] {
+        net.cut(i, &[0, 1, 2], false);
+    }
     wait_all_alive(&mut nodes, Duration::from_secs(60), "after heal");
 }

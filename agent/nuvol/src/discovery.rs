@@ -107,14 +107,14 @@ pub fn local_services(store: &Store, hostname: &str) -> Vec<LocalService> {
 fn fit(
     base: &BTreeMap<String, String>,
     zone: &str,
-    node: &str,
+    hostname: &str,
     ip: &str,
     services: &[LocalService],
     cloudy: bool,
 ) -> Vec<LocalService> {
     let mut n = services.len();
     while n > 0 {
-        let tags = service_tags(base, zone, node, ip, &services[..n], cloudy);
+        let tags = service_tags(base, zone, hostname, ip, &services[..n], cloudy);
         if nuvol_gossip::serf::encode_tags(&tags).len() <= nuvol_gossip::wire::META_MAX {
             break;
         }
@@ -133,12 +133,16 @@ fn fit(
 /// changes; also done every [`REFRESH_EVERY`]).
 pub fn refresh(d: &DiscoveryHandle, store: &Store, hostname: &str) {
     let services = local_services(store, hostname);
-    if let Err(e) = set(d, &services) {
+    if let Err(e) = set(d, &services, hostname) {
         tracing::warn!("discovery: announcing services: {e}");
     }
 }
 
-fn set(d: &DiscoveryHandle, services: &[LocalService]) -> Result<(), nuvol_gossip::GossipError> {
+fn set(
+    d: &DiscoveryHandle,
+    services: &[LocalService],
+    hostname: &str,
+) -> Result<(), nuvol_gossip::GossipError> {
     let g = d.gossip();
     let me = g.members().into_iter().find(|m| m.name == g.name());
     let base: BTreeMap<String, String> = me
@@ -152,7 +156,7 @@ fn set(d: &DiscoveryHandle, services: &[LocalService]) -> Result<(), nuvol_gossi
     let want = fit(
         &base,
         "",
-        g.name(),
+        hostname,
         &g.advertise().ip().to_string(),
         services,
         true,
@@ -330,9 +334,10 @@ pub async fn start(
     let services = store
         .map(|s| local_services(s, hostname))
         .unwrap_or_default();
-    let services = fit(&tags, &zone, &node_name, &ip, &services, cfg.cloudy_compat);
+    let services = fit(&tags, &zone, hostname, &ip, &services, cfg.cloudy_compat);
     let start = Start {
         node_name: node_name.clone(),
+        hostname: hostname.to_string(),
         bind: cfg.bind_addr(),
         advertise,
         join: Vec::new(), // joined below, with retries
@@ -501,6 +506,44 @@ mod tests {
         assert!(nuvol_gossip::serf::encode_tags(&tags).len() <= nuvol_gossip::wire::META_MAX);
         let few = vec![svc("web", 8080)];
         assert_eq!(fit(&base, "z", "box", "10.0.0.1", &few, true), few);
+    }
+
+    #[test]
+    fn cloudy_tag_keeps_what_fits_and_reads_back() {
+        // descriptions bzip2 cannot shrink much: 60 pseudo-random letters
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut word = || {
+            (0..60)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect::<String>()
+        };
+        let six: Vec<LocalService> = (0..6)
+            .map(|i| LocalService {
+                description: word(),
+                ..svc(&format!("s{i}"), 8000 + i)
+            })
+            .collect();
+        let base = BTreeMap::new();
+        let kept = fit(&base, "", "box", "10.0.0.1", &six, true);
+        assert_eq!(kept, six, "six short svc: tags fit");
+        let tags = service_tags(&base, "", "box", "10.0.0.1", &kept, true);
+        assert!(nuvol_gossip::serf::encode_tags(&tags).len() <= nuvol_gossip::wire::META_MAX);
+        let list = nuvol_catalog::cloudy::decode(&tags["services"]).expect("cloudy tag");
+        assert!(!list.is_empty() && list.len() < 6, "{}", list.len());
+        // a prefix: services are dropped from the end
+        assert_eq!(list[0].description, six[0].description);
+        assert_eq!(list[0].service_type, "http");
+        assert_eq!(list[0].host, "box.guifi.local");
+        assert_eq!((list[0].port, list[0].microcloud.as_str()), (8000, "demo"));
+        let one = service_tags(&base, "", "box", "10.0.0.1", &[svc("web", 80)], true);
+        let list = nuvol_catalog::cloudy::decode(&one["services"]).expect("one");
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].description, "web_on_box");
     }
 
     #[test]

@@ -9,6 +9,17 @@
 //! Go's event handler; `serf query nuvol-services` is answered by both
 //! nuvol nodes; `kill -9` of a nuvol node is seen as failed by both Go
 //! nodes and the other nuvol; SIGTERM makes a nuvol node leave gracefully.
+//!
+//! `cloudy_services_tag_both_ways`: a Go agent started the way
+//! package-serf's `init.d/serf` starts Cloudy's (`-protocol 4
+//! -profile=wan`, node name `<hostid>-<ns>-<host>-<ip>:<port>`) publishes
+//! through the shell functions of avahi-ps-serf (`getMyServices`,
+//! `addMyService`: `serf info | jq | base64 -d | bunzip2 | jq`, then
+//! `echo | bzip2 | base64 -w 0 | serf tags -set`); a WAN-profile nuvol
+//! lists those services with source `cloudy`, and avahi-ps-serf's
+//! `serf_find_` (`serf members -status=alive -format json | jq`, word
+//! splitting) run against the Go agent lists nuvol's bundle with exactly
+//! the fields avahi-ps would have published.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -145,11 +156,16 @@ impl Drop for Nuvol {
 
 impl Nuvol {
     fn start(dir: &Path, name: &str, extra: &str, trusted_key: &str) -> Nuvol {
+        Nuvol::start_with(dir, name, "", extra, trusted_key)
+    }
+
+    /// `top` goes before the first table (e.g. `hostname = "..."`).
+    fn start_with(dir: &Path, name: &str, top: &str, extra: &str, trusted_key: &str) -> Nuvol {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).expect("dir");
         let gossip = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = format!(
-            "[bundles]\ntrusted_keys = [\"{trusted_key}\"]\n\n\
+            "{top}[bundles]\ntrusted_keys = [\"{trusted_key}\"]\n\n\
              [discovery]\nbind = \"127.0.0.1\"\nport = {}\nnode_name = \"{name}\"\n\
              mdns = false\nrole = \"super-node\"\nzone = \"z1\"\ntags = {{ colour = \"blue\" }}\n{extra}",
             gossip.port()
@@ -595,4 +611,225 @@ fn discovery_with_go_serf_clear() {
 #[test]
 fn discovery_with_go_serf_encrypted() {
     scenario("enc", Some("T9jncgl9mbLus+baTTa7q7nPSUrXwbDi2dhbtqir37s="));
+}
+
+/// avahi-ps-serf's functions, as in package-serf's
+/// `usr/share/avahi-ps/plugs/avahi-ps-serf` (publish: `serf_add_service`,
+/// `setToMyServices` without the existence check, `addMyService`,
+/// `getMyServices`, `comprimir`, `descomprimir`; search: `serf_find_`,
+/// `serf_add_nodeid`), with avahi-ps's variables for a Cloudy box
+/// `cloudy1` at 127.0.0.1 without tinc. `serf` finds the agent through
+/// `SERF_RPC_ADDR`.
+const AVAHI_PS_SERF: &str = r#"
+SERFBIN=serf SERFTAG=services SERFSTATUS=alive
+NODENAME=cloudy1 CLOUD_NAME=guifi PUBLIC_IP=127.0.0.1 DEVICE_NAME=demo
+comprimir() { bzip2 -|base64 -w 0; }
+descomprimir(){ base64 -d -|bunzip2 -; }
+getMyServices() {
+	local lServices
+	lServices=$($SERFBIN info -format json|jq -c -M ".tags.${SERFTAG}")
+	[ ! -z "$lServices" -a "$lServices" != "null" ] && echo "$lServices"|sed 's/^"\(.*\)"$/\1/'|descomprimir|sed "s/'/"'"'"/g"|jq -c .[]
+}
+getAllButOneServices() { getMyServices | grep -v '"s":"'$1'"'.*'"p":"'$2'"'; }
+addMyService() {
+	myServices="$(getAllButOneServices $2 $3)"
+	defServices=""
+	for i in $myServices
+	do
+		defServices=$i","$defServices
+	done
+	defServices=$defServices$1
+	$SERFBIN tags -set ${SERFTAG}=$(echo "["$defServices"]" | comprimir)
+}
+serf_add_service(){
+	local _TXT Service Desc
+	_TXT=$(echo "$4"|tr "&" " ")
+	Service=$2
+	Desc=$(echo $1|sed 's/ /_/g')
+	_Type=$Service _Desc=$Desc _MCloud="${NODENAME}.${CLOUD_NAME}.local" _Ip="${PUBLIC_IP}" _Port=$3 _Device=$DEVICE_NAME
+	addMyService "{\"s\":\"$_Type\",\"d\":\"$_Desc\",\"m\":\"$_MCloud\",\"i\":\"$_Ip\",\"p\":\"$_Port\",\"e\":\"$_Device\",\"t\":\"$_TXT\"}" "$_Type" "$_Port"
+}
+serf_add_nodeid() { echo '{"node_id":'$1','${2:1}; }
+serf_find_(){
+	local defServices
+	defServices=""
+	listServices="$($SERFBIN members -status=$SERFSTATUS -format json|jq -c -M '.members[]')"
+	for node in $listServices
+	do
+		node_id=$(echo "$node"|jq -c -M ".name")
+		mytags=$(echo "$node"|jq -c -M ".tags.${SERFTAG}"|sed 's/^"\(.*\)"$/\1/'|grep -v "^null$")
+		[ ! -z "$mytags" ] && {
+			myServices=$(echo "$mytags"|descomprimir|sed "s/'/"'"'"/g"|jq -c -M .[])
+			for i in $myServices
+			do
+				iservice="$(serf_add_nodeid "$node_id" "$i")"
+				if [ ! -z "$defServices" ]
+				then
+					defServices=$iservice","$defServices
+				else
+					defServices=$iservice
+				fi
+			done
+		}
+	done
+	echo "[$defServices]"
+}
+"$@"
+"#;
+
+fn avahi_ps_serf(rpc: &str, args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(AVAHI_PS_SERF)
+        .arg("avahi-ps-serf")
+        .args(args)
+        .env("SERF_RPC_ADDR", rpc)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "avahi-ps-serf {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn cloudy_services_tag_both_ways() {
+    let pid = std::process::id();
+    let tmp = TmpDir(std::env::temp_dir().join(format!("nuvol-disc-cloudy-{pid}")));
+    let _ = std::fs::remove_dir_all(&tmp.0);
+    std::fs::create_dir_all(&tmp.0).expect("tmp");
+    let (bundle, pubkey) = make_bundle(&tmp.0);
+
+    // Cloudy's serf, as init.d/serf starts it (port 5000 there; a free
+    // port here so parallel runs do not collide)
+    let port = free_port();
+    let bind = SocketAddr::from(([127, 0, 0, 1], port));
+    let rpc = format!("127.0.0.1:{}", free_port());
+    let go_name = format!("5f2b9c0e4d1a7e3b8c6d0f1a2b3c4d5e-{pid}-cloudy1-127.0.0.1:{port}");
+    let dir = tmp.0.join("cloudy1");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = std::fs::File::create(dir.join("agent.log")).expect("log");
+    let child = Command::new("serf")
+        .args(["agent", "-protocol", "4"])
+        .arg(format!("-node={go_name}"))
+        .arg(format!("-bind={bind}"))
+        .arg(format!("-rpc-addr={rpc}"))
+        .arg("-profile=wan")
+        .stdout(Stdio::from(log.try_clone().expect("log")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("serf is installed (tests/apt-packages.txt)");
+    let go = GoSerf {
+        child,
+        rpc: rpc.clone(),
+        bind,
+        dir,
+    };
+    assert!(wait_for("Cloudy serf up", Duration::from_secs(10), || go
+        .members()
+        .is_some()));
+    // what serf.service and syncthing.service publish through avahi-ps
+    avahi_ps_serf(
+        &rpc,
+        &[
+            "serf_add_service",
+            "SERF instance running",
+            "serf",
+            &port.to_string(),
+            "",
+        ],
+    );
+    avahi_ps_serf(
+        &rpc,
+        &[
+            "serf_add_service",
+            "Syncthing instance running",
+            "syncthing",
+            "22000",
+            "node_id=ABC-123",
+        ],
+    );
+    let mine = go.member(&go_name).expect("self");
+    assert!(mine["tags"]["services"].is_string(), "{mine}");
+
+    let n_name = format!("nuvol-c-{pid}");
+    let n = Nuvol::start_with(
+        &tmp.0,
+        &n_name,
+        "hostname = \"cbox\"\n",
+        &format!("profile = \"wan\"\njoin = [\"{bind}\"]\n"),
+        &pubkey,
+    );
+    assert!(
+        wait_for(
+            "nuvol sees Cloudy's services",
+            Duration::from_secs(30),
+            || {
+                let (c, b) = n.req("GET", "/api/v1/services", b"");
+                c == 200
+                    && b.contains("SERF_instance_running")
+                    && b.contains("Syncthing_instance_running")
+            }
+        ),
+        "{}",
+        n.log()
+    );
+    let (_, body) = n.req("GET", "/api/v1/services", b"");
+    let all: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
+    let find = |name: &str| {
+        all.iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let serf = find("SERF_instance_running");
+    assert_eq!(serf["source"], "cloudy", "{serf}");
+    assert_eq!(serf["service_type"], "_serf._tcp", "{serf}");
+    assert_eq!(serf["port"], port, "{serf}");
+    assert_eq!(serf["node"], go_name.as_str(), "{serf}");
+    assert_eq!(serf["addr"], "127.0.0.1", "{serf}");
+    assert_eq!(serf["txt"]["microcloud"], "demo", "{serf}");
+    let sync = find("Syncthing_instance_running");
+    assert_eq!(sync["service_type"], "_syncthing._tcp", "{sync}");
+    assert_eq!(sync["port"], 22000, "{sync}");
+    assert_eq!(sync["txt"]["txt"], "node_id=ABC-123", "{sync}");
+
+    // nuvol's bundle, read by Cloudy's search from the Go agent
+    let (code, body) = n.req(
+        "POST",
+        "/api/v1/bundles",
+        &std::fs::read(&bundle).expect("nvb"),
+    );
+    assert!(code == 200 || code == 201, "install: {code} {body}");
+    let mut found = serde_json::Value::Null;
+    assert!(
+        wait_for(
+            "avahi-ps search lists webby",
+            Duration::from_secs(30),
+            || {
+                let out = avahi_ps_serf(&rpc, &["serf_find_"]);
+                let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+                match list.into_iter().find(|s| s["node_id"] == n_name.as_str()) {
+                    Some(s) => {
+                        found = s;
+                        true
+                    }
+                    None => false,
+                }
+            }
+        ),
+        "{}",
+        n.log()
+    );
+    let want = serde_json::json!({
+        "node_id": n_name, "s": "http", "d": "webby_on_cbox", "m": "cbox.guifi.local",
+        "i": "127.0.0.1", "p": "8080", "e": "demo", "t": ""
+    });
+    assert_eq!(found, want);
+    // and the Cloudy node's own services are still listed next to it
+    let out = avahi_ps_serf(&rpc, &["serf_find_"]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out).expect("search output is JSON");
+    assert_eq!(list.len(), 3, "{out}");
 }
