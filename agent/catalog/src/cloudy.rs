@@ -199,8 +199,8 @@ pub fn dns_sd_type(word: &str) -> String {
     }
 }
 
-/// The JSON line avahi-ps feeds to bzip2: `echo "["$defServices"]"`, with
-/// `echo`'s newline.
+/// The JSON line avahi-ps feeds to bzip2: the list as `echo` prints it,
+/// with its newline.
 pub fn list_json(services: &[CloudyService]) -> String {
     let objs: Vec<String> = services.iter().map(object).collect();
     format!("[{}]\n", objs.join(","))
@@ -256,19 +256,17 @@ mod tests {
         o.stdout
     }
 
-    /// avahi-ps-serf's `serf_add_service` + `setToMyServices` +
-    /// `addMyService` for a first service, then `comprimir`, as in the
-    /// script (NODENAME, CLOUD_NAME, PUBLIC_IP, DEVICE_NAME set as
-    /// avahi-ps sets them).
+    /// A first service published the way avahi-ps-serf publishes it (our
+    /// script, from a reading of it): the description passed through an
+    /// unquoted `echo` (blank runs collapse, ends trimmed) with blanks as
+    /// `_`, `&` in TXT as blanks, `m` = `<node>.guifi.local`, `e` = `demo`,
+    /// then `echo "[…]"` (with its newline) into `bzip2 | base64 -w 0`.
+    /// Arguments: node, ip, description, type word, port, TXT.
     const PUBLISH: &str = r#"
-        NODENAME=$1 CLOUD_NAME=guifi PUBLIC_IP=$2 DEVICE_NAME=demo
-        _TXT=$(echo "$6"|tr "&" " ")
-        Service=$4
-        Desc=$(echo $3|sed 's/ /_/g')
-        _Type=$Service _Desc=$Desc _MCloud="${NODENAME}.${CLOUD_NAME}.local"
-        _Ip=${PUBLIC_IP} _Port=$5 _Device=$DEVICE_NAME
-        defServices="{\"s\":\"$_Type\",\"d\":\"$_Desc\",\"m\":\"$_MCloud\",\"i\":\"$_Ip\",\"p\":\"$_Port\",\"e\":\"$_Device\",\"t\":\"$_TXT\"}"
-        echo "["$defServices"]" | bzip2 - | base64 -w 0
+        d=$(echo $3 | tr ' ' _)
+        t=$(echo "$6" | tr '&' ' ')
+        one=$(printf '{"s":"%s","d":"%s","m":"%s.guifi.local","i":"%s","p":"%s","e":"demo","t":"%s"}' "$4" "$d" "$1" "$2" "$5" "$t")
+        echo "[$one]" | bzip2 | base64 -w 0
     "#;
 
     #[test]
@@ -384,7 +382,7 @@ mod tests {
         // Cloudy's search pipeline reads it back as one object
         let tag = encode(&[s]).expect("encode");
         let out = bash(
-            r#"echo "$1" | base64 -d - | bunzip2 - | sed "s/'/"'"'"/g" | jq -c -M '.[]' | wc -l"#,
+            r#"printf '%s' "$1" | base64 -d | bunzip2 | sed "s/'/\"/g" | jq -c '.[]' | wc -l"#,
             &[&tag],
             b"",
         );

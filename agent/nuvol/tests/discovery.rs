@@ -13,13 +13,13 @@
 //! `cloudy_services_tag_both_ways`: a Go agent started the way
 //! package-serf's `init.d/serf` starts Cloudy's (`-protocol 4
 //! -profile=wan`, node name `<hostid>-<ns>-<host>-<ip>:<port>`) publishes
-//! through the shell functions of avahi-ps-serf (`getMyServices`,
-//! `addMyService`: `serf info | jq | base64 -d | bunzip2 | jq`, then
-//! `echo | bzip2 | base64 -w 0 | serf tags -set`); a WAN-profile nuvol
-//! lists those services with source `cloudy`, and avahi-ps-serf's
-//! `serf_find_` (`serf members -status=alive -format json | jq`, word
-//! splitting) run against the Go agent lists nuvol's bundle with exactly
-//! the fields avahi-ps would have published.
+//! the way avahi-ps-serf does (`serf info | jq | base64 -d | bunzip2 | jq`,
+//! then `echo | bzip2 | base64 -w 0 | serf tags -set`; a script of ours
+//! from a reading of it); a WAN-profile nuvol lists those services with
+//! source `cloudy`, and the same script's search (`serf members
+//! -status=alive -format json | jq`, word splitting) run against the Go
+//! agent lists nuvol's bundle with exactly the fields avahi-ps would have
+//! published.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -613,66 +613,45 @@ fn discovery_with_go_serf_encrypted() {
     scenario("enc", Some("T9jncgl9mbLus+baTTa7q7nPSUrXwbDi2dhbtqir37s="));
 }
 
-/// avahi-ps-serf's functions, as in package-serf's
-/// `usr/share/avahi-ps/plugs/avahi-ps-serf` (publish: `serf_add_service`,
-/// `setToMyServices` without the existence check, `addMyService`,
-/// `getMyServices`, `comprimir`, `descomprimir`; search: `serf_find_`,
-/// `serf_add_nodeid`), with avahi-ps's variables for a Cloudy box
-/// `cloudy1` at 127.0.0.1 without tinc. `serf` finds the agent through
-/// `SERF_RPC_ADDR`.
+/// What a Cloudy box does with its `services` tag, written for this test
+/// from a reading of package-serf's `usr/share/avahi-ps/plugs/avahi-ps-serf`
+/// (not its code): the same tools in the same order, with the details that
+/// decide compatibility — `echo` (a trailing newline) into `bzip2 |
+/// base64 -w 0`, `p` a string, blanks in `d` as `_`, `&` in TXT as a
+/// blank, `m` = `<node>.<cloud>.local`, `e` = `demo` without tinc, `'`
+/// read as `"`, and the decoded list walked by shell word splitting (an
+/// entry with a blank would break apart, as on Cloudy). Box `cloudy1` at
+/// 127.0.0.1; `serf` finds the agent through `SERF_RPC_ADDR`.
+///
+/// - `publish DESC TYPE PORT TXT`: add one service (replacing one with the
+///   same type and port), re-set the tag
+/// - `search`: every alive member's services as one JSON array, each
+///   entry with the member's name as `node_id` first
 const AVAHI_PS_SERF: &str = r#"
-SERFBIN=serf SERFTAG=services SERFSTATUS=alive
-NODENAME=cloudy1 CLOUD_NAME=guifi PUBLIC_IP=127.0.0.1 DEVICE_NAME=demo
-comprimir() { bzip2 -|base64 -w 0; }
-descomprimir(){ base64 -d -|bunzip2 -; }
-getMyServices() {
-	local lServices
-	lServices=$($SERFBIN info -format json|jq -c -M ".tags.${SERFTAG}")
-	[ ! -z "$lServices" -a "$lServices" != "null" ] && echo "$lServices"|sed 's/^"\(.*\)"$/\1/'|descomprimir|sed "s/'/"'"'"/g"|jq -c .[]
+box=cloudy1 cloud=guifi ip=127.0.0.1 device=demo
+unpack() { base64 -d | bunzip2 | sed "s/'/\"/g" | jq -c '.[]'; }
+entries_of() { # a tag value (JSON string or null) -> one entry per line
+	local v; v=$(jq -r '. // empty')
+	[ -n "$v" ] && printf '%s' "$v" | unpack
 }
-getAllButOneServices() { getMyServices | grep -v '"s":"'$1'"'.*'"p":"'$2'"'; }
-addMyService() {
-	myServices="$(getAllButOneServices $2 $3)"
-	defServices=""
-	for i in $myServices
-	do
-		defServices=$i","$defServices
+publish() {
+	local desc=${1// /_} type=$2 port=$3 txt=${4//&/ } list="" e
+	for e in $(serf info -format json | jq -c '.tags.services' | entries_of); do
+		case $e in *'"s":"'$type'"'*'"p":"'$port'"'*) continue ;; esac
+		list="$list$e,"
 	done
-	defServices=$defServices$1
-	$SERFBIN tags -set ${SERFTAG}=$(echo "["$defServices"]" | comprimir)
+	list="$list{\"s\":\"$type\",\"d\":\"$desc\",\"m\":\"$box.$cloud.local\",\"i\":\"$ip\",\"p\":\"$port\",\"e\":\"$device\",\"t\":\"$txt\"}"
+	serf tags -set "services=$(echo "[$list]" | bzip2 | base64 -w 0)"
 }
-serf_add_service(){
-	local _TXT Service Desc
-	_TXT=$(echo "$4"|tr "&" " ")
-	Service=$2
-	Desc=$(echo $1|sed 's/ /_/g')
-	_Type=$Service _Desc=$Desc _MCloud="${NODENAME}.${CLOUD_NAME}.local" _Ip="${PUBLIC_IP}" _Port=$3 _Device=$DEVICE_NAME
-	addMyService "{\"s\":\"$_Type\",\"d\":\"$_Desc\",\"m\":\"$_MCloud\",\"i\":\"$_Ip\",\"p\":\"$_Port\",\"e\":\"$_Device\",\"t\":\"$_TXT\"}" "$_Type" "$_Port"
-}
-serf_add_nodeid() { echo '{"node_id":'$1','${2:1}; }
-serf_find_(){
-	local defServices
-	defServices=""
-	listServices="$($SERFBIN members -status=$SERFSTATUS -format json|jq -c -M '.members[]')"
-	for node in $listServices
-	do
-		node_id=$(echo "$node"|jq -c -M ".name")
-		mytags=$(echo "$node"|jq -c -M ".tags.${SERFTAG}"|sed 's/^"\(.*\)"$/\1/'|grep -v "^null$")
-		[ ! -z "$mytags" ] && {
-			myServices=$(echo "$mytags"|descomprimir|sed "s/'/"'"'"/g"|jq -c -M .[])
-			for i in $myServices
-			do
-				iservice="$(serf_add_nodeid "$node_id" "$i")"
-				if [ ! -z "$defServices" ]
-				then
-					defServices=$iservice","$defServices
-				else
-					defServices=$iservice
-				fi
-			done
-		}
+search() {
+	local out="" m name e
+	for m in $(serf members -status=alive -format json | jq -c '.members[] | {name, s: .tags.services}'); do
+		name=$(printf '%s' "$m" | jq -c '.name')
+		for e in $(printf '%s' "$m" | jq -c '.s' | entries_of); do
+			out="$out${out:+,}{\"node_id\":$name,${e#\{}"
+		done
 	done
-	echo "[$defServices]"
+	echo "[$out]"
 }
 "$@"
 "#;
@@ -734,7 +713,7 @@ fn cloudy_services_tag_both_ways() {
     avahi_ps_serf(
         &rpc,
         &[
-            "serf_add_service",
+            "publish",
             "SERF instance running",
             "serf",
             &port.to_string(),
@@ -744,7 +723,7 @@ fn cloudy_services_tag_both_ways() {
     avahi_ps_serf(
         &rpc,
         &[
-            "serf_add_service",
+            "publish",
             "Syncthing instance running",
             "syncthing",
             "22000",
@@ -809,7 +788,7 @@ fn cloudy_services_tag_both_ways() {
             "avahi-ps search lists webby",
             Duration::from_secs(30),
             || {
-                let out = avahi_ps_serf(&rpc, &["serf_find_"]);
+                let out = avahi_ps_serf(&rpc, &["search"]);
                 let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
                 match list.into_iter().find(|s| s["node_id"] == n_name.as_str()) {
                     Some(s) => {
@@ -829,7 +808,7 @@ fn cloudy_services_tag_both_ways() {
     });
     assert_eq!(found, want);
     // and the Cloudy node's own services are still listed next to it
-    let out = avahi_ps_serf(&rpc, &["serf_find_"]);
+    let out = avahi_ps_serf(&rpc, &["search"]);
     let list: Vec<serde_json::Value> = serde_json::from_str(&out).expect("search output is JSON");
     assert_eq!(list.len(), 3, "{out}");
 }
