@@ -596,7 +596,11 @@ pub async fn fetch(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
     } else {
         match serde_json::from_slice::<FetchReq>(&body) {
             Ok(r) => r,
-            Err(e) => return bad_request(&format!("want {{\"node\": \"...\", \"name\": \"...\"}}: {e}")),
+            Err(e) => {
+                return bad_request(&format!(
+                    "want {{\"node\": \"...\", \"name\": \"...\"}}: {e}"
+                ))
+            }
         }
     };
     if want.node.is_empty() || want.node.len() > 256 {
@@ -760,10 +764,7 @@ mod tests {
                 sha256: "xyz".into(),
                 ..entry()
             },
-            IndexEntry {
-                size: 0,
-                ..entry()
-            },
+            IndexEntry { size: 0, ..entry() },
             IndexEntry {
                 size: u64::MAX,
                 ..entry()

@@ -307,7 +307,10 @@ fn export_is_the_installed_file_byte_for_byte() {
     // The current version (2.0), exactly as uploaded.
     let want = fs::read(&v2).unwrap();
     let e = store.export("web").unwrap();
-    assert_eq!((e.bundle.version.as_str(), e.len), ("2.0", want.len() as u64));
+    assert_eq!(
+        (e.bundle.version.as_str(), e.len),
+        ("2.0", want.len() as u64)
+    );
     let mut got = Vec::new();
     e.into_reader().read_to_end(&mut got).unwrap();
     assert!(got == want, "export differs from the installed file");

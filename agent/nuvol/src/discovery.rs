@@ -32,6 +32,9 @@ pub struct Discovery {
     slot: OnceLock<DiscoveryHandle>,
     hostname: String,
     store: Option<Arc<Store>>,
+    /// The panel port when `[bundles] share` is on (announced as
+    /// `svc:nuvol.bundles`).
+    share_port: Option<u16>,
     /// The mDNS responder/browser while it runs (taken on leave for goodbyes).
     mdns: std::sync::Mutex<Option<Arc<nuvol_mdns::Mdns>>>,
 }
@@ -45,7 +48,7 @@ impl Discovery {
     /// Re-announce after bundles were installed, upgraded or removed.
     pub fn bundles_changed(&self) {
         if let (Some(d), Some(s)) = (self.slot.get(), &self.store) {
-            refresh(d, s, &self.hostname);
+            refresh(d, s, &self.hostname, self.share_port);
         }
     }
 
@@ -71,7 +74,11 @@ impl Discovery {
 
 /// The services to announce: one per `[[announce]]` of each installed
 /// bundle; the first keeps the bundle's name, later ones get `-2`, `-3`...
-pub fn local_services(store: &Store, hostname: &str) -> Vec<LocalService> {
+/// Last, when `share_port` is set and a bundle is installed, the bundle
+/// share (`svc:nuvol.bundles` = `_nuvol-bundles._tcp:<panel port>`): being
+/// last, it is the first to go when the 512-byte tag budget runs out, so it
+/// never evicts a real service.
+pub fn local_services(store: &Store, hostname: &str, share_port: Option<u16>) -> Vec<LocalService> {
     let bundles = match store.list() {
         Ok(b) => b,
         Err(e) => {
@@ -80,6 +87,7 @@ pub fn local_services(store: &Store, hostname: &str) -> Vec<LocalService> {
         }
     };
     let mut out = Vec::new();
+    let shareable = bundles.iter().any(|b| b.state == "installed");
     for b in bundles {
         if b.state != "installed" {
             continue;
@@ -99,6 +107,14 @@ pub fn local_services(store: &Store, hostname: &str) -> Vec<LocalService> {
                     .unwrap_or_else(|| format!("{} on {hostname}", b.name)),
             });
         }
+    }
+    if let (Some(port), true) = (share_port, shareable) {
+        out.push(LocalService {
+            name: nuvol_api::share::SERVICE_NAME.to_string(),
+            service_type: nuvol_api::share::SERVICE_TYPE.to_string(),
+            port,
+            description: format!("bundles on {hostname}"),
+        });
     }
     out
 }
@@ -131,8 +147,8 @@ fn fit(
 
 /// Re-announce the services of the installed bundles (call after bundle
 /// changes; also done every [`REFRESH_EVERY`]).
-pub fn refresh(d: &DiscoveryHandle, store: &Store, hostname: &str) {
-    let services = local_services(store, hostname);
+pub fn refresh(d: &DiscoveryHandle, store: &Store, hostname: &str, share_port: Option<u16>) {
+    let services = local_services(store, hostname, share_port);
     if let Err(e) = set(d, &services) {
         tracing::warn!("discovery: announcing services: {e}");
     }
@@ -199,11 +215,13 @@ pub fn spawn(
     hostname: String,
     node_id: String,
     store: Option<Arc<Store>>,
+    share_port: Option<u16>,
 ) -> Arc<Discovery> {
     let disc = Arc::new(Discovery {
         slot: OnceLock::new(),
         hostname: hostname.clone(),
         store: store.clone(),
+        share_port,
         mdns: std::sync::Mutex::new(None),
     });
     if !cfg.enabled {
@@ -215,9 +233,9 @@ pub fn spawn(
     }
     let s = disc.clone();
     tokio::spawn(async move {
-        if let Some(d) = start(&cfg, &hostname, &node_id, store.as_deref()).await {
+        if let Some(d) = start(&cfg, &hostname, &node_id, store.as_deref(), share_port).await {
             let _ = s.slot.set(d.clone());
-            background(d, cfg, hostname, store).await;
+            background(d, cfg, hostname, store, share_port).await;
         }
     });
     disc
@@ -264,7 +282,7 @@ fn sync_mdns(m: &nuvol_mdns::Mdns, disc: &Discovery) {
     let want: Vec<nuvol_mdns::MdnsService> = disc
         .store
         .as_deref()
-        .map(|s| local_services(s, &disc.hostname))
+        .map(|s| local_services(s, &disc.hostname, disc.share_port))
         .unwrap_or_default()
         .into_iter()
         .map(|l| nuvol_mdns::MdnsService {
@@ -302,6 +320,7 @@ pub async fn start(
     hostname: &str,
     node_id: &str,
     store: Option<&Store>,
+    share_port: Option<u16>,
 ) -> Option<DiscoveryHandle> {
     let node_name = cfg.node_name_for(hostname, node_id);
     let seeds = cfg.join_addrs();
@@ -328,7 +347,7 @@ pub async fn start(
     let zone = cfg.zone.clone().unwrap_or_default();
     let ip = advertise.map(|a| a.ip()).unwrap_or(cfg.bind).to_string();
     let services = store
-        .map(|s| local_services(s, hostname))
+        .map(|s| local_services(s, hostname, share_port))
         .unwrap_or_default();
     let services = fit(&tags, &zone, &node_name, &ip, &services, cfg.cloudy_compat);
     let start = Start {
@@ -375,6 +394,7 @@ async fn background(
     cfg: DiscoveryConfig,
     hostname: String,
     store: Option<Arc<Store>>,
+    share_port: Option<u16>,
 ) {
     let seeds = cfg.join_addrs();
     if !seeds.is_empty() {
@@ -402,9 +422,9 @@ async fn background(
             },
             _ = tick.tick() => {
                 if let Some(s) = &store {
-                    let want = local_services(s, &hostname);
+                    let want = local_services(s, &hostname, share_port);
                     if want_differs(&d, &want) {
-                        refresh(&d, s, &hostname);
+                        refresh(&d, s, &hostname, share_port);
                     }
                 }
             }
