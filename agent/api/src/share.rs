@@ -492,7 +492,7 @@ async fn offers(share: &Share, list: &[Provider], refresh: bool) -> Vec<(Provide
 }
 
 /// `GET /api/v1/community/bundles` as JSON.
-pub async fn community(ctx: &Arc<Ctx>, refresh: bool) -> Result<serde_json::Value, Resp> {
+pub async fn community(ctx: &Ctx, refresh: bool) -> Result<serde_json::Value, Resp> {
     let Some(d) = ctx.node.discovery() else {
         return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
