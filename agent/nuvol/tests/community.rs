@@ -264,7 +264,7 @@ fn community_bundles_offer_fetch_review_install() {
         gb,
         &[&good],
         "",
-        &format!("join = [\"127.0.0.1:{ga}\", \"127.0.0.1:{gc}\"]\n"),
+        &format!("join = [\"127.0.0.1:{ga}\", \"127.0.0.1:{gc}\"]\n[debug]\ntest_hooks = true\n"),
     );
     let t_list = Instant::now();
     let v = wait_list(&b, "B lists A's bundles", |v| {
@@ -407,6 +407,31 @@ fn community_bundles_offer_fetch_review_install() {
     assert!(r.body.contains("id=verified"));
     assert!(r.body.contains("Publisher good"));
     assert!(r.body.contains("/install?csrf="));
+
+    // Headless Chromium sees the section with A's bundle (as in chromium.rs).
+    let profile = b.dir.join("chromium-profile");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!(
+            "{}/api/v1/debug/login?token={}&next=%2Fbundles",
+            b.url(),
+            b.token()
+        ))
+        .output()
+        .expect("chromium (tests/apt-packages.txt)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("id=\"community-bundles\""), "{dom}");
+    assert!(dom.contains("<td>app</td><td>2.1</td><td>a</td>"), "{dom}");
+    assert!(dom.contains("Fetch and review"), "{dom}");
 
     // A lying peer: a Go serf node announcing a share whose index does not
     // match what it sends.
