@@ -7,6 +7,7 @@
 //! | `POST /api/v1/bundles/verify` (body as above) | verify only; keep it as pending and show name, version, publisher, key, digest |
 //! | `POST /api/v1/bundles/pending/ID/install` | install a verified pending upload (verified again) |
 //! | `DELETE /api/v1/bundles/pending/ID` | discard a pending upload |
+//! | `POST /api/v1/bundles/fetch` | the same pending step for a bundle another box offers (see [`crate::share`]) |
 //! | `GET /api/v1/bundles/NAME` | one bundle |
 //! | `POST /api/v1/bundles/NAME/rollback` | back to the previous version |
 //! | `DELETE /api/v1/bundles/NAME[?purge=1]` | remove (volumes kept unless purge) |

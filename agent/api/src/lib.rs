@@ -7,8 +7,12 @@
 //! Community discovery: `/api/v1/members`, `/api/v1/services`,
 //! `/api/v1/events` (see [`discovery`]).
 //!
+//! Bundle sharing between boxes: `/share/v1/bundles…` (public),
+//! `/api/v1/community/bundles`, `/api/v1/bundles/fetch` (see [`share`]).
+//!
 //! Access: `GET /`, `/login`, `/panel.js`, `/api/v1/status`,
-//! `/api/v1/network` and `/api/v1/openapi.json` are public and read-only.
+//! `/api/v1/network`, `/api/v1/openapi.json` and `/share/v1/bundles…` are
+//! public and read-only.
 //! Everything else needs a credential (see [`auth`]): a bearer token, or a
 //! browser session cookie plus the session's CSRF token on every state
 //! change. Without one the answer is 401 (HTML pages show the login form).

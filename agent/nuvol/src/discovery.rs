@@ -524,6 +524,36 @@ mod tests {
     }
 
     #[test]
+    fn bundle_share_is_dropped_before_any_service() {
+        let share = LocalService {
+            name: nuvol_api::share::SERVICE_NAME.into(),
+            service_type: nuvol_api::share::SERVICE_TYPE.into(),
+            port: 80,
+            description: "bundles on box".into(),
+        };
+        let base = BTreeMap::new();
+        // Fill the budget: as many services as fit, then the share last.
+        let mut n = 1;
+        loop {
+            let v: Vec<LocalService> = (0..n).map(|i| svc(&format!("s{i}"), 8000)).collect();
+            if fit(&base, "z", "box", "10.0.0.1", &v, false).len() < n {
+                break;
+            }
+            n += 1;
+        }
+        let mut v: Vec<LocalService> = (0..n - 1).map(|i| svc(&format!("s{i}"), 8000)).collect();
+        v.push(share.clone());
+        let kept = fit(&base, "z", "box", "10.0.0.1", &v, false);
+        assert_eq!(kept.len(), n - 1, "the share goes first");
+        assert!(!kept.contains(&share));
+        // With room, it is announced.
+        let few = vec![svc("web", 8080), share.clone()];
+        assert_eq!(fit(&base, "z", "box", "10.0.0.1", &few, false), few);
+        let tags = service_tags(&base, "", "box", "10.0.0.1", &few, false);
+        assert_eq!(tags["svc:nuvol.bundles"], "_nuvol-bundles._tcp:80");
+    }
+
+    #[test]
     fn address_towards_a_seed() {
         let ip = pick_address(&["127.0.0.9:7946".parse().unwrap()]);
         assert_eq!(ip, Some("127.0.0.1".parse().unwrap()));
