@@ -433,7 +433,8 @@ async fn background(
 }
 
 /// Our announced services as the `nuvol-services` answer:
-/// `[{"name","type","port"}]`, trimmed to fit a Serf response.
+/// `[{"name","type","port"}]`, the bundle share last, trimmed from the end
+/// to fit a Serf response.
 fn own_services(d: &DiscoveryHandle) -> String {
     let g = d.gossip();
     let me = g.members().into_iter().find(|m| m.name == g.name());
@@ -447,6 +448,8 @@ fn own_services(d: &DiscoveryHandle) -> String {
             }
         }
     }
+    // The bundle share last, like in the tags: trimmed before any service.
+    list.sort_by_key(|v| v["name"] == nuvol_api::share::SERVICE_NAME);
     loop {
         let s = serde_json::Value::Array(list.clone()).to_string();
         if s.len() <= 900 || list.is_empty() {
