@@ -7,6 +7,7 @@
 //! | `POST /api/v1/bundles/verify` (body as above) | verify only; keep it as pending and show name, version, publisher, key, digest |
 //! | `POST /api/v1/bundles/pending/ID/install` | install a verified pending upload (verified again) |
 //! | `DELETE /api/v1/bundles/pending/ID` | discard a pending upload |
+//! | `POST /api/v1/bundles/fetch` | the same pending step for a bundle another box offers (see [`crate::share`]) |
 //! | `GET /api/v1/bundles/NAME` | one bundle |
 //! | `POST /api/v1/bundles/NAME/rollback` | back to the previous version |
 //! | `DELETE /api/v1/bundles/NAME[?purge=1]` | remove (volumes kept unless purge) |
@@ -95,7 +96,47 @@ async fn small_body(body: Incoming) -> Result<Bytes, Resp> {
 static UPLOADS: AtomicU64 = AtomicU64::new(0);
 
 /// A temporary upload file, removed on drop.
-struct Upload(PathBuf);
+pub(crate) struct Upload(PathBuf);
+impl Upload {
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// A fresh upload file name in `dir` (created if missing); nothing is
+/// written yet.
+pub(crate) fn new_upload(dir: &Path) -> Result<Upload, Resp> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "io_error",
+            &format!("upload: {e}"),
+        )
+    })?;
+    let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
+    Ok(Upload(
+        dir.join(format!("upload-{}-{n}.nvb", std::process::id())),
+    ))
+}
+
+/// Verify a downloaded or uploaded file and keep it as pending (the
+/// answer carries the pending id the confirm step installs); `source`
+/// names where it came from (a node), if not an upload.
+pub(crate) async fn keep_pending_from(
+    store: Arc<Store>,
+    upload: Upload,
+    dir: PathBuf,
+    source: &str,
+) -> Resp {
+    let src = source.to_string();
+    let r = blocking(move || {
+        let mut v = keep_pending(&store, upload, &dir)?;
+        v["source"] = json!(src);
+        Ok(v)
+    })
+    .await;
+    done(StatusCode::OK, r)
+}
 impl Drop for Upload {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
@@ -123,9 +164,7 @@ async fn receive(
             &format!("upload: {e}"),
         )
     };
-    std::fs::create_dir_all(dir).map_err(io_err)?;
-    let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
-    let upload = Upload(dir.join(format!("upload-{}-{n}.nvb", std::process::id())));
+    let upload = new_upload(dir)?;
     let mut file = std::fs::File::create(&upload.0).map_err(io_err)?;
     let mut total: u64 = 0;
     loop {

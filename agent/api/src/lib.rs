@@ -7,8 +7,12 @@
 //! Community discovery: `/api/v1/members`, `/api/v1/services`,
 //! `/api/v1/events` (see [`discovery`]).
 //!
+//! Bundle sharing between boxes: `/share/v1/bundles…` (public),
+//! `/api/v1/community/bundles`, `/api/v1/bundles/fetch` (see [`share`]).
+//!
 //! Access: `GET /`, `/login`, `/panel.js`, `/api/v1/status`,
-//! `/api/v1/network` and `/api/v1/openapi.json` are public and read-only.
+//! `/api/v1/network`, `/api/v1/openapi.json` and `/share/v1/bundles…` are
+//! public and read-only.
 //! Everything else needs a credential (see [`auth`]): a bearer token, or a
 //! browser session cookie plus the session's CSRF token on every state
 //! change. Without one the answer is 401 (HTML pages show the login form).
@@ -42,6 +46,7 @@ pub mod parse;
 pub mod routes;
 pub mod services;
 pub mod settings;
+pub mod share;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -72,6 +77,10 @@ pub trait Node: Send + Sync + 'static {
     fn admin_token(&self) -> Option<String>;
     /// The bundle store and a directory for uploads on the same filesystem.
     fn bundle_store(&self) -> Option<(Arc<nuvol_bundle::Store>, std::path::PathBuf)>;
+    /// `[bundles] share`: offer the installed bundles on `/share/v1/…`.
+    fn share_bundles(&self) -> bool {
+        false
+    }
     /// Called after an install, upgrade, rollback or removal succeeded
     /// through the API (the supervisor re-reads the store).
     fn bundles_changed(&self) {}
@@ -137,10 +146,11 @@ pub fn is_public_with(method: &Method, path: &str, hooks: bool) -> bool {
     routes::find(m, path, hooks).is_some_and(|d| d.public)
 }
 
-/// Routes plain HTTP serves even when HTTPS is on (the read-only status).
+/// Routes plain HTTP serves even when HTTPS is on: the read-only status,
+/// and the bundle share (signed bytes; a peer fetches them without TLS).
 pub fn plain_http_ok(method: &Method, path: &str) -> bool {
     matches!(*method, Method::GET | Method::HEAD)
-        && matches!(path, "/" | "/api/v1/status" | "/api/v1/network")
+        && (matches!(path, "/" | "/api/v1/status" | "/api/v1/network") || share::owns(path))
 }
 
 /// Constant-time check of `Authorization: Bearer <admin token>`.
@@ -335,6 +345,8 @@ pub struct Ctx {
     pub idle: Duration,
     /// One argon2 computation at a time (each takes ~19 MiB).
     pub argon2_gate: tokio::sync::Semaphore,
+    /// Bundle sharing: download slots and the peers' indexes.
+    pub share: share::Share,
     /// The last status and when it was collected (see [`Ctx::status`]).
     status_cache: std::sync::Mutex<Option<(Instant, Status)>>,
 }
@@ -528,8 +540,23 @@ async fn dispatch(
     let node = ctx.node.clone();
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    if let Some(r) = pages::handle(ctx, conn, principal.as_ref(), &req).await {
+    if share::owns(&path) {
+        share::serve(ctx, &req).await
+    } else if let Some(r) = pages::handle(ctx, conn, principal.as_ref(), &req).await {
         r
+    } else if path == "/api/v1/community/bundles" {
+        if method == Method::GET {
+            let refresh = parse::form_get(req.uri().query().unwrap_or(""), "refresh")
+                .is_some_and(|v| v == "1" || v == "true");
+            match share::community(ctx, refresh).await {
+                Ok(v) => json(StatusCode::OK, &v),
+                Err(r) => r,
+            }
+        } else {
+            route(node.as_ref(), &method, &path)
+        }
+    } else if path == "/api/v1/bundles/fetch" && method == Method::POST {
+        share::fetch(ctx, req).await
     } else if path == "/login" || path == "/logout" || path.starts_with("/api/v1/tokens") {
         pages::auth_routes(ctx, conn, principal.as_ref(), req).await
     } else if path == "/api/v1/settings" {
@@ -616,6 +643,7 @@ pub async fn serve_all(
         settings: opts.settings.map(settings::Store::new),
         idle: opts.idle.unwrap_or(io::IDLE),
         argon2_gate: tokio::sync::Semaphore::new(1),
+        share: share::Share::default(),
         status_cache: std::sync::Mutex::new(None),
     });
     let sampler = tokio::spawn(metrics::sample_forever(ctx.clone()));

@@ -729,7 +729,62 @@ fn services(ctx: &Ctx, csrf: &str) -> String {
     b
 }
 
-async fn bundles_page(ctx: &Ctx, csrf: &str) -> String {
+/// "From the community": what other boxes offer, each with a form that
+/// fetches it into the usual check-then-install page.
+async fn community_bundles(ctx: &Ctx, csrf: &str, refresh: bool) -> String {
+    let mut b = String::from("<h2 id=from-community>From the community</h2>");
+    let v = match crate::share::community(ctx, refresh).await {
+        Ok(v) => v,
+        Err(_) => {
+            b.push_str("<p>Discovery is not running, so no other box can be found.</p>");
+            return b;
+        }
+    };
+    let _ = write!(
+        b,
+        "<p>Bundles other nuvol boxes offer. Fetching downloads the signed file and checks it against this box's trusted keys; you see publisher and signature before anything is installed. <a id=community-refresh href=\"/bundles?refresh=1#from-community\">Check again</a></p>"
+    );
+    let rows = v["bundles"].as_array().cloned().unwrap_or_default();
+    b.push_str("<div class=wrap><table id=community-bundles><tr><th>Bundle</th><th>Version</th><th>Node</th><th>Publisher (key)</th><th>Trusted</th><th>Here</th><th></th></tr>");
+    if rows.is_empty() {
+        b.push_str("<tr><td colspan=7>No other box offers bundles right now.</td></tr>");
+    }
+    let st = |r: &Value, k: &str| esc(r.get(k).and_then(Value::as_str).unwrap_or(""));
+    for r in &rows {
+        let trusted = r["trusted"] == true;
+        let form = format!(
+            "<form class=inline method=post action=\"{}\"><input type=hidden name=node value=\"{}\">\
+<input type=hidden name=name value=\"{}\"><button>Fetch and review</button></form>",
+            esc(&with_csrf("/api/v1/bundles/fetch", csrf, "/bundles")),
+            st(r, "node"),
+            st(r, "name"),
+        );
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} (<code>{}</code>)</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            st(r, "name"),
+            st(r, "version"),
+            st(r, "node"),
+            st(r, "publisher"),
+            st(r, "publisher_key_id"),
+            if trusted { "yes" } else { "<strong>no</strong>" },
+            r.get("installed_version").and_then(Value::as_str).map_or("–".to_string(), esc),
+            if trusted { form } else { format!("{form} (refused unless you trust the key)") },
+        );
+    }
+    b.push_str("</table></div>");
+    for e in v["errors"].as_array().into_iter().flatten() {
+        let _ = write!(
+            b,
+            "<div class=warn>{}: {}</div>",
+            st(e, "node"),
+            st(e, "error")
+        );
+    }
+    b
+}
+
+async fn bundles_page(ctx: &Ctx, csrf: &str, refresh: bool) -> String {
     let mut b = String::new();
     let _ = write!(
         b,
@@ -799,7 +854,9 @@ you see its publisher, key and digest and then choose to install it.</p>",
             let _ = write!(b, "<tr><td colspan=6>{}</td></tr>", esc(&e.to_string()));
         }
     }
-    b.push_str("</table></div><h2>Trusted publisher keys</h2>");
+    b.push_str("</table></div>");
+    b.push_str(&community_bundles(ctx, csrf, refresh).await);
+    b.push_str("<h2>Trusted publisher keys</h2>");
     match keys {
         Ok(k) => b.push_str(&render_json(
             &serde_json::to_value(k).unwrap_or(Value::Null),
@@ -940,7 +997,15 @@ pub async fn handle(
         ("/dashboard", true) => pg("Dashboard", "/dashboard", dashboard(ctx)),
         ("/community", true) => pg("Community", "/community", community(ctx)),
         ("/services", true) => pg("Services on this box", "/services", services(ctx, &csrf)),
-        ("/bundles", true) => pg("Bundles", "/bundles", bundles_page(ctx, &csrf).await),
+        ("/bundles", true) => {
+            let refresh = parse::form_get(req.uri().query().unwrap_or(""), "refresh")
+                .is_some_and(|v| v == "1");
+            pg(
+                "Bundles",
+                "/bundles",
+                bundles_page(ctx, &csrf, refresh).await,
+            )
+        }
         ("/network", true) => pg("Network", "/network", network(ctx)),
         ("/settings", true) => pg("Settings", "/settings", settings(ctx, &csrf)),
         ("/update", true) => pg("Update", "/update", update(&csrf)),

@@ -17,7 +17,7 @@ pub struct RouteDef {
     pub public: bool,
     /// Only served when `[debug] test_hooks = true`.
     pub test_hook: bool,
-    /// What the response is: `json`, `html`, `text`, `redirect`, `stream`
+    /// What the response is: `json`, `html`, `text`, `redirect`, `binary`, `stream`
     /// (an endless response: Server-Sent Events, log follow).
     pub kind: &'static str,
     pub summary: &'static str,
@@ -232,6 +232,34 @@ pub const ROUTES: &[RouteDef] = &[
     ),
     r("GET", "/api/v1/bundles", false, "json", "Installed bundles"),
     r(
+        "GET",
+        "/api/v1/community/bundles",
+        false,
+        "json",
+        "Bundles other boxes of the community offer (refresh=1 asks them again): node, version, publisher, sha256, size, installed_version, trusted; per-provider errors",
+    ),
+    r(
+        "POST",
+        "/api/v1/bundles/fetch",
+        false,
+        "json",
+        "Download a bundle a node offers (JSON or form: node, name) into a pending upload, checked against its index; install it with pending/{id}/install",
+    ),
+    r(
+        "GET",
+        "/share/v1/bundles",
+        true,
+        "json",
+        "Public: index of the bundles this box shares (name, version, publisher, publisher_key_id, digest, sha256, size); plain HTTP too",
+    ),
+    r(
+        "GET",
+        "/share/v1/bundles/{name}.nvb",
+        true,
+        "binary",
+        "Public: one shared bundle, the signed file byte for byte (at most 8 downloads at once: 503 busy); plain HTTP too",
+    ),
+    r(
         "POST",
         "/api/v1/bundles",
         false,
@@ -361,13 +389,15 @@ pub fn openapi(version: &str, hooks: bool) -> Value {
         let params: Vec<Value> = d
             .path
             .split('/')
-            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.split_once('}')))
+            .map(|(n, _)| n)
             .map(|n| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
         let media = match d.kind {
             "html" => "text/html",
             "text" => "text/plain",
             "stream" => "text/event-stream",
+            "binary" => "application/octet-stream",
             _ => "application/json",
         };
         let mut op = json!({

@@ -26,5 +26,5 @@ pub use keyring::Keyring;
 pub use keys::{KeyId, PublicKey, SecretKey, SignatureBlock};
 pub use manifest::{Manifest, Policy};
 pub use store::{
-    InstallOptions, InstalledBundle, ProvisionOutcome, ProvisionReport, Store, StoreOptions,
+    Export, InstallOptions, InstalledBundle, ProvisionOutcome, ProvisionReport, Store, StoreOptions,
 };

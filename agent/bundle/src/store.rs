@@ -104,6 +104,43 @@ impl Default for StoreOptions {
     }
 }
 
+/// An installed bundle as its signed file (see [`Store::export`]).
+#[derive(Debug)]
+pub struct Export {
+    /// What is exported.
+    pub bundle: InstalledBundle,
+    /// Length of the whole file in bytes.
+    pub len: u64,
+    head: Vec<u8>,
+    image: File,
+}
+
+impl Export {
+    /// The file's bytes: head (with padding), then the image.
+    pub fn into_reader(self) -> impl std::io::Read + Send {
+        use std::io::Read;
+        std::io::Cursor::new(self.head).chain(self.image)
+    }
+
+    /// SHA-256 of the whole file, hex (reads it all).
+    pub fn file_sha256(self) -> Result<String, BundleError> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(&self.head);
+        let mut image = self.image;
+        let mut buf = vec![0u8; crate::verify::HASH_CHUNK];
+        loop {
+            let n = std::io::Read::read(&mut image, &mut buf)
+                .map_err(|e| BundleError::io("<export>")(e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(hex(&h.finalize()))
+    }
+}
+
 /// What [`Store::provision`] did with one bundle file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum ProvisionOutcome {
@@ -622,6 +659,30 @@ impl Store {
         let stored = self.dir(&b.name).join(&b.digest).join("head");
         let head = Head::parse_head_only(&read_small(&stored)?)?;
         Ok(head.manifest_bytes == manifest_bytes)
+    }
+
+    /// The current version of `name` as the exact signed file it was
+    /// installed from (the stored head, which keeps the zero padding, then
+    /// the image), byte for byte, so its signature verifies on another box.
+    /// The signature is checked against the keyring first: a bundle whose
+    /// key was revoked is not handed out. The image is opened here, so a
+    /// later upgrade cannot change what the returned [`Export`] reads.
+    pub fn export(&self, name: &str) -> Result<Export, BundleError> {
+        validate_name(name)?;
+        let st = self.read_state(name)?;
+        let img = self.check_version(name, &st.current)?;
+        let vdir = self.dir(name).join(&st.current);
+        let head = read_small(&vdir.join("head"))?;
+        let image = File::open(&img).map_err(BundleError::io(&img))?;
+        let parsed = Head::parse_head_only(&head)?;
+        let len = parsed.header.file_len();
+        let b = self.describe(name, &st.current, None)?;
+        Ok(Export {
+            bundle: b,
+            len,
+            head,
+            image,
+        })
     }
 
     /// Re-hash the current image of `name` and compare with its signed digest.

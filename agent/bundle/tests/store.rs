@@ -377,3 +377,40 @@ fn a_new_manifest_over_the_same_image_is_refused_not_ignored() {
     assert_eq!(store.get("web").unwrap().version, "1.0", "left as it was");
     store.verify_installed("web").unwrap();
 }
+
+#[test]
+fn export_is_the_installed_file_byte_for_byte() {
+    use sha2::Digest;
+    use std::io::Read;
+    let t = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let v1 = make_bundle(t.path(), &key, "web", "1.0");
+    let v2 = make_bundle(t.path(), &key, "web", "2.0");
+    let store = Store::open_with(&t.path().join("data"), opts()).unwrap();
+    store.keyring().add(&key.public(), "test").unwrap();
+    assert!(matches!(
+        store.export("web"),
+        Err(BundleError::NotInstalled(_))
+    ));
+    store.install(&v1).unwrap();
+    store.install(&v2).unwrap();
+    // The current version (2.0), exactly as uploaded.
+    let want = fs::read(&v2).unwrap();
+    let e = store.export("web").unwrap();
+    assert_eq!(
+        (e.bundle.version.as_str(), e.len),
+        ("2.0", want.len() as u64)
+    );
+    let mut got = Vec::new();
+    e.into_reader().read_to_end(&mut got).unwrap();
+    assert!(got == want, "export differs from the installed file");
+    let sha = store.export("web").unwrap().file_sha256().unwrap();
+    assert_eq!(sha, nuvol_bundle::format::hex(&sha2::Sha256::digest(&want)));
+    // The bytes verify as a bundle again (what a peer does).
+    let kr = store.keyring();
+    nuvol_bundle::verify::verify_bytes(&got, &kr).unwrap();
+    // A revoked key's bundles are not handed out.
+    store.keyring().revoke(&key.key_id, "test").unwrap();
+    assert!(store.export("web").is_err());
+    assert!(store.export("../etc").is_err());
+}

@@ -13,6 +13,9 @@
 //! allow_setuid = false
 //! allow_devices = false
 //! allow_root = false
+//! # Offer the installed (signed) bundles to other boxes of the community:
+//! # GET /share/v1/bundles and the gossip tag svc:nuvol.bundles. Default: true.
+//! share = true
 //! ```
 //! Every bundle is verified against the keyring before anything in it is
 //! used, wherever it came from.
@@ -22,7 +25,7 @@ use serde::{Deserialize, Serialize};
 /// Most entries in `trusted_keys` or `install`.
 pub const MAX_BUNDLE_ENTRIES: usize = 64;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BundlesConfig {
     /// Base64 public keys (`"Ed" ‖ key id ‖ key`, 56 characters).
@@ -35,6 +38,22 @@ pub struct BundlesConfig {
     pub allow_devices: bool,
     /// Let bundles that declare `privileges.root` run as uid 0.
     pub allow_root: bool,
+    /// Offer installed bundles to other boxes (`/share/v1/bundles`, gossip
+    /// tag `svc:nuvol.bundles`). Default: true.
+    pub share: bool,
+}
+
+impl Default for BundlesConfig {
+    fn default() -> Self {
+        BundlesConfig {
+            trusted_keys: Vec::new(),
+            install: Vec::new(),
+            allow_setuid: false,
+            allow_devices: false,
+            allow_root: false,
+            share: true,
+        }
+    }
 }
 
 /// Where a bundle named in `install` comes from.
@@ -122,6 +141,10 @@ allow_root = true
         assert_eq!(c.bundles.install.len(), 2);
         assert!(c.bundles.allow_root);
         assert!(!c.bundles.allow_setuid);
+        assert!(c.bundles.share, "sharing is on by default");
+        let c = Config::parse("[bundles]\nshare = false\n", Path::new("nuvol.toml")).unwrap();
+        assert!(!c.bundles.share);
+        assert!(Config::default().bundles.share);
     }
 
     #[test]
@@ -145,6 +168,14 @@ allow_root = true
                 Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
                 other => panic!("{text}: {other:?}"),
             }
+        }
+        // A wrong type points at the key's line and column, like every key.
+        match Config::parse("[bundles]\nshare = \"yes\"\n", Path::new("nuvol.toml")) {
+            Err(ConfigError::Syntax { line, message, .. }) => {
+                assert_eq!(line, 2, "{message}");
+                assert!(message.contains("boolean"), "{message}");
+            }
+            other => panic!("share = \"yes\": {other:?}"),
         }
         assert!(matches!(
             Config::parse("[bundles]\nsurprise = 1\n", Path::new("nuvol.toml")),

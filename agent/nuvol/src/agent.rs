@@ -49,6 +49,7 @@ struct Node {
     under_init: bool,
     services: Option<crate::services::ServicesHandle>,
     discovery: Arc<crate::discovery::Discovery>,
+    share: bool,
 }
 
 impl nuvol_api::Node for Node {
@@ -85,6 +86,9 @@ impl nuvol_api::Node for Node {
         use nuvol_api::services::Services;
         let h = self.services.as_ref()?;
         serde_json::to_value(h.list()).ok()
+    }
+    fn share_bundles(&self) -> bool {
+        self.share
     }
     fn bundles_changed(&self) {
         if let Some(h) = self.services.clone() {
@@ -190,6 +194,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             loaded.config.hostname().to_string(),
             node_id,
             store.clone(),
+            loaded.config.bundles.share.then_some(local.port()),
         );
         let node = Arc::new(Node {
             collector: Mutex::new(Collector::new(
@@ -205,6 +210,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             under_init,
             services: services.clone(),
             discovery: discovery.clone(),
+            share: loaded.config.bundles.share,
         });
         if let Some(store) = store {
             let config_dir = args

@@ -53,7 +53,14 @@ pub fn open_store(state_dir: &Path, cfg: &BundlesConfig) -> Option<Arc<Store>> {
         scan_image: true,
     };
     match Store::open_with(state_dir, opts) {
-        Ok(s) => Some(Arc::new(s)),
+        Ok(s) => {
+            // Trust `trusted_keys` before the API serves anything: an upload
+            // or a fetch from a peer right after start must not be refused
+            // for a key the config names (provisioning runs later).
+            let report = s.provision(&cfg.trusted_keys, &[]);
+            log_report(&report);
+            Some(Arc::new(s))
+        }
         Err(e) => {
             tracing::error!("bundle store in {}: {e}", state_dir.display());
             eprintln!("nuvol: bundle store unavailable: {e}");
@@ -86,9 +93,9 @@ pub async fn provision(
             BundleSource::Url(u) => urls.push(u.to_string()),
         }
     }
-    let keys = cfg.trusted_keys.clone();
+    // `trusted_keys` were added by `open_store`.
     let s = store.clone();
-    match tokio::task::spawn_blocking(move || s.provision(&keys, &files)).await {
+    match tokio::task::spawn_blocking(move || s.provision(&[], &files)).await {
         Ok(report) => log_report(&report),
         Err(e) => tracing::error!("provisioning task: {e}"),
     }
@@ -113,10 +120,9 @@ pub async fn provision(
             }
         };
         if fetched {
-            let keys = cfg.trusted_keys.clone();
             let s = store.clone();
             let file = dest.clone();
-            match tokio::task::spawn_blocking(move || s.provision(&keys, &[file])).await {
+            match tokio::task::spawn_blocking(move || s.provision(&[], &[file])).await {
                 Ok(mut report) => {
                     for r in &mut report.results {
                         r.0 = PathBuf::from(&url);

@@ -116,8 +116,28 @@ enum SettingsCmd {
 enum BundlesCmd {
     /// Installed bundles.
     List,
-    /// Upload a bundle file; the box verifies its signature, then installs.
-    Install { file: PathBuf },
+    /// Bundles other boxes of the community offer (node, version,
+    /// publisher, whether this box trusts the publisher's key).
+    Available {
+        /// Ask every provider again instead of using answers up to 60 s old.
+        #[arg(long)]
+        refresh: bool,
+    },
+    /// Upload a bundle file (the box verifies its signature, then installs),
+    /// or with --from NODE fetch the bundle NAME that node offers: the box
+    /// downloads and verifies it against its own keys, shows publisher and
+    /// signature, and installs after you confirm.
+    Install {
+        /// The bundle file; with --from, the bundle's name.
+        #[arg(value_name = "FILE|NAME")]
+        target: String,
+        /// Fetch from this node of the community (see `bundles available`).
+        #[arg(long, value_name = "NODE")]
+        from: Option<String>,
+        /// With --from: install without asking.
+        #[arg(short, long)]
+        yes: bool,
+    },
     /// Remove a bundle (its data is kept unless --purge).
     Remove {
         name: String,
@@ -313,7 +333,15 @@ impl Client {
         .map_err(|e| cannot(e.to_string()))?;
         let st = resp.status();
         if st == hyper::StatusCode::UNAUTHORIZED || st == hyper::StatusCode::FORBIDDEN {
-            let msg = error_text(resp).await;
+            let (code, msg) = error_code_text(resp).await;
+            // A bundle the box refuses (its key is not trusted) is the box's
+            // answer, not a credential problem.
+            if matches!(
+                code.as_str(),
+                "unknown_key" | "revoked_key" | "bad_signature"
+            ) {
+                return Err(Fail(BOX_ERROR, format!("{st}: {code}: {msg}")));
+            }
             let hint = if self.token.is_none() {
                 " (no token: use --token, NUVOL_TOKEN or ~/.config/nuvol/token)"
             } else {
@@ -361,6 +389,96 @@ impl Client {
         }
         Ok(v)
     }
+}
+
+/// `bundles install --from NODE NAME`: fetch into a pending upload (the box
+/// verifies it), show what it is, ask, install or discard.
+async fn install_from(
+    c: &Client,
+    json: bool,
+    node: &str,
+    name: &str,
+    yes: bool,
+) -> Result<(), Fail> {
+    let req = serde_json::json!({ "node": node, "name": name }).to_string();
+    let len = req.len() as u64;
+    let v = c
+        .json(
+            "POST",
+            "/api/v1/bundles/fetch",
+            Payload::Json(Some(Bytes::from(req))),
+            Some(len),
+        )
+        .await?;
+    let id = v["pending"].as_str().unwrap_or("").to_string();
+    let out = |s: String| {
+        if json {
+            eprintln!("{s}")
+        } else {
+            println!("{s}")
+        }
+    };
+    out(format!(
+        "{} {} from {node}\n  publisher:      {}\n  key:            {} (trusted on this box)\n  signature:      {}\n  image SHA-256:  {}\n  installed now:  {}",
+        cell(&v["name"]),
+        cell(&v["version"]),
+        cell(&v["publisher"]),
+        cell(&v["publisher_key_id"]),
+        cell(&v["signature"]),
+        cell(&v["digest"]),
+        v["installed_version"].as_str().unwrap_or("not installed"),
+    ));
+    let pending = format!(
+        "/api/v1/bundles/pending/{}",
+        nuvol_api::parse::percent_encode(&id)
+    );
+    if !yes {
+        eprint!("Install it? [y/N] ");
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
+            let _ = c.json("DELETE", &pending, Payload::Empty, None).await;
+            return Err(Fail(
+                BOX_ERROR,
+                "not installed (not confirmed; --yes skips the question)".into(),
+            ));
+        }
+    }
+    let r = c
+        .json(
+            "POST",
+            &format!("{pending}/install"),
+            Payload::Empty,
+            Some(0),
+        )
+        .await?;
+    if json {
+        pretty(&r)
+    } else {
+        println!(
+            "installed {} {} (publisher {}, key {})",
+            cell(&r["name"]),
+            cell(&r["version"]),
+            cell(&r["publisher"]),
+            cell(&r["publisher_key_id"])
+        );
+    }
+    Ok(())
+}
+
+async fn error_code_text(resp: hyper::Response<Incoming>) -> (String, String) {
+    let b = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+    let code = v["error"]["code"].as_str().unwrap_or("").to_string();
+    let msg = v["error"]["message"]
+        .as_str()
+        .map_or_else(|| String::from_utf8_lossy(&b).into_owned(), str::to_string);
+    (code, msg)
 }
 
 async fn error_text(resp: hyper::Response<Incoming>) -> String {
@@ -584,8 +702,52 @@ async fn main(args: CtlArgs) -> Result<(), Fail> {
                 )
             }
         }
-        CtlCmd::Bundles(BundlesCmd::Install { file }) => {
-            let (body, len) = upload(&file)?;
+        CtlCmd::Bundles(BundlesCmd::Available { refresh }) => {
+            let path = if refresh {
+                "/api/v1/community/bundles?refresh=1"
+            } else {
+                "/api/v1/community/bundles"
+            };
+            let v = c.json("GET", path, Payload::Empty, None).await?;
+            if json {
+                pretty(&v)
+            } else {
+                let rows: Vec<Value> = list(&v["bundles"])
+                    .into_iter()
+                    .map(|mut r| {
+                        r["trusted"] = Value::from(if r["trusted"] == true { "yes" } else { "NO" });
+                        r["size"] = Value::from(human_bytes(r["size"].as_u64().unwrap_or(0)));
+                        r
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    println!("no bundles offered ({} providers)", cell(&v["providers"]));
+                } else {
+                    table(
+                        &rows,
+                        &[
+                            "node",
+                            "name",
+                            "version",
+                            "publisher",
+                            "trusted",
+                            "installed_version",
+                            "size",
+                        ],
+                    );
+                }
+                for e in list(&v["errors"]) {
+                    eprintln!("{}: {}", cell(&e["node"]), cell(&e["error"]));
+                }
+            }
+        }
+        CtlCmd::Bundles(BundlesCmd::Install {
+            target,
+            from: Some(node),
+            yes,
+        }) => install_from(&c, json, &node, &target, yes).await?,
+        CtlCmd::Bundles(BundlesCmd::Install { target, .. }) => {
+            let (body, len) = upload(std::path::Path::new(&target))?;
             let v = c.json("POST", "/api/v1/bundles", body, Some(len)).await?;
             if json {
                 pretty(&v)

@@ -32,6 +32,9 @@ pub struct Discovery {
     slot: OnceLock<DiscoveryHandle>,
     hostname: String,
     store: Option<Arc<Store>>,
+    /// The panel port when `[bundles] share` is on (announced as
+    /// `svc:nuvol.bundles`).
+    share_port: Option<u16>,
     /// The mDNS responder/browser while it runs (taken on leave for goodbyes).
     mdns: std::sync::Mutex<Option<Arc<nuvol_mdns::Mdns>>>,
 }
@@ -45,7 +48,7 @@ impl Discovery {
     /// Re-announce after bundles were installed, upgraded or removed.
     pub fn bundles_changed(&self) {
         if let (Some(d), Some(s)) = (self.slot.get(), &self.store) {
-            refresh(d, s, &self.hostname);
+            refresh(d, s, &self.hostname, self.share_port);
         }
     }
 
@@ -71,7 +74,11 @@ impl Discovery {
 
 /// The services to announce: one per `[[announce]]` of each installed
 /// bundle; the first keeps the bundle's name, later ones get `-2`, `-3`...
-pub fn local_services(store: &Store, hostname: &str) -> Vec<LocalService> {
+/// Last, when `share_port` is set and a bundle is installed, the bundle
+/// share (`svc:nuvol.bundles` = `_nuvol-bundles._tcp:<panel port>`): being
+/// last, it is the first to go when the 512-byte tag budget runs out, so it
+/// never evicts a real service.
+pub fn local_services(store: &Store, hostname: &str, share_port: Option<u16>) -> Vec<LocalService> {
     let bundles = match store.list() {
         Ok(b) => b,
         Err(e) => {
@@ -80,6 +87,7 @@ pub fn local_services(store: &Store, hostname: &str) -> Vec<LocalService> {
         }
     };
     let mut out = Vec::new();
+    let shareable = bundles.iter().any(|b| b.state == "installed");
     for b in bundles {
         if b.state != "installed" {
             continue;
@@ -99,6 +107,14 @@ pub fn local_services(store: &Store, hostname: &str) -> Vec<LocalService> {
                     .unwrap_or_else(|| format!("{} on {hostname}", b.name)),
             });
         }
+    }
+    if let (Some(port), true) = (share_port, shareable) {
+        out.push(LocalService {
+            name: nuvol_api::share::SERVICE_NAME.to_string(),
+            service_type: nuvol_api::share::SERVICE_TYPE.to_string(),
+            port,
+            description: format!("bundles on {hostname}"),
+        });
     }
     out
 }
@@ -131,8 +147,8 @@ fn fit(
 
 /// Re-announce the services of the installed bundles (call after bundle
 /// changes; also done every [`REFRESH_EVERY`]).
-pub fn refresh(d: &DiscoveryHandle, store: &Store, hostname: &str) {
-    let services = local_services(store, hostname);
+pub fn refresh(d: &DiscoveryHandle, store: &Store, hostname: &str, share_port: Option<u16>) {
+    let services = local_services(store, hostname, share_port);
     if let Err(e) = set(d, &services, hostname) {
         tracing::warn!("discovery: announcing services: {e}");
     }
@@ -203,11 +219,13 @@ pub fn spawn(
     hostname: String,
     node_id: String,
     store: Option<Arc<Store>>,
+    share_port: Option<u16>,
 ) -> Arc<Discovery> {
     let disc = Arc::new(Discovery {
         slot: OnceLock::new(),
         hostname: hostname.clone(),
         store: store.clone(),
+        share_port,
         mdns: std::sync::Mutex::new(None),
     });
     if !cfg.enabled {
@@ -219,9 +237,9 @@ pub fn spawn(
     }
     let s = disc.clone();
     tokio::spawn(async move {
-        if let Some(d) = start(&cfg, &hostname, &node_id, store.as_deref()).await {
+        if let Some(d) = start(&cfg, &hostname, &node_id, store.as_deref(), share_port).await {
             let _ = s.slot.set(d.clone());
-            background(d, cfg, hostname, store).await;
+            background(d, cfg, hostname, store, share_port).await;
         }
     });
     disc
@@ -268,7 +286,7 @@ fn sync_mdns(m: &nuvol_mdns::Mdns, disc: &Discovery) {
     let want: Vec<nuvol_mdns::MdnsService> = disc
         .store
         .as_deref()
-        .map(|s| local_services(s, &disc.hostname))
+        .map(|s| local_services(s, &disc.hostname, disc.share_port))
         .unwrap_or_default()
         .into_iter()
         .map(|l| nuvol_mdns::MdnsService {
@@ -306,6 +324,7 @@ pub async fn start(
     hostname: &str,
     node_id: &str,
     store: Option<&Store>,
+    share_port: Option<u16>,
 ) -> Option<DiscoveryHandle> {
     let node_name = cfg.node_name_for(hostname, node_id);
     let seeds = cfg.join_addrs();
@@ -332,7 +351,7 @@ pub async fn start(
     let zone = cfg.zone.clone().unwrap_or_default();
     let ip = advertise.map(|a| a.ip()).unwrap_or(cfg.bind).to_string();
     let services = store
-        .map(|s| local_services(s, hostname))
+        .map(|s| local_services(s, hostname, share_port))
         .unwrap_or_default();
     let services = fit(&tags, &zone, hostname, &ip, &services, cfg.cloudy_compat);
     let start = Start {
@@ -380,6 +399,7 @@ async fn background(
     cfg: DiscoveryConfig,
     hostname: String,
     store: Option<Arc<Store>>,
+    share_port: Option<u16>,
 ) {
     let seeds = cfg.join_addrs();
     if !seeds.is_empty() {
@@ -407,9 +427,9 @@ async fn background(
             },
             _ = tick.tick() => {
                 if let Some(s) = &store {
-                    let want = local_services(s, &hostname);
+                    let want = local_services(s, &hostname, share_port);
                     if want_differs(&d, &want) {
-                        refresh(&d, s, &hostname);
+                        refresh(&d, s, &hostname, share_port);
                     }
                 }
             }
@@ -418,7 +438,8 @@ async fn background(
 }
 
 /// Our announced services as the `nuvol-services` answer:
-/// `[{"name","type","port"}]`, trimmed to fit a Serf response.
+/// `[{"name","type","port"}]`, the bundle share last, trimmed from the end
+/// to fit a Serf response.
 fn own_services(d: &DiscoveryHandle) -> String {
     let g = d.gossip();
     let me = g.members().into_iter().find(|m| m.name == g.name());
@@ -432,6 +453,8 @@ fn own_services(d: &DiscoveryHandle) -> String {
             }
         }
     }
+    // The bundle share last, like in the tags: trimmed before any service.
+    list.sort_by_key(|v| v["name"] == nuvol_api::share::SERVICE_NAME);
     loop {
         let s = serde_json::Value::Array(list.clone()).to_string();
         if s.len() <= 900 || list.is_empty() {
@@ -544,6 +567,36 @@ mod tests {
         let list = nuvol_catalog::cloudy::decode(&one["services"]).expect("one");
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].description, "web_on_box");
+    }
+
+    #[test]
+    fn bundle_share_is_dropped_before_any_service() {
+        let share = LocalService {
+            name: nuvol_api::share::SERVICE_NAME.into(),
+            service_type: nuvol_api::share::SERVICE_TYPE.into(),
+            port: 80,
+            description: "bundles on box".into(),
+        };
+        let base = BTreeMap::new();
+        // Fill the budget: as many services as fit, then the share last.
+        let mut n = 1;
+        loop {
+            let v: Vec<LocalService> = (0..n).map(|i| svc(&format!("s{i}"), 8000)).collect();
+            if fit(&base, "z", "box", "10.0.0.1", &v, false).len() < n {
+                break;
+            }
+            n += 1;
+        }
+        let mut v: Vec<LocalService> = (0..n - 1).map(|i| svc(&format!("s{i}"), 8000)).collect();
+        v.push(share.clone());
+        let kept = fit(&base, "z", "box", "10.0.0.1", &v, false);
+        assert_eq!(kept.len(), n - 1, "the share goes first");
+        assert!(!kept.contains(&share));
+        // With room, it is announced.
+        let few = vec![svc("web", 8080), share.clone()];
+        assert_eq!(fit(&base, "z", "box", "10.0.0.1", &few, false), few);
+        let tags = service_tags(&base, "", "box", "10.0.0.1", &few, false);
+        assert_eq!(tags["svc:nuvol.bundles"], "_nuvol-bundles._tcp:80");
     }
 
     #[test]

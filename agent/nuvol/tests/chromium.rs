@@ -88,6 +88,7 @@ fn chromium_renders_every_page_logged_in() {
                 "id=\"upload\"",
                 "type=\"file\"",
                 "id=\"bundle-list\"",
+                "id=\"from-community\"",
                 "csrf=",
             ],
         ),
