@@ -452,17 +452,7 @@ async fn install_from(
             Some(0),
         )
         .await?;
-    if json {
-        pretty(&r)
-    } else {
-        println!(
-            "installed {} {} (publisher {}, key {})",
-            cell(&r["name"]),
-            cell(&r["version"]),
-            cell(&r["publisher"]),
-            cell(&r["publisher_key_id"])
-        );
-    }
+    print_installed(&r, json);
     Ok(())
 }
 
@@ -563,6 +553,21 @@ fn list(v: &Value) -> Vec<Value> {
             .find_map(|x| x.as_array().cloned())
             .unwrap_or_default(),
         _ => Vec::new(),
+    }
+}
+
+/// What an install answered: the JSON, or one line.
+fn print_installed(v: &Value, json: bool) {
+    if json {
+        pretty(v)
+    } else {
+        println!(
+            "installed {} {} (publisher {}, key {})",
+            cell(&v["name"]),
+            cell(&v["version"]),
+            cell(&v["publisher"]),
+            cell(&v["publisher_key_id"])
+        );
     }
 }
 
@@ -749,17 +754,7 @@ async fn main(args: CtlArgs) -> Result<(), Fail> {
         CtlCmd::Bundles(BundlesCmd::Install { target, .. }) => {
             let (body, len) = upload(std::path::Path::new(&target))?;
             let v = c.json("POST", "/api/v1/bundles", body, Some(len)).await?;
-            if json {
-                pretty(&v)
-            } else {
-                println!(
-                    "installed {} {} (publisher {}, key {})",
-                    cell(&v["name"]),
-                    cell(&v["version"]),
-                    cell(&v["publisher"]),
-                    cell(&v["publisher_key_id"])
-                );
-            }
+            print_installed(&v, json);
         }
         CtlCmd::Bundles(BundlesCmd::Remove { name, purge }) => {
             let path = format!(

@@ -8,64 +8,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Agent;
 use serde_json::Value;
 
-fn nuvol(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nuvol"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nuvol {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A key pair `dir/k.pub`, `dir/k.sec`.
-fn keygen(dir: &Path) {
-    nuvol(&["bundle", "keygen", "-o", dir.join("k").to_str().unwrap()]);
-}
-
-/// The base64 line of the public key (what `trusted_keys` takes).
-fn pub_line(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("k.pub"))
-        .unwrap()
-        .lines()
-        .nth(1)
-        .unwrap()
-        .to_string()
-}
-
-/// Build and sign bundle `name` `version` into `dir/NAME-VERSION.nvb`.
+/// Bundle `name` `version` signed with `dir/k.sec`.
 fn bundle(dir: &Path, name: &str, version: &str) -> PathBuf {
-    let root = dir.join(format!("root-{name}-{version}"));
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::write(root.join("bin/svc"), format!("{name} {version}")).unwrap();
-    let m = dir.join(format!("{name}-{version}.toml"));
-    std::fs::write(
-        &m,
-        format!("name = \"{name}\"\nversion = \"{version}\"\npublisher = \"test\"\n[run]\ncommand = [\"/bin/svc\"]\n"),
-    )
-    .unwrap();
-    let out = dir.join(format!("{name}-{version}.nvb"));
-    nuvol(&[
-        "bundle",
-        "build",
-        "-m",
-        m.to_str().unwrap(),
-        "-r",
-        root.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "-k",
-        dir.join("k.sec").to_str().unwrap(),
-    ]);
-    out
+    common::signed_bundle(dir, "k", name, version)
 }
 
 fn json(body: &str) -> Value {
@@ -84,7 +34,7 @@ fn bundle_api_keys_install_upgrade_rollback_remove() {
     let dir = Agent::fresh_dir("bundle-api");
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
-    keygen(&work);
+    common::keygen(&work, "k");
     let v1 = std::fs::read(bundle(&work, "web", "1.0")).unwrap();
     let v2 = std::fs::read(bundle(&work, "web", "2.0")).unwrap();
     let a = Agent::start_in(dir, "", false);
@@ -183,14 +133,14 @@ fn bundles_named_in_config_install_unattended_from_file_and_url() {
     let dir = Agent::fresh_dir("bundle-prov");
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
-    keygen(&work);
+    let key_line = common::keygen(&work, "k");
     std::fs::create_dir_all(dir.join("bundles")).unwrap();
     std::fs::copy(bundle(&work, "local", "1"), dir.join("bundles/local.nvb")).unwrap();
     let remote = std::fs::read(bundle(&work, "remote", "3")).unwrap();
     let port = serve(vec![("/b/remote.nvb".into(), remote)]);
     let config = format!(
         "[bundles]\ntrusted_keys = [\"{}\"]\ninstall = [\"bundles/local.nvb\", \"http://127.0.0.1:{port}/b/remote.nvb\", \"http://127.0.0.1:{port}/b/missing.nvb\"]\n",
-        pub_line(&work)
+        key_line
     );
     let mut a = Agent::start_in(dir, &config, false);
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -13,11 +13,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Agent;
+use common::{keygen, signed_bundle as bundle, Agent};
 use serde_json::Value;
 use sha2::Digest;
 
@@ -29,56 +28,6 @@ fn free_port() -> u16 {
             return p;
         }
     }
-}
-
-fn nuvol(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_nuvol"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nuvol {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A key pair `dir/NAME.pub`, `dir/NAME.sec`; returns the base64 line.
-fn keygen(dir: &Path, name: &str) -> String {
-    nuvol(&["bundle", "keygen", "-o", dir.join(name).to_str().unwrap()]);
-    std::fs::read_to_string(dir.join(format!("{name}.pub")))
-        .unwrap()
-        .lines()
-        .nth(1)
-        .unwrap()
-        .to_string()
-}
-
-/// Build bundle `name` `version` signed with `key` into `dir/NAME-VERSION.nvb`.
-fn bundle(dir: &Path, key: &str, name: &str, version: &str) -> PathBuf {
-    let root = dir.join(format!("root-{name}-{version}"));
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::write(root.join("bin/svc"), format!("{name} {version}")).unwrap();
-    let m = dir.join(format!("{name}-{version}.toml"));
-    std::fs::write(
-        &m,
-        format!("name = \"{name}\"\nversion = \"{version}\"\npublisher = \"Publisher {key}\"\n[run]\ncommand = [\"/bin/svc\"]\n"),
-    )
-    .unwrap();
-    let out = dir.join(format!("{name}-{version}.nvb"));
-    nuvol(&[
-        "bundle",
-        "build",
-        "-m",
-        m.to_str().unwrap(),
-        "-r",
-        root.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "-k",
-        dir.join(format!("{key}.sec")).to_str().unwrap(),
-    ]);
-    out
 }
 
 fn sha256_hex(b: &[u8]) -> String {

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -250,4 +250,61 @@ impl Drop for Agent {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Run `nuvol ARGS…`, which must succeed.
+pub fn nuvol_ok(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nuvol"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nuvol {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A key pair `dir/NAME.pub`, `dir/NAME.sec`; returns the base64 line
+/// (what `trusted_keys` takes).
+pub fn keygen(dir: &Path, name: &str) -> String {
+    nuvol_ok(&["bundle", "keygen", "-o", dir.join(name).to_str().unwrap()]);
+    std::fs::read_to_string(dir.join(format!("{name}.pub")))
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+/// Bundle `name` `version` (publisher "Publisher KEY", one file
+/// `/bin/svc`), signed with `dir/KEY.sec`, built into `dir/NAME-VERSION.nvb`.
+pub fn signed_bundle(dir: &Path, key: &str, name: &str, version: &str) -> PathBuf {
+    let root = dir.join(format!("root-{name}-{version}"));
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::write(root.join("bin/svc"), format!("{name} {version}")).unwrap();
+    let m = dir.join(format!("{name}-{version}.toml"));
+    std::fs::write(
+        &m,
+        format!(
+            "name = \"{name}\"\nversion = \"{version}\"\npublisher = \"Publisher {key}\"\n\
+             [run]\ncommand = [\"/bin/svc\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.join(format!("{name}-{version}.nvb"));
+    let sec = dir.join(format!("{key}.sec"));
+    nuvol_ok(&[
+        "bundle",
+        "build",
+        "-m",
+        m.to_str().unwrap(),
+        "-r",
+        root.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-k",
+        sec.to_str().unwrap(),
+    ]);
+    out
 }
