@@ -807,8 +807,18 @@ fn cloudy_services_tag_both_ways() {
         "i": "127.0.0.1", "p": "8080", "e": "demo", "t": ""
     });
     assert_eq!(found, want);
-    // and the Cloudy node's own services are still listed next to it
+    // the Cloudy node's own two services are still listed next to nuvol's,
+    // and so is nuvol's bundle share (last: the first to go when the tag is
+    // full), so Cloudy users see where bundles can be fetched
     let out = avahi_ps_serf(&rpc, &["search"]);
     let list: Vec<serde_json::Value> = serde_json::from_str(&out).expect("search output is JSON");
-    assert_eq!(list.len(), 3, "{out}");
+    let of = |node: &str| -> Vec<String> {
+        list.iter()
+            .filter(|s| s["node_id"] == node)
+            .map(|s| s["s"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(of(&go_name), ["serf", "syncthing"], "{out}");
+    assert_eq!(of(&n_name), ["http", "nuvol-bundles"], "{out}");
+    assert_eq!(list.len(), 4, "{out}");
 }
