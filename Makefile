@@ -1,6 +1,9 @@
 # nuvol — build, boot and test. See README.md.
 #
-#   make qemu    build the x86_64 image and boot it in QEMU (serial console here)
+#   make qemu    build the image and the recipes, boot a copy in QEMU (out/qemu, keeps its state)
+#   make community  boot a community of BOXES (4) boxes in two zones, one behind NAT
+#                (qemu/community.sh; Ctrl-C stops it)
+#   make qemu-reset  forget that box (the next `make qemu` starts from a fresh copy)
 #   make image   out/nuvol-x86_64.img, ready to dd onto a USB stick
 #   make test    every test (what .ci/run calls)
 #   make bench   benchmarks, printed as ratios against their peers
@@ -34,8 +37,14 @@ IMAGE_WRAPPER ?=
 FIRMWARE ?= bios
 PORT ?= 8080
 HTTPS_PORT ?= 8443
+# The `make qemu` box: a sparse copy of the image, as big as a USB stick.
+DISK ?= 4G
+QEMU_BOX := out/qemu
+# Host ports forwarded to the recipes' service ports (web, etcd client,
+# Syncthing GUI): host:guest.
+FORWARD ?= 18080:8080 12379:2379 18384:8384
 
-.PHONY: deps deps-test nuvol kernel image qemu test test-unit test-e2e fuzz-short lint bench bundles clean
+.PHONY: deps deps-test nuvol kernel image qemu community qemu-reset test test-unit test-e2e fuzz-short lint size bench bundles clean
 
 deps:
 	@image/deps.sh build
@@ -46,6 +55,7 @@ deps-test:
 nuvol: deps
 	RUSTFLAGS="$(RUSTFLAGS_IMAGE)" cargo build --release --locked --target $(TARGET) -p nuvol
 	@file $(NUVOL_BIN) | grep -q 'static' || { echo "nuvol is not a static binary" >&2; exit 1; }
+	@mkdir -p out && install -m 0755 $(NUVOL_BIN) out/nuvol.tmp && mv out/nuvol.tmp out/nuvol
 
 kernel: deps
 	image/kernel.sh out/bzImage $(KERNEL_FRAGMENTS)
@@ -53,8 +63,18 @@ kernel: deps
 image: nuvol kernel
 	$(IMAGE_WRAPPER) image/build.sh $(NUVOL_BIN) out/bzImage $(IMAGE)
 
-qemu: image
-	qemu/run.sh --firmware $(FIRMWARE) --port $(PORT) --https-port $(HTTPS_PORT) $(IMAGE)
+qemu: image bundles
+	qemu/box.sh --dir $(QEMU_BOX) --disk $(DISK) --nuvol out/nuvol --bundles out/bundles \
+		--firmware $(FIRMWARE) --port $(PORT) --https-port $(HTTPS_PORT) \
+		$(foreach f,$(FORWARD),--forward $(f)) $(IMAGE)
+
+BOXES ?= 4
+community: image bundles
+	qemu/community.sh up --boxes $(BOXES) --bundles out/bundles $(IMAGE)
+
+qemu-reset:
+	rm -rf $(QEMU_BOX)
+	@echo "the next 'make qemu' boots a fresh copy of $(IMAGE)"
 
 lint: deps
 	cargo fmt --all -- --check
@@ -65,12 +85,21 @@ lint: deps
 test-unit: deps-test
 	cargo test --workspace --exclude nuvol-e2e --locked
 
-test-e2e: deps-test image
-	NUVOL_IMAGE=$(CURDIR)/$(IMAGE) NUVOL_BIN=$(NUVOL_BIN) cargo test -p nuvol-e2e --locked -- --test-threads=1
+# The suite boots copies only: the release image must come out unchanged.
+test-e2e: deps-test image bundles
+	@sha256sum $(IMAGE) > out/image.sha256
+	NUVOL_IMAGE=$(CURDIR)/$(IMAGE) NUVOL_BIN=$(NUVOL_BIN) NUVOL_BUNDLES=$(CURDIR)/out/bundles \
+		cargo test -p nuvol-e2e --locked -- --test-threads=1
+	@sha256sum --quiet -c out/image.sha256 || { echo "FAIL: the boots of the suite changed $(IMAGE)" >&2; exit 1; }
+	@echo "release image unchanged after the suite's boots: $$(cut -c1-16 out/image.sha256)"
 
-test: lint test-unit test-e2e fuzz-short
+# The product's budget: the static nuvol with every feature <= 8 MiB.
+size: nuvol
+	tests/bench/size.sh $(NUVOL_BIN)
 
-bundles: deps-test nuvol
+test: lint size test-unit test-e2e fuzz-short
+
+bundles: deps nuvol
 	NUVOL=$(NUVOL_BIN) recipes/build-all.sh out/bundles
 
 fuzz-short: deps-test
@@ -79,7 +108,14 @@ fuzz-short: deps-test
 bench: deps-test image bundles
 	NUVOL_BENCH_SYNCTHING=$(CURDIR)/out/bundles/syncthing.nvb cargo bench --workspace --locked
 	NUVOL_IMAGE=$(CURDIR)/$(IMAGE) tests/bench/boot.sh
-	tests/bench/panel.sh $(NUVOL_BIN)
+	# The panel bench on this host, then on the booted box beside it.
+	tests/bench/box.sh $(IMAGE) $(NUVOL_BIN) out/bundles
+	# The agent under attack: status and gossip RTT beside the quiet figures.
+	tests/bench/attack.sh $(NUVOL_BIN)
+	# The community: 4 boxes in two zones (overlay mesh, throughput, traffic),
+	# then gossip traffic at 50 agents in a network namespace.
+	tests/bench/community.sh $(IMAGE)
+	tests/bench/gossip-n.sh $(NUVOL_BIN) 50
 
 clean:
 	rm -rf out

@@ -65,6 +65,11 @@ uuid() { # uuid NAME -> a UUID derived from the content digest and NAME
 }
 volid=${digest:0:8}
 
+# --- kernel command line: name this image's boot partition -----------------
+# PID 1 takes nuvol.toml and the data partition only from the disk holding
+# the boot partition named here, never from another stick (docs/boot.md).
+CMDLINE="$CMDLINE nuvol.boot=PARTUUID=$(uuid part-boot)"
+
 # --- boot partition (FAT16: UEFI reads it; too small for FAT32) -------------------------------------------------
 root=$work/bootfs
 mkdir -p "$root/EFI/BOOT" "$root/loader/entries" "$root/syslinux" "$root/A" "$root/B"

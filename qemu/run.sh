@@ -5,9 +5,20 @@
 #     --firmware bios|uefi   SeaBIOS (default) or OVMF
 #     --port N               host port forwarded to the guest's panel (port 80); default 8080
 #     --https-port N         host port forwarded to the guest's HTTPS panel (443); default none
+#     --forward H:G          also forward host TCP port H to the guest's port G (a service's
+#                            published port); repeatable
+#     --log FILE             with the console on this terminal, also write it to FILE
+#     --tap IF               attach the NIC to the existing tap device IF (e.g. on a
+#                            bridge in a network namespace) instead of QEMU user-net;
+#                            --port/--https-port/--forward then do nothing
+#     --mac MAC              the NIC's MAC address (needed when several VMs share a bridge)
 #     --qmp PATH             QMP socket (for system_powerdown and friends)
 #     --serial FILE          serial console to FILE instead of this terminal
 #     --mem MIB              guest memory; default 512
+#     --smp N                virtual CPUs; default 2
+#     --drive FILE           attach FILE as another virtio disk, enumerated before IMAGE
+#                            (the guest's vda) while the firmware still boots IMAGE;
+#                            repeatable (a second stick plugged in)
 #     --vars FILE            OVMF variable store to use (default: a temporary copy)
 #     --kernel K --initrd I --append CMDLINE
 #                            boot a kernel directly (benchmarks' Debian reference)
@@ -16,15 +27,25 @@
 # otherwise TCG. Set QEMU_ACCEL=kvm|tcg to force one.
 set -euo pipefail
 
-firmware=bios port=8080 https_port="" qmp="" serial="" mem=512 vars="" kernel="" initrd="" append=""
+firmware=bios port=8080 https_port="" qmp="" serial="" mem=512 smp=2 vars="" kernel="" initrd="" append=""
+forwards="" log="" tap="" mac="" drives=()
 while [ $# -gt 1 ]; do
     case $1 in
         --firmware) firmware=$2; shift 2 ;;
         --port) port=$2; shift 2 ;;
         --https-port) https_port=$2; shift 2 ;;
+        --forward)
+            [[ $2 =~ ^[0-9]+:[0-9]+$ ]] || { echo "run.sh: --forward wants HOSTPORT:GUESTPORT, got $2" >&2; exit 2; }
+            forwards+=",hostfwd=tcp:127.0.0.1:${2%%:*}-:${2##*:}"; shift 2 ;;
+        --log) log=$2; shift 2 ;;
+        --tap) tap=$2; shift 2 ;;
+        --mac) mac=$2; shift 2 ;;
         --qmp) qmp=$2; shift 2 ;;
         --serial) serial=$2; shift 2 ;;
         --mem) mem=$2; shift 2 ;;
+        --drive) [ -f "$2" ] || { echo "run.sh: --drive: no file $2" >&2; exit 2; }
+            drives+=("$2"); shift 2 ;;
+        --smp) smp=$2; shift 2 ;;
         --vars) vars=$2; shift 2 ;;
         --kernel) kernel=$2; shift 2 ;;
         --initrd) initrd=$2; shift 2 ;;
@@ -32,17 +53,32 @@ while [ $# -gt 1 ]; do
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-[ $# -eq 1 ] || { sed -n '2,16p' "$0" >&2; exit 2; }
+[ $# -eq 1 ] || { sed -n '2,27p' "$0" >&2; exit 2; }
 image=$1
 [ -f "$image" ] || { echo "run.sh: no image at $image (run 'make image')" >&2; exit 1; }
 
 accel=${QEMU_ACCEL:-$("$(dirname "$0")/probe-kvm.sh")}
-args=(-machine q35 -accel "$accel" -m "$mem" -smp 2 -nographic -no-user-config -nodefaults
-      -drive "file=$image,if=virtio,format=raw,cache=unsafe"
-      -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:80${https_port:+,hostfwd=tcp:127.0.0.1:$https_port-:443}"
-      -device virtio-net-pci,netdev=n0,romfile=
+args=(-machine q35 -accel "$accel" -m "$mem" -smp "$smp" -nographic -no-user-config -nodefaults)
+if [ ${#drives[@]} -eq 0 ]; then
+    args+=(-drive "file=$image,if=virtio,format=raw,cache=unsafe")
+else
+    # Extra disks first on the PCI bus (the guest names them first); the
+    # image keeps bootindex 0, so SeaBIOS and OVMF still boot it.
+    for i in "${!drives[@]}"; do
+        args+=(-drive "file=${drives[$i]},if=none,id=extra$i,format=raw,cache=unsafe"
+               -device "virtio-blk-pci,drive=extra$i")
+    done
+    args+=(-drive "file=$image,if=none,id=boot,format=raw,cache=unsafe"
+           -device "virtio-blk-pci,drive=boot,bootindex=0")
+fi
+args+=(-device "virtio-net-pci,netdev=n0,romfile=${mac:+,mac=$mac}"
       -device i6300esb -watchdog-action reset
       -device virtio-rng-pci)
+if [ -n "$tap" ]; then
+    args+=(-netdev "tap,id=n0,ifname=$tap,script=no,downscript=no")
+else
+    args+=(-netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:80${https_port:+,hostfwd=tcp:127.0.0.1:$https_port-:443}$forwards")
+fi
 [ "$accel" = kvm ] && args+=(-cpu host) || args+=(-cpu qemu64)
 # Tell the guest which host port reaches its HTTPS panel, so plain-HTTP
 # redirects point there ([panel] public_https_port in nuvol.toml wins).
@@ -64,6 +100,9 @@ esac
 [ -n "$qmp" ] && args+=(-qmp "unix:$qmp,server=on,wait=off")
 if [ -n "$serial" ]; then
     args+=(-serial "file:$serial" -monitor none)
+elif [ -n "$log" ]; then
+    args+=(-chardev "stdio,id=con,mux=on,logfile=$log" -serial chardev:con -mon chardev=con,mode=readline)
+    echo "nuvol: booting $image ($firmware, $accel); panel will be at http://127.0.0.1:$port/ — quit with Ctrl-a x" >&2
 else
     args+=(-serial mon:stdio)
     echo "nuvol: booting $image ($firmware, $accel); panel will be at http://127.0.0.1:$port/ — quit with Ctrl-a x" >&2

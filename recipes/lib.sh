@@ -14,8 +14,10 @@ fetch_deb() {
         [ "$pkg=$v" = "$spec" ] && echo "$f"
     done | head -n1)
     if [ -z "$found" ]; then
-        (cd "$dir" && apt-get download -q "$spec" >&2) || {
-            echo "recipe: cannot download $spec (apt-get update? version moved on?)" >&2
+        # A machine whose package lists are missing or stale: refresh once.
+        (cd "$dir" && apt-get download -q "$spec" >&2) ||
+            { apt-get update -q >/dev/null 2>&1 || true; (cd "$dir" && apt-get download -q "$spec" >&2); } || {
+            echo "recipe: cannot download $spec (version moved on? see recipes/README.md)" >&2
             return 1
         }
         found=$(find "$dir" -maxdepth 1 -name "${pkg}_*.deb" | while read -r f; do

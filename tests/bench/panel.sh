@@ -20,6 +20,9 @@
 #
 #   tests/bench/panel.sh [path/to/nuvol]     (default: builds a release binary)
 #   DURATION=10s CONNECTIONS=16 THREADS=2
+#   PANEL_BENCH_RESULTS=FILE  also write "path p50_ms p99_ms req_s" lines and
+#                             "rss_kib N" there (tests/bench/box.sh prints the
+#                             box's figures beside them)
 #
 # Needs root (containers: namespaces, cgroups, loop devices), wrk, serf,
 # busybox-static and squashfs-tools (`make deps-test`). On exit (also on
@@ -244,11 +247,13 @@ for row in "/ index.html public" "/api/v1/status status.json public" "/api/v1/me
     printf '%-34s %9s %9s %9s   %s (peer: p50 %s p99 %s ms, %s req/s)\n' \
         "nuvol $path ($auth)" "$p50" "$p99" "$rps" "$ratios" "$bp50" "$bp99" "$brps"
     [ "$bad" -eq 0 ] || echo "  non-2xx answers from nuvol: $bad"
+    [ -z "${PANEL_BENCH_RESULTS:-}" ] || echo "$path $p50 $p99 $rps" >>"$PANEL_BENCH_RESULTS"
     ok=$(awk -v a="$p99" 'BEGIN { print (a <= 20) ? "met" : "MISSED" }')
     echo "  target p99 <= 20 ms: $ok"
 done
 rss1=$(rss_kib "$agent")
 growth=$((rss1 - rss0))
+[ -z "${PANEL_BENCH_RESULTS:-}" ] || echo "rss_kib $rss1" >>"$PANEL_BENCH_RESULTS"
 echo "agent RSS: before $((rss0 / 1024)) MiB ($rss0 KiB), after $((rss1 / 1024)) MiB ($rss1 KiB), growth $growth KiB"
 awk -v g="$growth" 'BEGIN { printf "  target RSS growth <= 4 MiB: %s\n", (g <= 4096) ? "met" : "MISSED" }'
 awk -v r="$rss1" 'BEGIN { printf "  target RSS <= 16 MiB: %s\n", (r <= 16384) ? "met" : "MISSED" }'

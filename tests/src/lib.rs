@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod community;
+
 /// The repository root (this crate lives in `tests/`).
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -99,11 +101,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// How to boot a VM beyond the defaults of [`Vm::boot`].
+#[derive(Debug, Clone, Default)]
+pub struct BootOptions {
+    /// Forward a host port to the guest's HTTPS panel (443).
+    pub https: bool,
+    /// Guest TCP ports (services' published ports) to forward from free
+    /// host ports; [`Vm::fwd`] tells which.
+    pub forwards: Vec<u16>,
+}
+
 pub struct Vm {
     child: Child,
     pub serial: PathBuf,
     pub qmp: PathBuf,
     pub port: u16,
+    pub https_port: Option<u16>,
+    pub forwards: Vec<(u16, u16)>,
     pub started: Instant,
 }
 
@@ -115,6 +129,36 @@ impl Vm {
     /// [`Vm::boot`], also forwarding host port `https_port` to the guest's
     /// HTTPS panel (`qemu/run.sh --https-port`).
     pub fn boot_with(disk: &Path, firmware: &str, dir: &Path, https_port: Option<u16>) -> Vm {
+        Vm::boot_full(disk, firmware, dir, https_port, &[], &[])
+    }
+
+    /// [`Vm::boot`] with [`BootOptions`].
+    pub fn boot_opts(disk: &Path, firmware: &str, dir: &Path, opts: &BootOptions) -> Vm {
+        Vm::boot_opts_args(disk, firmware, dir, opts, &[])
+    }
+
+    /// [`Vm::boot_opts`] with more `qemu/run.sh` options, e.g. `--mem 256`
+    /// or `--drive other.img` (a second disk the guest names first).
+    pub fn boot_opts_args(
+        disk: &Path,
+        firmware: &str,
+        dir: &Path,
+        opts: &BootOptions,
+        run_args: &[&std::ffi::OsStr],
+    ) -> Vm {
+        let https = opts.https.then(free_port);
+        let fwd: Vec<(u16, u16)> = opts.forwards.iter().map(|g| (free_port(), *g)).collect();
+        Vm::boot_full(disk, firmware, dir, https, &fwd, run_args)
+    }
+
+    fn boot_full(
+        disk: &Path,
+        firmware: &str,
+        dir: &Path,
+        https_port: Option<u16>,
+        forwards: &[(u16, u16)],
+        run_args: &[&std::ffi::OsStr],
+    ) -> Vm {
         let port = free_port();
         let serial = dir.join(format!("serial-{port}.log"));
         let qmp = dir.join("qmp.sock");
@@ -140,6 +184,10 @@ impl Vm {
         if let Some(p) = https_port {
             args.extend(["--https-port".into(), p.to_string().into()]);
         }
+        for (h, g) in forwards {
+            args.extend(["--forward".into(), format!("{h}:{g}").into()]);
+        }
+        args.extend(run_args.iter().map(|a| a.to_os_string()));
         args.push(disk.into());
         let mut cmd = Command::new(repo().join("qemu/run.sh"));
         cmd.args(args)
@@ -152,7 +200,103 @@ impl Vm {
             serial,
             qmp,
             port,
+            https_port,
+            forwards: forwards.to_vec(),
             started: Instant::now(),
+        }
+    }
+
+    /// The host port forwarded to the guest's TCP port `guest`.
+    pub fn fwd(&self, guest: u16) -> u16 {
+        self.forwards
+            .iter()
+            .find(|(_, g)| *g == guest)
+            .map(|(h, _)| *h)
+            .unwrap_or_else(|| panic!("guest port {guest} is not forwarded"))
+    }
+
+    /// The HTTPS certificate fingerprint the agent printed (the last one).
+    pub fn fingerprint(&self) -> Option<String> {
+        let c = self.console();
+        let key = "certificate SHA-256 fingerprint: ";
+        let line = c.lines().rev().find(|l| l.contains(key))?;
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.split_whitespace().next().map(str::to_string)
+    }
+
+    /// `nuvol ctl ARGS` against this box, as a user would run it: over
+    /// HTTPS with the console's token and fingerprint when HTTPS is
+    /// forwarded, else plain HTTP. Returns (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let token = self.admin_token().expect("admin token on the console");
+        let mut cmd = Command::new(nuvol_bin());
+        cmd.arg("ctl")
+            .args(args)
+            .env("NUVOL_TOKEN", token)
+            .stdin(Stdio::null());
+        match self.https_port {
+            Some(p) => {
+                cmd.env("NUVOL_HOST", format!("https://127.0.0.1:{p}"));
+                cmd.env(
+                    "NUVOL_FINGERPRINT",
+                    self.fingerprint()
+                        .expect("certificate fingerprint on the console"),
+                );
+            }
+            None => {
+                cmd.env("NUVOL_HOST", format!("http://127.0.0.1:{}", self.port));
+            }
+        }
+        let out = cmd.output().expect("run nuvol ctl");
+        let r = (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        eprintln!("$ nuvol ctl {} -> {}\n{}{}", args.join(" "), r.0, r.1, r.2);
+        r
+    }
+
+    /// [`Vm::ctl`] that must succeed; returns stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.ctl(args);
+        assert_eq!(
+            code,
+            0,
+            "nuvol ctl {args:?} failed: {out}{err}\nconsole:\n{}",
+            tail(&self.console())
+        );
+        out
+    }
+
+    /// Upload a file with the admin token (plain HTTP): (status, body).
+    pub fn upload_admin(&self, path: &str, file: &Path) -> std::io::Result<(u16, String)> {
+        let token = self
+            .admin_token()
+            .ok_or_else(|| std::io::Error::other("no admin token on the console"))?;
+        let body = fs::read(file)?;
+        http_request(self.port, "POST", path, Some(&token), &[], &body)
+    }
+
+    /// Poll `f` until it returns `Some`, or panic with the console's tail.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{what}: not within {timeout:?}; console:\n{}",
+                    tail(&self.console())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 
@@ -213,18 +357,32 @@ impl Vm {
 
     /// Poll until a GET returns 200, or panic after `timeout`.
     pub fn wait_http(&mut self, path: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok((200, body)) = self.http("GET", path) {
-                return body;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "GET {path} never answered 200 within {timeout:?}; console:\n{}",
-                    tail(&self.console())
-                );
-            }
-            std::thread::sleep(Duration::from_millis(300));
+        let what = format!("GET {path} answering 200");
+        self.wait_for(&what, timeout, || match self.http("GET", path) {
+            Ok((200, body)) => Some(body),
+            _ => None,
+        })
+    }
+
+    /// Press the power button (QMP) and check the orderly power-off: the
+    /// agent stopped within PID 1's grace (services included) and the data
+    /// partition unmounted cleanly.
+    pub fn power_off(&mut self) {
+        self.qmp("system_powerdown");
+        self.wait_exit(Duration::from_secs(120));
+        let c = self.console();
+        for (want, present) in [
+            ("nuvol-init: power button pressed", true),
+            ("nuvol-init: powering off", true),
+            ("did not stop", false),
+            ("remounting read-only", false),
+        ] {
+            assert_eq!(
+                c.contains(want),
+                present,
+                "{want:?} on the console:\n{}",
+                tail(&c)
+            );
         }
     }
 
@@ -287,6 +445,64 @@ pub fn tail(s: &str) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+/// The static `nuvol` the image was built from (`$NUVOL_BIN`, as the
+/// Makefile sets it), for `nuvol ctl` and `nuvol bundle` on the host.
+pub fn nuvol_bin() -> PathBuf {
+    let p = std::env::var_os("NUVOL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("out/nuvol"));
+    assert!(
+        p.exists(),
+        "no nuvol binary at {} (make nuvol)",
+        p.display()
+    );
+    p
+}
+
+/// The signed recipes (`$NUVOL_BUNDLES`, else `out/bundles`): NAME.nvb and
+/// the development key dev.pub.
+pub fn recipes() -> PathBuf {
+    let p = std::env::var_os("NUVOL_BUNDLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("out/bundles"));
+    assert!(
+        p.join("dev.pub").exists(),
+        "no recipes in {} — run `make bundles`",
+        p.display()
+    );
+    p
+}
+
+/// Copy a host file onto the image's boot partition at `dst` (e.g.
+/// `bundles/web.nvb`), making directories, as a user would from a laptop.
+pub fn copy_to_boot(disk: &Path, src: &Path, dst: &str) {
+    let target = format!("{}@@{}", disk.display(), boot_offset(disk));
+    let mut dir = String::new();
+    if let Some((parent, _)) = dst.rsplit_once('/') {
+        for part in parent.split('/') {
+            dir = if dir.is_empty() {
+                part.to_string()
+            } else {
+                format!("{dir}/{part}")
+            };
+            // Fails harmlessly when it exists.
+            let _ = Command::new("mmd")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .args(["-i", &target, &format!("::{dir}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let st = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-o", "-i", &target])
+        .arg(src)
+        .arg(format!("::{dst}"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "mcopy {} to ::{dst}", src.display());
+}
+
 /// Minimal HTTP/1.1 client (Connection: close).
 pub fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     http_auth(port, method, path, None)
@@ -314,13 +530,47 @@ pub fn http_full(
     path: &str,
     token: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    http_request_full(port, method, path, token, &[], b"")
+}
+
+/// A request with extra headers and a body: (status, body).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let (status, text) = http_request_full(port, method, path, token, headers, body)?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn http_request_full(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: nuvol\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: nuvol\r\nConnection: close\r\n{auth}{extra}Content-Length: {}\r\n\r\n",
+        body.len()
     )?;
+    s.write_all(body)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -330,4 +580,89 @@ pub fn http_full(
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
     Ok((status, text))
+}
+
+/// A publisher key made for a test with `nuvol bundle keygen` (as a
+/// publisher would on a workstation).
+pub struct TestKey {
+    pub secret: PathBuf,
+    pub public: PathBuf,
+}
+
+impl TestKey {
+    pub fn new(dir: &Path) -> TestKey {
+        let base = dir.join("test-publisher");
+        let st = Command::new(nuvol_bin())
+            .args(["bundle", "keygen", "-o"])
+            .arg(&base)
+            .args(["-c", "e2e test publisher"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("nuvol bundle keygen");
+        assert!(st.success(), "nuvol bundle keygen");
+        TestKey {
+            secret: base.with_extension("sec"),
+            public: base.with_extension("pub"),
+        }
+    }
+
+    /// Build and sign a bundle whose image holds Debian's static busybox
+    /// (`/bin/busybox`, package busybox-static) and a minimal `/etc`; the
+    /// manifest is `name`, a version, a publisher and `rest` (the `[run]`
+    /// table and whatever else the test needs).
+    pub fn busybox_bundle(&self, dir: &Path, name: &str, rest: &str) -> PathBuf {
+        self.busybox_bundle_with(dir, name, rest, &[])
+    }
+
+    /// [`TestKey::busybox_bundle`] with more files in the image: `(host
+    /// file, path in the image)`, mode kept (e.g. a static test program).
+    pub fn busybox_bundle_with(
+        &self,
+        dir: &Path,
+        name: &str,
+        rest: &str,
+        files: &[(&Path, &str)],
+    ) -> PathBuf {
+        let root = dir.join(format!("{name}-rootfs"));
+        let _ = fs::remove_dir_all(&root);
+        for d in ["bin", "etc", "tmp", "srv"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static installed");
+        fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/:/nonexistent\nsvc:x:1234:1234:svc:/:/nonexistent\n",
+        )
+        .unwrap();
+        fs::write(root.join("etc/group"), "root:x:0:\nsvc:x:1234:\n").unwrap();
+        for (src, dst) in files {
+            let to = root.join(dst.trim_start_matches('/'));
+            fs::create_dir_all(to.parent().unwrap()).unwrap();
+            fs::copy(src, &to).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+        }
+        let manifest = dir.join(format!("{name}.toml"));
+        fs::write(
+            &manifest,
+            format!("name = \"{name}\"\nversion = \"1.0.0\"\npublisher = \"e2e\"\n{rest}"),
+        )
+        .unwrap();
+        let out = dir.join(format!("{name}.nvb"));
+        let o = Command::new(nuvol_bin())
+            .args(["bundle", "build", "-m"])
+            .arg(&manifest)
+            .arg("-r")
+            .arg(&root)
+            .arg("-o")
+            .arg(&out)
+            .arg("-k")
+            .arg(&self.secret)
+            .output()
+            .expect("nuvol bundle build");
+        assert!(
+            o.status.success(),
+            "nuvol bundle build {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    }
 }

@@ -21,32 +21,6 @@ fn data_disk(st: &Value) -> &Value {
         .expect("/data in status")
 }
 
-fn power_off(vm: &mut Vm) {
-    vm.qmp("system_powerdown");
-    vm.wait_exit(Duration::from_secs(90));
-    let c = vm.console();
-    assert!(
-        c.contains("nuvol-init: power button pressed"),
-        "{}",
-        nuvol_e2e::tail(&c)
-    );
-    assert!(
-        c.contains("nuvol-init: powering off"),
-        "{}",
-        nuvol_e2e::tail(&c)
-    );
-    assert!(
-        !c.contains("did not stop"),
-        "agent must stop on SIGTERM:\n{}",
-        nuvol_e2e::tail(&c)
-    );
-    assert!(
-        !c.contains("remounting read-only"),
-        "data must unmount cleanly:\n{}",
-        nuvol_e2e::tail(&c)
-    );
-}
-
 /// `GET /api/v1/network` (public): the NIC holds a bound DHCP lease from
 /// QEMU user-net (10.0.2.15, router and server 10.0.2.2, DNS 10.0.2.3) and
 /// the default route via 10.0.2.2 was installed from it.
@@ -169,7 +143,7 @@ fn bios_boot_status_restart_poweroff_and_persistence() {
     assert_eq!(st["node_id"], node_id.as_str());
     assert_eq!(st["boot_count"], 1, "an agent restart is not a boot");
 
-    power_off(&mut vm);
+    vm.power_off();
     drop(vm);
 
     let mut vm = Vm::boot(&disk, "bios", &dir.0);
@@ -178,7 +152,7 @@ fn bios_boot_status_restart_poweroff_and_persistence() {
     assert_eq!(st["node_id"], node_id.as_str(), "node id persisted on data");
     assert_eq!(st["boot_count"], 2, "boot counter persisted on data");
     assert!(data_disk(&st)["total_bytes"].as_u64().unwrap() > 200 << 20);
-    power_off(&mut vm);
+    vm.power_off();
 }
 
 /// OVMF (UEFI) with a broken provisioning file: the box still boots with
@@ -220,5 +194,5 @@ fn uefi_boot_with_bad_config_uses_defaults_and_says_why() {
         code == 308 && text.to_ascii_lowercase().contains(&want),
         "{code} {text}"
     );
-    power_off(&mut vm);
+    vm.power_off();
 }

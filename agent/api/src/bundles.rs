@@ -2,13 +2,13 @@
 //!
 //! | method and path | does |
 //! |---|---|
-//! | `GET /api/v1/bundles` | installed bundles |
+//! | `GET /api/v1/bundles` | installed bundles; a broken one as `{name, state: "broken", file, problem}` |
 //! | `POST /api/v1/bundles` (body: the bundle file, or a `multipart/form-data` form with it) | verify, then install or upgrade |
 //! | `POST /api/v1/bundles/verify` (body as above) | verify only; keep it as pending and show name, version, publisher, key, digest |
 //! | `POST /api/v1/bundles/pending/ID/install` | install a verified pending upload (verified again) |
 //! | `DELETE /api/v1/bundles/pending/ID` | discard a pending upload |
 //! | `POST /api/v1/bundles/fetch` | the same pending step for a bundle another box offers (see [`crate::share`]) |
-//! | `GET /api/v1/bundles/NAME` | one bundle |
+//! | `GET /api/v1/bundles/NAME` | one bundle (a broken one as in the list) |
 //! | `POST /api/v1/bundles/NAME/rollback` | back to the previous version |
 //! | `DELETE /api/v1/bundles/NAME[?purge=1]` | remove (volumes kept unless purge) |
 //! | `POST /api/v1/bundles/NAME/remove[?purge=1]` | the same, for HTML forms |
@@ -16,12 +16,19 @@
 //! | `POST /api/v1/keys` (body: a public key file or its base64 line) | trust a key |
 //! | `DELETE /api/v1/keys/ID` | stop trusting a key |
 //! | `POST /api/v1/keys/ID/revoke` (body: reason) | revoke a key for good |
+//! | `GET /api/v1/storage` | free and total space where bundles are kept |
 //!
 //! Store operations block (hashing, fsync, loop mounts) and run on tokio's
 //! blocking pool. Errors carry `BundleError::code()` as their stable code.
+//!
+//! A bundle that cannot fit is refused before it is streamed: an upload's
+//! declared length must leave room for the file and the copy of its image
+//! the install makes ([`nuvol_bundle::space`]); otherwise 507
+//! `insufficient_storage` with `needed_bytes` and `free_bytes`. An upload
+//! that fills the disk anyway (no length given, or the space taken
+//! meanwhile) gets the same answer and leaves no file behind.
 #![allow(clippy::result_large_err)] // handlers return ready-made error responses, built once per request
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,7 +37,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
-use nuvol_bundle::{BundleError, KeyId, Store};
+use nuvol_bundle::space::{needed_to_receive, Space};
+use nuvol_bundle::{BrokenBundle, BundleError, KeyId, Listing, Store};
 use serde_json::json;
 
 use crate::{error, json, Resp};
@@ -38,15 +46,23 @@ use crate::{error, json, Resp};
 /// Largest bundle accepted by upload.
 pub const MAX_UPLOAD: u64 = 1 << 30;
 /// Largest key or reason body.
-const MAX_SMALL_BODY: u64 = 8 * 1024;
+pub const MAX_KEY_BODY: u64 = 8 * 1024;
+/// Most bytes of a refused upload read (and thrown away) before answering,
+/// so a client that sends its body without waiting for `100 Continue`
+/// still reads the answer; past this the connection is closed after it.
+pub const DRAIN_MAX: u64 = 64 << 20;
 
 fn bundle_error(e: &BundleError) -> Resp {
+    if let BundleError::NoSpace { needed, free, .. } = e {
+        return no_space(&e.to_string(), *needed, *free);
+    }
     let status = match e {
         BundleError::NotInstalled(_) => StatusCode::NOT_FOUND,
         BundleError::UnknownKey(_) | BundleError::RevokedKey(_) | BundleError::BadSignature(_) => {
             StatusCode::FORBIDDEN
         }
         BundleError::Downgrade { .. }
+        | BundleError::Broken(_)
         | BundleError::SameImage { .. }
         | BundleError::PublisherChanged { .. }
         | BundleError::NoPrevious(_) => StatusCode::CONFLICT,
@@ -73,6 +89,29 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// A bundle the store cannot read, as `GET /api/v1/bundles` shows it.
+fn broken_json(b: &BrokenBundle) -> serde_json::Value {
+    json!({
+        "name": b.name,
+        "state": "broken",
+        "file": b.file.display().to_string(),
+        "problem": b.problem,
+    })
+}
+
+/// The installed bundles and the broken ones, in one list sorted by name.
+fn listing_json(l: Listing) -> Result<Vec<serde_json::Value>, BundleError> {
+    let mut out = l
+        .bundles
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| BundleError::State(e.to_string()))?;
+    out.extend(l.broken.iter().map(broken_json));
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Ok(out)
+}
+
 fn done<T: serde::Serialize>(status: StatusCode, r: Result<T, Resp>) -> Resp {
     match r {
         Ok(v) => json(status, &v),
@@ -80,17 +119,82 @@ fn done<T: serde::Serialize>(status: StatusCode, r: Result<T, Resp>) -> Resp {
     }
 }
 
-/// Read a small body (keys, reasons) into memory, refusing more than the limit.
-async fn small_body(body: Incoming) -> Result<Bytes, Resp> {
-    let limited = http_body_util::Limited::new(body, MAX_SMALL_BODY as usize);
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(_) => Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            &format!("body is over {MAX_SMALL_BODY} bytes or broken"),
-        )),
+/// 507 `insufficient_storage` with the numbers.
+pub(crate) fn no_space(message: &str, needed: u64, free: u64) -> Resp {
+    let mut f = serde_json::Map::new();
+    f.insert("needed_bytes".into(), needed.into());
+    f.insert("free_bytes".into(), free.into());
+    crate::error_with(
+        StatusCode::INSUFFICIENT_STORAGE,
+        "insufficient_storage",
+        message,
+        f,
+    )
+}
+
+/// Refuse a transfer of `len` bytes into `dir` unless it and the install
+/// after it fit ([`needed_to_receive`]).
+pub(crate) fn check_room(dir: &Path, len: u64) -> Result<(), Resp> {
+    match nuvol_bundle::space::ensure(dir, needed_to_receive(len)) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(bundle_error(&e)),
     }
+}
+
+/// 507 for a transfer that filled the disk after `got` bytes (of
+/// `declared`, if known); the partial file is already gone.
+pub(crate) fn filled_up(dir: &Path, got: u64, declared: Option<u64>) -> Resp {
+    let free = nuvol_bundle::space::space(dir).map_or(0, |s| s.free_bytes);
+    let (needed, at_least) = match declared {
+        Some(n) => (needed_to_receive(n.max(got)), ""),
+        None => (needed_to_receive(got), "at least "),
+    };
+    no_space(
+        &format!(
+            "not enough free space on {}: the transfer filled it after {got} bytes and was \
+             dropped; {at_least}{needed} bytes ({}) needed, {free} bytes ({}) free",
+            dir.display(),
+            nuvol_human::bytes(needed),
+            nuvol_human::bytes(free),
+        ),
+        needed,
+        free,
+    )
+}
+
+/// Read and throw away the rest of a body (at most `budget` bytes, each
+/// chunk within [`crate::BODY_TIMEOUT`]), so the client reads our answer.
+async fn drain(body: &mut Incoming, budget: u64) {
+    let mut left = budget;
+    while let Ok(Some(Ok(f))) = tokio::time::timeout(crate::BODY_TIMEOUT, body.frame()).await {
+        let n = f.data_ref().map_or(0, |d| d.len() as u64);
+        if n > left {
+            return;
+        }
+        left -= n;
+    }
+}
+
+/// The filesystem holding the store: where bundles, uploads and volumes
+/// take their space.
+pub fn storage(store: &Store) -> Result<serde_json::Value, BundleError> {
+    let Space {
+        path,
+        free_bytes,
+        total_bytes,
+    } = store.space()?;
+    Ok(json!({
+        "path": path,
+        "free_bytes": free_bytes,
+        "total_bytes": total_bytes,
+        "largest_bundle_bytes": nuvol_bundle::space::largest_receivable(free_bytes).min(MAX_UPLOAD),
+    }))
+}
+
+/// Read a small body (keys, reasons) into memory: at most
+/// [`MAX_KEY_BODY`] within [`crate::BODY_TIMEOUT`].
+async fn small_body(body: Incoming) -> Result<Bytes, Resp> {
+    crate::body_within(body, MAX_KEY_BODY as usize).await
 }
 
 static UPLOADS: AtomicU64 = AtomicU64::new(0);
@@ -143,13 +247,36 @@ impl Drop for Upload {
     }
 }
 
-/// Stream the request body to a file under `dir`, at most [`MAX_UPLOAD`].
-async fn receive(
-    mut body: Incoming,
-    dir: &Path,
+/// What a request says about the upload in its body.
+struct UploadHead {
+    /// `Content-Length`.
     declared: Option<u64>,
+    /// The form's boundary, for `multipart/form-data`.
     boundary: Option<String>,
-) -> Result<Upload, Resp> {
+    /// `Expect: 100-continue`: the client waits before sending the body.
+    expects_continue: bool,
+}
+
+impl UploadHead {
+    fn of(req: &Request<Incoming>) -> UploadHead {
+        let h = req.headers();
+        let text = |name| {
+            h.get(name)
+                .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+        };
+        UploadHead {
+            declared: text(hyper::header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
+            boundary: text(hyper::header::CONTENT_TYPE).and_then(multipart_boundary),
+            expects_continue: text(hyper::header::EXPECT)
+                .is_some_and(|v| v.eq_ignore_ascii_case("100-continue")),
+        }
+    }
+}
+
+/// Stream the request body to a file under `dir`, at most [`MAX_UPLOAD`],
+/// refusing at once what cannot fit.
+async fn receive(mut body: Incoming, dir: &Path, head: UploadHead) -> Result<Upload, Resp> {
+    let declared = head.declared;
     if declared.is_some_and(|n| n > MAX_UPLOAD) {
         return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -165,7 +292,17 @@ async fn receive(
         )
     };
     let upload = new_upload(dir)?;
-    let mut file = std::fs::File::create(&upload.0).map_err(io_err)?;
+    if let Some(n) = declared {
+        if let Err(resp) = check_room(dir, n) {
+            if !head.expects_continue && n <= DRAIN_MAX {
+                drain(&mut body, DRAIN_MAX).await;
+            }
+            return Err(resp);
+        }
+    }
+    // Written and fsynced on the blocking pool: the runtime thread only
+    // moves chunks.
+    let mut file = crate::filewrite::BlockingWriter::create(&upload.0, false);
     let mut total: u64 = 0;
     loop {
         let frame = match tokio::time::timeout(crate::BODY_TIMEOUT, body.frame()).await {
@@ -195,7 +332,15 @@ async fn receive(
                     &format!("bundles are limited to {MAX_UPLOAD} bytes"),
                 ));
             }
-            file.write_all(&data).map_err(io_err)?;
+            if let Err(e) = file.write(data).await {
+                return Err(if nuvol_bundle::space::is_full(&e) {
+                    drop((file, upload));
+                    drain(&mut body, DRAIN_MAX).await;
+                    filled_up(dir, total, declared)
+                } else {
+                    io_err(e)
+                });
+            }
         }
     }
     if total == 0 {
@@ -205,11 +350,21 @@ async fn receive(
             "send the bundle file as the request body",
         ));
     }
-    file.sync_all().map_err(io_err)?;
-    drop(file);
-    match boundary {
-        Some(b) => unwrap_multipart(&upload.0, &b, dir)
-            .map_err(|m| error(StatusCode::BAD_REQUEST, "bad_form", &m)),
+    if let Err(e) = file.finish().await {
+        return Err(if nuvol_bundle::space::is_full(&e) {
+            drop(upload);
+            filled_up(dir, total, declared)
+        } else {
+            io_err(e)
+        });
+    }
+    match head.boundary {
+        Some(b) => {
+            let dir = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || unwrap_multipart(&upload.0, &b, &dir))
+                .await
+                .unwrap_or_else(|e| Err(io_err(std::io::Error::other(e.to_string()))))
+        }
         None => Ok(upload),
     }
 }
@@ -251,29 +406,41 @@ fn rfind(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).rposition(|w| w == n)
 }
 
-/// Copy the file part of a multipart upload into its own file.
-fn unwrap_multipart(path: &Path, boundary: &str, dir: &Path) -> Result<Upload, String> {
+/// Copy the file part of a multipart upload into its own file (the form
+/// is deleted after).
+fn unwrap_multipart(path: &Path, boundary: &str, dir: &Path) -> Result<Upload, Resp> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let bad = |m: String| error(StatusCode::BAD_REQUEST, "bad_form", &m);
+    let mut f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let len = f.metadata().map_err(|e| bad(e.to_string()))?.len();
     let mut head = vec![0u8; len.min(16 * 1024) as usize];
-    f.read_exact(&mut head).map_err(|e| e.to_string())?;
+    f.read_exact(&mut head).map_err(|e| bad(e.to_string()))?;
     let tail_len = len.min(256);
     f.seek(SeekFrom::Start(len - tail_len))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| bad(e.to_string()))?;
     let mut tail = vec![0u8; tail_len as usize];
-    f.read_exact(&mut tail).map_err(|e| e.to_string())?;
+    f.read_exact(&mut tail).map_err(|e| bad(e.to_string()))?;
     let (start, end) = multipart_range(&head, &tail, len, boundary)
-        .ok_or("not a multipart form with a file in it")?;
+        .ok_or_else(|| bad("not a multipart form with a file in it".into()))?;
     if end == start {
-        return Err("no file chosen".into());
+        return Err(bad("no file chosen".into()));
     }
     let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
     let out = Upload(dir.join(format!("upload-{}-{n}.nvb", std::process::id())));
-    let mut w = std::fs::File::create(&out.0).map_err(|e| e.to_string())?;
-    f.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
-    std::io::copy(&mut (&mut f).take(end - start), &mut w).map_err(|e| e.to_string())?;
-    w.sync_all().map_err(|e| e.to_string())?;
+    let copied = std::fs::File::create(&out.0).and_then(|mut w| {
+        f.seek(SeekFrom::Start(start))?;
+        std::io::copy(&mut (&mut f).take(end - start), &mut w)?;
+        w.sync_all()
+    });
+    if let Err(e) = copied {
+        return Err(if nuvol_bundle::space::is_full(&e) {
+            drop(out);
+            let _ = std::fs::remove_file(path);
+            filled_up(dir, len, Some(len))
+        } else {
+            bad(e.to_string())
+        });
+    }
     let _ = std::fs::remove_file(path);
     Ok(out)
 }
@@ -360,20 +527,14 @@ pub async fn handle(
     let resp = match (*area, rest, &method) {
         ("bundles", [], &Method::GET) => {
             let s = store.clone();
-            done(StatusCode::OK, blocking(move || s.list()).await)
+            done(
+                StatusCode::OK,
+                blocking(move || s.list().and_then(listing_json)).await,
+            )
         }
         ("bundles", [], &Method::POST) => {
-            let declared = req
-                .headers()
-                .get(hyper::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
-            let boundary = req
-                .headers()
-                .get(hyper::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(multipart_boundary);
-            match receive(req.into_body(), &upload_dir, declared, boundary).await {
+            let head = UploadHead::of(&req);
+            match receive(req.into_body(), &upload_dir, head).await {
                 Ok(upload) => {
                     let s = store.clone();
                     let r = blocking(move || {
@@ -391,17 +552,8 @@ pub async fn handle(
             }
         }
         ("bundles", ["verify"], &Method::POST) => {
-            let declared = req
-                .headers()
-                .get(hyper::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
-            let boundary = req
-                .headers()
-                .get(hyper::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(multipart_boundary);
-            match receive(req.into_body(), &upload_dir, declared, boundary).await {
+            let head = UploadHead::of(&req);
+            match receive(req.into_body(), &upload_dir, head).await {
                 Ok(upload) => {
                     let (s, dir) = (store.clone(), upload_dir.clone());
                     done(
@@ -448,7 +600,14 @@ pub async fn handle(
         },
         ("bundles", [name], &Method::GET) => {
             let (s, n) = (store.clone(), name.to_string());
-            done(StatusCode::OK, blocking(move || s.get(&n)).await)
+            let r = blocking(move || match s.get(&n) {
+                Err(BundleError::Broken(b)) => Ok(broken_json(&b)),
+                r => r.and_then(|b| {
+                    serde_json::to_value(b).map_err(|e| BundleError::State(e.to_string()))
+                }),
+            })
+            .await;
+            done(StatusCode::OK, r)
         }
         ("bundles", [name, "rollback"], &Method::POST) => {
             let (s, n) = (store.clone(), name.to_string());
@@ -513,7 +672,11 @@ pub async fn handle(
                 (Err(resp), _) | (_, Err(resp)) => resp,
             }
         }
-        ("bundles" | "keys", _, _) => error(
+        ("storage", [], &Method::GET) => {
+            let s = store.clone();
+            done(StatusCode::OK, blocking(move || storage(&s)).await)
+        }
+        ("bundles" | "keys" | "storage", _, _) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             &format!("{method} is not allowed on {path}"),

@@ -3,7 +3,8 @@
 //! - `GET /api/v1/members` — every gossip member with status, tags, zone,
 //!   role and RTTs
 //! - `GET /api/v1/services?type=_http._tcp&near=1&zone=Z&healthy=1` — the
-//!   catalog (gossip `svc:` tags, Cloudy `services` tags, mDNS)
+//!   catalog: one entry per service with the `sources` it was seen through
+//!   (gossip `svc:` tags, Cloudy `services` tags, mDNS)
 //! - `GET /api/v1/events` — Server-Sent Events: join, leave, failed,
 //!   update, reap, user, query
 //! - `POST /api/v1/events` `{"name": "...", "payload": "...", "coalesce": false}`
@@ -16,7 +17,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use nuvol_catalog::{DiscoveryHandle, LoggedEvent, ServiceQuery};
@@ -160,18 +160,9 @@ struct UserEventReq {
 }
 
 async fn send_event(d: &DiscoveryHandle, req: Request<Incoming>) -> Resp {
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_EVENT_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                &format!("body over {MAX_EVENT_BODY} bytes or unreadable"),
-            )
-        }
+    let body = match crate::body_within(req.into_body(), MAX_EVENT_BODY).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let ev: UserEventReq = match serde_json::from_slice(&body) {
         Ok(e) => e,

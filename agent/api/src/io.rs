@@ -27,6 +27,11 @@ use tokio::time::{Instant, Sleep};
 /// No bytes read or written for this long closes the connection.
 pub const IDLE: Duration = Duration::from_secs(120);
 
+/// A request head must arrive whole within this, counted from when the
+/// connection starts waiting for it (so it is also how long a keep-alive
+/// connection may sit idle between requests) and the TLS handshake too.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// TCP keepalive on accepted sockets: first probe after this much silence.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// Between probes.
@@ -118,6 +123,39 @@ pub fn track_stream(resp: crate::Resp, streams: &Streams) -> crate::Resp {
         waiting: false,
     };
     hyper::Response::from_parts(parts, t.boxed_unsync())
+}
+
+/// A body that keeps `guard` until it is dropped (sent or abandoned).
+struct Holding<G> {
+    inner: crate::Body,
+    _guard: G,
+}
+
+impl<G: Send + Unpin + 'static> hyper::body::Body for Holding<G> {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `resp` with `guard` kept alive until its body is done.
+pub fn hold<G: Send + Unpin + 'static>(resp: crate::Resp, guard: G) -> crate::Resp {
+    let (parts, inner) = resp.into_parts();
+    let body = Holding {
+        inner,
+        _guard: guard,
+    };
+    hyper::Response::from_parts(parts, body.boxed_unsync())
 }
 
 pub struct IdleTimeout<S> {

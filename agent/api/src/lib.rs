@@ -23,13 +23,20 @@
 //! `/api/v1/network`; everything else is redirected (308) to HTTPS unless
 //! `[panel] allow_plain_http = true`.
 //!
-//! Limits: request headers within 10 s, small bodies (forms, JSON, keys)
-//! at most 64 KiB and 30 s, bundle uploads 1 GiB with at most 30 s between
-//! body chunks, and a connection with no traffic either way for 120 s is
-//! closed. A streaming response (log follow, events) that is waiting for
+//! Limits: the request head within 10 s and at most [`MAX_HEAD`] bytes and
+//! [`MAX_HEADERS`] lines (431), small bodies (forms, JSON) at most
+//! [`MAX_SMALL_BODY`], keys and revocation reasons
+//! [`bundles::MAX_KEY_BODY`], user events [`discovery::MAX_EVENT_BODY`],
+//! each within 30 s (413 `body_too_large`, 408 `body_timeout`), bundle
+//! uploads 1 GiB with at most 30 s between body chunks (and room for them
+//! on disk: 507 `insufficient_storage`, see [`bundles`]), and a connection
+//! with no traffic either way for 120 s is closed. A streaming response (log follow, events) that is waiting for
 //! something to send is not idle: it stays open however quiet it is; dead
 //! peers are found by TCP keepalive (probes after 60 s of silence, every
 //! 10 s, 4 tries) and the stream ends when a write fails (see [`io`]).
+//! Connections: at most 256 at once and 64 per address, the one idle
+//! longest closed to admit a new one (see [`conns`]); failed accepts back
+//! off from 10 ms to 1 s.
 //! Settings: `/api/v1/settings` (see [`settings`]).
 //!
 //! Errors are JSON `{"error": {"code": "...", "message": "..."}}` with a
@@ -37,7 +44,10 @@
 
 pub mod auth;
 pub mod bundles;
+pub mod conns;
 pub mod discovery;
+pub mod filewrite;
+use nuvol_human as human;
 mod io;
 pub mod metrics;
 mod pages;
@@ -84,17 +94,11 @@ pub trait Node: Send + Sync + 'static {
     /// Called after an install, upgrade, rollback or removal succeeded
     /// through the API (the supervisor re-reads the store).
     fn bundles_changed(&self) {}
-    /// Community members for the panel (the `/api/v1/members` JSON).
-    fn panel_members(&self) -> Option<serde_json::Value> {
-        None
-    }
-    /// Community services for the panel (the `/api/v1/services` JSON).
-    fn panel_services(&self) -> Option<serde_json::Value> {
-        None
-    }
-    /// Services on this box for the panel (the `/api/v1/local-services` JSON).
-    fn panel_local_services(&self) -> Option<serde_json::Value> {
-        None
+    /// A number that changes whenever the bundle store changed outside the
+    /// API (provisioning at start): the public share index is cached until
+    /// it, or an API change, moves (see [`share`]).
+    fn bundles_generation(&self) -> u64 {
+        0
     }
     /// Extra alerts for the dashboard (update pending, …).
     fn alerts(&self) -> Vec<String> {
@@ -209,10 +213,21 @@ fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Resp {
 
 /// A JSON error with a stable machine code and a human message.
 pub fn error(status: StatusCode, code: &str, message: &str) -> Resp {
-    json(
-        status,
-        &serde_json::json!({ "error": { "code": code, "message": message } }),
-    )
+    error_with(status, code, message, serde_json::Map::new())
+}
+
+/// [`error`] with more fields in the error object (numbers a client can
+/// act on, e.g. `needed_bytes` and `free_bytes`).
+pub fn error_with(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    fields: serde_json::Map<String, serde_json::Value>,
+) -> Resp {
+    let mut e = fields;
+    e.insert("code".into(), code.into());
+    e.insert("message".into(), message.into());
+    json(status, &serde_json::json!({ "error": e }))
 }
 
 fn html(body: String) -> Resp {
@@ -244,20 +259,31 @@ fn redirect(status: StatusCode, location: &str) -> Resp {
         .unwrap_or_else(|_| Response::new(full(Bytes::new())))
 }
 
-/// Largest form, JSON or key body.
+/// Largest request head: request line and headers, up to and including
+/// the blank line (more: 431).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most header lines in a request (hyper's default; more: 431).
+pub const MAX_HEADERS: usize = 100;
+/// Largest form or JSON body (login, tokens, settings, fetch).
 pub const MAX_SMALL_BODY: usize = 64 * 1024;
 /// Longest wait for a small body, or between chunks of an upload.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Read a small body whole: at most [`MAX_SMALL_BODY`] within [`BODY_TIMEOUT`].
 pub async fn small_body(body: Incoming) -> Result<Bytes, Resp> {
-    let limited = http_body_util::Limited::new(body, MAX_SMALL_BODY);
+    body_within(body, MAX_SMALL_BODY).await
+}
+
+/// Read a body whole: at most `max` bytes (else 413 `body_too_large`)
+/// within [`BODY_TIMEOUT`] (else 408 `body_timeout`).
+pub async fn body_within(body: Incoming, max: usize) -> Result<Bytes, Resp> {
+    let limited = http_body_util::Limited::new(body, max);
     match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
         Ok(Ok(c)) => Ok(c.to_bytes()),
         Ok(Err(_)) => Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            &format!("body is over {MAX_SMALL_BODY} bytes or broken"),
+            &format!("body is over {max} bytes or broken"),
         )),
         Err(_) => Err(error(
             StatusCode::REQUEST_TIMEOUT,
@@ -290,6 +316,18 @@ pub fn route(node: &dyn Node, method: &Method, path: &str) -> Resp {
                 "could not kill the agent",
             )
         }
+        (&Method::POST, "/api/v1/debug/kill-after-create") if node.test_hooks() => {
+            // Test hook: the next container created dies with its agent
+            // before it is started (restart a service to get there).
+            nuvol_supervisor::test_hooks::arm_kill_after_create();
+            json(StatusCode::OK, &serde_json::json!({"armed": true}))
+        }
+        (&Method::POST, "/api/v1/debug/hang") if node.test_hooks() => {
+            // Test hook: stop dead (SIGSTOP) so the heartbeats to PID 1 stop
+            // and the hardware watchdog path is exercised.
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+            json(StatusCode::OK, &serde_json::json!({"resumed": true}))
+        }
         _ if routes::path_known(path, node.test_hooks()) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -320,6 +358,9 @@ pub struct Options {
     /// Idle time after which a connection is closed (`None`: [`io::IDLE`]);
     /// tests shorten it.
     pub idle: Option<Duration>,
+    /// The connection budget (`None`: [`conns::Limits::default`]; the agent
+    /// derives it from its fd limit).
+    pub conn_limits: Option<conns::Limits>,
 }
 
 /// The listeners: plain HTTP and, optionally, HTTPS.
@@ -347,6 +388,8 @@ pub struct Ctx {
     pub argon2_gate: tokio::sync::Semaphore,
     /// Bundle sharing: download slots and the peers' indexes.
     pub share: share::Share,
+    /// The open connections and their budget (see [`conns`]).
+    pub conns: Arc<conns::Table>,
     /// The last status and when it was collected (see [`Ctx::status`]).
     status_cache: std::sync::Mutex<Option<(Instant, Status)>>,
 }
@@ -415,7 +458,33 @@ fn https_location(headers: &hyper::HeaderMap, port: u16, path_q: &str) -> Option
     })
 }
 
-async fn handle(ctx: Arc<Ctx>, conn: Conn, req: Request<Incoming>) -> Result<Resp, Infallible> {
+/// Drop trailing slashes from the request's path (`/api/v1/status/` is
+/// `/api/v1/status`), as the route table matches them, so every handler
+/// sees one spelling of each route.
+fn canonical_path(req: &mut Request<Incoming>) {
+    let path = req.uri().path();
+    if path.len() <= 1 || !path.ends_with('/') {
+        return;
+    }
+    let trimmed = match path.trim_end_matches('/') {
+        "" => "/",
+        t => t,
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{trimmed}?{q}"),
+        None => trimmed.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = pq.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = hyper::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+async fn handle(ctx: Arc<Ctx>, conn: Conn, mut req: Request<Incoming>) -> Result<Resp, Infallible> {
+    canonical_path(&mut req);
     let started = Instant::now();
     let node = ctx.node.clone();
     let path = req.uri().path().to_string();
@@ -561,15 +630,19 @@ async fn dispatch(
         pages::auth_routes(ctx, conn, principal.as_ref(), req).await
     } else if path == "/api/v1/settings" {
         settings::handle(ctx, conn, principal.as_ref(), req).await
-    } else if path.starts_with("/api/v1/bundles") || path.starts_with("/api/v1/keys") {
+    } else if path.starts_with("/api/v1/bundles")
+        || path.starts_with("/api/v1/keys")
+        || path == "/api/v1/storage"
+    {
         match node.bundle_store() {
             Some((store, dir)) => match bundles::handle(store, dir, req).await {
                 Some(r) => {
-                    if method != Method::GET
-                        && r.status().is_success()
-                        && path.starts_with("/api/v1/bundles")
-                    {
-                        node.bundles_changed();
+                    if method != Method::GET && r.status().is_success() {
+                        // A key added or revoked changes what is shared too.
+                        ctx.share.invalidate();
+                        if path.starts_with("/api/v1/bundles") {
+                            node.bundles_changed();
+                        }
                     }
                     r
                 }
@@ -644,6 +717,7 @@ pub async fn serve_all(
         idle: opts.idle.unwrap_or(io::IDLE),
         argon2_gate: tokio::sync::Semaphore::new(1),
         share: share::Share::default(),
+        conns: conns::Table::new(opts.conn_limits.unwrap_or_default()),
         status_cache: std::sync::Mutex::new(None),
     });
     let sampler = tokio::spawn(metrics::sample_forever(ctx.clone()));
@@ -652,6 +726,7 @@ pub async fn serve_all(
         .as_ref()
         .map(|(_, cfg)| tokio_rustls::TlsAcceptor::from(cfg.clone()));
     tokio::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
@@ -659,33 +734,120 @@ pub async fn serve_all(
             r = accept(https.as_ref().map(|(l, _)| l)) => (r, true),
         };
         let ((stream, peer), tls) = match accepted {
-            (Ok(x), tls) => (x, tls),
+            (Ok(x), tls) => {
+                backoff.succeeded();
+                (x, tls)
+            }
             (Err(e), _) => {
-                tracing::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Out of fds (EMFILE/ENFILE) or memory: wait, longer each
+                // time, rather than spin on a listener that stays ready.
+                tokio::time::sleep(backoff.failed(&e)).await;
                 continue;
             }
+        };
+        let conn = Conn { peer, tls };
+        let Some(slot) = ctx.conns.admit(peer_ip(&conn)) else {
+            tracing::debug!(%peer, "connection refused: every connection in its way is busy");
+            continue; // dropping the stream closes it
         };
         let _ = stream.set_nodelay(true);
         io::keepalive(&stream);
         let ctx = ctx.clone();
-        let conn = Conn { peer, tls };
-        if tls {
-            let Some(acceptor) = acceptor.clone() else {
+        let acceptor = if tls {
+            let Some(a) = acceptor.clone() else {
                 continue;
             };
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => serve_conn(s, ctx, conn).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, "tls handshake: {e}"),
-                    Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-                }
-            });
+            Some(a)
         } else {
-            tokio::spawn(serve_conn(stream, ctx, conn));
-        }
+            None
+        };
+        tokio::spawn(async move {
+            let slot = Arc::new(slot);
+            let run = async {
+                // Nothing (no TLS state, no HTTP buffers) is set up for a
+                // connection until its first byte: a silent one costs a
+                // socket and this small task, and goes at the head deadline.
+                if !matches!(
+                    tokio::time::timeout(io::HEAD_TIMEOUT, stream.readable()).await,
+                    Ok(Ok(()))
+                ) {
+                    tracing::debug!(%peer, "nothing sent in time");
+                    return;
+                }
+                // Boxed: the TLS and HTTP state machines are several KiB;
+                // inline they would make every waiting task that big.
+                match acceptor {
+                    Some(acceptor) => {
+                        let slot = slot.clone();
+                        Box::pin(async move {
+                            let hs =
+                                tokio::time::timeout(io::HEAD_TIMEOUT, acceptor.accept(stream));
+                            match hs.await {
+                                Ok(Ok(s)) => serve_conn(s, ctx, conn, slot).await,
+                                Ok(Err(e)) => tracing::debug!(%peer, "tls handshake: {e}"),
+                                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                            }
+                        })
+                        .await
+                    }
+                    None => Box::pin(serve_conn(stream, ctx, conn, slot.clone())).await,
+                }
+            };
+            tokio::select! {
+                _ = run => {}
+                _ = slot.evicted() => tracing::debug!(%peer, "idle connection closed to admit a new one"),
+            }
+        });
     }
     sampler.abort();
+}
+
+/// How the accept loop waits after a failed accept: 10 ms, doubling up to
+/// 1 s while accepts keep failing; one warning when they start failing,
+/// then one line with the count at most every 10 s.
+#[derive(Debug)]
+struct AcceptBackoff {
+    wait: Duration,
+    failures: u64,
+    logged: Option<Instant>,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff {
+            wait: ACCEPT_BACKOFF_MIN,
+            failures: 0,
+            logged: None,
+        }
+    }
+}
+
+/// First wait after a failed accept.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest wait between accepts while they fail.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+impl AcceptBackoff {
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "accepting connections again");
+        }
+        *self = AcceptBackoff::default();
+    }
+
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        self.failures += 1;
+        if self
+            .logged
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(failures = self.failures, "accept: {e}; backing off");
+            self.logged = Some(Instant::now());
+        }
+        let w = self.wait;
+        self.wait = (self.wait * 2).min(ACCEPT_BACKOFF_MAX);
+        w
+    }
 }
 
 async fn accept(l: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
@@ -695,7 +857,7 @@ async fn accept(l: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStre
     }
 }
 
-async fn serve_conn<S>(stream: S, ctx: Arc<Ctx>, conn: Conn)
+async fn serve_conn<S>(stream: S, ctx: Arc<Ctx>, conn: Conn, slot: Arc<conns::Slot>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -703,15 +865,24 @@ where
     let io = io::IdleTimeout::new(stream, ctx.idle).with_streams(streams.clone());
     let svc = hyper::service::service_fn(move |req| {
         let (ctx, streams) = (ctx.clone(), streams.clone());
+        // Busy from the head until the body is sent: not closed to make room.
+        let busy = slot.busy();
         async move {
             let resp = handle(ctx, conn, req).await?;
-            Ok::<_, Infallible>(io::track_stream(resp, &streams))
+            let resp = io::track_stream(resp, &streams);
+            Ok::<_, Infallible>(io::hold(resp, busy))
         }
     });
     let c = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(64 * 1024)
+        // The whole head within this, counted from when the connection
+        // starts waiting for it: also the keep-alive idle limit.
+        .header_read_timeout(io::HEAD_TIMEOUT)
+        // The head limit exact (the read buffer alone lets up to about
+        // twice its size through), and the buffer no larger than a head.
+        .max_header_size(MAX_HEAD)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD)
         .serve_connection(TokioIo::new(io), svc);
     if let Err(e) = c.await {
         tracing::debug!(peer = %conn.peer, "connection: {e}");

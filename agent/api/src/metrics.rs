@@ -313,6 +313,40 @@ pub fn render(ctx: &Ctx, bundles: Option<usize>) -> String {
         "Live panel sessions.",
         ctx.auth.session_count() as f64,
     );
+    let c = ctx.conns.counts();
+    gauge(
+        &mut o,
+        "nuvol_http_connections",
+        "HTTP(S) connections open.",
+        c.open as f64,
+    );
+    let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    };
+    counter(
+        &mut o,
+        "nuvol_http_connections_admitted_total",
+        "Connections accepted.",
+        c.admitted,
+    );
+    counter(
+        &mut o,
+        "nuvol_http_connections_evicted_total",
+        "Idle connections closed to admit a new one (connection budget).",
+        c.evicted,
+    );
+    counter(
+        &mut o,
+        "nuvol_http_connections_refused_total",
+        "Connections closed at once: the budget was full of busy ones.",
+        c.refused,
+    );
+    counter(
+        &mut o,
+        "nuvol_share_index_computations_total",
+        "Times the public bundle index was computed (it is cached per store generation).",
+        ctx.share.index_computations(),
+    );
     let h = lock(&ctx.metrics.http);
     let mut rows: Vec<_> = h.requests.iter().collect();
     rows.sort();
@@ -335,7 +369,41 @@ pub fn render(ctx: &Ctx, bundles: Option<usize>) -> String {
         );
     }
     drop(h);
+    if let Some(d) = ctx.node.discovery() {
+        o.push_str(&gossip(&d.gossip().stats()));
+    }
     o.push_str(&ctx.node.metrics_extra());
+    o
+}
+
+/// The gossip counters: traffic, what the budgets dropped (by reason, see
+/// docs/discovery.md "Budgets") and how full they are.
+pub fn gossip(s: &nuvol_gossip::StatsSnapshot) -> String {
+    let mut o = String::with_capacity(2048);
+    let _ = writeln!(o, "# HELP nuvol_gossip_packets_total Gossip UDP packets.\n# TYPE nuvol_gossip_packets_total counter");
+    let _ = writeln!(
+        o,
+        "nuvol_gossip_packets_total{{dir=\"in\"}} {}",
+        s.packets_in
+    );
+    let _ = writeln!(
+        o,
+        "nuvol_gossip_packets_total{{dir=\"out\"}} {}",
+        s.packets_out
+    );
+    let _ = writeln!(o, "# HELP nuvol_gossip_bytes_total Gossip UDP bytes.\n# TYPE nuvol_gossip_bytes_total counter");
+    let _ = writeln!(o, "nuvol_gossip_bytes_total{{dir=\"in\"}} {}", s.bytes_in);
+    let _ = writeln!(o, "nuvol_gossip_bytes_total{{dir=\"out\"}} {}", s.bytes_out);
+    let _ = writeln!(o, "# HELP nuvol_gossip_dropped_total Gossip input dropped, by reason.\n# TYPE nuvol_gossip_dropped_total counter");
+    for (reason, n) in s.drops() {
+        let _ = writeln!(o, "nuvol_gossip_dropped_total{{reason=\"{reason}\"}} {n}");
+    }
+    for (name, v) in s.gauges() {
+        let _ = writeln!(
+            o,
+            "# HELP nuvol_gossip_{name} Gossip budget in use.\n# TYPE nuvol_gossip_{name} gauge\nnuvol_gossip_{name} {v}"
+        );
+    }
     o
 }
 
@@ -366,6 +434,31 @@ mod tests {
         let h = m.history();
         assert_eq!(h.len(), HISTORY);
         assert_eq!(h[0].t, 5);
+    }
+
+    #[test]
+    fn gossip_drops_have_one_series_per_reason() {
+        let s = nuvol_gossip::StatsSnapshot {
+            events_slot_full: 7,
+            members_rate_limited: 3,
+            members: 12,
+            ..Default::default()
+        };
+        let t = gossip(&s);
+        assert!(t.contains("nuvol_gossip_dropped_total{reason=\"events_slot_full\"} 7\n"));
+        assert!(t.contains("nuvol_gossip_dropped_total{reason=\"members_rate_limited\"} 3\n"));
+        assert!(t.contains("nuvol_gossip_dropped_total{reason=\"streams_deadline\"} 0\n"));
+        assert!(t.contains("\nnuvol_gossip_members 12\n"));
+        assert_eq!(
+            t.matches("nuvol_gossip_dropped_total{").count(),
+            s.drops().len()
+        );
+        // every line is a comment or `name{labels} value`
+        for l in t.lines().filter(|l| !l.starts_with('#')) {
+            let (name, v) = l.rsplit_once(' ').expect("name value");
+            assert!(name.starts_with("nuvol_gossip_"), "{l}");
+            assert!(v.parse::<u64>().is_ok(), "{l}");
+        }
     }
 
     #[test]

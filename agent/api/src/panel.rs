@@ -5,6 +5,8 @@ use std::fmt::Write;
 
 use nuvol_status::Status;
 
+use crate::human::{bytes, duration};
+
 /// Escape text for HTML element and attribute content.
 pub fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -19,32 +21,6 @@ pub fn esc(s: &str) -> String {
         }
     }
     o
-}
-
-fn bytes(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
-}
-
-fn uptime(s: u64) -> String {
-    let (d, h, m) = (s / 86400, (s % 86400) / 3600, (s % 3600) / 60);
-    if d > 0 {
-        format!("{d}d {h}h {m}m")
-    } else if h > 0 {
-        format!("{h}h {m}m")
-    } else {
-        format!("{m}m {}s", s % 60)
-    }
 }
 
 const CSS: &str =
@@ -64,7 +40,7 @@ pub fn status_page(s: &Status) -> String {
 <h1 id=hostname>{host}</h1><p>nuvol {ver} · up {up} · node <code>{id}</code></p>",
         host = esc(&s.hostname),
         ver = esc(&s.version),
-        up = uptime(s.uptime_s),
+        up = duration(std::time::Duration::from_secs(s.uptime_s)),
         id = esc(&s.node_id),
     );
     if let Some(p) = &s.config.problem {

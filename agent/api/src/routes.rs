@@ -4,7 +4,9 @@
 //! unlisted method on a listed path is refused, and without credentials
 //! everything but the public routes is 401.
 //!
-//! Path parameters are written `{name}` and match one segment.
+//! Path parameters are written `{name}` and match one segment. A trailing
+//! slash names the same route (`/api/v1/status/` is `/api/v1/status`): the
+//! server drops it before anything else looks at the path.
 
 use serde_json::{json, Map, Value};
 
@@ -313,6 +315,13 @@ pub const ROUTES: &[RouteDef] = &[
         "Stop trusting a key",
     ),
     r(
+        "GET",
+        "/api/v1/storage",
+        false,
+        "json",
+        "Space where bundles are kept: path, free_bytes, total_bytes, largest_bundle_bytes (an install needs twice the file plus 1 MiB)",
+    ),
+    r(
         "POST",
         "/api/v1/keys/{id}/revoke",
         false,
@@ -326,6 +335,22 @@ pub const ROUTES: &[RouteDef] = &[
         test_hook: true,
         kind: "json",
         summary: "Test hook: the agent SIGKILLs itself",
+    },
+    RouteDef {
+        method: "POST",
+        path: "/api/v1/debug/kill-after-create",
+        public: false,
+        test_hook: true,
+        kind: "json",
+        summary: "Test hook: SIGKILL the agent right after it creates the next container, before it starts it",
+    },
+    RouteDef {
+        method: "POST",
+        path: "/api/v1/debug/hang",
+        public: false,
+        test_hook: true,
+        kind: "json",
+        summary: "Test hook: the agent SIGSTOPs itself (heartbeats stop; the watchdog resets the box)",
     },
     RouteDef {
         method: "GET",

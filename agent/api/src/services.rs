@@ -17,13 +17,18 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
-use nuvol_supervisor::{LogFollower, LogLine, ServiceStatus, Stream, SupervisorError};
+use nuvol_bundle::manifest::Port;
+use nuvol_supervisor::{
+    ExitReason, ExitRecord, ExitStatus, Health, LogFollower, LogLine, ServiceStatus, State, Stream,
+    SupervisorError,
+};
 use serde::Serialize;
 
-use crate::{error, full, json, Body, Resp};
+use crate::{error, full, human, json, Body, Resp};
 
 /// A boxed future, so the trait stays object safe.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -42,6 +47,201 @@ pub struct LocalService {
     pub digest: Option<String>,
     /// Why the agent could not run it (e.g. a revoked publisher key).
     pub problem: Option<String>,
+    /// The supervisor's clock when this was read, in the milliseconds of
+    /// `started_ms` and `last_exit.at_ms` (`None` without a supervisor).
+    pub now_ms: Option<u64>,
+    /// The ports its manifest declares.
+    pub ports: Vec<Port>,
+}
+
+/// What a service is doing, in the words the panel uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Condition {
+    /// Waiting to be restarted, crash-looping or unhealthy.
+    Failing,
+    /// Ended in failure; its restart policy does not restart it.
+    Failed,
+    /// The agent cannot run it (a revoked key, a bad bundle, no cgroups).
+    Broken,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+}
+
+impl Condition {
+    /// The word on the page.
+    pub fn word(self) -> &'static str {
+        match self {
+            Condition::Failing => "failing",
+            Condition::Failed => "failed",
+            Condition::Broken => "broken",
+            Condition::Starting => "starting",
+            Condition::Running => "running",
+            Condition::Stopping => "stopping",
+            Condition::Stopped => "stopped",
+        }
+    }
+
+    /// Whether the owner should hear about it (a dashboard alert).
+    pub fn is_trouble(self) -> bool {
+        matches!(
+            self,
+            Condition::Failing | Condition::Failed | Condition::Broken
+        )
+    }
+}
+
+/// A run that ended this recently, after at least [`CRASH_LOOP_RESTARTS`]
+/// restarts, makes a running service count as crash-looping (the
+/// supervisor's backoff resets after a minute of running, too).
+pub const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(60);
+/// See [`CRASH_LOOP_WINDOW`].
+pub const CRASH_LOOP_RESTARTS: u32 = 2;
+
+fn signal_name(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => return None,
+    })
+}
+
+/// How a run ended, in words: `exit code 1`, `killed by signal 9
+/// (SIGKILL)`, `killed by the OOM killer`, `unhealthy: …`, `failed to
+/// start: …`, `stopped on request`.
+pub fn exit_text(e: &ExitRecord) -> String {
+    let how = match e.status {
+        Some(ExitStatus::Exited(c)) => format!("exit code {c}"),
+        Some(ExitStatus::Signaled(s)) => match signal_name(s) {
+            Some(n) => format!("killed by signal {s} ({n})"),
+            None => format!("killed by signal {s}"),
+        },
+        None => String::new(),
+    };
+    let with_detail = |what: &str| match (e.detail.trim(), how.is_empty()) {
+        ("", true) => what.to_string(),
+        ("", false) => format!("{what} ({how})"),
+        (d, true) => format!("{what}: {d}"),
+        (d, false) => format!("{what}: {d} ({how})"),
+    };
+    match e.reason {
+        ExitReason::Exited if how.is_empty() => with_detail("exited"),
+        ExitReason::Exited => how.clone(),
+        ExitReason::OomKilled => "killed by the OOM killer".to_string(),
+        ExitReason::Unhealthy => with_detail("unhealthy"),
+        ExitReason::Stopped => "stopped on request".to_string(),
+        ExitReason::Restarted => "restarted on request".to_string(),
+        ExitReason::StartFailed => with_detail("failed to start"),
+    }
+}
+
+impl LocalService {
+    fn since(&self, at_ms: u64) -> Option<Duration> {
+        self.now_ms
+            .map(|now| Duration::from_millis(now.saturating_sub(at_ms)))
+    }
+
+    /// How long the current run has lasted (running services only).
+    pub fn uptime(&self) -> Option<Duration> {
+        if !matches!(self.status.state, State::Running | State::Stopping) {
+            return None;
+        }
+        self.since(*self.status.started_ms.last()?)
+    }
+
+    /// How long ago the last run ended.
+    pub fn last_exit_ago(&self) -> Option<Duration> {
+        let e = self.status.last_exit.as_ref()?;
+        // 0: a status made up for a bundle the supervisor never ran
+        (e.at_ms > 0).then(|| self.since(e.at_ms)).flatten()
+    }
+
+    /// Time left before the supervisor restarts it (waiting services only).
+    pub fn restart_in(&self) -> Option<Duration> {
+        if self.status.state != State::Backoff {
+            return None;
+        }
+        let at = self.status.last_exit.as_ref()?.at_ms;
+        let due = at.saturating_add(*self.status.backoff_ms.last()?);
+        Some(Duration::from_millis(due.saturating_sub(self.now_ms?)))
+    }
+
+    /// What it is doing, with the reason when that is not plain
+    /// (`restarting in 4.0 s, last exit: exit code 1`).
+    pub fn condition(&self) -> (Condition, String) {
+        let st = &self.status;
+        let exit = st.last_exit.as_ref();
+        let last = exit.map(exit_text).unwrap_or_default();
+        let unrequested =
+            exit.is_some_and(|e| !matches!(e.reason, ExitReason::Stopped | ExitReason::Restarted));
+        let live = matches!(st.state, State::Running | State::Starting);
+        if let (Some(p), false) = (&self.problem, live) {
+            return (Condition::Broken, p.clone());
+        }
+        let crash_looping = live
+            && unrequested
+            && st.restarts >= CRASH_LOOP_RESTARTS
+            && self.last_exit_ago().is_some_and(|a| a < CRASH_LOOP_WINDOW);
+        match st.state {
+            State::Backoff => {
+                let mut d = match self.restart_in() {
+                    Some(t) => format!("restarting in {}", human::duration(t)),
+                    None => "waiting to restart".to_string(),
+                };
+                if !last.is_empty() {
+                    d.push_str(&format!(", last exit: {last}"));
+                }
+                (Condition::Failing, d)
+            }
+            _ if crash_looping => (
+                Condition::Failing,
+                format!(
+                    "crash-looping: restarted {} times, last exit: {last}",
+                    st.restarts
+                ),
+            ),
+            State::Running if st.health == Health::Unhealthy => (
+                Condition::Failing,
+                format!(
+                    "unhealthy: {}",
+                    st.last_health_error
+                        .as_deref()
+                        .unwrap_or("health check failed")
+                ),
+            ),
+            State::Running if st.health == Health::Unknown => (
+                Condition::Starting,
+                match &st.last_health_error {
+                    Some(e) => format!("health check not passing yet: {e}"),
+                    None => "waiting for its first health check".to_string(),
+                },
+            ),
+            State::Running => (Condition::Running, String::new()),
+            State::Starting => (Condition::Starting, String::new()),
+            State::Stopping => (Condition::Stopping, String::new()),
+            State::Stopped => (Condition::Stopped, last),
+            State::Exited => match exit.map(|e| (e.reason, e.status)) {
+                Some((ExitReason::Exited, Some(ExitStatus::Exited(0)))) => {
+                    (Condition::Stopped, "finished: exit code 0".to_string())
+                }
+                _ => (
+                    Condition::Failed,
+                    format!("{last}; its restart policy does not restart it"),
+                ),
+            },
+        }
+    }
 }
 
 /// What the API needs from the agent's services.
@@ -236,6 +436,57 @@ mod tests {
         );
         assert_eq!(log_query(Some("follow&x=y")).ok(), Some((None, true)));
         assert!(log_query(Some("lines=-3")).is_err());
+    }
+
+    #[test]
+    fn exits_in_words() {
+        let e = |reason, status, detail: &str| {
+            exit_text(&ExitRecord {
+                at_ms: 1,
+                reason,
+                status,
+                detail: detail.into(),
+            })
+        };
+        use ExitReason::*;
+        assert_eq!(e(Exited, Some(ExitStatus::Exited(3)), ""), "exit code 3");
+        assert_eq!(
+            e(Exited, Some(ExitStatus::Signaled(9)), ""),
+            "killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(
+            e(Exited, Some(ExitStatus::Signaled(40)), ""),
+            "killed by signal 40"
+        );
+        assert_eq!(
+            e(Exited, None, "wait task panicked"),
+            "exited: wait task panicked"
+        );
+        assert_eq!(
+            e(
+                OomKilled,
+                Some(ExitStatus::Signaled(9)),
+                "killed by the OOM killer (1 kills)"
+            ),
+            "killed by the OOM killer"
+        );
+        assert_eq!(
+            e(
+                Unhealthy,
+                Some(ExitStatus::Signaled(15)),
+                "connect: refused"
+            ),
+            "unhealthy: connect: refused (killed by signal 15 (SIGTERM))"
+        );
+        assert_eq!(
+            e(StartFailed, None, "no such image"),
+            "failed to start: no such image"
+        );
+        assert_eq!(e(StartFailed, None, " "), "failed to start");
+        assert_eq!(
+            e(Stopped, Some(ExitStatus::Exited(0)), "stop requested"),
+            "stopped on request"
+        );
     }
 
     #[test]

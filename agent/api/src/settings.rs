@@ -109,6 +109,7 @@ pub fn view(ctx: &Ctx, store: &Store) -> Value {
                 v["value"] = json!(ctx.allow_plain_http.load(Ordering::Relaxed))
             }
             "admin.password" => v["password_set"] = json!(ctx.auth.password_set()),
+            "overlay.enabled" => v["value"] = json!(eff.overlay.enabled),
             "hostname" => {
                 let running = ctx.status().hostname;
                 v["value"] = json!(eff.hostname());
@@ -386,8 +387,15 @@ async fn apply(
     let mut v = view(ctx, store);
     v["changed"] = json!(changed);
     v["warnings"] = json!(warnings);
+    let mut restart = Vec::new();
     if eff.hostname != old.hostname {
-        v["restart_needed"] = json!(["hostname"]);
+        restart.push("hostname");
+    }
+    if eff.overlay.enabled != old.overlay.enabled {
+        restart.push("overlay.enabled");
+    }
+    if !restart.is_empty() {
+        v["restart_needed"] = json!(restart);
     }
     json(StatusCode::OK, &v)
 }
@@ -408,7 +416,7 @@ pub fn page_section(ctx: &Ctx, csrf: &str) -> String {
     };
     let v = view(ctx, store);
     let s = &v["settings"];
-    let action = esc(&crate::pages::with_csrf(
+    let action = esc(&crate::pages::frame::with_csrf(
         "/api/v1/settings",
         csrf,
         "/settings",
@@ -477,6 +485,22 @@ pub fn page_section(ctx: &Ctx, csrf: &str) -> String {
         "</form></td><td class=source data-key=panel.allow_plain_http>{}</td></tr>",
         source_note(&src("panel.allow_plain_http"))
     );
+    // The community overlay (opt-in; applies at the next start).
+    let ov = s["overlay.enabled"]["value"].as_bool().unwrap_or(false);
+    let _ = write!(
+        b,
+        "<tr><th><label for=overlay>Community overlay (WireGuard)</label></th><td><form method=post action=\"{action}\" id=set-overlay>\
+<select id=overlay name=overlay.enabled><option value=false{}>off</option>\
+<option value=true{}>on: join the mesh at the next start (needs the community key)</option></select> <button>Save</button>",
+        if ov { "" } else { " selected" },
+        if ov { " selected" } else { "" }
+    );
+    reset(&mut b, "overlay.enabled");
+    let _ = write!(
+        b,
+        "</form></td><td class=source data-key=overlay.enabled>{}</td></tr>",
+        source_note(&src("overlay.enabled"))
+    );
     // Host name.
     let host = s["hostname"]["value"].as_str().unwrap_or("");
     let _ = write!(
@@ -489,7 +513,7 @@ pub fn page_section(ctx: &Ctx, csrf: &str) -> String {
     let _ = write!(
         b,
         "</form>{}</td><td class=source data-key=hostname>{}</td></tr></table></div>\
-<p>Zone, role and plain HTTP apply at once; the host name applies at the next start of the agent (reboot).</p>",
+<p>Zone, role and plain HTTP apply at once; the overlay and the host name apply at the next start of the agent (reboot).</p>",
         if s["hostname"]["pending_restart"].as_bool() == Some(true) {
             " <em>applies at next boot</em>"
         } else {

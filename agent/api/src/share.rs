@@ -26,8 +26,9 @@
 #![allow(clippy::result_large_err)] // handlers return ready-made error responses
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,9 +40,8 @@ use hyper_util::rt::TokioIo;
 use nuvol_bundle::{BundleError, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::Digest;
 
-use crate::{error, json, Ctx, Resp};
+use crate::{error, Ctx, Resp};
 
 /// The DNS-SD type nuvol boxes announce their share under.
 pub const SERVICE_TYPE: &str = "_nuvol-bundles._tcp";
@@ -55,6 +55,9 @@ pub const MAX_INDEX_BYTES: usize = 256 * 1024;
 pub const MAX_INDEX_ENTRIES: usize = 256;
 /// How long a peer's index is reused.
 pub const INDEX_TTL: Duration = Duration::from_secs(60);
+/// Longest our own index is served from the cache, even with no change
+/// seen (a safety net for changes made behind the agent's back).
+pub const OWN_INDEX_TTL: Duration = Duration::from_secs(300);
 /// Connect and answer time allowed for a peer's index.
 pub const INDEX_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most providers asked at once.
@@ -108,6 +111,15 @@ struct Offer {
     result: Result<Vec<IndexEntry>, String>,
 }
 
+/// Our own index as served, and what it was computed for.
+#[derive(Debug)]
+struct CachedIndex {
+    /// (API changes, [`crate::Node::bundles_generation`]) when computed.
+    generation: (u64, u64),
+    at: Instant,
+    body: Bytes,
+}
+
 /// Share state kept by the server.
 #[derive(Debug)]
 pub struct Share {
@@ -116,6 +128,13 @@ pub struct Share {
     sha: Mutex<HashMap<String, String>>,
     /// Peers' indexes by node name.
     offers: Mutex<HashMap<String, Offer>>,
+    /// Our index; the async lock makes its computation single-flight:
+    /// concurrent requests wait for the one in progress and get its answer.
+    index: tokio::sync::Mutex<Option<CachedIndex>>,
+    /// Bumped by every change of bundles or keys through the API.
+    generation: AtomicU64,
+    /// How many times the index was computed.
+    computations: AtomicU64,
 }
 
 impl Default for Share {
@@ -124,7 +143,22 @@ impl Default for Share {
             downloads: Arc::new(tokio::sync::Semaphore::new(MAX_DOWNLOADS)),
             sha: Mutex::new(HashMap::new()),
             offers: Mutex::new(HashMap::new()),
+            index: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
+            computations: AtomicU64::new(0),
         }
+    }
+}
+
+impl Share {
+    /// The store or keyring changed: the next index request recomputes.
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many times our index was computed (`/metrics`).
+    pub fn index_computations(&self) -> u64 {
+        self.computations.load(Ordering::Relaxed)
     }
 }
 
@@ -140,7 +174,7 @@ pub fn owns(path: &str) -> bool {
 /// Our own index: the installed bundles whose signature still verifies.
 pub fn index(store: &Store, share: &Share) -> Result<Vec<IndexEntry>, BundleError> {
     let mut out = Vec::new();
-    for b in store.list()? {
+    for b in store.list()?.bundles {
         if b.state != "installed" {
             continue;
         }
@@ -175,6 +209,49 @@ pub fn index(store: &Store, share: &Share) -> Result<Vec<IndexEntry>, BundleErro
     Ok(out)
 }
 
+/// Our index as JSON: from the cache while no bundle or key changed (and
+/// for at most [`OWN_INDEX_TTL`]), else computed once on the blocking pool
+/// while concurrent requests wait for it.
+async fn cached_index(ctx: &Arc<Ctx>, store: Arc<Store>) -> Result<Bytes, Resp> {
+    let mut slot = ctx.share.index.lock().await;
+    let generation = (
+        ctx.share.generation.load(Ordering::SeqCst),
+        ctx.node.bundles_generation(),
+    );
+    if let Some(c) = slot.as_ref() {
+        if c.generation == generation && c.at.elapsed() < OWN_INDEX_TTL {
+            return Ok(c.body.clone());
+        }
+    }
+    ctx.share.computations.fetch_add(1, Ordering::Relaxed);
+    let c = ctx.clone();
+    let list = match tokio::task::spawn_blocking(move || index(&store, &c.share)).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            return Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.code(),
+                &e.to_string(),
+            ))
+        }
+        Err(e) => {
+            return Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &e.to_string(),
+            ))
+        }
+    };
+    let body = Bytes::from(serde_json::to_vec_pretty(&list).unwrap_or_else(|_| b"[]".to_vec()));
+    tracing::debug!(bundles = list.len(), "share: index computed");
+    *slot = Some(CachedIndex {
+        generation,
+        at: Instant::now(),
+        body: body.clone(),
+    });
+    Ok(body)
+}
+
 /// Serve `GET /share/v1/bundles` and `GET /share/v1/bundles/NAME.nvb`.
 pub async fn serve(ctx: &Arc<Ctx>, req: &Request<Incoming>) -> Resp {
     let path = req.uri().path().trim_end_matches('/').to_string();
@@ -200,15 +277,13 @@ pub async fn serve(ctx: &Arc<Ctx>, req: &Request<Incoming>) -> Resp {
         );
     };
     if path == "/share/v1/bundles" {
-        let c = ctx.clone();
-        return match tokio::task::spawn_blocking(move || index(&store, &c.share)).await {
-            Ok(Ok(v)) => json(StatusCode::OK, &v),
-            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.code(), &e.to_string()),
-            Err(e) => error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                &e.to_string(),
-            ),
+        return match cached_index(ctx, store).await {
+            Ok(body) => Response::builder()
+                .header("content-type", "application/json")
+                .header("cache-control", "no-store")
+                .body(crate::full(body))
+                .unwrap_or_else(|_| Response::new(crate::full(Bytes::new()))),
+            Err(r) => r,
         };
     }
     let unknown = || {
@@ -297,7 +372,7 @@ pub fn providers(d: &nuvol_catalog::DiscoveryHandle) -> Vec<Provider> {
     };
     let me = d.gossip().name().to_string();
     let mut out: Vec<Provider> = Vec::new();
-    for s in d.services(&q) {
+    for s in d.services(&q).into_iter().map(|c| c.service) {
         let Some(addr) = s.addr else { continue };
         if s.node == me || s.port == 0 || out.iter().any(|p| p.node == s.node) {
             continue;
@@ -321,6 +396,29 @@ pub enum PeerError {
     Failed(String),
     #[error("{0}")]
     TooLarge(String),
+    /// Writing what came failed (disk full, ...).
+    #[error("writing: {0}")]
+    Write(std::io::Error),
+}
+
+/// Where a peer's answer goes.
+pub enum Sink<'a> {
+    /// Into memory (the caller bounds it with `max`).
+    Memory(&'a mut Vec<u8>),
+    /// Into a file written on the blocking pool.
+    File(&'a mut crate::filewrite::BlockingWriter),
+}
+
+impl Sink<'_> {
+    async fn put(&mut self, d: Bytes) -> Result<(), PeerError> {
+        match self {
+            Sink::Memory(v) => {
+                v.extend_from_slice(&d);
+                Ok(())
+            }
+            Sink::File(w) => w.write(d).await.map_err(PeerError::Write),
+        }
+    }
 }
 
 /// GET `path` from `addr:port` over plain HTTP/1.1, handing each body chunk
@@ -333,7 +431,7 @@ pub async fn http_get(
     max: u64,
     timeout: Duration,
     idle: Duration,
-    mut sink: impl FnMut(&[u8]) -> Result<(), String>,
+    sink: &mut Sink<'_>,
 ) -> Result<(), PeerError> {
     let f = |m: String| PeerError::Failed(m);
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((addr, port)))
@@ -406,7 +504,7 @@ pub async fn http_get(
                         "the answer is over the {max}-byte limit"
                     )));
                 }
-                sink(&data).map_err(f)?;
+                sink.put(data).await?;
             }
         }
         Ok(())
@@ -426,10 +524,7 @@ async fn fetch_index(p: &Provider) -> Result<Vec<IndexEntry>, String> {
         MAX_INDEX_BYTES as u64,
         INDEX_TIMEOUT,
         INDEX_TIMEOUT,
-        |d| {
-            buf.extend_from_slice(d);
-            Ok(())
-        },
+        &mut Sink::Memory(&mut buf),
     )
     .await
     .map_err(|e| e.to_string())?;
@@ -509,7 +604,7 @@ pub async fn community(ctx: &Ctx, refresh: bool) -> Result<serde_json::Value, Re
         };
         let installed: HashMap<String, String> = s
             .list()
-            .map(|l| l.into_iter().map(|b| (b.name, b.version)).collect())
+            .map(|l| l.bundles.into_iter().map(|b| (b.name, b.version)).collect())
             .unwrap_or_default();
         let kr = s.keyring();
         let trusted: Vec<String> = kr
@@ -657,19 +752,13 @@ pub async fn fetch(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
         Ok(u) => u,
         Err(r) => return r,
     };
-    let file = match std::fs::File::create(upload.path()) {
-        Ok(f) => f,
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "io_error",
-                &format!("{}: {e}", upload.path().display()),
-            )
-        }
-    };
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut h = sha2::Sha256::new();
-    let mut size: u64 = 0;
+    // The index says how big it is: refuse before downloading what cannot
+    // fit next to its install.
+    if let Err(r) = crate::bundles::check_room(&dir, entry.size) {
+        return r;
+    }
+    // Written and hashed on the blocking pool, never on the runtime thread.
+    let mut w = crate::filewrite::BlockingWriter::create(upload.path(), true);
     let path = format!(
         "/share/v1/bundles/{}.nvb",
         crate::parse::percent_encode(&entry.name)
@@ -681,15 +770,24 @@ pub async fn fetch(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
         entry.size,
         INDEX_TIMEOUT * 3,
         DOWNLOAD_IDLE,
-        |d| {
-            h.update(d);
-            size += d.len() as u64;
-            w.write_all(d).map_err(|e| format!("writing: {e}"))
-        },
+        &mut Sink::File(&mut w),
     )
     .await;
+    let io_error = |e: &std::io::Error| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "io_error",
+            &format!("{}: {e}", upload.path().display()),
+        )
+    };
     match r {
         Ok(()) => {}
+        Err(PeerError::Write(e)) if nuvol_bundle::space::is_full(&e) => {
+            let got = w.queued();
+            drop((w, upload));
+            return crate::bundles::filled_up(&dir, got, Some(entry.size));
+        }
+        Err(PeerError::Write(e)) => return io_error(&e),
         Err(PeerError::TooLarge(_)) => {
             return error(
                 StatusCode::BAD_GATEWAY,
@@ -708,18 +806,17 @@ pub async fn fetch(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
             )
         }
     }
-    let synced = w
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .and_then(|f| f.sync_all());
-    if let Err(e) = synced {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "io_error",
-            &format!("{}: {e}", upload.path().display()),
-        );
-    }
-    let sha = nuvol_bundle::format::hex(&h.finalize());
+    let got = w.queued();
+    let written = match w.finish().await {
+        Ok(x) => x,
+        Err(e) if nuvol_bundle::space::is_full(&e) => {
+            drop(upload);
+            return crate::bundles::filled_up(&dir, got, Some(entry.size));
+        }
+        Err(e) => return io_error(&e),
+    };
+    let size = written.bytes;
+    let sha = written.sha256.unwrap_or_default();
     if size != entry.size || sha != entry.sha256.to_ascii_lowercase() {
         // Forget the index: it will be asked again next time.
         lock(&ctx.share.offers).remove(&p.node);

@@ -104,8 +104,21 @@ the manifest, which the store cannot tell apart yet (rebuild the image with a ch
         installed: String,
         offered: String,
     },
+    #[error(
+        "not enough free space on {}: {needed} bytes ({}) needed, {free} bytes ({}) free",
+        path.display(),
+        nuvol_human::bytes(*needed),
+        nuvol_human::bytes(*free)
+    )]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        free: u64,
+    },
     #[error("store state: {0}")]
     State(String),
+    #[error("bundle {:?} is broken: {}: {} (remove it; its volumes are kept unless purged)", .0.name, .0.file.display(), .0.problem)]
+    Broken(crate::store::BrokenBundle),
     #[error("external tool {tool}: {message}")]
     Tool { tool: String, message: String },
 }
@@ -149,8 +162,19 @@ impl BundleError {
             Downgrade { .. } => "downgrade",
             PublisherChanged { .. } => "publisher_changed",
             SameImage { .. } => "same_image",
+            NoSpace { .. } => "insufficient_storage",
             State(_) => "store_state",
+            Broken(_) => "broken_bundle",
             Tool { .. } => "tool_error",
+        }
+    }
+
+    /// Whether the filesystem (or a quota) was full.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            BundleError::NoSpace { .. } => true,
+            BundleError::Io { source, .. } => crate::space::is_full(source),
+            _ => false,
         }
     }
 

@@ -148,9 +148,13 @@ impl Keyring {
     }
 
     /// Trust the key in a signify/minisign public key file's text.
-    pub fn add_text(&self, text: &str, comment: &str) -> Result<KeyId, BundleError> {
+    /// The key file's own comment (`untrusted comment: …`, as `nuvol bundle
+    /// keygen`, signify and minisign write it) is kept, so `keys list` says
+    /// whose key it is; `fallback` names a bare base64 line. Control
+    /// characters are dropped and the comment is cut at 256 characters.
+    pub fn add_text(&self, text: &str, fallback: &str) -> Result<KeyId, BundleError> {
         let k = PublicKey::from_text(text).or_else(|_| PublicKey::from_base64(text))?;
-        self.add(&k, comment)?;
+        self.add(&k, &comment_of(text, fallback))?;
         Ok(k.key_id)
     }
 
@@ -222,5 +226,45 @@ impl KeyLookup for Keyring {
             )));
         }
         Ok(k)
+    }
+}
+
+/// The comment to keep for a key added from `text`.
+fn comment_of(text: &str, fallback: &str) -> String {
+    let own = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("untrusted comment:"))
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    own.unwrap_or(fallback)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(256)
+        .collect()
+}
+
+#[cfg(test)]
+mod comment_tests {
+    use super::comment_of;
+
+    #[test]
+    fn a_key_files_own_comment_is_kept() {
+        let f = "untrusted comment: DEVELOPMENT ONLY recipes key\nRWQ...\n";
+        assert_eq!(comment_of(f, "api"), "DEVELOPMENT ONLY recipes key");
+        assert_eq!(comment_of("RWQ...", "api"), "api", "a bare line");
+        assert_eq!(
+            comment_of("untrusted comment:   \nRWQ", "api"),
+            "api",
+            "empty"
+        );
+        assert_eq!(
+            comment_of("untrusted comment: a\u{1b}[31mb\nRWQ", "api"),
+            "a[31mb"
+        );
+        assert_eq!(
+            comment_of(&format!("untrusted comment: {}\n", "x".repeat(999)), "").len(),
+            256
+        );
     }
 }

@@ -17,6 +17,7 @@ pub mod keys;
 pub mod manifest;
 pub mod mount;
 pub mod scan;
+pub mod space;
 pub mod store;
 pub mod verify;
 
@@ -25,6 +26,8 @@ pub use format::{Head, Header, ImageType};
 pub use keyring::Keyring;
 pub use keys::{KeyId, PublicKey, SecretKey, SignatureBlock};
 pub use manifest::{Manifest, Policy};
+pub use space::Space;
 pub use store::{
-    Export, InstallOptions, InstalledBundle, ProvisionOutcome, ProvisionReport, Store, StoreOptions,
+    BrokenBundle, Export, InstallOptions, InstalledBundle, Listing, ProvisionOutcome,
+    ProvisionReport, Store, StoreOptions,
 };

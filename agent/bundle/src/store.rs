@@ -14,6 +14,12 @@
 //! rename of `state.json`; `open` deletes whatever no committed state refers
 //! to. A power cut at any instant therefore leaves the old or the new
 //! version installed, never neither.
+//!
+//! Faults stay with their bundle: one whose files cannot be read or make
+//! no sense (a garbled `state.json`, a truncated head or image, a missing
+//! `meta.json`) is reported by [`Store::list`] as a [`BrokenBundle`] naming
+//! the file and the problem, while the others are listed as usual; it can
+//! still be removed.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -31,7 +37,7 @@ use crate::verify::{verify_file, verify_head, KeyLookup};
 /// Environment variable naming a step at which the process SIGKILLs itself
 /// (power-cut testing). Steps: `copied`, `staged`, `mounted`, `scanned`, `moved`,
 /// `volumes`, `state-temp`, `committed`, `gc`, `rollback-state-temp`,
-/// `rollback-committed`, `remove-renamed`.
+/// `rollback-committed`, `remove-renamed`, `purge-renamed`.
 pub const CRASH_ENV: &str = "NUVOL_BUNDLE_CRASH_AT";
 
 fn crash_point(step: &str) {
@@ -60,6 +66,56 @@ pub struct InstalledBundle {
     pub previous: Option<PreviousVersion>,
     /// The verified manifest (for the supervisor and discovery).
     pub manifest: Manifest,
+    /// Damage that does not stop the current version (an unreadable
+    /// previous version, which then cannot be rolled back to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// An installed bundle the store cannot read: never run, listed with what
+/// is wrong, removable (and then installable again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokenBundle {
+    pub name: String,
+    /// The file that is missing, unreadable or garbled.
+    pub file: PathBuf,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// What [`Store::list`] finds, each sorted by name.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// The bundles that read back intact.
+    pub bundles: Vec<InstalledBundle>,
+    /// The ones that do not, each with its problem.
+    pub broken: Vec<BrokenBundle>,
+}
+
+fn broken_at(name: &str, file: &Path, problem: impl std::fmt::Display) -> BundleError {
+    BundleError::Broken(BrokenBundle {
+        name: name.to_string(),
+        file: file.to_path_buf(),
+        problem: problem.to_string(),
+    })
+}
+
+/// Turn a failure to read or parse `file` of bundle `name` into
+/// [`BundleError::Broken`] (the path is in `file`, not repeated in the text).
+fn broken(name: &str, file: &Path) -> impl FnOnce(BundleError) -> BundleError {
+    let (name, file) = (name.to_string(), file.to_path_buf());
+    move |e| {
+        let problem = match e {
+            BundleError::Broken(_) | BundleError::NotInstalled(_) => return e,
+            BundleError::Io { source, .. } => source.to_string(),
+            other => other.to_string(),
+        };
+        BundleError::Broken(BrokenBundle {
+            name,
+            file,
+            problem,
+        })
+    }
 }
 
 /// The version a rollback would return to.
@@ -182,7 +238,9 @@ const MAX_SMALL_FILE: u64 = 256 * 1024;
 fn read_small(path: &Path) -> Result<Vec<u8>, BundleError> {
     let len = fs::metadata(path).map_err(BundleError::io(path))?.len();
     if len > MAX_SMALL_FILE {
-        return Err(BundleError::State(format!("{} too large", path.display())));
+        return Err(BundleError::io(path)(std::io::Error::other(format!(
+            "{len} bytes, more than a store record can be ({MAX_SMALL_FILE})"
+        ))));
     }
     fs::read(path).map_err(BundleError::io(path))
 }
@@ -251,47 +309,64 @@ impl Store {
         let inst = self.root.join("installed");
         for e in fs::read_dir(&inst).map_err(BundleError::io(&inst))? {
             let e = e.map_err(BundleError::io(&inst))?;
-            let dir = e.path();
             let name = e.file_name().to_string_lossy().to_string();
             if validate_name(&name).is_err() {
                 continue;
             }
-            let state = match self.read_state(&name) {
-                Ok(s) => s,
-                Err(BundleError::NotInstalled(_)) => {
-                    // A first install that never committed.
-                    remove_any(&dir)?;
-                    fsync_dir(&inst)?;
-                    continue;
-                }
-                // Unreadable state (disk error): leave this bundle alone so
-                // the rest of the store still opens; `get`/`list` report it.
-                Err(_) => continue,
-            };
-            for v in fs::read_dir(&dir).map_err(BundleError::io(&dir))? {
-                let v = v.map_err(BundleError::io(&dir))?;
-                let f = v.file_name().to_string_lossy().to_string();
-                let keep = f == "state.json"
-                    || f == state.current
-                    || state.previous.as_deref() == Some(f.as_str());
-                if !keep {
-                    remove_any(&v.path())?;
-                }
-            }
-            fsync_dir(&dir)?;
+            // A bundle that cannot be cleaned up (a disk error) is left
+            // alone so the rest of the store still opens; `list` reports it.
+            let _ = self.recover_bundle(&name);
         }
         Ok(())
     }
 
+    /// Remove a first install that never committed, or whatever version
+    /// directory the committed state of `name` does not name.
+    fn recover_bundle(&self, name: &str) -> Result<(), BundleError> {
+        let inst = self.root.join("installed");
+        let dir = self.dir(name);
+        let state = match self.read_state(name) {
+            Ok(s) => s,
+            Err(BundleError::NotInstalled(_)) => {
+                remove_any(&dir)?;
+                return fsync_dir(&inst);
+            }
+            Err(e) => return Err(e),
+        };
+        for v in fs::read_dir(&dir).map_err(BundleError::io(&dir))? {
+            let v = v.map_err(BundleError::io(&dir))?;
+            let f = v.file_name().to_string_lossy().to_string();
+            let keep = f == "state.json"
+                || f == state.current
+                || state.previous.as_deref() == Some(f.as_str());
+            if !keep {
+                remove_any(&v.path())?;
+            }
+        }
+        fsync_dir(&dir)
+    }
+
+    /// The committed state of `name`: `NotInstalled` without one, `Broken`
+    /// if it cannot be read or makes no sense.
     fn read_state(&self, name: &str) -> Result<State, BundleError> {
         let p = self.dir(name).join("state.json");
-        if !p.exists() {
-            return Err(BundleError::NotInstalled(name.to_string()));
+        match fs::symlink_metadata(&p) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Err(BundleError::NotInstalled(name.to_string()))
+            }
+            Err(e) => return Err(broken(name, &p)(BundleError::io(&p)(e))),
         }
-        let s: State = serde_json::from_slice(&read_small(&p)?)
-            .map_err(|e| BundleError::State(format!("{}: {e}", p.display())))?;
+        let bytes = read_small(&p).map_err(broken(name, &p))?;
+        let s: State = serde_json::from_slice(&bytes)
+            .map_err(|e| broken_at(name, &p, format!("not a state record: {e}")))?;
         if !is_digest(&s.current) || s.previous.as_deref().is_some_and(|p| !is_digest(p)) {
-            return Err(BundleError::State(format!("{}: bad digest", p.display())));
+            return Err(broken_at(name, &p, "names a version that is not a digest"));
         }
         Ok(s)
     }
@@ -301,10 +376,13 @@ impl Store {
         let dir = self.dir(name);
         let tmp = dir.join(format!(".state.json.tmp-{}", std::process::id()));
         let bytes = serde_json::to_vec(st).map_err(|e| BundleError::State(e.to_string()))?;
-        {
-            let mut f = File::create(&tmp).map_err(BundleError::io(&tmp))?;
-            f.write_all(&bytes).map_err(BundleError::io(&tmp))?;
-            f.sync_all().map_err(BundleError::io(&tmp))?;
+        let written = File::create(&tmp).and_then(|mut f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(BundleError::io(&tmp)(e));
         }
         crash_point(&format!("{step}state-temp"));
         let target = dir.join("state.json");
@@ -321,23 +399,40 @@ impl Store {
         previous: Option<&str>,
     ) -> Result<InstalledBundle, BundleError> {
         let vdir = self.dir(name).join(digest);
-        let meta: VersionMeta = serde_json::from_slice(&read_small(&vdir.join("meta.json"))?)
-            .map_err(|e| BundleError::State(format!("{}: {e}", vdir.display())))?;
-        let head = Head::parse_head_only(&read_small(&vdir.join("head"))?)?;
-        let manifest = Manifest::parse(&head.manifest_bytes)?;
+        let meta_file = vdir.join("meta.json");
+        let meta: VersionMeta =
+            serde_json::from_slice(&read_small(&meta_file).map_err(broken(name, &meta_file))?)
+                .map_err(|e| broken_at(name, &meta_file, format!("not a version record: {e}")))?;
+        if meta.digest != digest {
+            return Err(broken_at(
+                name,
+                &meta_file,
+                format!("records image {} for version {digest}", meta.digest),
+            ));
+        }
+        let (head, manifest) = self.read_head(name, digest)?;
+        self.image_of(name, digest, &head)?;
         let revoked = crate::keys::KeyId::parse_hex(&meta.key_id)
             .and_then(|id| self.keyring().is_revoked(&id))
             .unwrap_or(true);
-        let previous = match previous {
-            Some(p) => {
-                let ph = Head::parse_head_only(&read_small(&self.dir(name).join(p).join("head"))?)?;
-                let pm = Manifest::parse(&ph.manifest_bytes)?;
+        let (previous, problem) = match previous.map(|p| (p, self.read_head(name, p))) {
+            Some((p, Ok((_, pm)))) => (
                 Some(PreviousVersion {
                     version: pm.version,
                     digest: p.to_string(),
-                })
-            }
-            None => None,
+                }),
+                None,
+            ),
+            Some((_, Err(BundleError::Broken(b)))) => (
+                None,
+                Some(format!(
+                    "previous version: {}: {}",
+                    b.file.display(),
+                    b.problem
+                )),
+            ),
+            Some((_, Err(e))) => (None, Some(format!("previous version: {e}"))),
+            None => (None, None),
         };
         Ok(InstalledBundle {
             name: name.to_string(),
@@ -350,7 +445,38 @@ impl Store {
             image_type: meta.image_type,
             previous,
             manifest,
+            problem,
         })
+    }
+
+    /// The stored head of a version and its manifest, or `Broken`.
+    fn read_head(&self, name: &str, digest: &str) -> Result<(Head, Manifest), BundleError> {
+        let file = self.dir(name).join(digest).join("head");
+        let head = read_small(&file)
+            .and_then(|b| Head::parse_head_only(&b))
+            .map_err(broken(name, &file))?;
+        let manifest = Manifest::parse(&head.manifest_bytes).map_err(broken(name, &file))?;
+        Ok((head, manifest))
+    }
+
+    /// A version's image, present and as long as its signed header says, or `Broken`.
+    fn image_of(&self, name: &str, digest: &str, head: &Head) -> Result<PathBuf, BundleError> {
+        let img = self.dir(name).join(digest).join("image");
+        let len = fs::metadata(&img)
+            .map_err(BundleError::io(&img))
+            .map_err(broken(name, &img))?
+            .len();
+        if len != head.header.image_len {
+            return Err(broken_at(
+                name,
+                &img,
+                format!(
+                    "{len} bytes, the signed header says {}",
+                    head.header.image_len
+                ),
+            ));
+        }
+        Ok(img)
     }
 
     /// Verify `bundle_file` and install it, or upgrade the installed version
@@ -366,15 +492,36 @@ impl Store {
         io: InstallOptions,
     ) -> Result<InstalledBundle, BundleError> {
         let _l = self.lock()?;
+        // The image is copied into the store: refuse at once (naming both
+        // numbers) when it cannot fit. Installs are serialized by the lock,
+        // so only a writer outside the store can take the space meanwhile.
+        let (_, head) = crate::verify::read_head(bundle_file)?;
+        let needed = crate::space::needed_to_install(head.header.image_len);
+        crate::space::ensure(&self.root, needed)?;
         let stage = self
             .tmp()
             .join(format!("stage-{}-{}", std::process::id(), now_nanos()));
-        fs::create_dir(&stage).map_err(BundleError::io(&stage))?;
-        let res = self.install_locked(bundle_file, &stage, io);
+        let res = fs::create_dir(&stage)
+            .map_err(BundleError::io(&stage))
+            .and_then(|()| self.install_locked(bundle_file, &stage, io));
         if stage.exists() {
             let _ = remove_any(&stage);
         }
-        res
+        match res {
+            // Filled up anyway: the stage is gone, say how much was needed.
+            Err(e) if e.is_no_space() => Err(BundleError::NoSpace {
+                path: self.root.clone(),
+                needed,
+                free: crate::space::space(&self.root).map_or(0, |s| s.free_bytes),
+            }),
+            r => r,
+        }
+    }
+
+    /// Free and total space of the filesystem holding the store (uploads
+    /// and volumes live there too).
+    pub fn space(&self) -> Result<crate::space::Space, BundleError> {
+        crate::space::space(&self.root)
     }
 
     fn install_locked(
@@ -476,17 +623,36 @@ impl Store {
             fsync_dir(&self.tmp())?;
         }
         crash_point("moved");
-        // 5. Volumes exist before the version that needs them is current.
-        for v in &m.volumes {
-            create_dir_durable(&self.volume_path(&name, &v.name))?;
-        }
-        crash_point("volumes");
-        // 6. Commit.
         let st = State {
             current: digest.clone(),
             previous: old.as_ref().map(|o| o.current.clone()),
         };
-        self.write_state(&name, &st, "")?;
+        let committed = (|| {
+            // 5. Volumes exist before the version that needs them is current.
+            for v in &m.volumes {
+                create_dir_durable(&self.volume_path(&name, &v.name))?;
+            }
+            crash_point("volumes");
+            // 6. Commit.
+            self.write_state(&name, &st, "")
+        })();
+        if let Err(e) = committed {
+            // Not committed (a full disk, say): take the moved version back
+            // out now rather than at the next open, unless the state on
+            // disk refers to it after all.
+            let referenced = self.read_state(&name).is_ok_and(|s| {
+                s.current == digest || s.previous.as_deref() == Some(digest.as_str())
+            });
+            if !referenced {
+                if old.is_none() {
+                    let _ = remove_any(&ndir);
+                } else if !reuse {
+                    let _ = remove_any(&vdir);
+                }
+                let _ = fsync_dir(ndir.parent().unwrap_or(&ndir));
+            }
+            return Err(e);
+        }
         // 7. Drop the version that is neither current nor previous.
         if let Some(gone) = old.and_then(|o| o.previous) {
             if gone != st.current {
@@ -509,7 +675,14 @@ impl Store {
             .clone()
             .ok_or_else(|| BundleError::NoPrevious(name.to_string()))?;
         // The previous version must still verify before it runs again.
-        self.check_version(name, &prev)?;
+        self.check_version(name, &prev).map_err(|e| match e {
+            BundleError::Broken(b) => BundleError::State(format!(
+                "the previous version of {name:?} is damaged and cannot be rolled back to: {}: {}",
+                b.file.display(),
+                b.problem
+            )),
+            e => e,
+        })?;
         let new = State {
             current: prev,
             previous: Some(st.current),
@@ -518,29 +691,45 @@ impl Store {
         self.describe(name, &new.current, new.previous.as_deref())
     }
 
-    /// Remove `name`; its volumes too if `purge_volumes`.
+    /// Remove `name`; its volumes too if `purge_volumes`. A broken bundle
+    /// goes the same way: nothing of it needs to be readable. Each directory
+    /// leaves by one rename into `tmp/` (emptied on open), so a power cut
+    /// leaves it whole or gone.
     pub fn remove(&self, name: &str, purge_volumes: bool) -> Result<(), BundleError> {
         validate_name(name)?;
         let _l = self.lock()?;
-        self.read_state(name)?;
         let dir = self.dir(name);
+        match fs::symlink_metadata(&dir) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(BundleError::NotInstalled(name.to_string()))
+            }
+            Err(e) => return Err(BundleError::io(&dir)(e)),
+        }
         let grave = self.tmp().join(format!("removed-{name}-{}", now_nanos()));
         fs::rename(&dir, &grave).map_err(BundleError::io(&dir))?;
         fsync_dir(&self.root.join("installed"))?;
+        fsync_dir(&self.tmp())?;
         crash_point("remove-renamed");
         remove_any(&grave)?;
         if purge_volumes {
             let v = self.root.join("volumes").join(name);
             if v.exists() {
-                remove_any(&v)?;
+                let grave = self.tmp().join(format!("purged-{name}-{}", now_nanos()));
+                fs::rename(&v, &grave).map_err(BundleError::io(&v))?;
                 fsync_dir(&self.root.join("volumes"))?;
+                fsync_dir(&self.tmp())?;
+                crash_point("purge-renamed");
+                remove_any(&grave)?;
             }
         }
         Ok(())
     }
 
-    /// All installed bundles, sorted by name.
-    pub fn list(&self) -> Result<Vec<InstalledBundle>, BundleError> {
+    /// All installed bundles, sorted by name: the ones that read back
+    /// intact, and the broken ones with their problem. Fails only if the
+    /// store's own `installed/` directory cannot be read.
+    pub fn list(&self) -> Result<Listing, BundleError> {
         let inst = self.root.join("installed");
         let mut names: Vec<String> = fs::read_dir(&inst)
             .map_err(BundleError::io(&inst))?
@@ -549,18 +738,23 @@ impl Store {
             .filter(|n| validate_name(n).is_ok())
             .collect();
         names.sort();
-        let mut out = Vec::new();
+        let mut out = Listing::default();
         for n in names {
-            match self.read_state(&n) {
-                Ok(st) => out.push(self.describe(&n, &st.current, st.previous.as_deref())?),
+            match self.get(&n) {
+                Ok(b) => out.bundles.push(b),
                 Err(BundleError::NotInstalled(_)) => {}
-                Err(e) => return Err(e),
+                Err(BundleError::Broken(b)) => out.broken.push(b),
+                Err(e) => out.broken.push(BrokenBundle {
+                    name: n.clone(),
+                    file: self.dir(&n),
+                    problem: e.to_string(),
+                }),
             }
         }
         Ok(out)
     }
 
-    /// One installed bundle.
+    /// One installed bundle; [`BundleError::Broken`] if it cannot be read.
     pub fn get(&self, name: &str) -> Result<InstalledBundle, BundleError> {
         validate_name(name)?;
         let st = self.read_state(name)?;
@@ -570,33 +764,25 @@ impl Store {
     /// Re-check a stored version's signature against the keyring now (so a
     /// revoked key stops its bundles) and its image size.
     fn check_version(&self, name: &str, digest: &str) -> Result<PathBuf, BundleError> {
-        let vdir = self.dir(name).join(digest);
-        let head = Head::parse_head_only(&read_small(&vdir.join("head"))?)?;
+        let (head, _) = self.read_head(name, digest)?;
         verify_head(&head, &self.keyring() as &dyn KeyLookup)?;
         if hex(&head.header.image_digest) != digest {
-            return Err(BundleError::State(format!(
-                "{}: digest does not match directory",
-                vdir.display()
-            )));
+            return Err(broken_at(
+                name,
+                &self.dir(name).join(digest).join("head"),
+                "signed for another image than the one stored with it",
+            ));
         }
-        let img = vdir.join("image");
-        let len = fs::metadata(&img).map_err(BundleError::io(&img))?.len();
-        if len != head.header.image_len {
-            return Err(BundleError::Truncated {
-                expected: head.header.image_len,
-                actual: len,
-            });
-        }
-        Ok(img)
+        self.image_of(name, digest, &head)
     }
 
     /// The verified image of the current version of `name`, for the
     /// container runtime to mount (read-only, nosuid, nodev). Fails if the
     /// signing key has been revoked since install.
     pub fn image_path(&self, name: &str) -> Result<PathBuf, BundleError> {
-        validate_name(name)?;
-        let st = self.read_state(name)?;
-        self.check_version(name, &st.current)
+        // A broken bundle (any of its current files) never runs.
+        let b = self.get(name)?;
+        self.check_version(name, &b.digest)
     }
 
     /// Unattended provisioning (nuvol.toml `[bundles]`): trust `trusted_keys`
@@ -627,7 +813,7 @@ impl Store {
                 // same image *and* the same manifest. Bundles built from one
                 // rootfs share an image digest but are services of their own.
                 let digest = hex(&head.header.image_digest);
-                for b in self.list()? {
+                for b in self.list()?.bundles {
                     if b.digest == digest && self.current_manifest_is(&b, &head.manifest_bytes)? {
                         return Ok(ProvisionOutcome::AlreadyInstalled(b));
                     }

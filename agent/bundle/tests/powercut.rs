@@ -42,6 +42,7 @@ fn child(spec: &str) -> ! {
         "install" => store.install(Path::new(arg)).map(|_| ()),
         "rollback" => store.rollback(arg).map(|_| ()),
         "remove" => store.remove(arg, false),
+        "purge" => store.remove(arg, true),
         _ => panic!("unknown op {op}"),
     };
     r.unwrap();
@@ -176,5 +177,29 @@ fn main() {
     let v = installed_version(&data);
     assert!(v.is_none() || v.as_deref() == Some("1.0"));
     n += 1;
+    // A broken bundle (garbled state) removed with its volumes, killed after
+    // each rename: whole or gone, never half, and nothing left in staging.
+    for step in ["remove-renamed", "purge-renamed"] {
+        let data = fresh_store(&f, &format!("broken-{step}"), &[&f.v1]);
+        let vol = data.join("bundles/volumes/web/data");
+        std::fs::write(vol.join("keep.txt"), "x").unwrap();
+        std::fs::write(data.join("bundles/installed/web/state.json"), b"{garbage").unwrap();
+        crash("purge", &data, Path::new("web"), step);
+        let store = Store::open_with(&data, opts()).unwrap();
+        let tmp = data.join("bundles/tmp");
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "{step}");
+        assert!(!data.join("bundles/installed/web").exists(), "{step}");
+        let l = store.list().unwrap();
+        assert!(l.bundles.is_empty() && l.broken.is_empty(), "{step}");
+        // The volume directory is whole (renamed away only after the bundle).
+        let whole = vol.join("keep.txt").exists();
+        assert!(
+            whole || !data.join("bundles/volumes/web").exists(),
+            "{step}"
+        );
+        assert_eq!(whole, step == "remove-renamed", "{step}");
+        println!("powercut: broken remove --purge killed at {step} -> volumes kept: {whole}");
+        n += 1;
+    }
     println!("powercut: {n} kill -9 scenarios left a consistent store");
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use std::fs;
+use std::path::PathBuf;
 
 use common::*;
 use nuvol_bundle::build::assemble;
@@ -74,7 +75,7 @@ fn install_upgrade_rollback_remove() {
     let r = store.rollback("web").unwrap();
     assert_eq!(r.version, "2.0");
 
-    let list = store.list().unwrap();
+    let list = store.list().unwrap().bundles;
     assert_eq!(list.len(), 1);
     let json = serde_json::to_value(&list[0]).unwrap();
     for k in [
@@ -99,7 +100,7 @@ fn install_upgrade_rollback_remove() {
     store.install(&v1).unwrap();
     store.remove("web", true).unwrap();
     assert!(!vol.exists());
-    assert!(store.list().unwrap().is_empty());
+    assert!(store.list().unwrap().bundles.is_empty());
 }
 
 #[test]
@@ -284,7 +285,7 @@ fn erofs_bundle_installs_and_corrupt_state_is_contained() {
     // and the damage is reported, not hidden.
     fs::write(data.join("bundles/installed/app/state.json"), b"{garbage").unwrap();
     let store = Store::open_with(&data, opts()).unwrap();
-    assert!(matches!(store.get("app"), Err(BundleError::State(_))));
+    assert!(matches!(store.get("app"), Err(BundleError::Broken(_))));
     assert_eq!(store.get("web").unwrap().version, "1.0");
 }
 
@@ -329,7 +330,13 @@ fn provision_installs_bundles_that_share_an_image() {
             other => panic!("{}: {other:?}", f.display()),
         }
     }
-    let listed: Vec<_> = store.list().unwrap().into_iter().map(|b| b.name).collect();
+    let listed: Vec<_> = store
+        .list()
+        .unwrap()
+        .bundles
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
     assert_eq!(listed, names);
     for n in names {
         store.verify_installed(n).unwrap();
@@ -413,4 +420,153 @@ fn export_is_the_installed_file_byte_for_byte() {
     store.keyring().revoke(&key.key_id, "test").unwrap();
     assert!(store.export("web").is_err());
     assert!(store.export("../etc").is_err());
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, opts: &str) -> Tmpfs {
+        fs::create_dir_all(at).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// `make_bundle` with `pad` random bytes in `/pad`, so its image is about
+/// that big (random data does not compress).
+fn padded_bundle(out: &std::path::Path, key: &SecretKey, name: &str, pad: usize) -> PathBuf {
+    let root = out.join(format!("rootfs-{name}-1"));
+    make_rootfs(&root, name);
+    let mut bytes = vec![0u8; pad];
+    getrandom::getrandom(&mut bytes).unwrap();
+    fs::write(root.join("pad"), bytes).unwrap();
+    let mf = out.join(format!("{name}-1.toml"));
+    fs::write(&mf, manifest_text(name, "1", "")).unwrap();
+    let f = out.join(format!("{name}-1.nvb"));
+    nuvol_bundle::build::build(&mf, &root, ImageType::Squashfs, &f, Some(key)).unwrap();
+    f
+}
+
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn an_install_that_cannot_fit_is_refused_and_stages_nothing() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let big = padded_bundle(t.path(), &key, "big", 4 << 20);
+    let small = make_bundle(t.path(), &key, "web", "1.0");
+    let data = t.path().join("data");
+    let _fs = Tmpfs::mount(&data, "size=4m");
+    let store = Store::open_with(&data, opts()).unwrap();
+    store.keyring().add(&key.public(), "test").unwrap();
+    let free = store.space().unwrap().free_bytes;
+    match store.install(&big) {
+        Err(BundleError::NoSpace {
+            needed, free: f, ..
+        }) => {
+            let (_, h) = nuvol_bundle::verify::read_head(&big).unwrap();
+            assert_eq!(needed, h.header.image_len + nuvol_bundle::space::SLACK);
+            assert_eq!(f, free);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(entries(&data.join("bundles/tmp")).is_empty());
+    assert!(entries(&data.join("bundles/installed")).is_empty());
+    assert_eq!(store.space().unwrap().free_bytes, free);
+    store.install(&small).unwrap();
+}
+
+#[test]
+fn a_store_that_fills_up_during_an_install_says_so_and_keeps_nothing() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let small = make_bundle(t.path(), &key, "web", "1.0");
+    let (_, h) = nuvol_bundle::verify::read_head(&small).unwrap();
+    let data = t.path().join("data");
+    // Plenty of bytes, few inodes: the free-space check passes and the
+    // install runs out of room (ENOSPC) at whichever file it creates when
+    // the inodes run out: every step from staging to the commit.
+    let _fs = Tmpfs::mount(&data, "size=16m,nr_inodes=64");
+    let store = Store::open_with(&data, opts()).unwrap();
+    store.keyring().add(&key.public(), "test").unwrap();
+    let filler = data.join("filler");
+    let free_inodes = || {
+        let c = std::ffi::CString::new(data.to_str().unwrap()).unwrap();
+        // SAFETY: all zeroes is a valid statvfs.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid C string and a writable statvfs.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_ffree
+    };
+    let mut refused = 0;
+    for left in 0..16 {
+        fs::create_dir(&filler).unwrap();
+        let mut n = 0;
+        while free_inodes() > left {
+            fs::write(filler.join(n.to_string()), b"").unwrap();
+            n += 1;
+        }
+        let r = store.install(&small);
+        fs::remove_dir_all(&filler).unwrap();
+        assert!(
+            entries(&data.join("bundles/tmp")).is_empty(),
+            "{left} inodes left: nothing staged remains"
+        );
+        match r {
+            Err(BundleError::NoSpace { needed, .. }) => {
+                assert_eq!(needed, h.header.image_len + nuvol_bundle::space::SLACK);
+                assert!(
+                    entries(&data.join("bundles/installed")).is_empty(),
+                    "{left}"
+                );
+                assert!(store.list().unwrap().bundles.is_empty());
+                refused += 1;
+            }
+            Ok(b) => {
+                assert_eq!(b.version, "1.0");
+                assert_eq!(entries(&data.join("bundles/installed/web")).len(), 2);
+                break;
+            }
+            Err(e) => panic!("{left} inodes left: {e:?}"),
+        }
+    }
+    assert!(refused >= 5, "refused at {refused} steps");
+    assert_eq!(store.get("web").unwrap().version, "1.0");
+    assert_eq!(
+        BundleError::NoSpace {
+            path: data.clone(),
+            needed: 1,
+            free: 0
+        }
+        .code(),
+        "insufficient_storage"
+    );
 }

@@ -4,7 +4,7 @@
 use crate::cloudy::{self, CloudyService};
 use crate::events::{EventLog, LoggedEvent};
 use crate::{
-    member_views, query, services_from_members, MemberView, Service, ServiceQuery, SVC_PREFIX,
+    catalog, member_views, query, CatalogService, MemberView, Service, ServiceQuery, SVC_PREFIX,
     ZONE_TAG,
 };
 use nuvol_gossip::{Config, Event, GossipError, Handle, Profile};
@@ -45,6 +45,9 @@ pub struct DiscoveryConfig {
     pub zone: String,
     /// encryption key (16/24/32 bytes)
     pub encrypt_key: Option<Vec<u8>>,
+    /// where `serf keys` rotations are kept (the agent's state dir); with
+    /// encryption on and the file present, it replaces `encrypt_key`
+    pub keyring_file: Option<std::path::PathBuf>,
     /// timing profile (Cloudy used WAN)
     pub profile: Profile,
     /// services to announce
@@ -141,6 +144,7 @@ impl DiscoveryHandle {
         g.advertise = cfg.advertise;
         g.join = cfg.join.clone();
         g.keys = cfg.encrypt_key.clone().into_iter().collect();
+        g.keyring_file = cfg.keyring_file.clone();
         let ip = cfg.advertise.unwrap_or(cfg.bind).ip().to_string();
         g.tags = service_tags(
             &cfg.tags,
@@ -170,18 +174,19 @@ impl DiscoveryHandle {
     pub fn members(&self) -> Vec<MemberView> {
         member_views(&self.gossip.members())
     }
-    /// Services for `GET /api/v1/services` (our zone preferred on ties).
-    pub fn services(&self, q: &ServiceQuery) -> Vec<Service> {
+    /// Services for `GET /api/v1/services`, one entry per service however
+    /// many schemes announce it (our zone preferred on ties).
+    pub fn services(&self, q: &ServiceQuery) -> Vec<CatalogService> {
         let mut q = q.clone();
         let zone = self.zone();
         if q.zone.is_none() && !zone.is_empty() {
             q.zone = Some(zone);
         }
-        let mut all = services_from_members(&self.gossip.members());
-        if let Ok(ext) = self.external.lock() {
-            all.extend(ext.values().flatten().cloned());
-        }
-        query(all, &q)
+        let external: Vec<Service> = match self.external.lock() {
+            Ok(ext) => ext.values().flatten().cloned().collect(),
+            Err(p) => p.into_inner().values().flatten().cloned().collect(),
+        };
+        query(catalog(&self.gossip.members(), external), &q)
     }
     /// Replace the services learned from another source (`"mdns"`: the
     /// mDNS browser calls this with everything it currently sees); they are

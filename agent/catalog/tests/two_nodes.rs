@@ -1,5 +1,5 @@
 //! Two nuvol nodes on loopback: services announced by one are found by the
-//! other, nearest first, in both tag schemes.
+//! other, nearest first, once however many schemes announce them.
 
 use nuvol_catalog::{DiscoveryConfig, DiscoveryHandle, LocalService, ServiceQuery, Source};
 use nuvol_gossip::Profile;
@@ -16,6 +16,7 @@ fn cfg(name: &str, join: Vec<SocketAddr>, services: Vec<LocalService>) -> Discov
         tags: Default::default(),
         zone: "super".into(),
         encrypt_key: None,
+        keyring_file: None,
         profile: Profile::Local,
         services,
         cloudy_compat: true,
@@ -48,18 +49,18 @@ async fn services_cross_the_gossip() {
     let mut found = Vec::new();
     while t0.elapsed() < Duration::from_secs(10) {
         found = b.services(&q);
-        if found.len() == 2 && found.iter().all(|s| s.rtt_estimate_ms.is_some()) {
+        if found.len() == 1 && found.iter().all(|s| s.service.rtt_estimate_ms.is_some()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(found.len(), 2, "{found:?}");
-    assert!(found
-        .iter()
-        .any(|s| s.source == Source::Serf && s.port == 8080));
-    assert!(found
-        .iter()
-        .any(|s| s.source == Source::Cloudy && s.port == 8080));
+    // one service, seen in both tag schemes
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].sources, [Source::Serf, Source::Cloudy]);
+    assert_eq!(
+        (found[0].service.name.as_str(), found[0].service.port),
+        ("panel", 8080)
+    );
     assert_eq!(b.members().len(), 2);
     assert!(b
         .members()
@@ -72,20 +73,31 @@ async fn services_cross_the_gossip() {
         .all(|m| m.health == "alive" && m.status == "alive" && m.hops == Some(0)));
     assert!(found
         .iter()
-        .all(|s| s.health == "alive" && s.hops == Some(0)));
+        .all(|s| s.service.health == "alive" && s.service.hops == Some(0)));
 
-    // services from another source (mDNS) merge into the same query
-    let mut m = found[0].clone();
-    m.source = Source::Mdns;
-    m.node = "printer".into();
-    b.set_external_services("mdns", vec![m]);
+    // services from another source (mDNS) merge into the same query: a
+    // printer elsewhere is a service of its own, the same service heard
+    // at cat-a's address is cat-a's
+    let mut printer = found[0].service.clone();
+    printer.source = Source::Mdns;
+    printer.node = "printer".into();
+    printer.name = "Office printer".into();
+    printer.addr = "127.0.0.2".parse().ok();
+    let mut same = found[0].service.clone();
+    same.source = Source::Mdns;
+    same.node = "cat-a".into();
+    same.name = "panel on cat-a".into();
+    b.set_external_services("mdns", vec![printer, same]);
     let merged = b.services(&q);
-    assert_eq!(merged.len(), 3, "{merged:?}");
+    assert_eq!(merged.len(), 2, "{merged:?}");
     assert!(merged
         .iter()
-        .any(|s| s.source == Source::Mdns && s.node == "printer"));
+        .any(|s| s.sources == [Source::Mdns] && s.service.node == "printer"));
+    assert!(merged.iter().any(
+        |s| s.sources == [Source::Serf, Source::Cloudy, Source::Mdns] && s.service.name == "panel"
+    ));
     b.set_external_services("mdns", Vec::new());
-    assert_eq!(b.services(&q).len(), 2);
+    assert_eq!(b.services(&q).len(), 1);
     a.shutdown();
     b.shutdown();
 }

@@ -9,6 +9,7 @@
 //! profile = "lan"                # "lan" (Serf default) or "wan" (Cloudy's -profile=wan)
 //! join = ["10.0.0.1:7946", "10.0.0.2"]   # seeds, retried with backoff
 //! # encrypt_key = "..."          # base64 of 16/24/32 bytes, as `serf keygen` prints
+//!                                # (after `serf keys` rotations: <state>/gossip-keyring.json)
 //! # zone = "barcelona"           # locality; ties in "nearest" prefer the same zone
 //! role = "ordinary-node"         # or "super-node"
 //! # node_name = "box1"           # default: the host name (+ node id if "nuvol")

@@ -10,6 +10,7 @@
 mod admin;
 mod bundles;
 mod discovery;
+mod mesh;
 mod network;
 pub mod overlay;
 
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use admin::AdminConfig;
 pub use bundles::{BundleSource, BundlesConfig};
 pub use discovery::{DiscoveryConfig, GossipProfile, Role, DEFAULT_GOSSIP_PORT};
+pub use mesh::{OverlayConfig, DEFAULT_OVERLAY_PORT};
 pub use network::{InterfaceConfig, NetworkConfig, RouteConfig};
 pub use overlay::{SettingError, Settings, SETTINGS_FILE};
 
@@ -41,6 +43,8 @@ pub struct Config {
     pub bundles: BundlesConfig,
     /// Serf-compatible gossip and mDNS discovery.
     pub discovery: DiscoveryConfig,
+    /// The community's WireGuard overlay (opt-in).
+    pub overlay: OverlayConfig,
     /// Switches for testing; never set these on a box in service.
     pub debug: DebugConfig,
     /// Provisioned admin credentials (password hash, API keys).
@@ -159,6 +163,8 @@ impl Config {
         self.admin.validate()?;
         self.network.validate()?;
         self.discovery.validate()?;
+        self.overlay
+            .validate(self.discovery.encrypt_key.is_some())?;
         self.bundles.validate()
     }
 }

@@ -10,6 +10,7 @@
 //! | `discovery.role` | `super-node` or `ordinary-node` | live (gossip tags) |
 //! | `panel.allow_plain_http` | `true` / `false` | live |
 //! | `admin.password` | stored as `[admin] password_hash` (argon2) | live |
+//! | `overlay.enabled` | `true` / `false`: the community's WireGuard overlay | at the next start of the agent |
 //!
 //! The file has the same shape as nuvol.toml (`[discovery] zone = …`) and
 //! the same rules: a value nuvol.toml would refuse is refused here, naming
@@ -64,6 +65,11 @@ pub const KEYS: &[SettingKey] = &[
         help: "admin password (at least 10 characters); replaces the console token",
     },
     SettingKey {
+        key: "overlay.enabled",
+        applies: "restart",
+        help: "join the community's WireGuard overlay (needs [discovery] encrypt_key); applies at the next start of the agent",
+    },
+    SettingKey {
         key: "hostname",
         applies: "restart",
         help: "host name; applies at the next start of the agent (reboot)",
@@ -93,6 +99,21 @@ pub struct PanelSettings {
     pub allow_plain_http: Option<bool>,
 }
 
+/// `[overlay]` keys of the settings file (the community's WireGuard
+/// overlay, not this file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlaySettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+impl OverlaySettings {
+    fn is_unset(&self) -> bool {
+        self.enabled.is_none()
+    }
+}
+
 /// `[admin]` keys of the overlay.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -111,12 +132,14 @@ pub struct Settings {
     pub panel: PanelSettings,
     pub discovery: DiscoverySettings,
     pub admin: AdminSettings,
+    #[serde(skip_serializing_if = "OverlaySettings::is_unset")]
+    pub overlay: OverlaySettings,
 }
 
 /// What went wrong with a setting or the overlay file.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingError {
-    #[error("unknown setting `{0}` (known: hostname, discovery.zone, discovery.role, panel.allow_plain_http, admin.password)")]
+    #[error("unknown setting `{0}` (known: hostname, discovery.zone, discovery.role, panel.allow_plain_http, admin.password, overlay.enabled)")]
     Unknown(String),
     #[error("`{key}`: {message}")]
     Invalid { key: String, message: String },
@@ -224,6 +247,9 @@ impl Settings {
         if let Some(h) = &self.admin.password_hash {
             c.admin.password_hash = Some(h.clone());
         }
+        if let Some(e) = self.overlay.enabled {
+            c.overlay.enabled = e;
+        }
         c
     }
 
@@ -235,6 +261,7 @@ impl Settings {
             "discovery.role" => self.discovery.role.is_some(),
             "panel.allow_plain_http" => self.panel.allow_plain_http.is_some(),
             "admin.password" => self.admin.password_hash.is_some(),
+            "overlay.enabled" => self.overlay.enabled.is_some(),
             _ => false,
         }
     }
@@ -277,6 +304,14 @@ impl Settings {
             }
             "panel.allow_plain_http" => {
                 self.panel.allow_plain_http = match v {
+                    None => None,
+                    Some("true" | "1" | "yes" | "on") => Some(true),
+                    Some("false" | "0" | "no" | "off") => Some(false),
+                    Some(x) => return Err(invalid(key, format!("{x:?}: want true or false"))),
+                }
+            }
+            "overlay.enabled" => {
+                self.overlay.enabled = match v {
                     None => None,
                     Some("true" | "1" | "yes" | "on") => Some(true),
                     Some("false" | "0" | "no" | "off") => Some(false),
@@ -437,6 +472,33 @@ mod tests {
         std::fs::write(&path, "[discovery]\nzone = \"a b\"\n").unwrap();
         assert!(Settings::load(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn overlay_switch_is_a_setting_applied_at_restart() {
+        let mut s = Settings::default();
+        s.set("overlay.enabled", Some("on")).unwrap();
+        assert!(s.sets("overlay.enabled"));
+        assert!(s.apply(&Config::default()).overlay.enabled);
+        let text = toml::to_string(&s).unwrap();
+        assert!(
+            text.contains("[overlay]") && text.contains("enabled = true"),
+            "{text}"
+        );
+        let e = s
+            .set("overlay.enabled", Some("maybe"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("overlay.enabled") && e.contains("true or false"),
+            "{e}"
+        );
+        s.set("overlay.enabled", None).unwrap();
+        assert!(!s.sets("overlay.enabled"));
+        assert!(!toml::to_string(&s).unwrap().contains("overlay"));
+        let k = KEYS.iter().find(|k| k.key == "overlay.enabled").unwrap();
+        assert_eq!(k.applies, "restart");
+        assert!(keys_in_file("[overlay]\nenabled = true\n").contains("overlay.enabled"));
     }
 
     #[test]

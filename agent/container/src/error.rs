@@ -34,6 +34,10 @@ pub enum ContainerError {
         what: String,
         source: io::Error,
     },
+    /// The created container process was not started in time and gave up
+    /// (it exits on its own rather than wait forever).
+    #[error("container process was not started within {after:?} and gave up")]
+    NotStarted { after: std::time::Duration },
     /// A system call in the runtime itself failed.
     #[error("{what}: {source}")]
     Sys {

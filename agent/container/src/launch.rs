@@ -11,26 +11,26 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::{Cgroup, CgroupRoot};
 use crate::error::{ContainerError, Result};
 use crate::loopdev::LoopDevice;
-use crate::plan::{cpath, cstr, Op, Plan};
-use crate::seccomp;
-use crate::spec::{ContainerSpec, NetworkMode, RootSource, RootWrite};
+use crate::plan::{STEP_CLOSE_FDS, STEP_NOT_STARTED, STEP_PDEATHSIG, STEP_WAIT};
+use crate::setup::{build_plan, set_oom_score_adj, Identity};
+use crate::spec::{ContainerSpec, NetworkMode};
 
-const CLONE_PIDFD: u64 = 0x1000;
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+pub(crate) const CLONE_PIDFD: u64 = 0x1000;
+pub(crate) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 #[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+pub(crate) struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
 }
 
 /// How the container's process ended.
@@ -68,14 +68,6 @@ pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn last_cap() -> u32 {
-    fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
-        .min(63)
-}
-
 /// A running (or exited, not yet destroyed) container.
 #[derive(Debug)]
 pub struct Container {
@@ -86,321 +78,7 @@ pub struct Container {
     state_dir: PathBuf,
     status: Option<ExitStatus>,
     destroyed: bool,
-}
-
-fn components(dest: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    for c in dest.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        cur.push('/');
-        cur.push_str(c);
-        out.push(cur.clone());
-    }
-    out
-}
-
-/// Refuse mount destinations that pass through a symlink in a directory rootfs
-/// (a symlink there could point the mount anywhere on the host).
-fn check_no_symlink(root: &Path, dest: &str) -> Result<()> {
-    for c in components(dest) {
-        let p = root.join(c.trim_start_matches('/'));
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(ContainerError::InvalidSpec(format!(
-                    "mount destination {dest:?} passes through symlink {}",
-                    p.display()
-                )))
-            }
-            Ok(_) => {}
-            Err(_) => return Ok(()),
-        }
-    }
-    Ok(())
-}
-
-struct Prepared {
-    plan: Plan,
-    _loop: Option<LoopDevice>,
-}
-
-fn build_plan(spec: &ContainerSpec, state: &Path, cgroup_v2: bool) -> Result<Prepared> {
-    let mut plan = Plan::new(&spec.args, &spec.env, &spec.additional_gids)?;
-    let root = state.join("root");
-    fs::create_dir_all(&root).map_err(ContainerError::sys("create container state directory"))?;
-    let croot = cpath(&root)?;
-    plan.push(
-        Op::Mount {
-            src: None,
-            target: cstr("/")?,
-            fstype: None,
-            flags: libc::MS_REC | libc::MS_PRIVATE,
-            data: None,
-        },
-        "make all mounts private",
-    );
-    if !cgroup_v2 {
-        // On v2 the clone itself creates the cgroup namespace, rooted at the container's cgroup.
-        plan.push(Op::UnshareCgroup, "unshare cgroup namespace");
-    }
-    let mut loopdev = None;
-    let mut remount_ro = false;
-    let lower: PathBuf = match &spec.rootfs.source {
-        RootSource::Dir(d) => d.clone(),
-        RootSource::SquashfsImage(img) => {
-            let dev = LoopDevice::attach(img)?;
-            let target = if matches!(spec.rootfs.write, RootWrite::ReadOnly) {
-                root.clone()
-            } else {
-                let l = state.join("lower");
-                fs::create_dir_all(&l).map_err(ContainerError::sys("create lower directory"))?;
-                l
-            };
-            plan.push(
-                Op::Mount {
-                    src: Some(cpath(dev.path())?),
-                    target: cpath(&target)?,
-                    fstype: Some(cstr(image_fstype(img))?),
-                    flags: libc::MS_RDONLY | libc::MS_NODEV,
-                    data: None,
-                },
-                format!("mount image {} ({})", img.display(), dev.path().display()),
-            );
-            loopdev = Some(dev);
-            target
-        }
-    };
-    match (&spec.rootfs.source, &spec.rootfs.write) {
-        (RootSource::SquashfsImage(_), RootWrite::ReadOnly) => {}
-        (_, RootWrite::Overlay { upper, work }) => {
-            fs::create_dir_all(upper)
-                .map_err(ContainerError::sys("create overlay upper directory"))?;
-            fs::create_dir_all(work)
-                .map_err(ContainerError::sys("create overlay work directory"))?;
-            let data = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lower.display(),
-                upper.display(),
-                work.display()
-            );
-            plan.push(
-                Op::Mount {
-                    src: Some(cstr("overlay")?),
-                    target: croot.clone(),
-                    fstype: Some(cstr("overlay")?),
-                    flags: 0,
-                    data: Some(cstr(&data)?),
-                },
-                "mount overlay rootfs",
-            );
-        }
-        (RootSource::Dir(d), w) => {
-            plan.push(
-                Op::Mount {
-                    src: Some(cpath(d)?),
-                    target: croot.clone(),
-                    fstype: None,
-                    flags: libc::MS_BIND | libc::MS_REC,
-                    data: None,
-                },
-                format!("bind rootfs {}", d.display()),
-            );
-            remount_ro = matches!(w, RootWrite::ReadOnly);
-        }
-        (RootSource::SquashfsImage(_), RootWrite::InPlace) => {
-            return Err(ContainerError::InvalidSpec(
-                "rootfs: a squashfs image cannot be written in place".into(),
-            ))
-        }
-    }
-    let dir_root = match (&spec.rootfs.source, &spec.rootfs.write) {
-        (RootSource::Dir(d), RootWrite::ReadOnly | RootWrite::InPlace) => Some(d.clone()),
-        _ => None,
-    };
-    let inside = |dest: &str| root.join(dest.trim_start_matches('/'));
-    let mut has_dev = false;
-    for m in &spec.mounts {
-        if let Some(d) = &dir_root {
-            check_no_symlink(d, &m.destination)?;
-        }
-        let comps = components(&m.destination);
-        let is_file_bind = m.is_bind()
-            && fs::metadata(&m.source)
-                .map(|md| !md.is_dir())
-                .unwrap_or(false);
-        for (i, c) in comps.iter().enumerate() {
-            let p = cpath(&inside(c))?;
-            if i + 1 == comps.len() && is_file_bind {
-                plan.push(Op::Touch(p), format!("create mount point {c}"));
-            } else {
-                plan.push(Op::Mkdir(p), format!("create mount point {c}"));
-            }
-        }
-        let target = cpath(&inside(&m.destination))?;
-        if m.is_bind() {
-            plan.push(
-                Op::Mount {
-                    src: Some(cstr(&m.source)?),
-                    target: target.clone(),
-                    fstype: None,
-                    flags: libc::MS_BIND | libc::MS_REC,
-                    data: None,
-                },
-                format!("bind {} on {}", m.source, m.destination),
-            );
-            let extra = m.flags & !(libc::MS_BIND | libc::MS_REC);
-            if extra != 0 {
-                plan.push(
-                    Op::Mount {
-                        src: None,
-                        target,
-                        fstype: None,
-                        flags: libc::MS_REMOUNT | libc::MS_BIND | extra,
-                        data: None,
-                    },
-                    format!("remount {} with flags {extra:#x}", m.destination),
-                );
-            }
-        } else {
-            plan.push(
-                Op::Mount {
-                    src: Some(cstr(&m.source)?),
-                    target,
-                    fstype: Some(cstr(&m.fstype)?),
-                    flags: m.flags,
-                    data: if m.data.is_empty() {
-                        None
-                    } else {
-                        Some(cstr(&m.data)?)
-                    },
-                },
-                format!("mount {} on {}", m.fstype, m.destination),
-            );
-        }
-        if m.destination == "/dev" {
-            has_dev = true;
-            for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
-                let p = cpath(&inside(&format!("/dev/{dev}")))?;
-                plan.push(Op::Touch(p.clone()), format!("create /dev/{dev}"));
-                plan.push(
-                    Op::Mount {
-                        src: Some(cstr(&format!("/dev/{dev}"))?),
-                        target: p,
-                        fstype: None,
-                        flags: libc::MS_BIND,
-                        data: None,
-                    },
-                    format!("bind /dev/{dev}"),
-                );
-            }
-        }
-    }
-    if has_dev {
-        for (target, link) in [
-            ("/proc/self/fd", "/dev/fd"),
-            ("/proc/self/fd/0", "/dev/stdin"),
-            ("/proc/self/fd/1", "/dev/stdout"),
-            ("/proc/self/fd/2", "/dev/stderr"),
-            ("pts/ptmx", "/dev/ptmx"),
-        ] {
-            plan.push(
-                Op::Symlink {
-                    target: cstr(target)?,
-                    link: cpath(&inside(link))?,
-                },
-                format!("symlink {link}"),
-            );
-        }
-    }
-    if remount_ro {
-        plan.push(
-            Op::Mount {
-                src: None,
-                target: croot.clone(),
-                fstype: None,
-                flags: libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
-                data: None,
-            },
-            "remount rootfs read-only",
-        );
-    }
-    plan.push(Op::Chdir(croot), "chdir to rootfs");
-    plan.push(Op::PivotRoot, "pivot_root");
-    for p in &spec.masked_paths {
-        plan.push(Op::Mask(cstr(p)?), format!("mask {p}"));
-    }
-    for p in &spec.readonly_paths {
-        plan.push(Op::ReadOnly(cstr(p)?), format!("make {p} read-only"));
-    }
-    if let Some(h) = &spec.hostname {
-        plan.push(Op::Sethostname(cstr(h)?), "sethostname");
-    }
-    if spec.network == NetworkMode::Private {
-        plan.push(Op::LoopbackUp, "bring lo up");
-    }
-    plan.push(Op::ResetSignals, "reset signal dispositions");
-    // Capabilities: bounding set first (needs CAP_SETPCAP), then ids, then the
-    // kept set in every set including ambient (so a non-root user keeps it across exec).
-    let mut keep = 0u64;
-    for c in &spec.capabilities {
-        keep |= 1u64 << c.index();
-    }
-    let last = last_cap();
-    if spec.no_new_privileges {
-        plan.push(Op::NoNewPrivs, "set no_new_privs");
-    }
-    if spec.seccomp {
-        plan.bpf = seccomp::default_filter()?;
-        // Installed while CAP_SYS_ADMIN is still held, so it works without no_new_privs too.
-        plan.push(Op::Seccomp, "install seccomp filter");
-    }
-    plan.push(
-        Op::DropBounding {
-            keep,
-            last_cap: last,
-        },
-        "drop capabilities from the bounding set",
-    );
-    plan.push(Op::KeepCaps, "keep capabilities across setuid");
-    plan.push(
-        Op::SetIds {
-            uid: spec.uid,
-            gid: spec.gid,
-        },
-        format!("set uid {} gid {}", spec.uid, spec.gid),
-    );
-    plan.push(Op::Capset { keep }, "set capabilities");
-    plan.push(
-        Op::Ambient {
-            keep,
-            last_cap: last,
-        },
-        "raise ambient capabilities",
-    );
-    plan.push(
-        Op::Chdir(cstr(&spec.cwd)?),
-        format!("chdir to {}", spec.cwd),
-    );
-    plan.push(Op::Stdio, "set up stdin/stdout/stderr");
-    plan.push(Op::CloseFds, "close inherited file descriptors");
-    let arg0 = &spec.args[0];
-    if arg0.contains('/') {
-        plan.exec_paths.push(cstr(arg0)?);
-    } else {
-        let path = spec
-            .env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        for dir in path.split(':').filter(|d| d.starts_with('/')).take(32) {
-            plan.exec_paths
-                .push(cstr(&format!("{}/{arg0}", dir.trim_end_matches('/')))?);
-        }
-    }
-    plan.push(Op::Exec, format!("execute {arg0}"));
-    Ok(Prepared {
-        plan,
-        _loop: loopdev,
-    })
+    identity: Identity,
 }
 
 /// A container whose process exists (in its namespaces and cgroup) but has
@@ -411,6 +89,7 @@ pub struct Created {
     sync_w: OwnedFd,
     err_r: OwnedFd,
     what: Vec<String>,
+    start_timeout: Duration,
     _loop: Option<LoopDevice>,
 }
 
@@ -429,63 +108,112 @@ impl Created {
             sync_w,
             err_r,
             what,
+            start_timeout,
             _loop,
         } = self;
-        // SAFETY: writing one byte from a live buffer to our pipe.
-        if unsafe { libc::write(sync_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
-            return Err(ContainerError::last_os("release container process"));
-        }
-        drop(sync_w);
-        let mut msg = [0u8; 8];
-        let mut got = 0;
-        while got < 8 {
-            // SAFETY: reading into the unfilled tail of a live buffer.
-            let n =
-                unsafe { libc::read(err_r.as_raw_fd(), msg[got..].as_mut_ptr().cast(), 8 - got) };
-            if n < 0 {
-                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(ContainerError::last_os("read container setup status"));
-            }
-            if n == 0 {
-                break;
-            }
-            got += n as usize;
-        }
-        if got == 0 {
-            return Ok(container);
-        }
-        if got < 8 {
-            return Err(ContainerError::Sys {
-                what: "container setup",
-                source: io::Error::other("short status message"),
-            });
-        }
-        let step = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
-        let errno = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
-        let what = what.get(step).cloned().unwrap_or_else(|| "unknown".into());
-        Err(ContainerError::Setup {
-            step,
-            what,
-            source: io::Error::from_raw_os_error(errno),
-        })
+        release(sync_w, &err_r, &what, start_timeout)?;
+        Ok(container)
     }
+}
+
+/// Send the go byte to a created process and wait until it has exec'd (EOF
+/// on the error pipe) or reported the step that failed.
+pub(crate) fn release(
+    sync_w: OwnedFd,
+    err_r: &OwnedFd,
+    what: &[String],
+    start_timeout: Duration,
+) -> Result<()> {
+    // SAFETY: writing one byte from a live buffer to our pipe.
+    let released = unsafe { libc::write(sync_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) } == 1;
+    // EPIPE if the process already gave up; its reason is on the error pipe.
+    let release_error = (!released).then(io::Error::last_os_error);
+    drop(sync_w);
+    let mut msg = [0u8; 8];
+    let mut got = 0;
+    while got < 8 {
+        // SAFETY: reading into the unfilled tail of a live buffer.
+        let n = unsafe { libc::read(err_r.as_raw_fd(), msg[got..].as_mut_ptr().cast(), 8 - got) };
+        if n < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(ContainerError::last_os("read container setup status"));
+        }
+        if n == 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    if got == 0 {
+        return match release_error {
+            None => Ok(()),
+            Some(source) => Err(ContainerError::Sys {
+                what: "release container process",
+                source,
+            }),
+        };
+    }
+    if got < 8 {
+        return Err(ContainerError::Sys {
+            what: "container setup",
+            source: io::Error::other("short status message"),
+        });
+    }
+    let step = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
+    let errno = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
+    let source = io::Error::from_raw_os_error(errno);
+    let before = |what| ContainerError::Sys {
+        what,
+        source: io::Error::from_raw_os_error(errno),
+    };
+    Err(match step {
+        STEP_NOT_STARTED => ContainerError::NotStarted {
+            after: start_timeout,
+        },
+        STEP_PDEATHSIG => before("container process: set its parent-death signal"),
+        STEP_CLOSE_FDS => before("container process: close inherited file descriptors"),
+        STEP_WAIT => before("container process: wait to be started"),
+        _ => {
+            let step = step as usize;
+            let what = what.get(step).cloned().unwrap_or_else(|| "unknown".into());
+            ContainerError::Setup { step, what, source }
+        }
+    })
 }
 
 /// Create a container's process without starting it. `state_dir` holds its
 /// mount points (`state_dir/<id>/root`).
+///
+/// The process holds none of this process's file descriptors (only the
+/// pipes and stdio it needs), is SIGKILLed by the kernel if this process
+/// dies before [`Created::start`], and exits by itself if it is not started
+/// within [`START_TIMEOUT`]. Any thread may create and another start it.
 pub fn create(
     spec: &ContainerSpec,
     cgroups: &CgroupRoot,
     state_dir: &Path,
     stdio: Stdio,
 ) -> Result<Created> {
+    create_with_timeout(spec, cgroups, state_dir, stdio, START_TIMEOUT)
+}
+
+/// How long a created container process waits for [`Created::start`].
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`create`] with another start timeout than [`START_TIMEOUT`].
+pub fn create_with_timeout(
+    spec: &ContainerSpec,
+    cgroups: &CgroupRoot,
+    state_dir: &Path,
+    stdio: Stdio,
+    start_timeout: Duration,
+) -> Result<Created> {
     spec.validate()?;
     let state = state_dir.join(&spec.id);
     let cgroup = cgroups.cgroup(&spec.id)?;
     cgroup.create(&spec.limits)?;
-    let result = create_inner(spec, &cgroup, &state, stdio);
+    let result = create_inner(spec, &cgroup, &state, stdio, start_timeout);
     if result.is_err() {
         let _ = cgroup.destroy();
         let _ = remove_state(&state);
@@ -535,9 +263,11 @@ fn create_inner(
     cgroup: &Cgroup,
     state: &Path,
     stdio: Stdio,
+    start_timeout: Duration,
 ) -> Result<Created> {
     let v2_dir = cgroup.v2_dir();
     let mut prepared = build_plan(spec, state, v2_dir.is_some())?;
+    prepared.plan.start_timeout_ms = i64::try_from(start_timeout.as_millis()).unwrap_or(i64::MAX);
     let devnull = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -581,24 +311,7 @@ fn create_inner(
         set_tid_size: 0,
         cgroup: cg_fd.as_ref().map_or(0, |f| f.as_raw_fd() as u64),
     };
-    // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork: the
-    // child gets a copy of this address space and returns 0 here. The child
-    // only runs `run_child`, which makes raw system calls and never returns.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if pid == 0 {
-        // SAFETY: we are the child; the plan's fds are open in our copy of the fd table.
-        unsafe { prepared.plan.run_child() }
-    }
-    if pid < 0 {
-        return Err(ContainerError::last_os("clone3"));
-    }
-    let pid = pid as i32;
+    let pid = launcher::clone(&args, &prepared.plan)?;
     // SAFETY: CLONE_PIDFD stored a new fd owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop(sync_r);
@@ -612,18 +325,108 @@ fn create_inner(
         state_dir: state.to_path_buf(),
         status: None,
         destroyed: false,
+        identity: Identity::of(spec),
     };
     // From here on, dropping `container` kills the process and removes cgroup and state.
     if v2_dir.is_none() {
         cgroup.add_pid(pid)?;
     }
+    set_oom_score_adj(pid, spec.oom_score_adj)?;
     Ok(Created {
         container,
         sync_w,
         err_r,
         what: std::mem::take(&mut prepared.plan.what),
+        start_timeout,
         _loop: prepared._loop,
     })
+}
+
+/// The one thread that clones container processes.
+///
+/// The kernel's parent-death signal fires when the *thread* that cloned a
+/// process ends, not the process: a container cloned on a short-lived
+/// thread (tokio's blocking pool) would be killed when that thread retires.
+/// This thread lives as long as the process, so the signal means "the agent
+/// is gone". It blocks every signal, and the children inherit that mask: no
+/// handler of the agent ever runs in a container process.
+mod launcher {
+    use std::io;
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+
+    use super::CloneArgs;
+    use crate::error::{ContainerError, Result};
+    use crate::plan::Plan;
+
+    struct Job {
+        args: *const CloneArgs,
+        plan: *const Plan,
+        done: mpsc::SyncSender<io::Result<i32>>,
+    }
+
+    // SAFETY: the pointers refer to the caller's stack, and the caller
+    // blocks until `done` is answered, so they outlive their use here.
+    unsafe impl Send for Job {}
+
+    static JOBS: Mutex<Option<mpsc::Sender<Job>>> = Mutex::new(None);
+
+    fn jobs() -> Result<mpsc::Sender<Job>> {
+        let mut g = JOBS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = g.as_ref() {
+            return Ok(tx.clone());
+        }
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("nuvol-clone".into())
+            .spawn(move || run(rx))
+            .map_err(ContainerError::sys("start the container launcher thread"))?;
+        *g = Some(tx.clone());
+        Ok(tx)
+    }
+
+    fn run(rx: mpsc::Receiver<Job>) {
+        // SAFETY: a zeroed sigset filled by sigfillset, applied to this thread.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        }
+        while let Ok(job) = rx.recv() {
+            // SAFETY: clone3 without CLONE_VM and without a stack behaves like
+            // fork: the child gets a copy of this address space and returns 0
+            // here. The child only runs `run_child`, which makes raw system
+            // calls and never returns. `job`'s pointers are live (see `Job`).
+            let pid = unsafe {
+                libc::syscall(libc::SYS_clone3, job.args, std::mem::size_of::<CloneArgs>())
+            };
+            if pid == 0 {
+                // SAFETY: we are the child; the plan's fds are open in our copy of the fd table.
+                unsafe { (*job.plan).run_child() }
+            }
+            let r = if pid < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(pid as i32)
+            };
+            let _ = job.done.send(r);
+        }
+    }
+
+    /// clone3 with `args` on the launcher thread; the child runs `plan`.
+    pub(super) fn clone(args: &CloneArgs, plan: &Plan) -> Result<i32> {
+        let (done, answer) = mpsc::sync_channel(1);
+        let job = Job { args, plan, done };
+        let gone = || ContainerError::Sys {
+            what: "container launcher thread",
+            source: io::Error::other("it is gone"),
+        };
+        jobs()?.send(job).map_err(|_| gone())?;
+        answer
+            .recv()
+            .map_err(|_| gone())?
+            .map_err(ContainerError::sys("clone3"))
+    }
 }
 
 fn decode(info: &libc::siginfo_t) -> ExitStatus {
@@ -634,6 +437,65 @@ fn decode(info: &libc::siginfo_t) -> ExitStatus {
     } else {
         ExitStatus::Signaled(status)
     }
+}
+
+/// `waitid(P_PIDFD)` for a child of this process: its status once it ended
+/// (reaped), `None` while it runs (with `WNOHANG` in `extra`).
+pub(crate) fn wait_pidfd(pidfd: BorrowedFd<'_>, extra: libc::c_int) -> Result<Option<ExitStatus>> {
+    // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: P_PIDFD waits on our own child through its pidfd.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | extra,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(ContainerError::Sys {
+                what: "waitid",
+                source: e,
+            });
+        }
+        break;
+    }
+    // SAFETY: reading the pid field of a filled (or zeroed) siginfo.
+    if unsafe { info.si_pid() } == 0 {
+        return Ok(None);
+    }
+    Ok(Some(decode(&info)))
+}
+
+/// `pidfd_send_signal`; a process already gone is not an error.
+pub(crate) fn signal_pidfd(pidfd: BorrowedFd<'_>, sig: i32) -> Result<()> {
+    // SAFETY: pidfd_send_signal on a pidfd with no siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(ContainerError::Sys {
+            what: "pidfd_send_signal",
+            source: e,
+        });
+    }
+    Ok(())
 }
 
 impl Container {
@@ -675,62 +537,29 @@ impl Container {
         if let Some(s) = self.status {
             return Ok(Some(s));
         }
-        // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        loop {
-            // SAFETY: P_PIDFD waits on our own child through its pidfd.
-            let r = unsafe {
-                libc::waitid(
-                    libc::P_PIDFD,
-                    self.pidfd.as_raw_fd() as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | extra,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(ContainerError::Sys {
-                    what: "waitid",
-                    source: e,
-                });
-            }
-            break;
-        }
-        // SAFETY: reading the pid field of a filled (or zeroed) siginfo.
-        if unsafe { info.si_pid() } == 0 {
-            return Ok(None);
-        }
-        let s = decode(&info);
-        self.status = Some(s);
-        Ok(Some(s))
+        let s = wait_pidfd(self.pidfd.as_fd(), extra)?;
+        self.status = s;
+        Ok(s)
+    }
+
+    /// What [`crate::ExecTarget::spawn`] needs to start another process in
+    /// this container: its namespaces (through a pidfd), cgroup, user,
+    /// capabilities, no_new_privs and seccomp filter.
+    pub fn exec_target(&self) -> Result<crate::ExecTarget> {
+        let pidfd = self
+            .pidfd
+            .try_clone()
+            .map_err(ContainerError::sys("duplicate the container's pidfd"))?;
+        Ok(crate::exec::ExecTarget::new(
+            pidfd,
+            self.cgroup.clone(),
+            self.identity.clone(),
+        ))
     }
 
     /// Send `sig` to the init process.
     pub fn signal(&self, sig: i32) -> Result<()> {
-        // SAFETY: pidfd_send_signal on our pidfd with no siginfo.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                sig,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ESRCH) {
-                return Ok(());
-            }
-            return Err(ContainerError::Sys {
-                what: "pidfd_send_signal",
-                source: e,
-            });
-        }
-        Ok(())
+        signal_pidfd(self.pidfd.as_fd(), sig)
     }
 
     /// True if the kernel OOM killer killed something in the container.
@@ -784,19 +613,5 @@ impl Container {
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = self.teardown();
-    }
-}
-
-/// The filesystem of a bundle image, from its superblock magic: erofs
-/// (`0xE0F5E1E2` at byte 1024) or squashfs (`hsqs` at 0, and the default,
-/// so a bad image fails at the mount step with the image named).
-fn image_fstype(img: &std::path::Path) -> &'static str {
-    use std::io::Read;
-    let mut head = [0u8; 1028];
-    let read = fs::File::open(img).and_then(|mut f| f.read_exact(&mut head));
-    if read.is_ok() && head[1024..1028] == 0xE0F5_E1E2u32.to_le_bytes() {
-        "erofs"
-    } else {
-        "squashfs"
     }
 }

@@ -1,16 +1,16 @@
-//! Running a plain OCI runtime bundle (`config.json` + rootfs), with the
-//! `oci-spec` types. What is supported is listed in [`SUPPORT`] and in
-//! `docs/containers.md`; anything that would silently weaken isolation or
-//! that the runtime cannot honour is refused, the rest is reported as a warning.
+//! Running a plain OCI runtime bundle (`config.json` + rootfs). What is
+//! supported is listed in [`SUPPORT`] and in `docs/containers.md`; anything
+//! that would silently weaken isolation or that the runtime cannot honour is
+//! refused, the rest is reported as a warning. [`config`] holds the types for
+//! the part of `config.json` that is read.
 
-use std::path::{Path, PathBuf};
+pub mod config;
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use std::path::Path;
 
 use crate::error::{ContainerError, Result};
-use crate::spec::{
-    parse_capability, ContainerSpec, Limits, Mount, NetworkMode, RootSource, RootWrite, Rootfs,
-};
+use crate::spec::{ContainerSpec, Limits, Mount, NetworkMode, RootSource, RootWrite, Rootfs};
+use config::{Config, NamespaceType};
 
 /// The runtime-spec fields and how this runtime treats them.
 pub const SUPPORT: &[(&str, &str)] = &[
@@ -88,31 +88,28 @@ pub fn load_bundle(bundle: &Path, id: &str) -> Result<OciBundle> {
         return Err(oci_err(&cfg, "config.json is larger than 1 MiB"));
     }
     let text = std::fs::read_to_string(&cfg).map_err(|e| oci_err(&cfg, e.to_string()))?;
-    // Check capability names first: oci-spec's own error for them says only "serde failed".
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| oci_err(&cfg, e.to_string()))?;
-    if let Some(sets) = value
-        .pointer("/process/capabilities")
-        .and_then(|v| v.as_object())
-    {
-        for names in sets.values().filter_map(|v| v.as_array()) {
-            for n in names.iter().filter_map(|n| n.as_str()) {
-                parse_capability(n)?;
-            }
-        }
-    }
-    let spec: Spec = serde_json::from_str(&text).map_err(|e| oci_err(&cfg, e.to_string()))?;
-    convert(&spec, bundle, id).map_err(|e| match e {
+    let config = config::parse(&text).map_err(|m| oci_err(&cfg, m))?;
+    convert(&config, bundle, id).map_err(|e| match e {
         ContainerError::InvalidSpec(m) => oci_err(&cfg, m),
         other => other,
     })
 }
 
-/// Convert a parsed runtime spec; `bundle` resolves a relative `root.path`.
-pub fn convert(spec: &Spec, bundle: &Path, id: &str) -> Result<OciBundle> {
+/// True when an optional string is present and not empty.
+fn set(s: &Option<String>) -> bool {
+    s.as_deref().is_some_and(|s| !s.is_empty())
+}
+
+/// True when an optional list is present and not empty.
+fn nonempty<T>(v: &Option<Vec<T>>) -> bool {
+    v.as_ref().is_some_and(|v| !v.is_empty())
+}
+
+/// Convert a parsed `config.json`; `bundle` resolves a relative `root.path`.
+pub fn convert(spec: &Config, bundle: &Path, id: &str) -> Result<OciBundle> {
     let cfg = bundle.join("config.json");
     let mut warnings = Vec::new();
-    let v = spec.version();
+    let v = &spec.oci_version;
     if !(v.starts_with("1.0.") || v.starts_with("1.1.") || v.starts_with("1.2.")) {
         return Err(oci_err(
             &cfg,
@@ -120,27 +117,23 @@ pub fn convert(spec: &Spec, bundle: &Path, id: &str) -> Result<OciBundle> {
         ));
     }
     let root = spec
-        .root()
+        .root
         .as_ref()
         .ok_or_else(|| oci_err(&cfg, "root is missing"))?;
-    let root_path: PathBuf = if root.path().is_absolute() {
-        root.path().clone()
-    } else {
-        bundle.join(root.path())
-    };
-    let write = if root.readonly().unwrap_or(false) {
+    let root_path = bundle.join(&root.path);
+    let write = if root.readonly.unwrap_or(false) {
         RootWrite::ReadOnly
     } else {
         RootWrite::InPlace
     };
     let process = spec
-        .process()
+        .process
         .as_ref()
         .ok_or_else(|| oci_err(&cfg, "process is missing"))?;
-    if process.terminal().unwrap_or(false) {
+    if process.terminal.unwrap_or(false) {
         return Err(oci_err(&cfg, "process.terminal = true is not supported"));
     }
-    let args = process.args().clone().unwrap_or_default();
+    let args = process.args.clone().unwrap_or_default();
     if args.is_empty() {
         return Err(oci_err(&cfg, "process.args is empty: no entrypoint"));
     }
@@ -152,53 +145,47 @@ pub fn convert(spec: &Spec, bundle: &Path, id: &str) -> Result<OciBundle> {
         },
         args,
     );
-    c.env = process.env().clone().unwrap_or_default();
-    c.cwd = process.cwd().to_string_lossy().into_owned();
-    c.uid = process.user().uid();
-    c.gid = process.user().gid();
-    c.additional_gids = process.user().additional_gids().clone().unwrap_or_default();
-    c.no_new_privileges = process.no_new_privileges().unwrap_or(false);
-    c.hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+    c.env = process.env.clone().unwrap_or_default();
+    c.cwd = process.cwd.clone();
+    c.uid = process.user.uid;
+    c.gid = process.user.gid;
+    c.additional_gids = process.user.additional_gids.clone().unwrap_or_default();
+    c.no_new_privileges = process.no_new_privileges.unwrap_or(false);
+    c.hostname = spec.hostname.clone().filter(|h| !h.is_empty());
     c.capabilities = Vec::new();
-    if let Some(caps) = process.capabilities() {
-        let set = caps.bounding().as_ref().or(caps.effective().as_ref());
-        if let Some(set) = set {
-            let mut names: Vec<String> = set.iter().map(|c| c.to_string()).collect();
-            names.sort();
-            for n in names {
-                c.capabilities.push(parse_capability(&n)?);
-            }
+    if let Some(caps) = &process.capabilities {
+        if let Some(set) = caps.bounding.as_ref().or(caps.effective.as_ref()) {
+            c.capabilities = set.iter().map(|c| c.0).collect();
+            c.capabilities.sort_by_key(|c| c.to_string());
+            c.capabilities.dedup();
         }
     }
-    if process.rlimits().as_ref().is_some_and(|r| !r.is_empty()) {
+    if nonempty(&process.rlimits) {
         warnings.push("process.rlimits ignored".into());
     }
-    if process.oom_score_adj().is_some() {
+    if process.oom_score_adj.is_some() {
         warnings.push("process.oomScoreAdj ignored".into());
     }
-    if spec.hooks().is_some() {
+    if set(&process.apparmor_profile) {
+        warnings.push("process.apparmorProfile ignored".into());
+    }
+    if set(&process.selinux_label) {
+        warnings.push("process.selinuxLabel ignored".into());
+    }
+    if spec.hooks.is_some() {
         return Err(oci_err(&cfg, "hooks are not supported"));
     }
     c.mounts = Vec::new();
-    for m in spec.mounts().clone().unwrap_or_default() {
-        let dest = m.destination().to_string_lossy().into_owned();
-        let typ = m.typ().clone().unwrap_or_else(|| "bind".into());
-        let (flags, bind, data) = mount_flags(&m.options().clone().unwrap_or_default());
-        let source = m
-            .source()
-            .as_ref()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| typ.clone());
+    for m in spec.mounts.iter().flatten() {
+        let dest = m.destination.clone();
+        let typ = m.typ.clone().unwrap_or_else(|| "bind".into());
+        let (flags, bind, data) = mount_flags(m.options.as_deref().unwrap_or_default());
+        let source = m.source.clone().unwrap_or_else(|| typ.clone());
         let mount = if bind || typ == "bind" {
-            let src = if Path::new(&source).is_absolute() {
-                PathBuf::from(&source)
-            } else {
-                bundle.join(&source)
-            };
             Mount {
                 destination: dest,
                 fstype: "bind".into(),
-                source: src.to_string_lossy().into_owned(),
+                source: bundle.join(&source).to_string_lossy().into_owned(),
                 flags,
                 data: String::new(),
             }
@@ -229,103 +216,107 @@ pub fn convert(spec: &Spec, bundle: &Path, id: &str) -> Result<OciBundle> {
         c.mounts.push(mount);
     }
     let linux = spec
-        .linux()
+        .linux
         .as_ref()
         .ok_or_else(|| oci_err(&cfg, "linux section is missing"))?;
-    let ns = linux.namespaces().clone().unwrap_or_default();
-    let has = |t: LinuxNamespaceType| ns.iter().any(|n| n.typ() == t);
-    for t in [LinuxNamespaceType::Pid, LinuxNamespaceType::Mount] {
+    let ns = linux.namespaces.as_deref().unwrap_or_default();
+    let has = |t: NamespaceType| ns.iter().any(|n| n.typ == t);
+    for t in [NamespaceType::Pid, NamespaceType::Mount] {
         if !has(t) {
             return Err(oci_err(&cfg, format!("namespace {t:?} is required")));
         }
     }
-    for n in &ns {
-        match n.typ() {
-            LinuxNamespaceType::User | LinuxNamespaceType::Time => {
+    for n in ns {
+        match n.typ {
+            NamespaceType::User | NamespaceType::Time => {
                 return Err(oci_err(
                     &cfg,
-                    format!("namespace {:?} is not supported", n.typ()),
+                    format!("namespace {:?} is not supported", n.typ),
                 ))
             }
-            _ if n.path().is_some() => {
+            _ if n.path.is_some() => {
                 return Err(oci_err(
                     &cfg,
-                    format!(
-                        "joining an existing {:?} namespace is not supported",
-                        n.typ()
-                    ),
+                    format!("joining an existing {:?} namespace is not supported", n.typ),
                 ))
             }
             _ => {}
         }
     }
-    c.network = if has(LinuxNamespaceType::Network) {
+    c.network = if has(NamespaceType::Network) {
         NetworkMode::Private
     } else {
         NetworkMode::Host
     };
     for t in [
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Cgroup,
+        NamespaceType::Uts,
+        NamespaceType::Ipc,
+        NamespaceType::Cgroup,
     ] {
         if !has(t) {
             warnings.push(format!("namespace {t:?} not requested but created anyway"));
         }
     }
-    if linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
-        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
-    {
+    if nonempty(&linux.uid_mappings) || nonempty(&linux.gid_mappings) {
         return Err(oci_err(&cfg, "uid/gid mappings are not supported"));
     }
     let mut limits = Limits::default();
-    if let Some(r) = linux.resources() {
-        if let Some(m) = r.memory() {
-            if let Some(l) = m.limit() {
-                if l > 0 {
-                    limits.memory_max = Some(l as u64);
-                } else if l == 0 || l < -1 {
-                    return Err(oci_err(&cfg, format!("memory.limit {l} is invalid")));
-                }
+    if let Some(r) = &linux.resources {
+        if let Some(l) = r.memory.as_ref().and_then(|m| m.limit) {
+            if l > 0 {
+                limits.memory_max = Some(l as u64);
+            } else if l == 0 || l < -1 {
+                return Err(oci_err(&cfg, format!("memory.limit {l} is invalid")));
             }
         }
-        if let Some(cpu) = r.cpu() {
-            if let Some(q) = cpu.quota() {
+        if let Some(cpu) = &r.cpu {
+            if let Some(q) = cpu.quota {
                 if q > 0 {
-                    limits.cpu_max = Some((q as u64, cpu.period().unwrap_or(100_000)));
+                    limits.cpu_max = Some((q as u64, cpu.period.unwrap_or(100_000)));
                 }
             }
-            if let Some(s) = cpu.shares() {
+            if let Some(s) = cpu.shares {
                 // v1 shares 2..262144 to v2 weight 1..10000 (the mapping crun and runc use).
                 limits.cpu_weight = Some(1 + ((s.clamp(2, 262_144) - 2) * 9999) / 262_142);
             }
         }
-        if let Some(p) = r.pids() {
-            let l = p.limit();
-            if l > 0 {
-                limits.pids_max = Some(l as u64);
+        if let Some(p) = &r.pids {
+            if p.limit > 0 {
+                limits.pids_max = Some(p.limit as u64);
             }
         }
-        if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        if nonempty(&r.devices) {
             warnings.push("linux.resources.devices ignored: the device set is fixed".into());
         }
-        if r.block_io().is_some() || r.hugepage_limits().is_some() || r.network().is_some() {
+        if r.block_io.is_some() || r.hugepage_limits.is_some() || r.network.is_some() {
             warnings.push("linux.resources blockIO/hugepageLimits/network ignored".into());
         }
     }
     c.limits = limits;
-    c.masked_paths = linux.masked_paths().clone().unwrap_or_default();
-    c.readonly_paths = linux.readonly_paths().clone().unwrap_or_default();
-    if linux.seccomp().is_some() {
+    c.masked_paths = linux.masked_paths.clone().unwrap_or_default();
+    c.readonly_paths = linux.readonly_paths.clone().unwrap_or_default();
+    if linux.seccomp.is_some() {
         warnings.push("linux.seccomp not interpreted: the default filter is installed".into());
     }
     c.seccomp = true;
-    if linux.devices().as_ref().is_some_and(|d| !d.is_empty()) {
+    if nonempty(&linux.devices) {
         warnings.push("linux.devices ignored".into());
     }
-    if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
+    if linux.sysctl.as_ref().is_some_and(|s| !s.is_empty()) {
         warnings.push("linux.sysctl ignored".into());
+    }
+    if linux.intel_rdt.is_some() {
+        warnings.push("linux.intelRdt ignored".into());
+    }
+    if linux.personality.is_some() {
+        warnings.push("linux.personality ignored".into());
+    }
+    if set(&linux.rootfs_propagation) {
+        warnings.push("linux.rootfsPropagation ignored".into());
     }
     c.validate()?;
     Ok(OciBundle { spec: c, warnings })
 }
+
+#[cfg(test)]
+mod tests;

@@ -42,6 +42,12 @@ pub(crate) enum Op {
     PivotRoot,
     Sethostname(CString),
     UnshareCgroup,
+    /// Join the namespaces (`CLONE_NEW*` flags) of the process behind
+    /// [`Plan::join_fd`], a pidfd. The pid namespace is joined by the
+    /// cloning thread instead (it only applies to children).
+    Join {
+        flags: libc::c_int,
+    },
     LoopbackUp,
     ResetSignals,
     NoNewPrivs,
@@ -77,11 +83,22 @@ pub(crate) struct Plan {
     argv_ptrs: Vec<*const libc::c_char>,
     envp_ptrs: Vec<*const libc::c_char>,
     groups: Vec<libc::gid_t>,
-    pub bpf: Vec<seccompiler::sock_filter>,
+    pub bpf: Vec<libc::sock_filter>,
     pub stdio: [RawFd; 3],
     pub sync_fd: RawFd,
     pub err_fd: RawFd,
+    /// A pidfd of a running container's init, for [`Op::Join`]; -1 if none.
+    pub join_fd: RawFd,
+    /// How long the child waits for the go byte before it gives up.
+    pub start_timeout_ms: i64,
 }
+
+/// What the child reports (as its "step") for a failure before its plan
+/// runs; never an index into `ops`.
+pub(crate) const STEP_NOT_STARTED: u32 = u32::MAX;
+pub(crate) const STEP_PDEATHSIG: u32 = u32::MAX - 1;
+pub(crate) const STEP_CLOSE_FDS: u32 = u32::MAX - 2;
+pub(crate) const STEP_WAIT: u32 = u32::MAX - 3;
 
 pub(crate) fn cstr(s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| ContainerError::InvalidSpec(format!("{s:?} contains a NUL byte")))
@@ -109,6 +126,8 @@ impl Plan {
             stdio: [-1; 3],
             sync_fd: -1,
             err_fd: -1,
+            join_fd: -1,
+            start_timeout_ms: 60_000,
         };
         plan.argv_ptrs = plan
             .argv
@@ -135,22 +154,145 @@ impl Plan {
     /// # Safety
     /// Must only be called in the freshly cloned child, with the plan's fds valid.
     pub unsafe fn run_child(&self) -> ! {
-        let mut b = [0u8; 1];
+        let errno = || *libc::__errno_location();
+        // Until released, die with the process that created us: its launcher
+        // thread cloned us and only ends when the whole process does. The
+        // usual check of getppid() after this prctl cannot work here (we are
+        // PID 1 of a new pid namespace, getppid() is 0); a creator that died
+        // before it is caught by the start pipe's EOF below instead.
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) < 0
+        {
+            self.fail(STEP_PDEATHSIG, errno());
+        }
+        // Nothing of the agent's crosses into the container: not our copy of
+        // the start pipe's write end (whose EOF tells us the agent is gone),
+        // not its listeners, locks, or other launches' pipes.
+        let e = self.close_inherited();
+        if e != 0 {
+            self.fail(STEP_CLOSE_FDS, e);
+        }
         // Wait until the parent has put us into cgroups and set up the network.
-        if libc::read(self.sync_fd, b.as_mut_ptr().cast(), 1) != 1 {
-            libc::_exit(126);
+        match self.wait_for_start() {
+            Ok(true) => {}
+            // The creator closed the pipe or died: nobody will start us.
+            Ok(false) => libc::_exit(126),
+            Err(e) => self.fail(
+                if e == libc::ETIMEDOUT {
+                    STEP_NOT_STARTED
+                } else {
+                    STEP_WAIT
+                },
+                e,
+            ),
+        }
+        // Started: from here the container belongs to its cgroup and the
+        // supervisor, not to the lifetime of the agent's process.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) < 0 {
+            self.fail(STEP_PDEATHSIG, errno());
         }
         for (i, op) in self.ops.iter().enumerate() {
             let r = self.step(op);
             if r != 0 {
-                let mut msg = [0u8; 8];
-                msg[..4].copy_from_slice(&(i as u32).to_ne_bytes());
-                msg[4..].copy_from_slice(&r.to_ne_bytes());
-                libc::write(self.err_fd, msg.as_ptr().cast(), 8);
-                libc::_exit(127);
+                self.fail(i as u32, r);
             }
         }
         libc::_exit(127)
+    }
+
+    /// Report `(step, errno)` on the error pipe and exit.
+    unsafe fn fail(&self, step: u32, errno: i32) -> ! {
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&step.to_ne_bytes());
+        msg[4..].copy_from_slice(&errno.to_ne_bytes());
+        libc::write(self.err_fd, msg.as_ptr().cast(), 8);
+        libc::_exit(if step == STEP_NOT_STARTED { 126 } else { 127 })
+    }
+
+    /// Close every fd above stderr except the ones the plan still needs
+    /// (start pipe, error pipe, the stdio fds to dup, the pidfd to join).
+    /// Returns 0 or an errno.
+    unsafe fn close_inherited(&self) -> i32 {
+        let mut keep = [
+            self.sync_fd,
+            self.err_fd,
+            self.stdio[0],
+            self.stdio[1],
+            self.stdio[2],
+            self.join_fd,
+        ];
+        // Insertion sort: no allocation in the child.
+        for i in 1..keep.len() {
+            let mut j = i;
+            while j > 0 && keep[j - 1] > keep[j] {
+                keep.swap(j - 1, j);
+                j -= 1;
+            }
+        }
+        let mut lo: u32 = 3;
+        for k in keep {
+            let Ok(k) = u32::try_from(k) else { continue };
+            if k < lo {
+                continue;
+            }
+            if k > lo && libc::syscall(libc::SYS_close_range, lo, k - 1, 0u32) < 0 {
+                return *libc::__errno_location();
+            }
+            lo = k + 1;
+        }
+        if libc::syscall(libc::SYS_close_range, lo, u32::MAX, 0u32) < 0 {
+            return *libc::__errno_location();
+        }
+        0
+    }
+
+    /// Wait for the go byte: `Ok(true)` released, `Ok(false)` EOF,
+    /// `Err(ETIMEDOUT)` after `start_timeout_ms`, `Err(errno)` otherwise.
+    unsafe fn wait_for_start(&self) -> Result<bool, i32> {
+        let now_ms = || {
+            let mut ts: libc::timespec = std::mem::zeroed();
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+            ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+        };
+        let deadline = now_ms().saturating_add(self.start_timeout_ms);
+        loop {
+            let left = deadline - now_ms();
+            if left <= 0 {
+                return Err(libc::ETIMEDOUT);
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.sync_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let r = libc::poll(&mut pfd, 1, left.min(i32::MAX as i64) as libc::c_int);
+            if r < 0 {
+                let e = *libc::__errno_location();
+                if e == libc::EINTR {
+                    continue;
+                }
+                return Err(e);
+            }
+            if r == 0 {
+                continue; // the deadline check above decides
+            }
+            let mut b = [0u8; 1];
+            match libc::read(self.sync_fd, b.as_mut_ptr().cast(), 1) {
+                1 => return Ok(true),
+                0 => return Ok(false),
+                _ => {
+                    let e = *libc::__errno_location();
+                    if e != libc::EINTR && e != libc::EAGAIN {
+                        return Err(e);
+                    }
+                }
+            }
+        }
     }
 
     /// One step; returns 0 or an errno.
@@ -282,6 +424,7 @@ impl Plan {
                 ok(libc::sethostname(h.as_ptr(), h.as_bytes().len()) as libc::c_long)
             }
             Op::UnshareCgroup => ok(libc::unshare(libc::CLONE_NEWCGROUP) as libc::c_long),
+            Op::Join { flags } => ok(libc::setns(self.join_fd, *flags) as libc::c_long),
             Op::LoopbackUp => {
                 let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
                 if s < 0 {

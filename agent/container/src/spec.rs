@@ -10,10 +10,10 @@ use crate::error::{ContainerError, Result};
 
 /// Longest container id (it becomes a cgroup and a directory name).
 pub const MAX_ID: usize = 64;
-const MAX_ARGS: usize = 256;
+pub(crate) const MAX_ARGS: usize = 256;
 const MAX_ENV: usize = 512;
 const MAX_MOUNTS: usize = 128;
-const MAX_STR: usize = 4096;
+pub(crate) const MAX_STR: usize = 4096;
 
 /// Where the root filesystem comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +123,19 @@ pub struct ContainerSpec {
     pub seccomp: bool,
     pub network: NetworkMode,
     pub limits: Limits,
+    /// `/proc/PID/oom_score_adj` of the container's processes, -1000..=1000
+    /// (default [`DEFAULT_OOM_SCORE_ADJ`]). Set by the runtime, which holds
+    /// CAP_SYS_RESOURCE: a process without it cannot go below this value.
+    #[serde(default = "default_oom_score_adj")]
+    pub oom_score_adj: i32,
+}
+
+/// Services are the OOM killer's first choice: the agent runs at -900 and
+/// PID 1 at -1000 (`docs/containers.md`).
+pub const DEFAULT_OOM_SCORE_ADJ: i32 = 500;
+
+fn default_oom_score_adj() -> i32 {
+    DEFAULT_OOM_SCORE_ADJ
 }
 
 /// Parse a capability name, with or without the `CAP_` prefix, any case.
@@ -286,12 +299,19 @@ impl ContainerSpec {
             seccomp: true,
             network: NetworkMode::Private,
             limits: Limits::default(),
+            oom_score_adj: DEFAULT_OOM_SCORE_ADJ,
         }
     }
 
     /// Refuse anything the runtime cannot run safely, with a message naming the field.
     pub fn validate(&self) -> Result<()> {
         check_id(&self.id)?;
+        if !(-1000..=1000).contains(&self.oom_score_adj) {
+            return Err(ContainerError::InvalidSpec(format!(
+                "oom_score_adj: {} is not in -1000..=1000",
+                self.oom_score_adj
+            )));
+        }
         if self.args.is_empty() || self.args[0].is_empty() {
             return Err(ContainerError::InvalidSpec(
                 "args: no entrypoint given".into(),

@@ -178,10 +178,39 @@ pub fn grow_partition(
     }))
 }
 
-/// Names of the used partitions of the GPT disk behind `f`, as
-/// `(number, name)`. Used when the kernel's uevent carries no PARTNAME
-/// (partitions added through BLKPG rather than found by the kernel's scan).
-pub fn partition_names(f: &File, sector: u64) -> Result<Vec<(u32, String)>, DiskError> {
+/// One used entry of a GPT partition table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Partition number, 1-based.
+    pub number: u32,
+    /// The partition name (UTF-16 in the table).
+    pub name: String,
+    /// The unique partition GUID, as `/dev/disk/by-partuuid` and the
+    /// kernel's `root=PARTUUID=` spell it: lowercase, hyphenated.
+    pub partuuid: String,
+}
+
+/// Format a GUID as stored on disk (first three fields little-endian).
+pub fn guid_string(b: &[u8; 16]) -> String {
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        u16::from_le_bytes([b[4], b[5]]),
+        u16::from_le_bytes([b[6], b[7]]),
+        b[8],
+        b[9],
+        b[10],
+        b[11],
+        b[12],
+        b[13],
+        b[14],
+        b[15]
+    )
+}
+
+/// The used partitions of the GPT disk behind `f` (primary table; header
+/// and entry array CRCs checked).
+pub fn entries(f: &File, sector: u64) -> Result<Vec<Entry>, DiskError> {
     let hdr = parse_header(&read_at(f, sector, sector as usize)?)?;
     let array_bytes = hdr.n_entries as usize * hdr.entry_size as usize;
     let entries = read_at(f, hdr.entries_lba * sector, array_bytes)?;
@@ -201,7 +230,23 @@ pub fn partition_names(f: &File, sector: u64) -> Result<Vec<(u32, String)>, Disk
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .take_while(|&u| u != 0)
             .collect();
-        out.push((i as u32 + 1, String::from_utf16_lossy(&units)));
+        let mut guid = [0u8; 16];
+        guid.copy_from_slice(&e[16..32]);
+        out.push(Entry {
+            number: i as u32 + 1,
+            name: String::from_utf16_lossy(&units),
+            partuuid: guid_string(&guid),
+        });
     }
     Ok(out)
+}
+
+/// Names of the used partitions of the GPT disk behind `f`, as
+/// `(number, name)`. Used when the kernel's uevent carries no PARTNAME
+/// (partitions added through BLKPG rather than found by the kernel's scan).
+pub fn partition_names(f: &File, sector: u64) -> Result<Vec<(u32, String)>, DiskError> {
+    Ok(entries(f, sector)?
+        .into_iter()
+        .map(|e| (e.number, e.name))
+        .collect())
 }

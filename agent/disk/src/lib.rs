@@ -3,13 +3,22 @@
 //! The image carries two GPT partitions named `nuvol-boot` (FAT: boot loaders,
 //! OS slots A/B, `nuvol.toml`) and `nuvol-data` (ext4: everything mutable).
 //! At boot PID 1 finds them by GPT partition name through sysfs (no udev, no
-//! blkid), and on the first boot after `dd` to a larger stick it grows
+//! blkid), keeps only the boot partition the box booted from and the data
+//! partition on the same disk ([`select`]: a second stick carrying its own
+//! `nuvol-boot` is refused, never used), and on the first boot after `dd`
+//! to a larger stick it grows
 //! `nuvol-data` to fill the disk: GPT first ([`gpt::grow_partition`]), then
 //! the kernel's view of the partition (BLKPG), then the mounted ext4 online
 //! (EXT4_IOC_RESIZE_FS).
 
+mod bind;
 pub mod gpt;
 pub mod loopdev;
+
+pub use bind::{
+    loader_partuuid, normalize_partuuid, partuuid_from_cmdline, select, Binding, BindingSource,
+    Selection, LOADER_DEVICE_PARTUUID,
+};
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
@@ -47,6 +56,9 @@ pub struct Partition {
     /// Start and size in 512-byte sectors (sysfs units).
     pub start: u64,
     pub sectors: u64,
+    /// The GPT unique partition GUID (`PARTUUID`), lowercase; `None` when
+    /// the disk's partition table could not be read.
+    pub partuuid: Option<String>,
 }
 
 fn uevent_field<'a>(uevent: &'a str, key: &str) -> Option<&'a str> {
@@ -59,10 +71,35 @@ fn read_u64(p: &Path) -> Option<u64> {
     fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
-/// Find a partition by GPT name under `sys_block` (normally `/sys/class/block`).
+/// The first (by device name) partition named `partname` under `sys_block`
+/// (normally `/sys/class/block`). PID 1 does not use this: it takes the
+/// boot partition the box booted from ([`select`]), never just the first.
 pub fn find_partition(sys_block: &Path, dev_dir: &Path, partname: &str) -> Option<Partition> {
+    find_partitions(sys_block, dev_dir, partname)
+        .into_iter()
+        .next()
+}
+
+/// Every partition named `partname` (GPT name) under `sys_block`, sorted
+/// by device name, each with its PARTUUID read from its disk's GPT.
+pub fn find_partitions(sys_block: &Path, dev_dir: &Path, partname: &str) -> Vec<Partition> {
     let mut found: Vec<Partition> = Vec::new();
-    for ent in fs::read_dir(sys_block).ok()?.flatten() {
+    let Ok(dir) = fs::read_dir(sys_block) else {
+        return found;
+    };
+    // One read of each disk's GPT.
+    let mut tables: Vec<(PathBuf, Option<Vec<gpt::Entry>>)> = Vec::new();
+    let mut table = |disk: &Path| -> Option<Vec<gpt::Entry>> {
+        if let Some((_, t)) = tables.iter().find(|(d, _)| d == disk) {
+            return t.clone();
+        }
+        let t = File::open(disk)
+            .ok()
+            .and_then(|f| gpt::entries(&f, sector_size(&f).ok()?).ok());
+        tables.push((disk.to_path_buf(), t.clone()));
+        t
+    };
+    for ent in dir.flatten() {
         let dir = ent.path();
         let Ok(uevent) = fs::read_to_string(dir.join("uevent")) else {
             continue;
@@ -83,17 +120,19 @@ pub fn find_partition(sys_block: &Path, dev_dir: &Path, partname: &str) -> Optio
         else {
             continue;
         };
+        let disk = dev_dir.join(disk);
         let name_matches = match uevent_field(&uevent, "PARTNAME") {
             Some(n) => n == partname,
-            // No PARTNAME (partition added via BLKPG): read the GPT ourselves.
-            None => File::open(dev_dir.join(&disk))
-                .ok()
-                .and_then(|f| gpt::partition_names(&f, sector_size(&f).ok()?).ok())
-                .is_some_and(|names| names.iter().any(|(n, s)| *n == number && s == partname)),
+            // No PARTNAME (partition added via BLKPG): the GPT's own name.
+            None => table(&disk)
+                .is_some_and(|es| es.iter().any(|e| e.number == number && e.name == partname)),
         };
         if !name_matches {
             continue;
         }
+        let partuuid = table(&disk)
+            .and_then(|es| es.into_iter().find(|e| e.number == number))
+            .map(|e| e.partuuid);
         let (Some(start), Some(sectors)) =
             (read_u64(&dir.join("start")), read_u64(&dir.join("size")))
         else {
@@ -101,15 +140,29 @@ pub fn find_partition(sys_block: &Path, dev_dir: &Path, partname: &str) -> Optio
         };
         found.push(Partition {
             dev: dev_dir.join(devname),
-            disk: dev_dir.join(disk),
+            disk,
             number,
             start,
             sectors,
+            partuuid,
         });
     }
-    // Deterministic choice if several disks carry nuvol (e.g. a second stick).
     found.sort_by(|a, b| a.dev.cmp(&b.dev));
-    found.into_iter().next()
+    found
+}
+
+/// Whether `part`'s disk hangs off USB (its sysfs device path passes
+/// through a USB device), where disks appear late and one by one.
+pub fn is_usb(sys_block: &Path, part: &Partition) -> bool {
+    let Some(name) = part.disk.file_name() else {
+        return false;
+    };
+    fs::canonicalize(sys_block.join(name))
+        .map(|p| {
+            p.components()
+                .any(|c| c.as_os_str().to_string_lossy().starts_with("usb"))
+        })
+        .unwrap_or(false)
 }
 
 fn sys(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DiskError {

@@ -1,11 +1,15 @@
 //! Real disks: GPT images made by sfdisk, grown by us, checked by sfdisk; an
-//! ext4 on a loop device grown online through the kernel.
+//! ext4 on a loop device grown online through the kernel; the box's own
+//! disk told apart from a second one by PARTUUID.
 
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nuvol_disk::{device_bytes, find_partition, gpt, grow_ext4, Partition};
+use nuvol_disk::{
+    device_bytes, find_partition, find_partitions, gpt, grow_ext4, select, Binding, BindingSource,
+    Partition,
+};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -33,10 +37,19 @@ fn run(cmd: &mut Command) -> String {
 }
 
 fn make_image(path: &Path, mib: u64) {
+    make_image_with_uuids(path, mib, None);
+}
+
+/// `uuids`: the PARTUUIDs of boot and data (else sfdisk picks random ones).
+fn make_image_with_uuids(path: &Path, mib: u64, uuids: Option<(&str, &str)>) {
     let f = File::create(path).unwrap();
     f.set_len(mib * MIB).unwrap();
     drop(f);
-    let layout = "label: gpt\nfirst-lba: 2048\nstart=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=nuvol-boot\nstart=18432, size=20480, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=nuvol-data\n";
+    let (b, d) = match uuids {
+        Some((b, d)) => (format!(", uuid={b}"), format!(", uuid={d}")),
+        None => (String::new(), String::new()),
+    };
+    let layout = format!("label: gpt\nfirst-lba: 2048\nstart=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=nuvol-boot{b}\nstart=18432, size=20480, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=nuvol-data{d}\n");
     let mut child = Command::new("sfdisk")
         .arg("--quiet")
         .arg(path)
@@ -269,4 +282,70 @@ fn has_cap_sys_resource() -> bool {
 fn nix_statvfs(p: &Path) -> u64 {
     let out = run(Command::new("df").args(["--output=size", "-B1"]).arg(p));
     out.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+/// Two disks with nuvol partitions, as the kernel shows them: the PARTUUIDs
+/// read from each GPT are the ones sfdisk wrote, and the box keeps the disk
+/// the binding names, whichever enumerates first.
+#[test]
+fn partuuids_from_the_gpt_pick_the_own_disk() {
+    let d = tempdir("bind");
+    let own = (
+        "0a3e9c6e-5b1d-4e2a-8c3f-1d2e3f4a5b6c",
+        "0a3e9c6e-5b1d-4e2a-8c3f-000000000002",
+    );
+    let other = (
+        "11111111-2222-4333-8444-555555555555",
+        "11111111-2222-4333-8444-000000000002",
+    );
+    let (img_own, img_other) = (d.0.join("own.img"), d.0.join("other.img"));
+    make_image_with_uuids(&img_own, 32, Some(own));
+    make_image_with_uuids(&img_other, 32, Some(other));
+    let lo_other = attach(&img_other);
+    let lo_own = attach(&img_own);
+    let ours = |ps: Vec<Partition>| -> Vec<Partition> {
+        ps.into_iter()
+            .filter(|p| p.disk == Path::new(&lo_own.0) || p.disk == Path::new(&lo_other.0))
+            .collect()
+    };
+    let sys = Path::new("/sys/class/block");
+    let mut boots = Vec::new();
+    let mut datas = Vec::new();
+    for _ in 0..50 {
+        boots = ours(find_partitions(sys, Path::new("/dev"), "nuvol-boot"));
+        datas = ours(find_partitions(sys, Path::new("/dev"), "nuvol-data"));
+        if boots.len() == 2 && datas.len() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!((boots.len(), datas.len()), (2, 2), "{boots:?} {datas:?}");
+    let uuid_of = |dev: &str| {
+        boots
+            .iter()
+            .chain(&datas)
+            .find(|p| p.dev == Path::new(dev))
+            .and_then(|p| p.partuuid.clone())
+    };
+    assert_eq!(uuid_of(&format!("{}p1", lo_own.0)).as_deref(), Some(own.0));
+    assert_eq!(uuid_of(&format!("{}p2", lo_own.0)).as_deref(), Some(own.1));
+    assert_eq!(
+        uuid_of(&format!("{}p1", lo_other.0)).as_deref(),
+        Some(other.0)
+    );
+    let binding = Binding {
+        partuuid: own.0.into(),
+        source: BindingSource::CommandLine,
+    };
+    let sel = select(&boots, &datas, Some(&binding));
+    assert_eq!(sel.boot.unwrap().disk, Path::new(&lo_own.0));
+    assert_eq!(
+        sel.data.unwrap().dev,
+        PathBuf::from(format!("{}p2", lo_own.0))
+    );
+    let text = sel.notes.join("\n");
+    assert!(
+        text.contains(&format!("refusing nuvol-boot {}p1", lo_other.0)),
+        "{text}"
+    );
 }

@@ -113,6 +113,9 @@ pub struct Config {
     pub tags: BTreeMap<String, String>,
     /// encryption keys, primary first (16, 24 or 32 bytes each)
     pub keys: Vec<Vec<u8>>,
+    /// where Serf key queries (`serf keys`) persist the keyring; with
+    /// encryption on and the file present, its keys replace `keys`
+    pub keyring_file: Option<std::path::PathBuf>,
     /// memberlist label (not understood by Serf 0.9.4; leave empty there)
     pub label: String,
     /// timing
@@ -133,6 +136,7 @@ impl Config {
             join: Vec::new(),
             tags: BTreeMap::new(),
             keys: Vec::new(),
+            keyring_file: None,
             label: String::new(),
             timing: Timing::of(profile),
             max_members: 4096,

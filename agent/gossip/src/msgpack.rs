@@ -16,6 +16,13 @@ use thiserror::Error;
 
 /// Deepest nesting accepted when decoding.
 pub const MAX_DEPTH: usize = 16;
+/// Most values (scalars, strings, arrays, maps and their entries) one
+/// decode builds. A [`Value`] takes 32 bytes however small its encoding
+/// (a `nil` is one byte), so without this a 4 MiB message of `nil`s would
+/// take 128 MiB. Serf's largest legitimate value, the push/pull state of a
+/// 4096-member table (its status times, left members and up to 512 buffered
+/// events), stays under half of it.
+pub const MAX_VALUES: usize = 32 * 1024;
 
 /// A decoded MessagePack value.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +62,9 @@ pub enum DecodeError {
     /// A field had the wrong type or was missing.
     #[error("field {0}: wrong type or missing")]
     Field(&'static str),
+    /// More than [`MAX_VALUES`] values.
+    #[error("more than {MAX_VALUES} msgpack values")]
+    TooMany,
     /// Other structural problem.
     #[error("{0}")]
     Invalid(&'static str),
@@ -191,7 +201,11 @@ impl Value {
 
 /// Decode one value from the front of `buf`; returns it and the bytes used.
 pub fn decode(buf: &[u8]) -> Result<(Value, usize), DecodeError> {
-    let mut r = Reader { buf, pos: 0 };
+    let mut r = Reader {
+        buf,
+        pos: 0,
+        values: 0,
+    };
     let v = r.value(0)?;
     Ok((v, r.pos))
 }
@@ -205,6 +219,8 @@ pub fn decode_value(buf: &[u8]) -> Result<Value, DecodeError> {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// values built so far (bounded by [`MAX_VALUES`])
+    values: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -263,6 +279,10 @@ impl<'a> Reader<'a> {
     fn value(&mut self, depth: usize) -> Result<Value, DecodeError> {
         if depth > MAX_DEPTH {
             return Err(DecodeError::TooDeep);
+        }
+        self.values += 1;
+        if self.values > MAX_VALUES {
+            return Err(DecodeError::TooMany);
         }
         let m = self.u8()?;
         Ok(match m {
@@ -331,6 +351,123 @@ impl<'a> Reader<'a> {
             }
             0xe0..=0xff => Value::Int(i64::from(m as i8)),
         })
+    }
+}
+
+/// Where one value ends in a buffer that grows at its end (a stream),
+/// found without decoding it: each [`Scanner::scan`] resumes where the last
+/// stopped, so a value that arrives in n pieces costs time linear in its
+/// length, not n times it. Memory: one counter per open array or map
+/// (at most [`MAX_DEPTH`]).
+#[derive(Debug, Default, Clone)]
+pub struct Scanner {
+    /// bytes of the value known complete so far
+    pos: usize,
+    /// items still to come in each open array or map, innermost last
+    open: Vec<u64>,
+    /// values seen so far (a value [`decode`] would refuse is refused as
+    /// soon as it passes [`MAX_VALUES`], not when it ends)
+    values: usize,
+}
+
+/// The head of one value: its header length, the bytes of its body
+/// (strings, extensions, scalars) and how many values it contains.
+fn head(buf: &[u8]) -> Result<Option<(usize, usize, u64)>, DecodeError> {
+    let Some(&m) = buf.first() else {
+        return Ok(None);
+    };
+    let be = |n: usize| -> Option<u64> {
+        let b = buf.get(1..1 + n)?;
+        Some(b.iter().fold(0u64, |a, &x| (a << 8) | u64::from(x)))
+    };
+    // (header bytes after the marker, body bytes, children)
+    let sized = |n: usize, f: &dyn Fn(u64) -> (usize, u64)| -> Option<(usize, usize, u64)> {
+        let len = be(n)?;
+        let (body, children) = f(len);
+        Some((1 + n, body, children))
+    };
+    let body = |len: u64| (usize::try_from(len).unwrap_or(usize::MAX), 0);
+    let ext = |len: u64| {
+        (
+            usize::try_from(len).unwrap_or(usize::MAX).saturating_add(1),
+            0,
+        )
+    };
+    Ok(match m {
+        0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => Some((1, 0, 0)),
+        0x80..=0x8f => Some((1, 0, 2 * u64::from(m & 0x0f))),
+        0x90..=0x9f => Some((1, 0, u64::from(m & 0x0f))),
+        0xa0..=0xbf => Some((1, usize::from(m & 0x1f), 0)),
+        0xc1 => return Err(DecodeError::BadMarker(m)),
+        0xc4 | 0xd9 => sized(1, &body),
+        0xc5 | 0xda => sized(2, &body),
+        0xc6 | 0xdb => sized(4, &body),
+        0xc7 => sized(1, &ext),
+        0xc8 => sized(2, &ext),
+        0xc9 => sized(4, &ext),
+        0xca => Some((1, 4, 0)),
+        0xcb => Some((1, 8, 0)),
+        0xcc | 0xd0 => Some((1, 1, 0)),
+        0xcd | 0xd1 => Some((1, 2, 0)),
+        0xce | 0xd2 => Some((1, 4, 0)),
+        0xcf | 0xd3 => Some((1, 8, 0)),
+        0xd4 => Some((1, 2, 0)),
+        0xd5 => Some((1, 3, 0)),
+        0xd6 => Some((1, 5, 0)),
+        0xd7 => Some((1, 9, 0)),
+        0xd8 => Some((1, 17, 0)),
+        0xdc => sized(2, &|n| (0, n)),
+        0xdd => sized(4, &|n| (0, n)),
+        0xde => sized(2, &|n| (0, 2 * n)),
+        0xdf => sized(4, &|n| (0, 2 * n)),
+    })
+}
+
+impl Scanner {
+    /// A scanner for a value starting at the front of the buffers it sees.
+    pub fn new() -> Scanner {
+        Scanner::default()
+    }
+
+    /// Look at `buf` (the same bytes as last time, perhaps with more at
+    /// the end): `Ok(Some(n))` when the value is complete in its first `n`
+    /// bytes, `Ok(None)` while more are needed. Errors as [`decode`] would
+    /// for a bad marker or nesting deeper than [`MAX_DEPTH`].
+    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+        loop {
+            let Some((hdr, body, children)) = head(buf.get(self.pos..).unwrap_or(&[]))? else {
+                return Ok(None);
+            };
+            if self.open.len() > MAX_DEPTH {
+                return Err(DecodeError::TooDeep);
+            }
+            let end = self.pos.saturating_add(hdr).saturating_add(body);
+            if end > buf.len() {
+                return Ok(None);
+            }
+            self.values += 1;
+            if self.values > MAX_VALUES {
+                return Err(DecodeError::TooMany);
+            }
+            self.pos = end;
+            if children > 0 {
+                self.open.push(children);
+                continue;
+            }
+            // one value complete: close the arrays and maps it completes
+            loop {
+                match self.open.last_mut() {
+                    None => return Ok(Some(self.pos)),
+                    Some(left) => {
+                        *left -= 1;
+                        if *left > 0 {
+                            break;
+                        }
+                        self.open.pop();
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -552,5 +689,99 @@ mod tests {
         let deep = vec![0x91u8; 100];
         assert_eq!(decode(&deep), Err(DecodeError::TooDeep));
         assert_eq!(decode(&[0xc1]), Err(DecodeError::BadMarker(0xc1)));
+    }
+
+    #[test]
+    fn many_small_values_are_refused_before_they_take_memory() {
+        // an array of 100,000 nils: 100 KB that would be 3 MB of values
+        let mut w = Writer::new();
+        w.array_len(100_000);
+        w.buf.extend(std::iter::repeat_n(0xc0, 100_000));
+        assert_eq!(decode(&w.buf), Err(DecodeError::TooMany));
+        let mut w = Writer::new();
+        w.array_len(MAX_VALUES - 1);
+        w.buf.extend(std::iter::repeat_n(0xc0, MAX_VALUES - 1));
+        assert!(decode(&w.buf).is_ok());
+    }
+
+    fn sample() -> Vec<u8> {
+        let mut w = Writer::new();
+        w.map_len(5)
+            .key("a")
+            .array_len(3)
+            .uint(300)
+            .int(-70_000)
+            .f64(1.5)
+            .key("b")
+            .raw(&[7; 40])
+            .key("c")
+            .map_len(0)
+            .key("d")
+            .array_len(2)
+            .array_len(0)
+            .map_len(1)
+            .key("x")
+            .nil()
+            .key("e")
+            .raw(&vec![1; 70_000]);
+        w.buf.extend_from_slice(&[0xd4, 1, 2, 0xc7, 2, 9, 1, 2]);
+        w.buf.extend_from_slice(&[0xcf, 0, 0, 0, 0, 0, 0, 0, 1]);
+        w.into_bytes()
+    }
+
+    #[test]
+    fn scanner_finds_the_end_whatever_the_pieces() {
+        let buf = sample();
+        let (_, want) = decode(&buf).unwrap();
+        // all at once, then byte by byte, then in uneven pieces
+        assert_eq!(Scanner::new().scan(&buf), Ok(Some(want)));
+        let mut sc = Scanner::new();
+        let mut got = None;
+        for n in 0..=buf.len() {
+            if let Some(end) = sc.scan(&buf[..n]).unwrap() {
+                got = Some((n, end));
+                break;
+            }
+        }
+        assert_eq!(got, Some((want, want)));
+        let mut sc = Scanner::new();
+        let mut n = 0;
+        let mut step = 1;
+        let end = loop {
+            if let Some(e) = sc.scan(&buf[..n.min(buf.len())]).unwrap() {
+                break e;
+            }
+            n += step;
+            step = step * 3 % 1013 + 1;
+        };
+        assert_eq!(end, want);
+        // every value of the tail alone
+        for v in [
+            &[0xd4u8, 1, 2][..],
+            &[0xc7, 2, 9, 1, 2],
+            &[0xcf, 0, 0, 0, 0, 0, 0, 0, 1],
+        ] {
+            assert_eq!(Scanner::new().scan(v), Ok(Some(v.len())), "{v:?}");
+            assert_eq!(Scanner::new().scan(&v[..v.len() - 1]), Ok(None), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn scanner_errors_like_decode() {
+        let deep = vec![0x91u8; 100];
+        assert_eq!(Scanner::new().scan(&deep), Err(DecodeError::TooDeep));
+        assert_eq!(decode(&deep[..17]), Err(DecodeError::Incomplete));
+        let ok_depth = [vec![0x91u8; MAX_DEPTH], vec![0xc0]].concat();
+        assert!(decode(&ok_depth).is_ok());
+        assert_eq!(Scanner::new().scan(&ok_depth), Ok(Some(ok_depth.len())));
+        assert_eq!(
+            Scanner::new().scan(&[0x92, 0xc1]),
+            Err(DecodeError::BadMarker(0xc1))
+        );
+        // a claimed 4 GiB string only waits
+        assert_eq!(
+            Scanner::new().scan(&[0xdb, 0xff, 0xff, 0xff, 0xff]),
+            Ok(None)
+        );
     }
 }

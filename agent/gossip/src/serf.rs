@@ -483,6 +483,101 @@ impl Relay {
     }
 }
 
+/// Names of Serf's internal key queries (`serf keys`).
+pub mod key_query {
+    /// add a key to every ring
+    pub const INSTALL: &str = "_serf_install-key";
+    /// make a key the primary everywhere
+    pub const USE: &str = "_serf_use-key";
+    /// drop a key everywhere
+    pub const REMOVE: &str = "_serf_remove-key";
+    /// list every node's keys
+    pub const LIST: &str = "_serf_list-keys";
+}
+
+/// The payload of a key query: the key type byte, then `{Key}`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KeyRequest {
+    /// raw key bytes (empty for a listing)
+    pub key: Vec<u8>,
+}
+
+impl KeyRequest {
+    /// Encode with type byte.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_type(ty::KEY_REQUEST);
+        w.map_len(1).key("Key").raw(&self.key);
+        w.into_bytes()
+    }
+    /// Decode a query payload (type byte first; Serf does not check it).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let (_, body) = payload
+            .split_first()
+            .ok_or(DecodeError::Invalid("empty key request"))?;
+        let v = decode_value(body)?;
+        Ok(KeyRequest {
+            key: v.bytes_field("Key")?,
+        })
+    }
+}
+
+/// One node's answer to a key query: the key response type byte, then
+/// `{Result, Message, Keys, PrimaryKey}` (keys in standard base64).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KeyResponse {
+    /// it worked
+    pub result: bool,
+    /// error or notice
+    pub message: String,
+    /// installed keys (listing only)
+    pub keys: Vec<String>,
+    /// the primary key (listing only)
+    pub primary_key: String,
+}
+
+impl KeyResponse {
+    /// Encode with type byte.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_type(ty::KEY_RESPONSE);
+        w.map_len(4)
+            .key("Result")
+            .bool(self.result)
+            .key("Message")
+            .str(&self.message)
+            .key("Keys");
+        if self.keys.is_empty() {
+            w.nil();
+        } else {
+            w.array_len(self.keys.len());
+            for k in &self.keys {
+                w.str(k);
+            }
+        }
+        w.key("PrimaryKey").str(&self.primary_key);
+        w.into_bytes()
+    }
+    /// Decode a response payload (type byte first).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let (&t, body) = payload
+            .split_first()
+            .ok_or(DecodeError::Invalid("empty key response"))?;
+        if t != ty::KEY_RESPONSE {
+            return Err(DecodeError::Invalid("not a key response"));
+        }
+        let v = decode_value(body)?;
+        Ok(KeyResponse {
+            result: v.bool_field("Result")?,
+            message: v.string_field("Message")?,
+            keys: v
+                .array_field("Keys")?
+                .iter()
+                .map(|k| k.as_string().ok_or(DecodeError::Field("Keys")))
+                .collect::<Result<_, _>>()?,
+            primary_key: v.string_field("PrimaryKey")?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,6 +615,40 @@ mod tests {
             PushPull::decode(&decode_value(&e[1..]).unwrap()).unwrap(),
             pp
         );
+    }
+
+    #[test]
+    fn key_messages_match_go() {
+        // go-msgpack for keyRequest{Key: []byte{1, 2}}: type 7, fixmap 1,
+        // "Key", raw 2
+        let r = KeyRequest { key: vec![1, 2] };
+        let want: Vec<u8> = [&[7u8, 0x81, 0xa3][..], b"Key", &[0xa2, 1, 2]].concat();
+        assert_eq!(r.encode(), want);
+        assert_eq!(KeyRequest::decode(&want).unwrap(), r);
+        // a listing sends an empty key
+        assert_eq!(
+            KeyRequest::decode(&KeyRequest::default().encode())
+                .unwrap()
+                .key,
+            b""
+        );
+        assert!(KeyRequest::decode(&[]).is_err());
+        let resp = KeyResponse {
+            result: true,
+            message: String::new(),
+            keys: vec!["AAAA".into(), "BBBB".into()],
+            primary_key: "AAAA".into(),
+        };
+        let e = resp.encode();
+        assert_eq!(e[0], ty::KEY_RESPONSE);
+        assert_eq!(KeyResponse::decode(&e).unwrap(), resp);
+        // nil key list, as Go writes for a failure
+        let fail = KeyResponse {
+            message: "No keyring to modify (encryption not enabled)".into(),
+            ..Default::default()
+        };
+        assert_eq!(KeyResponse::decode(&fail.encode()).unwrap(), fail);
+        assert!(KeyResponse::decode(&e[1..]).is_err());
     }
 
     #[test]

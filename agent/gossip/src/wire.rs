@@ -531,32 +531,114 @@ pub fn strip_label(buf: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
     Ok((&buf[2 + n..], &buf[2..2 + n]))
 }
 
-/// An AES-GCM key ring (16, 24 or 32-byte keys); the first key encrypts.
+/// An AES-GCM key ring (16, 24 or 32-byte keys); the first key (the
+/// primary) encrypts, any key decrypts. Clones share the ring, so Serf's
+/// key queries change it for every user at once.
 #[derive(Clone, Default)]
 pub struct Keyring {
-    keys: Vec<Vec<u8>>,
+    keys: std::sync::Arc<std::sync::RwLock<Vec<Vec<u8>>>>,
+    /// encryption is on for the life of the ring (it started with keys)
+    enabled: bool,
 }
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keyring({} keys)", self.keys.len())
+        write!(f, "Keyring({} keys)", self.keys().len())
     }
+}
+
+/// Most keys a ring holds.
+pub const MAX_KEYS: usize = 16;
+
+/// Why a key ring change was refused (the messages memberlist gives).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum KeyringError {
+    /// not 16, 24 or 32 bytes
+    #[error("key size must be 16, 24 or 32 bytes")]
+    Size,
+    /// `use` of a key not in the ring
+    #[error("requested key is not in the keyring")]
+    NotInRing,
+    /// `remove` of the primary key
+    #[error("removing the primary key is not allowed")]
+    Primary,
+    /// more than [`MAX_KEYS`]
+    #[error("keyring is full ({MAX_KEYS} keys)")]
+    Full,
 }
 
 const NONCE: usize = 12;
 const TAG: usize = 16;
 
 impl Keyring {
-    /// A ring from keys (primary first). Keys must be 16, 24 or 32 bytes.
+    /// A ring from keys (primary first). Keys must be 16, 24 or 32 bytes;
+    /// at most [`MAX_KEYS`].
     pub fn new(keys: Vec<Vec<u8>>) -> Result<Self, WireError> {
         if keys.iter().any(|k| ![16, 24, 32].contains(&k.len())) {
             return Err(WireError::Frame("key must be 16, 24 or 32 bytes"));
         }
-        Ok(Keyring { keys })
+        if keys.len() > MAX_KEYS {
+            return Err(WireError::Frame("more than 16 keys"));
+        }
+        let mut ring: Vec<Vec<u8>> = Vec::with_capacity(keys.len());
+        for k in keys {
+            if !ring.contains(&k) {
+                ring.push(k);
+            }
+        }
+        Ok(Keyring {
+            enabled: !ring.is_empty(),
+            keys: std::sync::Arc::new(std::sync::RwLock::new(ring)),
+        })
     }
-    /// Any keys?
+    /// Is encryption on? (A ring that started with keys never becomes
+    /// empty: the primary key cannot be removed.)
     pub fn enabled(&self) -> bool {
-        !self.keys.is_empty()
+        self.enabled
+    }
+    /// The keys, primary first.
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Vec<u8>>> {
+        self.keys.write().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Add a key for decryption (nothing if it is already there), as
+    /// memberlist's `AddKey`.
+    pub fn install(&self, key: &[u8]) -> Result<(), KeyringError> {
+        if ![16, 24, 32].contains(&key.len()) {
+            return Err(KeyringError::Size);
+        }
+        let mut k = self.write();
+        if k.iter().any(|x| x == key) {
+            return Ok(());
+        }
+        if k.len() >= MAX_KEYS {
+            return Err(KeyringError::Full);
+        }
+        k.push(key.to_vec());
+        Ok(())
+    }
+    /// Make an installed key the primary, as memberlist's `UseKey`.
+    pub fn use_key(&self, key: &[u8]) -> Result<(), KeyringError> {
+        let mut k = self.write();
+        let i = k
+            .iter()
+            .position(|x| x == key)
+            .ok_or(KeyringError::NotInRing)?;
+        let key = k.remove(i);
+        k.insert(0, key);
+        Ok(())
+    }
+    /// Drop a key (nothing if it is not there); never the primary, as
+    /// memberlist's `RemoveKey`.
+    pub fn remove(&self, key: &[u8]) -> Result<(), KeyringError> {
+        let mut k = self.write();
+        if k.first().is_some_and(|p| p == key) {
+            return Err(KeyringError::Primary);
+        }
+        k.retain(|x| x != key);
+        Ok(())
     }
     fn seal(key: &[u8], nonce: &[u8], msg: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
         let n = Nonce::from_slice(nonce);
@@ -587,7 +669,8 @@ impl Keyring {
     /// Encrypt with the primary key, version 1 (no padding):
     /// `[vsn][nonce 12][ciphertext+tag]`.
     pub fn encrypt(&self, msg: &[u8], aad: &[u8]) -> Result<Vec<u8>, WireError> {
-        let key = self.keys.first().ok_or(WireError::Frame("no key"))?;
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let key = keys.first().ok_or(WireError::Frame("no key"))?;
         let mut nonce = [0u8; NONCE];
         rand::fill(&mut nonce);
         let ct = Self::seal(key, &nonce, msg, aad).ok_or(WireError::Decrypt)?;
@@ -608,7 +691,8 @@ impl Keyring {
             return Err(WireError::Decrypt);
         }
         let (nonce, ct) = rest.split_at(NONCE);
-        for k in &self.keys {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        for k in keys.iter() {
             if let Some(mut plain) = Self::open(k, nonce, ct, aad) {
                 if vsn == 0 {
                     let pad = usize::from(*plain.last().ok_or(WireError::Decrypt)?);
@@ -783,6 +867,36 @@ mod tests {
         let last = p.len() - 1;
         p[last] ^= 1;
         assert!(matches!(f.open_packet(&p), Err(WireError::Crc)));
+    }
+
+    #[test]
+    fn keyring_changes_follow_memberlist() {
+        let (a, b) = (vec![1u8; 16], vec![2u8; 32]);
+        let ring = Keyring::new(vec![a.clone()]).unwrap();
+        let shared = ring.clone();
+        assert_eq!(ring.install(&[0; 5]), Err(KeyringError::Size));
+        ring.install(&b).unwrap();
+        ring.install(&b).unwrap();
+        assert_eq!(shared.keys(), vec![a.clone(), b.clone()]);
+        // encrypted with the primary, readable by a ring holding either
+        let old = ring.encrypt(b"x", b"").unwrap();
+        assert_eq!(ring.use_key(&[3; 16]), Err(KeyringError::NotInRing));
+        ring.use_key(&b).unwrap();
+        assert_eq!(shared.keys(), vec![b.clone(), a.clone()]);
+        let new = shared.encrypt(b"y", b"").unwrap();
+        let only_b = Keyring::new(vec![b.clone()]).unwrap();
+        assert_eq!(only_b.decrypt(&new, b"").unwrap(), b"y");
+        assert!(only_b.decrypt(&old, b"").is_err());
+        assert_eq!(ring.remove(&b), Err(KeyringError::Primary));
+        ring.remove(&a).unwrap();
+        ring.remove(&a).unwrap();
+        assert_eq!(ring.keys(), vec![b.clone()]);
+        for i in 1..MAX_KEYS {
+            ring.install(&[i as u8 + 10; 24]).unwrap();
+        }
+        assert_eq!(ring.install(&[99; 24]), Err(KeyringError::Full));
+        assert!(ring.enabled());
+        assert!(!Keyring::new(Vec::new()).unwrap().enabled());
     }
 
     #[test]

@@ -99,3 +99,43 @@ async fn garbage_is_dropped_and_counted() {
     assert!(got, "no ack after garbage");
     h.shutdown();
 }
+
+/// Join intents for members nobody knows (kept in case the member's ALIVE
+/// comes later) stay within their budget: 1024 names of at most 512 bytes.
+#[tokio::test(flavor = "current_thread")]
+async fn intents_for_unknown_members_are_bounded() {
+    let cfg = Config::new(
+        format!("intents-{}", std::process::id()),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Profile::Local,
+    );
+    let h = Handle::start(cfg).await.expect("start");
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let intent = |name: &str| {
+        let mut m = vec![wire::ty::USER];
+        m.extend(
+            nuvol_gossip::serf::Intent {
+                ltime: 5,
+                node: name.to_string(),
+                prune: false,
+            }
+            .encode_join(),
+        );
+        m
+    };
+    for i in 0..2000 {
+        sock.send_to(&intent(&format!("ghost-{i}")), h.advertise())
+            .expect("send");
+        if i % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    sock.send_to(&intent(&"x".repeat(600)), h.advertise())
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = h.stats();
+    assert_eq!(s.packets_in, 2001, "{s:?}");
+    assert_eq!(s.dropped_full, 2000 - 1024, "{s:?}");
+    assert_eq!(s.dropped_malformed, 1, "{s:?}");
+    h.shutdown();
+}

@@ -2,28 +2,39 @@
 //!
 //! Tiny on purpose: no async runtime, no allocation-heavy work, nothing that
 //! can panic on input. It
-//! 1. mounts /proc, /sys, /dev, /dev/pts, /run, /tmp and the cgroup2 hierarchy;
-//! 2. finds the `nuvol-boot` and `nuvol-data` partitions by GPT name, grows
-//!    data to fill the disk on first boot, mounts boot at /boot (read-only)
-//!    and data at /data;
+//! 0. leaves the initramfs's rootfs for a tmpfs root (copy, move, chroot,
+//!    exec itself again), so `pivot_root` works for containers;
+//! 1. mounts /proc, /sys, /dev, /dev/pts, /run, /tmp, the cgroup2 hierarchy
+//!    and efivarfs (read-only); sets its `oom_score_adj` to -1000 and
+//!    `user.max_user_namespaces` to 0;
+//! 2. finds the `nuvol-boot` partition the box booted from (named by the
+//!    boot loader's `LoaderDevicePartUUID` or `nuvol.boot=PARTUUID=` on the
+//!    kernel command line) and the `nuvol-data` partition on the same disk,
+//!    refusing any other disk's loudly, grows data to fill the disk on
+//!    first boot, mounts boot at /boot (read-only) and data at /data;
 //! 3. sets the host name from `/boot/nuvol.toml`;
-//! 4. starts `nuvol agent` and restarts it with exponential backoff when it
-//!    dies, reaping every zombie meanwhile;
+//! 4. starts `nuvol agent` (`oom_score_adj` -900; PID 1 itself -1000,
+//!    services +500) and restarts it with exponential backoff when it
+//!    dies, reaping every zombie meanwhile; feeds the hardware watchdog only
+//!    while the agent's heartbeats arrive (a hung agent resets the box);
 //! 5. on SIGTERM or SIGINT (Ctrl-Alt-Del) reboots, on SIGUSR2 or the ACPI
 //!    power button powers off: agent gets SIGTERM, then SIGKILL after a grace
-//!    period, then every process; sync; unmount; reboot(2).
+//!    period, then every process; sync; unmount; reboot(2). The watchdog
+//!    stays armed throughout, so a shutdown that hangs still ends in a reset.
 //!
 //! A panic anywhere in the loop is caught and the loop resumes: PID 1 exiting
 //! would panic the kernel.
 
 mod evdev;
 mod mounts;
+mod rootfs;
 mod supervise;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use supervise::Backoff;
+pub use rootfs::root_is_rootfs;
+pub use supervise::{Backoff, HEARTBEAT_FD_ENV};
 
 /// Where things live on a booted box.
 #[derive(Debug, Clone)]
@@ -36,7 +47,9 @@ pub struct Layout {
     pub config: PathBuf,
     /// How long to wait for the boot disk to show up (USB sticks are slow).
     pub disk_wait: Duration,
-    /// Grace period between SIGTERM and SIGKILL for the agent.
+    /// Grace period between SIGTERM and SIGKILL for the agent. The agent
+    /// stops its services (each with its own grace, 10 s by default, in
+    /// dependency waves) before it exits, so this is well above one grace.
     pub stop_grace: Duration,
 }
 
@@ -48,7 +61,7 @@ impl Default for Layout {
             state_dir: PathBuf::from("/data/nuvol"),
             config: PathBuf::from("/boot/nuvol.toml"),
             disk_wait: Duration::from_secs(15),
-            stop_grace: Duration::from_secs(10),
+            stop_grace: Duration::from_secs(30),
         }
     }
 }
@@ -64,6 +77,9 @@ macro_rules! say {
     ($($t:tt)*) => { $crate::say(format_args!($($t)*)) };
 }
 
+/// The sysctl that closes user namespaces to every process of the box.
+pub const NO_USER_NAMESPACES: (&str, &str) = ("/proc/sys/user/max_user_namespaces", "0");
+
 /// What to do when the box stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Halt {
@@ -74,7 +90,16 @@ pub enum Halt {
 /// Run as PID 1. Never returns.
 pub fn run(self_exe: &Path) -> ! {
     let layout = Layout::default();
+    rootfs::leave_rootfs();
     mounts::early();
+    if let Err(e) = supervise::set_oom_score_adj("self", supervise::PID1_OOM_SCORE_ADJ) {
+        say!("oom_score_adj: {e}");
+    }
+    // Nothing on a box uses user namespaces; a compromised service must not
+    // make one (the seccomp filter refuses it too, this is the second lock).
+    if let Err(e) = std::fs::write(NO_USER_NAMESPACES.0, NO_USER_NAMESPACES.1) {
+        say!("{}: {e}", NO_USER_NAMESPACES.0);
+    }
     let data_ok = mounts::disks(&layout);
     let loaded = nuvol_config::load_or_default(&layout.config);
     if let Err(e) = nix::unistd::sethostname(loaded.config.hostname()) {
@@ -84,6 +109,6 @@ pub fn run(self_exe: &Path) -> ! {
         say!("data partition unavailable: state is kept in memory only until it is fixed");
         let _ = std::fs::create_dir_all(&layout.state_dir);
     }
-    let halt = supervise::main_loop(self_exe, &layout);
-    supervise::shutdown(&layout, halt)
+    let (halt, watchdog) = supervise::main_loop(self_exe, &layout);
+    supervise::shutdown(&layout, halt, watchdog)
 }

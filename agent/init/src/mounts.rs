@@ -60,25 +60,76 @@ pub fn early() {
         nodev,
         Some("nsdelegate"),
     );
+    // UEFI: the boot loader's variables, read-only (LoaderDevicePartUUID
+    // names the partition this box booted from, see `disks`).
+    if Path::new("/sys/firmware/efi").exists() {
+        mnt(
+            "efivarfs",
+            EFIVARS,
+            "efivarfs",
+            nodev | MsFlags::MS_RDONLY,
+            None,
+        );
+    }
     // Stop the kernel from rebooting on Ctrl-Alt-Del: we get SIGINT instead.
     let _ = nix::sys::reboot::set_cad_enabled(false);
 }
 
-/// Find, grow and mount the boot and data partitions. Returns whether data
-/// is mounted.
+/// Where efivarfs is mounted.
+const EFIVARS: &str = "/sys/firmware/efi/efivars";
+/// After the boot partition turned up on a USB disk, how long to look for a
+/// second stick that was plugged in at power-on too but enumerates later.
+const USB_SETTLE: Duration = Duration::from_secs(2);
+
+/// Find, grow and mount the boot and data partitions: the boot partition
+/// the box booted from (named by the boot loader or the kernel command
+/// line) and the data partition on the same disk, never another disk's
+/// (`nuvol_disk::select`). Returns whether data is mounted.
 pub fn disks(layout: &Layout) -> bool {
     let sys = Path::new("/sys/class/block");
     let dev = Path::new("/dev");
-    let deadline = Instant::now() + layout.disk_wait;
-    let (mut boot, mut data) = (None, None);
-    loop {
-        boot = boot.or_else(|| nuvol_disk::find_partition(sys, dev, nuvol_disk::BOOT_PARTNAME));
-        data = data.or_else(|| nuvol_disk::find_partition(sys, dev, nuvol_disk::DATA_PARTNAME));
-        if (boot.is_some() && data.is_some()) || Instant::now() >= deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let loader = std::fs::read(Path::new(EFIVARS).join(nuvol_disk::LOADER_DEVICE_PARTUUID)).ok();
+    let (binding, notes) = nuvol_disk::Binding::from_boot(&cmdline, loader.as_deref());
+    for n in notes {
+        say!("{n}");
     }
+    match &binding {
+        Some(b) => say!(
+            "boot partition: PARTUUID {}, named by {}",
+            b.partuuid,
+            b.source
+        ),
+        None => say!(
+            "boot partition: not named by the boot loader or the kernel command line; only a single {} is used",
+            nuvol_disk::BOOT_PARTNAME
+        ),
+    }
+    let scan = || {
+        nuvol_disk::select(
+            &nuvol_disk::find_partitions(sys, dev, nuvol_disk::BOOT_PARTNAME),
+            &nuvol_disk::find_partitions(sys, dev, nuvol_disk::DATA_PARTNAME),
+            binding.as_ref(),
+        )
+    };
+    let deadline = Instant::now() + layout.disk_wait;
+    let mut sel = scan();
+    while (sel.boot.is_none() || sel.data.is_none()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        sel = scan();
+    }
+    if sel
+        .boot
+        .as_ref()
+        .is_some_and(|b| nuvol_disk::is_usb(sys, b))
+    {
+        std::thread::sleep(USB_SETTLE);
+        sel = scan();
+    }
+    for n in &sel.notes {
+        say!("{n}");
+    }
+    let (boot, data) = (sel.boot, sel.data);
     match &boot {
         Some(p) => {
             let target = layout.boot_mount.to_string_lossy();
@@ -93,12 +144,15 @@ pub fn disks(layout: &Layout) -> bool {
             }
         }
         None => say!(
-            "no partition named {}: using built-in defaults",
+            "no boot partition of this box ({}): using built-in defaults",
             nuvol_disk::BOOT_PARTNAME
         ),
     }
     let Some(p) = data else {
-        say!("no partition named {}", nuvol_disk::DATA_PARTNAME);
+        say!(
+            "no data partition of this box ({} on the boot disk)",
+            nuvol_disk::DATA_PARTNAME
+        );
         return false;
     };
     match nuvol_disk::grow_data_partition(&p) {

@@ -1,9 +1,10 @@
-//! The PID 1 loop: supervise the agent, reap zombies, feed the watchdog,
-//! wait for a stop request; then the orderly shutdown.
+//! The PID 1 loop: supervise the agent, reap zombies, feed the watchdog
+//! while the agent's heartbeats arrive, wait for a stop request; then the
+//! orderly shutdown.
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -57,10 +58,48 @@ const STOP_SIGNALS: [Signal; 6] = [
     Signal::SIGHUP,
 ];
 
-struct Watchdog(Option<File>);
+/// The environment variable naming the fd on which the agent writes its
+/// heartbeats (one byte every few seconds) to PID 1.
+pub const HEARTBEAT_FD_ENV: &str = "NUVOL_HEARTBEAT_FD";
+/// The fd number the heartbeat pipe gets in the agent.
+const HEARTBEAT_FD: i32 = 3;
+/// A started agent has this long to send its first heartbeat (a first boot
+/// on a slow stick: data growth, key generation, DHCP).
+const START_GRACE: Duration = Duration::from_secs(120);
+/// After this long without a heartbeat the agent counts as hung: the
+/// watchdog is no longer fed.
+const SILENT: Duration = Duration::from_secs(30);
+/// Without a hardware watchdog (or if it did not fire), PID 1 kills an agent
+/// silent this long and restarts it.
+const SILENT_KILL: Duration = Duration::from_secs(90);
+/// `oom_score_adj` of PID 1: never picked by the OOM killer (the kernel
+/// spares init anyway; this also makes it explicit).
+pub const PID1_OOM_SCORE_ADJ: i32 = -1000;
+/// `oom_score_adj` of the agent: picked only after every service (+500,
+/// set by nuvol-container) and any other process, but still killable so a
+/// leaking agent cannot hang the box (PID 1 restarts it).
+pub const AGENT_OOM_SCORE_ADJ: i32 = -900;
+
+/// Write `adj` to `/proc/<pid>/oom_score_adj` (`pid` may be `self`).
+pub fn set_oom_score_adj(pid: &str, adj: i32) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
+}
+
+/// Whether the agent is alive as far as the watchdog is concerned.
+/// `agent`: when the running agent started and its last heartbeat.
+pub fn agent_alive(agent: Option<(Instant, Option<Instant>)>, now: Instant) -> bool {
+    match agent {
+        // Between restarts PID 1 itself is the one doing the work.
+        None => true,
+        Some((started, None)) => now.saturating_duration_since(started) < START_GRACE,
+        Some((_, Some(beat))) => now.saturating_duration_since(beat) < SILENT,
+    }
+}
+
+pub struct Watchdog(Option<File>);
 
 impl Watchdog {
-    const TIMEOUT_S: libc::c_int = 60;
+    const TIMEOUT_S: libc::c_int = 30;
     fn open() -> Watchdog {
         let Ok(f) = std::fs::OpenOptions::new()
             .write(true)
@@ -79,12 +118,18 @@ impl Watchdog {
             let _ = f.write_all(b"\0");
         }
     }
-    /// Magic close: disarm before a deliberate reboot/poweroff.
-    fn disarm(&mut self) {
-        if let Some(mut f) = self.0.take() {
-            let _ = f.write_all(b"V");
-        }
-    }
+    // Never disarmed (no magic close): a shutdown that hangs in unmount or
+    // a driver still ends in a reset, and the box comes back.
+}
+
+/// The agent process PID 1 runs: its pid, start time, the read end of its
+/// heartbeat pipe and the time of its last heartbeat.
+struct Agent {
+    pid: Pid,
+    started: Instant,
+    beats: Option<OwnedFd>,
+    last_beat: Option<Instant>,
+    warned: bool,
 }
 
 struct Init<'a> {
@@ -94,7 +139,7 @@ struct Init<'a> {
     buttons: Buttons,
     buttons_scanned: Instant,
     watchdog: Watchdog,
-    agent: Option<(Pid, Instant)>,
+    agent: Option<Agent>,
     next_start: Option<Instant>,
     backoff: Backoff,
 }
@@ -108,13 +153,38 @@ impl Init<'_> {
             .arg("--state-dir")
             .arg(&self.layout.state_dir)
             .env("NUVOL_UNDER_INIT", "1");
+        // The heartbeat pipe: the agent writes, PID 1 reads. Both ends are
+        // close-on-exec here; the child gets the write end as fd 3.
+        let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(|e| say!("heartbeat pipe: {e}; the watchdog is fed without heartbeats"))
+            .ok();
+        let write_fd = pipe.as_ref().map(|(_, w)| w.as_raw_fd());
+        if write_fd.is_some() {
+            cmd.env(HEARTBEAT_FD_ENV, HEARTBEAT_FD.to_string());
+        }
         // PID 1 blocks the signals it reads through signalfd; the agent must
         // start with none blocked or it would never see SIGTERM.
-        // SAFETY: sigprocmask is async-signal-safe; nothing else runs between
-        // fork and exec.
+        // SAFETY: sigprocmask, dup2 and fcntl are async-signal-safe; nothing
+        // else runs between fork and exec.
         unsafe {
             use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if let Some(w) = write_fd {
+                    if w == HEARTBEAT_FD {
+                        if libc::fcntl(w, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(w, HEARTBEAT_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // The write end blocks: a full pipe (PID 1 not reading)
+                    // is the agent's problem only if it writes from a
+                    // blocking context, which it does not.
+                    let fl = libc::fcntl(HEARTBEAT_FD, libc::F_GETFL);
+                    if fl >= 0 {
+                        libc::fcntl(HEARTBEAT_FD, libc::F_SETFL, fl | libc::O_NONBLOCK);
+                    }
+                }
                 SigSet::empty()
                     .thread_set_mask()
                     .map_err(std::io::Error::from)
@@ -124,7 +194,16 @@ impl Init<'_> {
             Ok(child) => {
                 let pid = Pid::from_raw(child.id() as i32);
                 say!("agent started (pid {pid})");
-                self.agent = Some((pid, Instant::now()));
+                if let Err(e) = set_oom_score_adj(&pid.to_string(), AGENT_OOM_SCORE_ADJ) {
+                    say!("agent oom_score_adj {AGENT_OOM_SCORE_ADJ}: {e}");
+                }
+                self.agent = Some(Agent {
+                    pid,
+                    started: Instant::now(),
+                    beats: pipe.map(|(r, _w)| r),
+                    last_beat: None,
+                    warned: false,
+                });
                 self.next_start = None;
             }
             Err(e) => {
@@ -141,9 +220,9 @@ impl Init<'_> {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(st) => {
                     let Some(pid) = st.pid() else { continue };
-                    if let Some((apid, started)) = self.agent {
-                        if pid == apid {
-                            let ran = started.elapsed();
+                    if let Some(agent) = &self.agent {
+                        if pid == agent.pid {
+                            let ran = agent.started.elapsed();
                             let d = self.backoff.next(ran);
                             say!(
                                 "agent exited ({}) after {:.1} s; restarting in {:?}",
@@ -158,6 +237,59 @@ impl Init<'_> {
                 }
             }
         }
+    }
+
+    /// Read pending heartbeats; note when the agent went silent.
+    fn heartbeats(&mut self) {
+        let Some(agent) = &mut self.agent else {
+            return;
+        };
+        if let Some(fd) = &agent.beats {
+            let mut buf = [0u8; 64];
+            loop {
+                // SAFETY: reading into a stack buffer of the given length
+                // from an fd this struct owns.
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n > 0 {
+                    agent.last_beat = Some(Instant::now());
+                    if agent.warned {
+                        say!("agent heartbeats are back");
+                        agent.warned = false;
+                    }
+                    continue;
+                }
+                if n == 0 {
+                    // EOF: the agent closed it or is gone; reap() sees which.
+                    agent.beats = None;
+                }
+                break;
+            }
+        }
+        let beat = (agent.started, agent.last_beat);
+        let now = Instant::now();
+        if !agent_alive(Some(beat), now) {
+            let since = agent.last_beat.unwrap_or(agent.started);
+            let silent = now.saturating_duration_since(since);
+            if !agent.warned {
+                say!(
+                    "agent (pid {}) silent for {} s: the watchdog is no longer fed and resets the box",
+                    agent.pid,
+                    silent.as_secs()
+                );
+                agent.warned = true;
+            }
+            if silent >= SILENT_KILL {
+                say!("agent (pid {}) still silent; killing it", agent.pid);
+                let _ = kill(agent.pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn agent_alive(&self) -> bool {
+        agent_alive(
+            self.agent.as_ref().map(|a| (a.started, a.last_beat)),
+            Instant::now(),
+        )
     }
 
     /// One turn of the loop; `Some` when the box must stop.
@@ -178,6 +310,9 @@ impl Init<'_> {
             let bfds = self.buttons.fds();
             let mut fds = vec![PollFd::new(self.sfd.as_fd_ref(), PollFlags::POLLIN)];
             fds.extend(bfds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
+            if let Some(b) = self.agent.as_ref().and_then(|a| a.beats.as_ref()) {
+                fds.push(PollFd::new(b.as_fd(), PollFlags::POLLIN));
+            }
             let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
             let _ = poll(&mut fds, PollTimeout::from(ms));
         }
@@ -192,8 +327,11 @@ impl Init<'_> {
             say!("power button pressed");
             halt = Some(Halt::PowerOff);
         }
+        self.heartbeats();
         self.reap();
-        self.watchdog.ping();
+        if self.agent_alive() {
+            self.watchdog.ping();
+        }
         halt
     }
 }
@@ -224,8 +362,9 @@ fn signal_mask() -> SigSet {
 }
 
 /// Supervise until a stop is requested. Never panics out: a panic inside one
-/// turn is caught, reported, and the loop goes on.
-pub fn main_loop(exe: &Path, layout: &Layout) -> Halt {
+/// turn is caught, reported, and the loop goes on. Returns what to do and
+/// the (still armed) watchdog, which the shutdown keeps feeding.
+pub fn main_loop(exe: &Path, layout: &Layout) -> (Halt, Watchdog) {
     let mask = signal_mask();
     if let Err(e) = mask.thread_block() {
         say!("blocking signals: {e}");
@@ -259,8 +398,7 @@ pub fn main_loop(exe: &Path, layout: &Layout) -> Halt {
             Ok(Some(h)) => {
                 init.watchdog.ping();
                 stop_agent(&mut init);
-                init.watchdog.disarm();
-                return h;
+                return (h, init.watchdog);
             }
             Ok(None) => {}
             Err(_) => {
@@ -271,9 +409,12 @@ pub fn main_loop(exe: &Path, layout: &Layout) -> Halt {
     }
 }
 
-fn wait_gone(pid: Option<Pid>, grace: Duration) -> bool {
+/// Reap until `pid` (or, with `None`, every child) is gone or `grace` ran
+/// out, feeding the watchdog meanwhile: PID 1 is in charge and alive here.
+fn wait_gone(pid: Option<Pid>, grace: Duration, wd: &mut Watchdog) -> bool {
     let deadline = Instant::now() + grace;
     loop {
+        wd.ping();
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => {}
             Ok(st) => {
@@ -292,27 +433,30 @@ fn wait_gone(pid: Option<Pid>, grace: Duration) -> bool {
 }
 
 fn stop_agent(init: &mut Init<'_>) {
-    if let Some((pid, _)) = init.agent.take() {
+    if let Some(agent) = init.agent.take() {
+        let pid = agent.pid;
         say!("stopping agent (pid {pid})");
         let _ = kill(pid, Signal::SIGTERM);
-        if !wait_gone(Some(pid), init.layout.stop_grace) {
+        if !wait_gone(Some(pid), init.layout.stop_grace, &mut init.watchdog) {
             say!(
                 "agent did not stop within {:?}; killing it",
                 init.layout.stop_grace
             );
             let _ = kill(pid, Signal::SIGKILL);
-            wait_gone(Some(pid), Duration::from_secs(5));
+            wait_gone(Some(pid), Duration::from_secs(5), &mut init.watchdog);
         }
     }
 }
 
 /// Kill what is left, sync, unmount, and power off or reboot. Never returns.
-pub fn shutdown(layout: &Layout, halt: Halt) -> ! {
+/// The watchdog stays armed: if sync or unmount hang, it resets the box.
+pub fn shutdown(layout: &Layout, halt: Halt, mut wd: Watchdog) -> ! {
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
-    if !wait_gone(None, Duration::from_secs(3)) {
+    if !wait_gone(None, Duration::from_secs(3), &mut wd) {
         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-        wait_gone(None, Duration::from_secs(2));
+        wait_gone(None, Duration::from_secs(2), &mut wd);
     }
+    wd.ping();
     nix::unistd::sync();
     mounts::unmount_all(layout);
     nix::unistd::sync();
@@ -338,6 +482,36 @@ pub fn shutdown(layout: &Layout, halt: Halt) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watchdog_is_fed_only_while_the_agent_beats() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(agent_alive(None, at(1000)), "between restarts PID 1 feeds");
+        assert!(agent_alive(Some((t0, None)), at(60)), "start grace");
+        assert!(!agent_alive(Some((t0, None)), at(121)), "never beat");
+        assert!(agent_alive(Some((t0, Some(at(200)))), at(229)));
+        assert!(
+            !agent_alive(Some((t0, Some(at(200)))), at(230)),
+            "silent 30 s"
+        );
+        // A clock read before the start never counts as silence.
+        assert!(agent_alive(Some((at(10), None)), t0));
+    }
+
+    #[test]
+    fn oom_score_adj_is_written_for_another_process() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id().to_string();
+        // Raising needs no privilege; lowering (the agent's -900) needs
+        // CAP_SYS_RESOURCE, which PID 1 has.
+        set_oom_score_adj(&pid, 700).unwrap();
+        let got = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(got.trim(), "700");
+        assert!(set_oom_score_adj("self", 1001).is_err(), "out of range");
+    }
 
     #[test]
     fn backoff_doubles_caps_and_resets_after_a_healthy_run() {

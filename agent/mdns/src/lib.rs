@@ -293,29 +293,6 @@ fn check_type(t: &str) -> Result<(), MdnsError> {
     Ok(())
 }
 
-impl MdnsService {
-    /// The DNS-SD form of a service the agent announces over gossip: the
-    /// instance label is the description (the name if it is empty, cut to
-    /// 63 bytes at a character boundary), TXT gets `name=<name>`.
-    pub fn from_local(l: &nuvol_catalog::LocalService) -> MdnsService {
-        let mut instance = if l.description.trim().is_empty() {
-            l.name.clone()
-        } else {
-            l.description.clone()
-        };
-        instance.retain(|c| !c.is_control());
-        while instance.len() > 63 {
-            instance.pop();
-        }
-        MdnsService {
-            instance,
-            service_type: l.service_type.clone(),
-            port: l.port,
-            txt: BTreeMap::from([("name".to_string(), l.name.clone())]),
-        }
-    }
-}
-
 /// The catalog's view of a discovered service.
 pub fn to_catalog(d: &Discovered) -> nuvol_catalog::Service {
     let addr = d
@@ -331,6 +308,7 @@ pub fn to_catalog(d: &Discovered) -> nuvol_catalog::Service {
         node,
         zone: String::new(),
         addr,
+        overlay_addr: None,
         port: d.port,
         txt: d.txt.clone(),
         source: nuvol_catalog::Source::Mdns,
@@ -346,25 +324,6 @@ pub fn to_catalog(d: &Discovered) -> nuvol_catalog::Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn from_local_service() {
-        let l = nuvol_catalog::LocalService {
-            name: "panel".into(),
-            service_type: "_http._tcp".into(),
-            port: 80,
-            description: "é".repeat(40),
-        };
-        let m = MdnsService::from_local(&l);
-        assert!(m.instance.len() <= 63 && m.instance.chars().all(|c| c == 'é'));
-        assert!(check_label(&m.instance, "i").is_ok());
-        assert_eq!(m.txt.get("name").map(String::as_str), Some("panel"));
-        let m = MdnsService::from_local(&nuvol_catalog::LocalService {
-            description: String::new(),
-            ..l
-        });
-        assert_eq!(m.instance, "panel");
-    }
 
     #[test]
     fn validation() {

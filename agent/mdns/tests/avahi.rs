@@ -419,3 +419,30 @@ fn ipv6_only_link_interop_with_avahi() {
     assert_eq!(c.hops, Some(0));
     rt.block_on(m.shutdown());
 }
+
+/// A browser that is already running (as in a file manager's network view)
+/// sees a service published later within about the probe time, and drops
+/// it on nuvol's goodbye within about Avahi's one-second hold.
+#[test]
+fn running_avahi_browser_follows_publish_and_goodbye() {
+    let p = Pair::new();
+    let av = Avahi::start(&p.a, &p.va, &host("avahi-w"));
+    let watch = av.watch();
+    let (rt, m) = start_nuvol(&p.b, &p.vb, &host("nuvol-w"));
+    // Let both sides settle: host name probed, the browser's first queries done.
+    std::thread::sleep(Duration::from_secs(3));
+    let t = Instant::now();
+    m.publish(svc("Late Service", "_late._tcp", 7001, &[("k", "v")]))
+        .unwrap();
+    let added = watch
+        .wait("=", "Late Service", t, 20)
+        .expect("the running browser never resolved the service");
+    assert!(added < Duration::from_secs(3), "{added:?}");
+    let t = Instant::now();
+    m.unpublish("Late Service", "_late._tcp").unwrap();
+    let gone = watch
+        .wait("-", "Late Service", t, 20)
+        .expect("the running browser never dropped the service");
+    assert!(gone < Duration::from_secs(3), "{gone:?}");
+    rt.block_on(m.shutdown());
+}

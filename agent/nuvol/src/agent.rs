@@ -50,6 +50,9 @@ struct Node {
     services: Option<crate::services::ServicesHandle>,
     discovery: Arc<crate::discovery::Discovery>,
     share: bool,
+    /// Bumped when the store changes outside the API (provisioning).
+    bundles_generation: std::sync::atomic::AtomicU64,
+    overlay: Option<crate::overlay::StatusSlot>,
 }
 
 impl nuvol_api::Node for Node {
@@ -60,7 +63,11 @@ impl nuvol_api::Node for Node {
         }
     }
     fn network(&self) -> Option<serde_json::Value> {
-        self.net.as_ref().and_then(crate::net::status_json)
+        let net = self.net.as_ref().and_then(crate::net::status_json);
+        crate::overlay::with_status(net, self.overlay.as_ref())
+    }
+    fn metrics_extra(&self) -> String {
+        crate::overlay::metrics(self.overlay.as_ref())
     }
     fn test_hooks(&self) -> bool {
         self.test_hooks
@@ -82,15 +89,16 @@ impl nuvol_api::Node for Node {
             .clone()
             .map(|h| Arc::new(h) as Arc<dyn nuvol_api::services::Services>)
     }
-    fn panel_local_services(&self) -> Option<serde_json::Value> {
-        use nuvol_api::services::Services;
-        let h = self.services.as_ref()?;
-        serde_json::to_value(h.list()).ok()
-    }
     fn share_bundles(&self) -> bool {
         self.share
     }
+    fn bundles_generation(&self) -> u64 {
+        self.bundles_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
     fn bundles_changed(&self) {
+        self.bundles_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(h) = self.services.clone() {
             tokio::spawn(async move { h.sync().await });
         }
@@ -99,21 +107,13 @@ impl nuvol_api::Node for Node {
     fn discovery(&self) -> Option<nuvol_catalog::DiscoveryHandle> {
         self.discovery.handle()
     }
-    fn panel_members(&self) -> Option<serde_json::Value> {
-        serde_json::to_value(self.discovery.handle()?.members()).ok()
-    }
-    fn panel_services(&self) -> Option<serde_json::Value> {
-        let q = nuvol_catalog::ServiceQuery {
-            near: true,
-            ..Default::default()
-        };
-        serde_json::to_value(self.discovery.handle()?.services(&q)).ok()
-    }
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     crate::logging::init();
+    let fd_limit = raise_fd_limit();
     let under_init = std::env::var_os("NUVOL_UNDER_INIT").is_some();
+    let heartbeat = crate::heartbeat::take_from_env();
     let loaded = nuvol_config::load_or_default(&args.config);
     match &loaded.problem {
         Some(p) => {
@@ -166,12 +166,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
+        if let Some(pipe) = heartbeat {
+            tokio::spawn(crate::heartbeat::run(pipe));
+        }
         let listen = args
             .listen
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], loaded.config.panel.port)));
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("listen on {listen}"))?;
+        let listener =
+            crate::api_setup::bind(listen).with_context(|| format!("listen on {listen}"))?;
         let local = listener.local_addr().context("local address")?;
         let net = if manage_net {
             Some(
@@ -189,13 +191,28 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let services = store
             .clone()
             .map(|s| crate::services::start(s, &args.state_dir, net.clone()));
+        // The overlay's key and tags exist before gossip starts.
+        let overlay = crate::overlay::prepare(
+            &loaded.config,
+            &args.state_dir,
+            &loaded
+                .config
+                .discovery
+                .node_name_for(loaded.config.hostname(), &node_id),
+        );
         let discovery = crate::discovery::spawn(
-            loaded.config.discovery.clone(),
+            crate::overlay::with_tags(loaded.config.discovery.clone(), overlay.as_ref()),
             loaded.config.hostname().to_string(),
             node_id,
             store.clone(),
             loaded.config.bundles.share.then_some(local.port()),
+            services.clone(),
+            Some(args.state_dir.join(crate::discovery::KEYRING_FILE)),
         );
+        let overlay = overlay.map(|p| crate::overlay::spawn(p, discovery.clone()));
+        if loaded.config.discovery.enabled && loaded.config.discovery.mdns {
+            crate::mdns_share::spawn(discovery.clone());
+        }
         let node = Arc::new(Node {
             collector: Mutex::new(Collector::new(
                 identity,
@@ -211,6 +228,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             services: services.clone(),
             discovery: discovery.clone(),
             share: loaded.config.bundles.share,
+            bundles_generation: std::sync::atomic::AtomicU64::new(0),
+            overlay,
         });
         if let Some(store) = store {
             let config_dir = args
@@ -224,9 +243,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 args.state_dir.clone(),
             );
             let services = services.clone();
+            let discovery = discovery.clone();
+            let node = node.clone();
             tokio::spawn(async move {
                 provisioning.await;
-                // Run what provisioning installed.
+                node.bundles_generation
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Run and announce what provisioning installed.
+                discovery.bundles_changed();
                 if let Some(s) = services {
                     s.sync().await;
                 }
@@ -239,6 +263,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let opts = nuvol_api::Options {
             settings: Some(settings),
             idle: crate::settings::test_idle(&loaded.config),
+            conn_limits: Some(nuvol_api::conns::Limits::for_fd_limit(fd_limit)),
             ..opts
         };
         let server = tokio::spawn(nuvol_api::serve_all(
@@ -253,16 +278,62 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         wait_for_stop().await;
         tracing::info!("stopping");
         let _ = stop_tx.send(true);
-        discovery.leave().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-        if let Some(s) = &services {
-            s.shutdown().await;
-        }
+        // Services first, together with the goodbyes: each service gets its
+        // whole grace while gossip/mDNS say leave and HTTP drains, all
+        // inside PID 1's grace for the agent.
+        let stop_services = async {
+            if let Some(s) = &services {
+                s.shutdown().await;
+            }
+        };
+        let drain = async {
+            let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        };
+        tokio::join!(stop_services, discovery.leave(), drain);
+        // Services' last lines to their log files (the writer thread
+        // would within a second; the process ends sooner).
+        let _ = tokio::task::spawn_blocking(nuvol_supervisor::logs::flush_all).await;
         if let Some(net) = net {
             crate::net::shutdown(net).await;
         }
         Ok(())
     })
+}
+
+/// Most file descriptors the agent asks for (the soft `RLIMIT_NOFILE`),
+/// when the hard limit allows.
+pub const FD_LIMIT: u64 = 65536;
+
+/// Raise the soft fd limit from the 1024 default to the hard limit, at most
+/// [`FD_LIMIT`]: the panel's connections, containers' pipes, gossip and
+/// state writes all need fds. Returns the soft limit in force.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    let want: u64 = lim.rlim_max.min(FD_LIMIT);
+    if lim.rlim_cur < want {
+        let new = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the rlimit we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            tracing::info!(from = lim.rlim_cur, to = want, "fd limit raised");
+            return want;
+        }
+        tracing::warn!(
+            "could not raise the fd limit from {}: {}",
+            lim.rlim_cur,
+            std::io::Error::last_os_error()
+        );
+    }
+    lim.rlim_cur
 }
 
 /// Print the ready line with the URL(s) the panel is reachable at. On a box,

@@ -9,6 +9,23 @@ use std::sync::Arc;
 use anyhow::Context;
 use nuvol_config::Config;
 
+/// Pending connections the kernel queues for the panel's listeners (it
+/// caps this at `net.core.somaxconn`, 4096 by default): under a flood of
+/// connections a longer queue drops fewer honest SYNs, which would
+/// otherwise wait a second for their retransmission.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let s = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(LISTEN_BACKLOG)
+}
+
 /// Where HTTPS listens: `--https-listen`, or every address on
 /// `[panel] https_port` when the agent listens on every address too. A
 /// development run with `--listen` and no `--https-listen` has no HTTPS
@@ -78,9 +95,7 @@ async fn bind_https(
     let id = tokio::task::spawn_blocking(move || nuvol_api::tls::load_or_create(&sd, &host))
         .await
         .context("certificate task")??;
-    let l = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listen on {addr}"))?;
+    let l = bind(addr).with_context(|| format!("listen on {addr}"))?;
     let port = l.local_addr().map_or(addr.port(), |a| a.port());
     eprintln!(
         "nuvol: https on port {port}, certificate SHA-256 fingerprint: {}",

@@ -1,5 +1,6 @@
-//! The agent's side of discovery: start Serf-compatible gossip from
-//! `[discovery]`, announce the services of installed bundles, answer the
+//! The agent's side of discovery: start Serf-compatible gossip and mDNS
+//! from `[discovery]`, announce the services of installed bundles while
+//! they run (the rules are in [`crate::announce`]), answer the
 //! `nuvol-services` query, retry the seeds, leave gracefully on stop.
 //!
 //! Nothing here is fatal: a problem is logged and printed on the console and
@@ -7,7 +8,9 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use nuvol_bundle::Store;
@@ -16,27 +19,43 @@ use nuvol_catalog::{DiscoveryConfig as Start, DiscoveryHandle, LocalService};
 use nuvol_config::{DiscoveryConfig, GossipProfile};
 use nuvol_gossip::{Event, Profile};
 
+use crate::services::ServicesHandle;
+
 /// Name of the query nuvol answers with its services as JSON
 /// (`serf query nuvol-services`).
 pub const SERVICES_QUERY: &str = "nuvol-services";
-/// How often the announced services are re-read from the bundle store.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// The gossip keyring kept by `serf keys` rotations, in the state dir.
+pub const KEYRING_FILE: &str = "gossip-keyring.json";
 /// Longest wait between two attempts to join the seeds.
 pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How long to wait for an address to announce when bound to 0.0.0.0.
 const ADDRESS_WAIT: Duration = Duration::from_secs(60);
 
-/// The agent's discovery: the handle once gossip runs, and what a
-/// re-announcement needs.
+/// The agent's discovery: the handle once gossip runs, and what the
+/// announcer needs.
 pub struct Discovery {
     slot: OnceLock<DiscoveryHandle>,
-    hostname: String,
-    store: Option<Arc<Store>>,
+    pub(crate) hostname: String,
+    pub(crate) store: Option<Arc<Store>>,
+    /// The running services, whose state decides what is announced.
+    pub(crate) services: Option<ServicesHandle>,
     /// The panel port when `[bundles] share` is on (announced as
     /// `svc:nuvol.bundles`).
-    share_port: Option<u16>,
+    pub(crate) share_port: Option<u16>,
     /// The mDNS responder/browser while it runs (taken on leave for goodbyes).
-    mdns: std::sync::Mutex<Option<Arc<nuvol_mdns::Mdns>>>,
+    mdns: Mutex<Option<Arc<nuvol_mdns::Mdns>>>,
+    /// Wakes the announcer (bundles changed, gossip started, leaving).
+    poke: tokio::sync::Notify,
+    leaving: AtomicBool,
+    /// What the announcer wants announced over gossip now (gossip starts
+    /// with it).
+    wanted: Mutex<Vec<LocalService>>,
+    /// What gossip announces (set at start and by the announcer).
+    gossip_applied: Mutex<Option<Vec<LocalService>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Discovery {
@@ -45,17 +64,56 @@ impl Discovery {
         self.slot.get().cloned()
     }
 
-    /// Re-announce after bundles were installed, upgraded or removed.
+    /// Re-read the bundle store and re-announce at once (after an install,
+    /// upgrade, rollback or removal).
     pub fn bundles_changed(&self) {
-        if let (Some(d), Some(s)) = (self.slot.get(), &self.store) {
-            refresh(d, s, &self.hostname, self.share_port);
+        self.poke.notify_one();
+    }
+
+    pub(crate) async fn poked(&self) {
+        self.poke.notified().await
+    }
+
+    pub(crate) fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn mdns(&self) -> Option<Arc<nuvol_mdns::Mdns>> {
+        lock(&self.mdns).clone()
+    }
+
+    pub(crate) fn set_wanted(&self, services: &[LocalService]) {
+        *lock(&self.wanted) = services.to_vec();
+    }
+
+    /// Whether gossip already announces exactly `services`.
+    pub(crate) fn gossip_has(&self, services: &[LocalService]) -> bool {
+        lock(&self.gossip_applied).as_deref() == Some(services)
+    }
+
+    /// Announce `services` over gossip (tags cut to Serf's 512 bytes).
+    pub(crate) fn announce_gossip(&self, services: &[LocalService]) {
+        let Some(d) = self.slot.get() else {
+            return;
+        };
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        tracing::info!(
+            "discovery: announcing {} services: {}",
+            services.len(),
+            names.join(", ")
+        );
+        if let Err(e) = set(d, services, &self.hostname) {
+            tracing::warn!("discovery: announcing services: {e}");
         }
+        *lock(&self.gossip_applied) = Some(services.to_vec());
     }
 
     /// Leave the cluster gracefully and send mDNS goodbyes (bounded: the
-    /// agent must stop promptly).
+    /// agent must stop promptly). Nothing is announced after this.
     pub async fn leave(&self) {
-        let mdns = self.mdns.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.leaving.store(true, Ordering::SeqCst);
+        self.poke.notify_one();
+        let mdns = lock(&self.mdns).take();
         if let Some(m) = mdns.and_then(|m| Arc::try_unwrap(m).ok()) {
             let _ = tokio::time::timeout(Duration::from_secs(2), m.shutdown()).await;
             tracing::info!("discovery: mDNS goodbyes sent");
@@ -70,53 +128,6 @@ impl Discovery {
             tracing::info!("discovery: left the cluster");
         }
     }
-}
-
-/// The services to announce: one per `[[announce]]` of each installed
-/// bundle; the first keeps the bundle's name, later ones get `-2`, `-3`...
-/// Last, when `share_port` is set and a bundle is installed, the bundle
-/// share (`svc:nuvol.bundles` = `_nuvol-bundles._tcp:<panel port>`): being
-/// last, it is the first to go when the 512-byte tag budget runs out, so it
-/// never evicts a real service.
-pub fn local_services(store: &Store, hostname: &str, share_port: Option<u16>) -> Vec<LocalService> {
-    let bundles = match store.list() {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!("discovery: cannot list bundles: {e}");
-            return Vec::new();
-        }
-    };
-    let mut out = Vec::new();
-    let shareable = bundles.iter().any(|b| b.state == "installed");
-    for b in bundles {
-        if b.state != "installed" {
-            continue;
-        }
-        for (i, a) in b.manifest.announce.iter().enumerate() {
-            out.push(LocalService {
-                name: if i == 0 {
-                    b.name.clone()
-                } else {
-                    format!("{}-{}", b.name, i + 1)
-                },
-                service_type: a.service_type.clone(),
-                port: a.port,
-                description: a
-                    .instance
-                    .clone()
-                    .unwrap_or_else(|| format!("{} on {hostname}", b.name)),
-            });
-        }
-    }
-    if let (Some(port), true) = (share_port, shareable) {
-        out.push(LocalService {
-            name: nuvol_api::share::SERVICE_NAME.to_string(),
-            service_type: nuvol_api::share::SERVICE_TYPE.to_string(),
-            port,
-            description: format!("bundles on {hostname}"),
-        });
-    }
-    out
 }
 
 /// The longest prefix of `services` whose tags fit Serf's 512 bytes.
@@ -143,15 +154,6 @@ fn fit(
         );
     }
     services[..n].to_vec()
-}
-
-/// Re-announce the services of the installed bundles (call after bundle
-/// changes; also done every [`REFRESH_EVERY`]).
-pub fn refresh(d: &DiscoveryHandle, store: &Store, hostname: &str, share_port: Option<u16>) {
-    let services = local_services(store, hostname, share_port);
-    if let Err(e) = set(d, &services, hostname) {
-        tracing::warn!("discovery: announcing services: {e}");
-    }
 }
 
 fn set(
@@ -213,40 +215,84 @@ fn pick_address(seeds: &[SocketAddr]) -> Option<IpAddr> {
 }
 
 /// Start discovery in the background; the handle lands in the returned
-/// returned [`Discovery`] once gossip runs. Never fails: problems are logged and printed.
+/// [`Discovery`] once gossip runs. Never fails: problems are logged and
+/// printed.
 pub fn spawn(
     cfg: DiscoveryConfig,
     hostname: String,
     node_id: String,
     store: Option<Arc<Store>>,
     share_port: Option<u16>,
+    services: Option<ServicesHandle>,
+    keyring_file: Option<PathBuf>,
 ) -> Arc<Discovery> {
     let disc = Arc::new(Discovery {
         slot: OnceLock::new(),
         hostname: hostname.clone(),
-        store: store.clone(),
+        store,
+        services,
         share_port,
-        mdns: std::sync::Mutex::new(None),
+        mdns: Mutex::new(None),
+        poke: tokio::sync::Notify::new(),
+        leaving: AtomicBool::new(false),
+        wanted: Mutex::new(Vec::new()),
+        gossip_applied: Mutex::new(None),
     });
     if !cfg.enabled {
         tracing::info!("discovery: off ([discovery] enabled = false)");
         return disc;
     }
-    if cfg.mdns {
-        start_mdns(&disc, &hostname);
-    }
+    tokio::spawn(crate::announce::run(disc.clone()));
     let s = disc.clone();
-    tokio::spawn(async move {
-        if let Some(d) = start(&cfg, &hostname, &node_id, store.as_deref(), share_port).await {
-            let _ = s.slot.set(d.clone());
-            background(d, cfg, hostname, store, share_port).await;
+    let run = async move {
+        if cfg.mdns {
+            start_mdns(&s, &hostname);
         }
-    });
+        let services = lock(&s.wanted).clone();
+        if let Some((d, announced)) = start(&cfg, &hostname, &node_id, services, keyring_file).await
+        {
+            *lock(&s.gossip_applied) = Some(announced);
+            let _ = s.slot.set(d.clone());
+            // Anything that changed while gossip was starting goes out now.
+            s.poke.notify_one();
+            background(d, cfg).await;
+        }
+        // Gossip is off or failed to start: mDNS (if on) still runs here.
+        std::future::pending::<()>().await;
+    };
+    if let Err(e) = on_own_thread(run) {
+        problem(&format!("discovery thread: {e}"));
+    }
     disc
 }
 
-/// Start the mDNS responder/browser: publish this box's services on every
-/// LAN, merge what others publish into the catalog (source `mdns`).
+/// Stack of the discovery thread (gossip and mDNS: packet decoding,
+/// bzip2 of Cloudy tags; the futures themselves live on the heap). Only
+/// the pages touched count in RSS; debug builds need far more than release.
+pub const DISCOVERY_STACK: usize = 1024 * 1024;
+
+/// Run `fut` on a thread of its own with its own current-thread runtime:
+/// gossip's acks and probes and mDNS answers never wait behind HTTP,
+/// uploads or logs on the agent's main runtime. Everything gossip and
+/// mDNS spawn runs there; their handles are used from the main runtime
+/// (tokio's sockets, channels and timers work across runtimes).
+fn on_own_thread(
+    fut: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("nuvol-discovery".into())
+        .stack_size(DISCOVERY_STACK)
+        // On the heap: gossip's futures are large, debug builds' more so.
+        .spawn(move || rt.block_on(Box::pin(fut)))
+        .map(|_| ())
+}
+
+/// Start the mDNS responder/browser: the announcer publishes this box's
+/// services on every LAN; this merges what others publish into the catalog
+/// (source `mdns`), on every change and every 10 s (expiry).
 fn start_mdns(disc: &Arc<Discovery>, hostname: &str) {
     let cfg = nuvol_mdns::MdnsConfig {
         hostname: hostname.to_string(),
@@ -275,57 +321,23 @@ fn start_mdns(disc: &Arc<Discovery>, hostname: &str) {
             let (Some(m), Some(disc)) = (weak.upgrade(), disc.upgrade()) else {
                 return;
             };
-            sync_mdns(&m, &disc);
+            if let Some(d) = disc.slot.get() {
+                let found = m.services().iter().map(nuvol_mdns::to_catalog).collect();
+                d.set_external_services("mdns", found);
+            }
         }
     });
 }
 
-/// Publish what should be published, unpublish what should not, and hand
-/// the discovered services to the catalog.
-fn sync_mdns(m: &nuvol_mdns::Mdns, disc: &Discovery) {
-    let want: Vec<nuvol_mdns::MdnsService> = disc
-        .store
-        .as_deref()
-        .map(|s| local_services(s, &disc.hostname, disc.share_port))
-        .unwrap_or_default()
-        .into_iter()
-        .map(|l| nuvol_mdns::MdnsService {
-            instance: format!("{} on {}", l.name, disc.hostname)
-                .chars()
-                .take(63)
-                .collect(),
-            service_type: l.service_type,
-            port: l.port,
-            txt: BTreeMap::new(),
-        })
-        .collect();
-    let have = m.published();
-    for h in &have {
-        if !want.contains(h) {
-            let _ = m.unpublish(&h.instance, &h.service_type);
-        }
-    }
-    for w in want {
-        if !have.contains(&w) {
-            if let Err(e) = m.publish(w) {
-                tracing::warn!("mDNS publish: {e}");
-            }
-        }
-    }
-    if let Some(d) = disc.slot.get() {
-        let found = m.services().iter().map(nuvol_mdns::to_catalog).collect();
-        d.set_external_services("mdns", found);
-    }
-}
-
-/// Start gossip with the configured seeds and the bundles' services.
+/// Start gossip with the configured seeds and `services`; returns the
+/// handle and the services it announces (those that fit the tags).
 pub async fn start(
     cfg: &DiscoveryConfig,
     hostname: &str,
     node_id: &str,
-    store: Option<&Store>,
-    share_port: Option<u16>,
-) -> Option<DiscoveryHandle> {
+    services: Vec<LocalService>,
+    keyring_file: Option<PathBuf>,
+) -> Option<(DiscoveryHandle, Vec<LocalService>)> {
     let node_name = cfg.node_name_for(hostname, node_id);
     let seeds = cfg.join_addrs();
     let mut advertise = cfg.advertise.map(|ip| SocketAddr::new(ip, cfg.port));
@@ -350,10 +362,7 @@ pub async fn start(
     );
     let zone = cfg.zone.clone().unwrap_or_default();
     let ip = advertise.map(|a| a.ip()).unwrap_or(cfg.bind).to_string();
-    let services = store
-        .map(|s| local_services(s, hostname, share_port))
-        .unwrap_or_default();
-    let services = fit(&tags, &zone, hostname, &ip, &services, cfg.cloudy_compat);
+    let fitting = fit(&tags, &zone, hostname, &ip, &services, cfg.cloudy_compat);
     let start = Start {
         node_name: node_name.clone(),
         hostname: hostname.to_string(),
@@ -363,11 +372,12 @@ pub async fn start(
         tags,
         zone,
         encrypt_key: cfg.key_bytes(),
+        keyring_file,
         profile: match cfg.profile {
             GossipProfile::Lan => Profile::Lan,
             GossipProfile::Wan => Profile::Wan,
         },
-        services,
+        services: fitting,
         cloudy_compat: cfg.cloudy_compat,
     };
     match DiscoveryHandle::start(start).await {
@@ -379,7 +389,7 @@ pub async fn start(
             );
             tracing::info!("{line}");
             eprintln!("{line}");
-            Some(d)
+            Some((d, services))
         }
         Err(e) => {
             problem(&format!("cannot start gossip on {}: {e}", cfg.bind_addr()));
@@ -393,46 +403,28 @@ fn problem(msg: &str) {
     eprintln!("nuvol: DISCOVERY PROBLEM: {msg}; running without discovery");
 }
 
-/// Seeds with backoff, the services query, periodic re-announcement.
-async fn background(
-    d: DiscoveryHandle,
-    cfg: DiscoveryConfig,
-    hostname: String,
-    store: Option<Arc<Store>>,
-    share_port: Option<u16>,
-) {
+/// Seeds with backoff, the services query, membership log lines.
+async fn background(d: DiscoveryHandle, cfg: DiscoveryConfig) {
     let seeds = cfg.join_addrs();
     if !seeds.is_empty() {
         let d = d.clone();
         tokio::spawn(async move { join_with_backoff(&d, &seeds).await });
     }
     let mut events = d.events();
-    let mut tick = tokio::time::interval(REFRESH_EVERY);
-    tick.tick().await;
     loop {
-        tokio::select! {
-            ev = events.recv() => match ev {
-                Ok(Event::Query(q)) if q.name == SERVICES_QUERY => {
-                    let mine = own_services(&d);
-                    if let Err(e) = d.gossip().respond(&q, mine.as_bytes()) {
-                        tracing::debug!("discovery: answering {}: {e}", q.name);
-                    }
-                }
-                Ok(Event::Join(m)) => tracing::info!(node = %m.name, addr = %m.addr, "discovery: join"),
-                Ok(Event::Leave(m)) => tracing::info!(node = %m.name, "discovery: left"),
-                Ok(Event::Failed(m)) => tracing::warn!(node = %m.name, "discovery: failed"),
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            },
-            _ = tick.tick() => {
-                if let Some(s) = &store {
-                    let want = local_services(s, &hostname, share_port);
-                    if want_differs(&d, &want) {
-                        refresh(&d, s, &hostname, share_port);
-                    }
+        match events.recv().await {
+            Ok(Event::Query(q)) if q.name == SERVICES_QUERY => {
+                let mine = own_services(&d);
+                if let Err(e) = d.gossip().respond(&q, mine.as_bytes()) {
+                    tracing::debug!("discovery: answering {}: {e}", q.name);
                 }
             }
+            Ok(Event::Join(m)) => tracing::info!(node = %m.name, addr = %m.addr, "discovery: join"),
+            Ok(Event::Leave(m)) => tracing::info!(node = %m.name, "discovery: left"),
+            Ok(Event::Failed(m)) => tracing::warn!(node = %m.name, "discovery: failed"),
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }
@@ -462,26 +454,6 @@ fn own_services(d: &DiscoveryHandle) -> String {
         }
         list.pop();
     }
-}
-
-fn want_differs(d: &DiscoveryHandle, want: &[LocalService]) -> bool {
-    let g = d.gossip();
-    let Some(me) = g.members().into_iter().find(|m| m.name == g.name()) else {
-        return true;
-    };
-    let have: BTreeMap<&str, &str> = me
-        .tags
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix(nuvol_catalog::SVC_PREFIX)?, v.as_str())))
-        .collect();
-    let want_map: BTreeMap<String, String> = want
-        .iter()
-        .map(|s| (s.name.clone(), format!("{}:{}", s.service_type, s.port)))
-        .collect();
-    have.len() != want_map.len()
-        || want_map
-            .iter()
-            .any(|(k, v)| have.get(k.as_str()) != Some(&v.as_str()))
 }
 
 /// Try the seeds until one answers: 1 s, 2 s, 4 s ... up to a minute.

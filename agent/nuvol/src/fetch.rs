@@ -17,6 +17,10 @@ pub enum FetchError {
     /// Network trouble; try again later.
     #[error("{0}")]
     Transient(String),
+    /// The disk filled up while writing (turned into `Permanent` with the
+    /// sizes before it is returned).
+    #[error("{0}")]
+    Full(String),
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -83,13 +87,33 @@ pub async fn download(url: &str, dest: &Path, max: u64) -> Result<(), FetchError
             "{url}: server said {status}"
         )));
     }
+    // A bundle that cannot fit next to its install is not downloaded.
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let declared = resp
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared {
+        if n > max {
+            conn_task.abort();
+            return Err(FetchError::Permanent(format!(
+                "{url}: {n} bytes, larger than the {max}-byte limit"
+            )));
+        }
+        if let Err(e) = nuvol_bundle::space::ensure(dir, nuvol_bundle::space::needed_to_receive(n))
+        {
+            conn_task.abort();
+            return Err(FetchError::Permanent(format!("{url}: {e}")));
+        }
+    }
     let tmp = dest.with_extension("part");
+    let mut got: u64 = 0;
     let result = async {
         let mut file = tokio::fs::File::create(&tmp)
             .await
             .map_err(|e| FetchError::Transient(format!("{}: {e}", tmp.display())))?;
         let mut body = resp.into_body();
-        let mut got: u64 = 0;
         loop {
             let frame = tokio::time::timeout(IDLE_TIMEOUT, body.frame())
                 .await
@@ -105,20 +129,46 @@ pub async fn download(url: &str, dest: &Path, max: u64) -> Result<(), FetchError
                 }
                 file.write_all(&data)
                     .await
-                    .map_err(|e| FetchError::Transient(format!("{}: {e}", tmp.display())))?;
+                    .map_err(|e| write_error(&tmp, e))?;
             }
         }
-        file.sync_all()
-            .await
-            .map_err(|e| FetchError::Transient(format!("{}: {e}", tmp.display())))?;
+        file.sync_all().await.map_err(|e| write_error(&tmp, e))?;
         tokio::fs::rename(&tmp, dest)
             .await
             .map_err(|e| FetchError::Transient(format!("{}: {e}", dest.display())))
     }
     .await;
     conn_task.abort();
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
+    match result {
+        Err(FetchError::Full(_)) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            // Measured with the partial file gone.
+            let free = nuvol_bundle::space::space(dir).map_or(0, |s| s.free_bytes);
+            let (needed, at_least) = match declared {
+                Some(n) => (nuvol_bundle::space::needed_to_receive(n), ""),
+                None => (nuvol_bundle::space::needed_to_receive(got), "at least "),
+            };
+            Err(FetchError::Permanent(format!(
+                "{url}: not enough free space on {}: the download filled it after {got} bytes \
+                 and was dropped; {at_least}{needed} bytes ({}) needed, {free} bytes ({}) free",
+                dir.display(),
+                nuvol_human::bytes(needed),
+                nuvol_human::bytes(free)
+            )))
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
+        Ok(()) => Ok(()),
     }
-    result
+}
+
+/// A failed write: the disk being full is not worth retrying soon.
+fn write_error(path: &Path, e: std::io::Error) -> FetchError {
+    if nuvol_bundle::space::is_full(&e) {
+        FetchError::Full(format!("{}: {e}", path.display()))
+    } else {
+        FetchError::Transient(format!("{}: {e}", path.display()))
+    }
 }

@@ -1,14 +1,18 @@
 //! `nuvol`: one static binary with verbs, like busybox.
 
 mod agent;
+mod announce;
 mod api_setup;
 mod bundles;
 mod cmd_bundle;
-mod cmd_ctl;
+mod ctl;
 mod discovery;
 mod fetch;
+mod heartbeat;
 mod logging;
+mod mdns_share;
 mod net;
+mod overlay;
 mod services;
 mod settings;
 mod smbios;
@@ -30,8 +34,8 @@ enum Verb {
     Agent(agent::AgentArgs),
     /// Make, sign, verify and inspect signed service bundles.
     Bundle(cmd_bundle::BundleArgs),
-    /// Drive a box's API: status, members, services, bundles, logs, reboot.
-    Ctl(cmd_ctl::CtlArgs),
+    /// Drive a box's API: status, members, services, bundles, keys, logs, reboot.
+    Ctl(ctl::CtlArgs),
     /// Print the version.
     Version,
 }
@@ -45,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         Verb::Init => run_init(),
         Verb::Agent(args) => agent::run(args),
         Verb::Bundle(args) => cmd_bundle::run(args),
-        Verb::Ctl(args) => cmd_ctl::run(args),
+        Verb::Ctl(args) => ctl::run(args),
         Verb::Version => {
             println!("nuvol {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -11,6 +11,8 @@
 //! rollback or removal: new bundles start, a changed version is restarted on
 //! its new image, removed bundles are stopped. A service stopped through the
 //! API stays stopped across syncs until its version changes or it is started.
+//! A bundle the store cannot read (broken) is not run and is listed with its
+//! problem; the others run regardless.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,8 +32,9 @@ pub const BOX_CGROUP: &str = "/sys/fs/cgroup/nuvol/services";
 /// What the agent knows about one installed bundle.
 #[derive(Debug, Clone)]
 struct Known {
-    version: String,
-    digest: String,
+    /// `None` for a broken bundle (nothing of it could be read).
+    version: Option<String>,
+    digest: Option<String>,
     /// Why it is not running under the supervisor, if it is not.
     problem: Option<String>,
 }
@@ -172,8 +175,10 @@ impl ServicesHandle {
         let store = self.inner.store.clone();
         let listed = tokio::task::spawn_blocking(move || {
             let list = store.list()?;
-            Ok::<_, nuvol_bundle::BundleError>(
-                list.into_iter()
+            let broken = list.broken;
+            Ok::<_, nuvol_bundle::BundleError>((
+                list.bundles
+                    .into_iter()
                     .map(|b| {
                         let image = if b.state == "installed" {
                             store.image_path(&b.name).map_err(|e| e.to_string())
@@ -184,27 +189,52 @@ impl ServicesHandle {
                         (b, image, volumes)
                     })
                     .collect::<Vec<_>>(),
-            )
+                broken,
+            ))
         })
         .await;
-        let listed = match listed {
+        let (listed, broken) = match listed {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => return vec![self.problem("bundle store", &e.to_string())],
             Err(e) => return vec![self.problem("bundle store", &e.to_string())],
         };
         let mut problems = Vec::new();
-        let wanted: Vec<String> = listed.iter().map(|(b, _, _)| b.name.clone()).collect();
+        let wanted: Vec<String> = listed
+            .iter()
+            .map(|(b, _, _)| b.name.clone())
+            .chain(broken.iter().map(|x| x.name.clone()))
+            .collect();
+        for x in broken {
+            let problem = format!("bundle broken: {}: {}", x.file.display(), x.problem);
+            let before = lock(&self.inner.known).get(&x.name).cloned();
+            if before.is_some_and(|k| k.problem.as_deref() == Some(problem.as_str())) {
+                continue;
+            }
+            // Its files can no longer be trusted: whatever ran from it stops.
+            self.stop_and_remove(&x.name).await;
+            problems.push(self.problem(&x.name, &problem));
+            lock(&self.inner.known).insert(
+                x.name,
+                Known {
+                    version: None,
+                    digest: None,
+                    problem: Some(problem),
+                },
+            );
+        }
         for (b, image, volumes) in listed {
             let before = lock(&self.inner.known).get(&b.name).cloned();
-            let same = before.as_ref().is_some_and(|k| {
-                k.digest == b.digest && k.version == b.version && k.problem.is_none()
-            });
+            let is = |k: &Known| {
+                k.digest.as_deref() == Some(b.digest.as_str())
+                    && k.version.as_deref() == Some(b.version.as_str())
+            };
+            let same = before
+                .as_ref()
+                .is_some_and(|k| is(k) && k.problem.is_none());
             if same {
                 continue;
             }
-            let version_changed = before
-                .as_ref()
-                .is_some_and(|k| k.digest != b.digest || k.version != b.version);
+            let version_changed = before.as_ref().is_some_and(|k| !is(k));
             let problem = match image {
                 Ok(image) => self
                     .run_bundle(&b.name, &b.manifest, &image, volumes, version_changed)
@@ -223,8 +253,8 @@ impl ServicesHandle {
             lock(&self.inner.known).insert(
                 b.name.clone(),
                 Known {
-                    version: b.version.clone(),
-                    digest: b.digest.clone(),
+                    version: Some(b.version.clone()),
+                    digest: Some(b.digest.clone()),
                     problem,
                 },
             );
@@ -239,7 +269,29 @@ impl ServicesHandle {
             lock(&self.inner.known).remove(&name);
             tracing::info!(service = %name, "service removed");
         }
+        self.sweep_service_dirs(&wanted);
         problems
+    }
+
+    /// Remove `<state>/services/NAME` (logs, writable layer) of every
+    /// service whose bundle is no longer in the store, also those removed
+    /// while no agent ran: they would fill the stick, and a reinstall must
+    /// not start over a stale layer. A broken bundle's directory stays.
+    fn sweep_service_dirs(&self, wanted: &[String]) {
+        let dir = self.inner.state_dir.join("services");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if wanted.contains(&name) || lock(&self.inner.known).contains_key(&name) {
+                continue;
+            }
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => tracing::info!(service = %name, "removed the data of a removed service"),
+                Err(err) => tracing::warn!(service = %name, "remove {}: {err}", e.path().display()),
+            }
+        }
     }
 
     fn problem(&self, what: &str, e: &str) -> String {
@@ -296,6 +348,20 @@ impl ServicesHandle {
         lock(&self.inner.ports).remove(name);
     }
 
+    /// Wakes whenever a service is added or removed or its state or health
+    /// changes (the supervisor's [`Supervisor::changes`]); `None` when
+    /// services cannot run here.
+    pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.sup.as_ref().ok().map(Supervisor::changes)
+    }
+
+    /// The supervisor's clock (ms) and the status of every service it runs;
+    /// `None` when services cannot run here.
+    pub fn snapshot(&self) -> Option<(u64, Vec<ServiceStatus>)> {
+        let sup = self.inner.sup.as_ref().ok()?;
+        Some((sup.now_ms(), sup.status()))
+    }
+
     /// Stop every service (SIGTERM → grace → SIGKILL), dependents first.
     pub async fn shutdown(&self) {
         if let Ok(sup) = &self.inner.sup {
@@ -329,6 +395,8 @@ fn not_running(name: &str, problem: &str) -> ServiceStatus {
         backoff_ms: Vec::new(),
         memory_bytes: 0,
         cpu_usec: 0,
+        processes: 0,
+        forks_refused: 0,
         address: None,
     }
 }
@@ -343,16 +411,21 @@ fn sup_err(e: &str) -> SupervisorError {
 impl Services for ServicesHandle {
     fn list(&self) -> Vec<LocalService> {
         let known = lock(&self.inner.known).clone();
+        let ports = lock(&self.inner.ports).clone();
+        let ports_of = |name: &str| ports.get(name).cloned().unwrap_or_default();
         let mut out: BTreeMap<String, LocalService> = BTreeMap::new();
         if let Ok(sup) = &self.inner.sup {
+            let now_ms = Some(sup.now_ms());
             for st in sup.status() {
                 let k = known.get(&st.name);
                 out.insert(
                     st.name.clone(),
                     LocalService {
-                        version: k.map(|k| k.version.clone()),
-                        digest: k.map(|k| k.digest.clone()),
+                        version: k.and_then(|k| k.version.clone()),
+                        digest: k.and_then(|k| k.digest.clone()),
                         problem: k.and_then(|k| k.problem.clone()),
+                        now_ms,
+                        ports: ports_of(&st.name),
                         status: st,
                     },
                 );
@@ -364,9 +437,11 @@ impl Services for ServicesHandle {
                     name.clone(),
                     LocalService {
                         status: not_running(&name, p),
-                        version: Some(k.version.clone()),
-                        digest: Some(k.digest.clone()),
+                        version: k.version.clone(),
+                        digest: k.digest.clone(),
                         problem: Some(p.clone()),
+                        now_ms: None,
+                        ports: ports_of(&name),
                     },
                 );
             }

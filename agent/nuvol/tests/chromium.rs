@@ -20,32 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Agent;
-
-fn chromium(args: &[String], profile: &Path) -> String {
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--virtual-time-budget=3000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .output()
-        .expect("chromium (tests/apt-packages.txt)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Width and height of a PNG file.
-fn png_size(p: &Path) -> (u32, u32) {
-    let b = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    assert_eq!(&b[1..4], b"PNG", "{}", p.display());
-    let be = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    (be(16), be(20))
-}
+use nuvol_testkit::dom::{table_rows, text};
+use nuvol_testkit::{debug_login_url, Chromium};
 
 #[test]
 fn chromium_renders_every_page_logged_in() {
@@ -53,15 +29,8 @@ fn chromium_renders_every_page_logged_in() {
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("panel-screenshots");
     let _ = std::fs::remove_dir_all(&out_dir);
     std::fs::create_dir_all(&out_dir).unwrap();
-    let profile = a.dir.join("chromium-profile");
-    let login = |page: &str| {
-        format!(
-            "{}/api/v1/debug/login?token={}&next={}",
-            a.url(),
-            a.token(),
-            page.replace('/', "%2F")
-        )
-    };
+    let browser = Chromium::new(a.dir.join("chromium-profile"));
+    let login = |page: &str| debug_login_url(&a.url(), &a.token(), page);
     let pages: [(&str, &[&str]); 8] = [
         (
             "/",
@@ -97,7 +66,7 @@ fn chromium_renders_every_page_logged_in() {
         ("/update", &["id=\"slots\"", "separate issue", "Reboot now"]),
     ];
     for (page, wants) in pages {
-        let dom = chromium(&["--dump-dom".into(), login(page)], &profile);
+        let dom = browser.dump_dom(&login(page)).expect("chromium");
         for w in wants {
             assert!(dom.contains(w), "{page}: {w:?} not in the DOM:\n{dom}");
         }
@@ -111,36 +80,18 @@ fn chromium_renders_every_page_logged_in() {
             page.trim_start_matches('/').to_string()
         };
         let shot = out_dir.join(format!("{name}-desktop.png"));
-        chromium(
-            &[
-                format!("--screenshot={}", shot.display()),
-                "--window-size=1280,900".into(),
-                login(page),
-            ],
-            &profile,
-        );
-        assert_eq!(png_size(&shot), (1280, 900), "{page}");
+        let size = browser.screenshot(&login(page), 1280, 900, &shot);
+        assert_eq!(size.expect("screenshot"), (1280, 900), "{page}");
         if matches!(page, "/dashboard" | "/bundles" | "/services" | "/") {
             let phone = out_dir.join(format!("{name}-phone.png"));
-            chromium(
-                &[
-                    format!("--screenshot={}", phone.display()),
-                    "--window-size=390,844".into(),
-                    login(page),
-                ],
-                &profile,
-            );
-            assert_eq!(png_size(&phone), (390, 844), "{page}");
+            let size = browser.screenshot(&login(page), 390, 844, &phone);
+            assert_eq!(size.expect("screenshot"), (390, 844), "{page}");
         }
     }
     // A wrong token on the hook logs nobody in.
-    let dom = chromium(
-        &[
-            "--dump-dom".into(),
-            format!("{}/api/v1/debug/login?token=x&next=%2Fsettings", a.url()),
-        ],
-        &profile.with_extension("fresh"),
-    );
+    let dom = Chromium::new(a.dir.join("chromium-profile-fresh"))
+        .dump_dom(&debug_login_url(&a.url(), "x", "/settings"))
+        .expect("chromium");
     assert!(dom.contains("unauthorized"), "{dom}");
     println!("screenshots: {}", out_dir.display());
     eprintln!("screenshots: {}", out_dir.display());
@@ -218,7 +169,8 @@ fn row_of(dom: &str, id: &str, first: &str) -> Option<String> {
     let section = &dom[start..];
     let end = section.find("</table>").unwrap_or(section.len());
     section[..end]
-        .split("<tr>")
+        .split("<tr")
+        .filter_map(|r| r.split_once('>').map(|(_, cells)| cells))
         .find(|r| r.contains(&format!("<td>{first}</td>")))
         .map(str::to_string)
 }
@@ -268,13 +220,9 @@ fn chromium_renders_live_peers_and_services() {
 
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("panel-screenshots");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let profile = a.dir.join("chromium-profile");
-    let login = format!(
-        "{}/api/v1/debug/login?token={}&next=%2Fcommunity",
-        a.url(),
-        a.token()
-    );
-    let dom = chromium(&["--dump-dom".into(), login.clone()], &profile);
+    let browser = Chromium::new(a.dir.join("chromium-profile"));
+    let login = debug_login_url(&a.url(), &a.token(), "/community");
+    let dom = browser.dump_dom(&login).expect("chromium");
     assert!(
         !dom.contains("id=\"login\""),
         "still the login form:\n{dom}"
@@ -320,28 +268,16 @@ fn chromium_renders_live_peers_and_services() {
         svc.contains("href=\"http://127.0.0.1:8080/\""),
         "no link to the service: {svc}"
     );
-    chromium(
-        &[
-            format!(
-                "--screenshot={}",
-                out_dir.join("community-live-desktop.png").display()
-            ),
-            "--window-size=1280,900".into(),
-            login.clone(),
-        ],
-        &profile,
-    );
-    assert_eq!(
-        png_size(&out_dir.join("community-live-desktop.png")),
-        (1280, 900)
-    );
+    let shot = out_dir.join("community-live-desktop.png");
+    let size = browser.screenshot(&login, 1280, 900, &shot);
+    assert_eq!(size.expect("screenshot"), (1280, 900));
 
     // Kill go-b: the page shows it failed.
     let _ = go_b.child.kill();
     let _ = go_b.child.wait();
     let killed = Instant::now();
     let row = loop {
-        let dom = chromium(&["--dump-dom".into(), login.clone()], &profile);
+        let dom = browser.dump_dom(&login).expect("chromium");
         let row = row_of(&dom, "members", &go_b_name).unwrap_or_default();
         if row.contains("<td>failed</td>") {
             break row;
@@ -358,26 +294,337 @@ fn chromium_renders_live_peers_and_services() {
         killed.elapsed()
     );
     let still = row_of(
-        &chromium(&["--dump-dom".into(), login.clone()], &profile),
+        &browser.dump_dom(&login).expect("chromium"),
         "members",
         &go_a_name,
     )
     .unwrap_or_default();
     assert!(still.contains("<td>alive</td>"), "go-a: {still}");
-    chromium(
-        &[
-            format!(
-                "--screenshot={}",
-                out_dir.join("community-failed-desktop.png").display()
-            ),
-            "--window-size=1280,900".into(),
-            login,
-        ],
-        &profile,
-    );
-    assert_eq!(
-        png_size(&out_dir.join("community-failed-desktop.png")),
-        (1280, 900)
-    );
+    let shot = out_dir.join("community-failed-desktop.png");
+    let size = browser.screenshot(&login, 1280, 900, &shot);
+    assert_eq!(size.expect("screenshot"), (1280, 900));
     eprintln!("screenshots: {} ({:?})", out_dir.display(), t0.elapsed());
+}
+
+/// A busybox root file system (bundles whose command is a shell script).
+fn busybox_rootfs(root: &Path) {
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "data"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("apt-get install busybox-static");
+    let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if !applet.is_empty() && applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+}
+
+/// A bundle `name` signed with `key` that runs `script` with busybox's
+/// `sh`; `more` is appended to its manifest (`[[announce]]` tables).
+fn script_bundle(
+    dir: &Path,
+    key: &nuvol_bundle::SecretKey,
+    name: &str,
+    script: &str,
+    more: &str,
+) -> PathBuf {
+    let root = dir.join(format!("rootfs-{name}"));
+    busybox_rootfs(&root);
+    // the store tells bundles apart by image digest
+    std::fs::write(root.join("etc/bundle"), name).unwrap();
+    let manifest = format!(
+        "name = \"{name}\"\nversion = \"1.0\"\npublisher = \"test\"\n\
+         [run]\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\n\
+         [resources]\nmemory_mb = 64\npids = 32\n{more}"
+    );
+    let mf = dir.join(format!("{name}.toml"));
+    std::fs::write(&mf, manifest).unwrap();
+    let out = dir.join(format!("{name}.nvb"));
+    nuvol_bundle::build::build(
+        &mf,
+        &root,
+        nuvol_bundle::ImageType::Squashfs,
+        &out,
+        Some(key),
+    )
+    .unwrap();
+    out
+}
+
+/// Stop the agent with SIGTERM (it stops its services; a SIGKILL would
+/// leave them running) and wait for it.
+fn stop(a: &mut Agent) {
+    let _ = Command::new("kill").arg(a.child.id().to_string()).status();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(_)) = a.child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The issue's box: services installed, two running and one crash-looping,
+/// announced over gossip in both tag schemes. Real Chromium shows, at
+/// desktop and phone widths: the failing service's alert on the
+/// Dashboard, the services table with name and state first and no JSON in
+/// its cells, one Community row per service with its sources, dates for
+/// the trusted key, and no page wider than a 1280 px window.
+#[test]
+fn chromium_shows_running_and_failing_services_as_a_user_reads_them() {
+    let pid = std::process::id();
+    let dir = Agent::fresh_dir("chromium-services");
+    let key = nuvol_bundle::SecretKey::generate().unwrap();
+    let loop_script = "trap 'exit 0' TERM; while true; do sleep 1; done";
+    let bundles = [
+        script_bundle(
+            &dir,
+            &key,
+            "web",
+            loop_script,
+            "[[announce]]\nservice_type = \"_http._tcp\"\nport = 18080\n",
+        ),
+        script_bundle(
+            &dir,
+            &key,
+            "sync",
+            loop_script,
+            // Syncthing's four ports: the booted box's Services table once
+            // overflowed 1280 px on exactly this cell.
+            "[[announce]]\nservice_type = \"_syncthing._tcp\"\nport = 22000\n\
+             [[announce]]\nservice_type = \"_http._tcp\"\ninstance = \"Sync GUI\"\nport = 18384\n\
+             [[ports]]\nname = \"gui\"\nport = 18384\n[[ports]]\nname = \"sync\"\nport = 22000\n\
+             [[ports]]\nname = \"quic\"\nport = 22000\nprotocol = \"udp\"\n\
+             [[ports]]\nname = \"discovery\"\nport = 21027\nprotocol = \"udp\"\n",
+        ),
+        script_bundle(
+            &dir,
+            &key,
+            "etcd",
+            "echo 'etcd: cannot open /data/member: no such file'; exit 3",
+            "[[announce]]\nservice_type = \"_etcd-client._tcp\"\nport = 2379\n\
+             [[announce]]\nservice_type = \"_etcd-server._tcp\"\nport = 2380\n",
+        ),
+    ];
+    {
+        let store = nuvol_bundle::Store::open(&dir.join("state")).unwrap();
+        store.keyring().add(&key.public(), "test key").unwrap();
+        for b in &bundles {
+            store.install(b).unwrap();
+        }
+    }
+    let node = format!("panel-box-{pid}");
+    let config = format!(
+        "[debug]\ntest_hooks = true\n\n[discovery]\nbind = \"127.0.0.1\"\nport = {}\n\
+         node_name = \"{node}\"\nmdns = false\n",
+        free_gossip_port()
+    );
+    let mut a = Agent::start_in(dir, &config, false);
+
+    // Two running, etcd crash-looping (restarted twice at least).
+    let t0 = Instant::now();
+    loop {
+        let l = a.bearer("GET", "/api/v1/local-services", b"").json();
+        let get = |n: &str| {
+            l.as_array()
+                .and_then(|x| x.iter().find(|s| s["name"] == n))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let up = |n: &str| get(n)["state"] == "running" && get(n)["pid"].is_number();
+        if up("web") && up("sync") && get("etcd")["restarts"].as_u64() >= Some(2) {
+            assert_eq!(
+                get("etcd")["last_exit"]["status"],
+                serde_json::json!({"Exited": 3})
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "services not up: {l}\n{}",
+            a.console()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The catalog: one entry per announced service, in both schemes.
+    let t0 = Instant::now();
+    let catalog = loop {
+        let v = a.bearer("GET", "/api/v1/services", b"").json();
+        let mine: Vec<serde_json::Value> = v
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter(|s| s["node"] == node.as_str())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if mine.iter().any(|s| s["name"] == "Sync GUI") {
+            break mine;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "not announced: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut keys: Vec<(String, u64)> = catalog
+        .iter()
+        .map(|s| {
+            (
+                s["service_type"].as_str().unwrap_or("").to_string(),
+                s["port"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        keys.len(),
+        catalog.len(),
+        "one entry per service: {catalog:?}"
+    );
+    for s in &catalog {
+        let name = s["name"].as_str().unwrap_or("");
+        assert!(
+            !name.contains("_on_") && !name.ends_with("-2"),
+            "announcer-made name {name:?}"
+        );
+        // every svc: tag is one entry; a Cloudy announcement never another
+        assert_eq!(s["sources"][0], "serf", "{s}");
+    }
+    let both = catalog
+        .iter()
+        .filter(|s| s["sources"] == serde_json::json!(["serf", "cloudy"]))
+        .count();
+    assert!(both >= 3, "the Cloudy tag's services merged: {catalog:?}");
+
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("panel-screenshots");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let browser = Chromium::new(a.dir.join("chromium-profile"));
+    let login = |page: &str| debug_login_url(&a.url(), &a.token(), page);
+
+    // Dashboard: etcd's alert with the reason; a summary; no "all good".
+    let dom = browser.dump_dom(&login("/dashboard")).expect("chromium");
+    let alerts = dom
+        .split_once("id=\"alerts\"")
+        .map(|(_, r)| r.split("</div></div>").next().unwrap_or(r))
+        .unwrap_or("");
+    assert!(
+        alerts.contains("Service etcd is failing") && alerts.contains("exit code 3"),
+        "no alert for etcd: {alerts}"
+    );
+    assert!(!dom.contains("all good"), "{dom}");
+    assert!(
+        dom.contains("3 services: 1 failing, 2 running"),
+        "summary: {dom}"
+    );
+    let short = table_rows(&dom, "services-short");
+    assert_eq!(short[0][..2], ["Service", "State"], "{short:?}");
+
+    // Services: name and state first, human words, no JSON in a cell.
+    let dom = browser.dump_dom(&login("/services")).expect("chromium");
+    let rows = table_rows(&dom, "services");
+    assert_eq!(rows.len(), 4, "header and three services: {rows:?}");
+    assert_eq!(
+        rows[0],
+        [
+            "Service",
+            "State",
+            "Uptime",
+            "Restarts",
+            "Memory",
+            "CPU",
+            "Ports",
+            "Last exit",
+            "Version",
+            "Actions"
+        ]
+    );
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r.first().map(String::as_str) == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {rows:?}"))
+    };
+    assert!(
+        text(&row("web")[1]).starts_with("running"),
+        "{:?}",
+        row("web")
+    );
+    assert!(text(&row("sync")[1]).starts_with("running"));
+    let etcd = text(&row("etcd")[1]);
+    assert!(
+        etcd.starts_with("failing") && etcd.contains("exit code 3"),
+        "{etcd}"
+    );
+    for r in &rows[1..] {
+        for c in r {
+            assert!(
+                !c.contains('{') && !c.contains("\":"),
+                "raw JSON in a cell: {c}"
+            );
+        }
+        // the digest cut to 12 hex, the full one in the title
+        assert!(r[8].contains("title=\""), "{:?}", r);
+        assert_eq!(text(&r[8]).len(), "1.0 ".len() + 12, "{:?}", r);
+    }
+
+    // Community: one row per service, as many as the catalog has.
+    let dom = browser.dump_dom(&login("/community")).expect("chromium");
+    let rows = table_rows(&dom, "community-services");
+    assert_eq!(rows[0][..2], ["Service", "Open"], "{rows:?}");
+    let here: Vec<&Vec<String>> = rows[1..]
+        .iter()
+        .filter(|r| r.get(3).map(String::as_str) == Some(node.as_str()))
+        .collect();
+    assert_eq!(here.len(), catalog.len(), "{rows:?}");
+    let gui = here
+        .iter()
+        .find(|r| r[0] == "Sync GUI")
+        .unwrap_or_else(|| panic!("no Sync GUI row: {rows:?}"));
+    assert_eq!(gui[6], "serf, cloudy");
+    assert!(
+        gui[1].contains("href=\"http://127.0.0.1:18384/\""),
+        "{gui:?}"
+    );
+
+    // Bundles: the trusted key's date, not a Unix number.
+    let dom = browser.dump_dom(&login("/bundles")).expect("chromium");
+    let keys = table_rows(&dom, "trusted-keys");
+    assert_eq!(keys[0], ["Key", "Comment", "Added", "Public key"]);
+    assert!(
+        keys[1][2].ends_with(" UTC") && keys[1][2].starts_with("20"),
+        "{keys:?}"
+    );
+
+    // Screenshots at desktop and phone widths.
+    for page in ["/dashboard", "/services", "/community", "/bundles"] {
+        let name = page.trim_start_matches('/');
+        for (w, h, kind) in [(1280, 900, "desktop"), (390, 844, "phone")] {
+            let shot = out_dir.join(format!("box-{name}-{kind}.png"));
+            let size = browser.screenshot(&login(page), w, h, &shot);
+            assert_eq!(size.expect("screenshot"), (w, h), "{page}");
+        }
+    }
+
+    // Nothing wider than the window at 1280 px, tables included (on a
+    // phone they scroll inside their box).
+    let mut b = nuvol_testkit::devtools::Browser::start(&a.dir, 1280, 900).expect("chromium");
+    for page in ["/dashboard", "/services", "/community", "/bundles"] {
+        let (w, cut) = b
+            .page_width(&login(page), page, Duration::from_secs(15))
+            .expect("chromium");
+        assert!(w <= 1280, "{page} is {w} px wide at 1280");
+        // and no table needs its own scroll bar there either
+        assert_eq!(
+            cut,
+            serde_json::json!([]),
+            "{page}: tables wider than the page"
+        );
+    }
+    drop(b);
+    stop(&mut a);
+    println!("screenshots: {}", out_dir.display());
+    eprintln!("screenshots: {}", out_dir.display());
 }

@@ -4,7 +4,8 @@
 //!
 //! Checked: Go lists the nuvol nodes alive with their tags (config tags,
 //! role/zone, and the `svc:` + Cloudy `services` tags of a bundle installed
-//! through the API); `/api/v1/members` lists the Go nodes with theirs;
+//! through the API, once its service runs); `/api/v1/members` lists the Go
+//! nodes with theirs;
 //! `serf event` shows up in `/api/v1/events`; `POST /api/v1/events` reaches
 //! Go's event handler; `serf query nuvol-services` is answered by both
 //! nuvol nodes; `kill -9` of a nuvol node is seen as failed by both Go
@@ -148,7 +149,17 @@ struct Nuvol {
 }
 
 impl Drop for Nuvol {
+    /// SIGTERM first: the agent stops its services' containers (after a
+    /// SIGKILL they would outlive it).
     fn drop(&mut self) {
+        self.signal("-TERM");
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -338,14 +349,22 @@ fn nuvol_cli(args: &[&str]) {
     assert!(st.success(), "nuvol {args:?}");
 }
 
-/// A signed bundle announcing `_http._tcp` on 8080, and its public key line.
+/// A signed bundle announcing `_http._tcp` on 8080, and its public key
+/// line. Its service (a busybox shell loop) runs: only running services are
+/// announced.
 fn make_bundle(dir: &Path) -> (PathBuf, String) {
     let s = |p: &str| dir.join(p).to_string_lossy().into_owned();
-    std::fs::create_dir_all(dir.join("root/bin")).expect("root");
-    std::fs::write(dir.join("root/bin/x"), "x").expect("file");
+    for d in ["bin", "proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(dir.join("root").join(d)).expect("root");
+    }
+    std::fs::copy("/bin/busybox", dir.join("root/bin/busybox")).expect("busybox-static");
+    for a in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", dir.join("root/bin").join(a)).expect("link");
+    }
     std::fs::write(
         dir.join("m.toml"),
-        "name = \"webby\"\nversion = \"1\"\npublisher = \"t\"\n[run]\ncommand = [\"/bin/x\"]\n\
+        "name = \"webby\"\nversion = \"1\"\npublisher = \"t\"\n\
+         [run]\ncommand = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n\
          [[announce]]\nservice_type = \"_http._tcp\"\nport = 8080\n",
     )
     .expect("manifest");
@@ -536,7 +555,10 @@ fn scenario(tag: &str, key: Option<&str>) {
     assert_eq!(r[0]["name"], "webby", "{q}");
 
     // kill -9 nuvol-1: failed at both Go nodes and at nuvol-2 (Serf's LAN
-    // timing: probe 1 s, suspicion 4 × log10(n) s, scaled up to 6×)
+    // timing: probe 1 s, suspicion 4 × log10(n) s, scaled up to 6×). Its
+    // service is stopped first: a container would outlive a SIGKILLed agent.
+    let (code, body) = n1.req("POST", "/api/v1/services/webby/stop", b"");
+    assert_eq!(code, 200, "{body}");
     let stream2 = EventStream::open(&n2);
     std::thread::sleep(Duration::from_millis(300));
     n1.signal("-9");
@@ -790,7 +812,11 @@ fn cloudy_services_tag_both_ways() {
             || {
                 let out = avahi_ps_serf(&rpc, &["search"]);
                 let list: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
-                match list.into_iter().find(|s| s["node_id"] == n_name.as_str()) {
+                // the bundle share comes first, webby once its service runs
+                match list
+                    .into_iter()
+                    .find(|s| s["node_id"] == n_name.as_str() && s["s"] == "http")
+                {
                     Some(s) => {
                         found = s;
                         true

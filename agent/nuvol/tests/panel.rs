@@ -12,6 +12,16 @@ use serde_json::Value;
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
 
+/// The same path with a trailing slash (the route table treats both as
+/// one route; `/` stays `/`).
+fn slashed(path: &str) -> String {
+    if path == "/" {
+        path.to_string()
+    } else {
+        format!("{path}/")
+    }
+}
+
 /// Fill `{param}` segments with a sample value.
 fn concrete(path: &str) -> String {
     path.split('/')
@@ -77,6 +87,9 @@ fn unauthenticated_walk_of_every_route() {
         } else {
             assert_eq!(r.code, 401, "{m} {p} without credentials: {r:?}");
         }
+        // With a trailing slash it is the same route, with the same answer.
+        let s = a.raw(m, &slashed(&concrete(p)), &[], b"");
+        assert_eq!(s.code, r.code, "{m} {p}/ without credentials: {s:?}");
         // A wrong bearer token and a made-up cookie are no better.
         if !public {
             let r = a.raw(
@@ -146,30 +159,43 @@ fn openapi_lists_exactly_the_routes_served() {
         if skip.contains(&p.as_str()) || stream {
             continue;
         }
-        let r = a.bearer(m, &concrete(p), b"");
-        let code = if r.body.starts_with('{') {
-            r.json()["error"]["code"].as_str().unwrap_or("").to_string()
-        } else {
-            String::new()
+        let error_code = |r: &common::Reply| {
+            if r.body.starts_with('{') {
+                r.json()["error"]["code"].as_str().unwrap_or("").to_string()
+            } else {
+                String::new()
+            }
         };
+        let r = a.bearer(m, &concrete(p), b"");
+        let code = error_code(&r);
         assert!(
             code != "not_found" && code != "method_not_allowed" && r.code != 405,
             "documented {m} {p} is not served: {} {}",
             r.code,
             r.body
         );
+        // A trailing slash names the same route: the same answer.
+        let s = a.bearer(m, &slashed(&concrete(p)), b"");
+        assert_eq!(
+            (s.code, error_code(&s)),
+            (r.code, code.clone()),
+            "documented {m} {p} with a trailing slash: {}",
+            s.body
+        );
         // Every method the document does not list on that path is refused.
         for other in METHODS {
             if routes.iter().any(|(m2, p2, _)| m2 == other && p2 == p) {
                 continue;
             }
-            let r = a.bearer(other, &concrete(p), b"");
-            assert!(
-                r.code == 405 || r.code == 404,
-                "undocumented {other} {p} answered {}: {}",
-                r.code,
-                r.body
-            );
+            for path in [concrete(p), slashed(&concrete(p))] {
+                let r = a.bearer(other, &path, b"");
+                assert!(
+                    r.code == 405 || r.code == 404,
+                    "undocumented {other} {path} answered {}: {}",
+                    r.code,
+                    r.body
+                );
+            }
         }
     }
     // And paths the document does not know are 404.
@@ -516,6 +542,17 @@ fn reboot_update_metrics_history() {
     ] {
         assert!(m.body.contains(want), "{want} in\n{}", m.body);
     }
+    // Each metric family once: Prometheus refuses a page that repeats one.
+    let mut families: Vec<&str> = m
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let n = families.len();
+    families.sort_unstable();
+    families.dedup();
+    assert_eq!(families.len(), n, "a metric family twice in\n{}", m.body);
     let h = a.bearer("GET", "/api/v1/history", b"").json();
     assert_eq!(h["every_s"], 30);
     assert!(
@@ -532,6 +569,7 @@ fn pages_read_in_a_text_browser() {
         ("/", "Interfaces"),
         ("/dashboard", "Memory"),
         ("/bundles", "Upload and check"),
+        ("/bundles", "Free space for bundles:"),
         ("/settings", "API tokens"),
         ("/update", "separate issue"),
     ] {
@@ -685,4 +723,94 @@ fn browser_upload_shows_signature_then_installs() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("Panel Test Publisher"));
     let o = ctl(&["bundles", "remove", "w"]);
     assert!(o.status.success());
+}
+
+/// The status code of `req` sent as is on a fresh connection.
+fn status_of(a: &Agent, req: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let _ = s.write_all(req);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn documented_limits_hold() {
+    let gossip = {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        u.local_addr().unwrap().port()
+    };
+    let a = Agent::start(
+        "doclimits",
+        &format!(
+            "[discovery]\nbind = \"127.0.0.1\"\nport = {gossip}\nnode_name = \"lim\"\nmdns = false\n"
+        ),
+        false,
+    );
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api.md"))
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    // The request head: 64 KiB with the blank line, 100 header lines.
+    assert!(doc.contains("request head at most 64 KiB"), "docs/api.md");
+    let head = |n: usize| {
+        let bare = "GET /api/v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: \r\n\r\n";
+        let req = format!(
+            "GET /api/v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(n - bare.len())
+        );
+        assert_eq!(req.len(), n);
+        status_of(&a, req.as_bytes())
+    };
+    assert_eq!(head(64 * 1024), 200);
+    assert_eq!(head(64 * 1024 + 1), 431);
+    assert_eq!(head(100 * 1024), 431, "never more than the limit");
+    assert!(doc.contains("at most 100 header lines"), "docs/api.md");
+    let lines = |n: usize| {
+        let mut req = "GET /api/v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_string();
+        for i in 2..n {
+            req.push_str(&format!("X-H{i}: 1\r\n"));
+        }
+        req.push_str("\r\n");
+        status_of(&a, req.as_bytes())
+    };
+    assert_eq!(lines(100), 200);
+    assert_eq!(lines(101), 431);
+    // Bodies: one code for "too large" everywhere.
+    let body = |path: &str, n: usize| {
+        let r = a.bearer("POST", path, &vec![b'a'; n]);
+        let code = serde_json::from_str::<Value>(&r.body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_string));
+        (r.code, code.unwrap_or_default())
+    };
+    for (path, max, phrase) in [
+        ("/api/v1/tokens", 64 * 1024, "forms and JSON at most 64 KiB"),
+        (
+            "/api/v1/keys",
+            8 * 1024,
+            "keys and revocation reasons at most 8 KiB",
+        ),
+        ("/api/v1/events", 4 * 1024, "user events at most 4 KiB"),
+    ] {
+        assert!(doc.contains(phrase), "docs/api.md: {phrase}");
+        let (code, err) = body(path, max);
+        assert!(
+            code != 413 && err != "body_too_large",
+            "{path} at {max}: {code} {err}"
+        );
+        assert_eq!(
+            body(path, max + 1),
+            (413, "body_too_large".into()),
+            "{path}"
+        );
+    }
 }

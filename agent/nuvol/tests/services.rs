@@ -33,22 +33,26 @@ fn busybox_rootfs(root: &Path) {
 }
 
 fn make_bundle(dir: &Path, key: &SecretKey, version: &str) -> PathBuf {
+    make_named_bundle(dir, key, "echo", version)
+}
+
+fn make_named_bundle(dir: &Path, key: &SecretKey, name: &str, version: &str) -> PathBuf {
     let root = dir.join("rootfs");
     if !root.exists() {
         busybox_rootfs(&root);
     }
     // The store tells versions apart by image digest: make the images differ.
-    std::fs::write(root.join("etc/version"), version).unwrap();
+    std::fs::write(root.join("etc/version"), format!("{name} {version}")).unwrap();
     let script = SCRIPT.replace("VERSION", version);
     let manifest = format!(
-        "name = \"echo\"\nversion = \"{version}\"\npublisher = \"test\"\n\
+        "name = \"{name}\"\nversion = \"{version}\"\npublisher = \"test\"\n\
          [run]\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\n\
          [[volumes]]\nname = \"data\"\npath = \"/data\"\n\
          [resources]\nmemory_mb = 64\npids = 32\n"
     );
-    let mf = dir.join(format!("manifest-{version}.toml"));
+    let mf = dir.join(format!("manifest-{name}-{version}.toml"));
     std::fs::write(&mf, manifest).unwrap();
-    let out = dir.join(format!("echo-{version}.nvb"));
+    let out = dir.join(format!("{name}-{version}.nvb"));
     build::build(&mf, &root, ImageType::Squashfs, &out, Some(key)).unwrap();
     out
 }
@@ -134,6 +138,11 @@ impl Agent {
 
     /// Poll the service until `pred` holds.
     fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_service("echo", what, pred)
+    }
+
+    /// Poll service `name` until `pred` holds.
+    fn wait_for_service(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let list = self.get_json("/api/v1/local-services");
@@ -141,7 +150,7 @@ impl Agent {
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|s| s["name"] == "echo" && pred(s))
+                .find(|s| s["name"] == name && pred(s))
             {
                 return s.clone();
             }
@@ -326,7 +335,12 @@ fn bundle_runs_as_a_service_with_logs_stop_start_and_sync() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, logs) = a.send("GET", "/api/v1/services/echo/logs", true, b"");
-        if logs.contains("hello-from-2.0") {
+        // A tick after the greeting: 2.0's `echo written > /data/proof`
+        // (which truncates first) is done.
+        if logs
+            .split_once("hello-from-2.0")
+            .is_some_and(|(_, after)| after.contains("tick "))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "2.0 never ran: {logs}");
@@ -348,6 +362,13 @@ fn bundle_runs_as_a_service_with_logs_stop_start_and_sync() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(processes_in_cgroup_of(agent_pid).is_empty());
+    // Its logs and writable layer go with it (a reinstall starts clean).
+    let data = dir.join("state/services/echo");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while data.exists() {
+        assert!(Instant::now() < deadline, "{} left behind", data.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     a.stop();
 }
 
@@ -394,5 +415,105 @@ fn bundle_named_in_nuvol_toml_is_installed_and_run() {
         s["state"] == "running" && s["version"] == "1.0"
     });
     assert!(s["pid"].is_number(), "{s}");
+    a.stop();
+}
+
+/// One bundle of three with a garbled `state.json` (a power cut): the other
+/// two run, the broken one is listed with its problem (API and `nuvol ctl`)
+/// and is removed, volumes and all, through the API.
+#[test]
+fn one_broken_bundle_does_not_stop_the_others() {
+    let dir = std::env::temp_dir().join(format!("nuvol-services-broken-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = SecretKey::generate().unwrap();
+    let names = ["alpha", "bravo", "charlie"];
+    {
+        let store = Store::open(&dir.join("state")).unwrap();
+        store.keyring().add(&key.public(), "test").unwrap();
+        for n in names {
+            store
+                .install(&make_named_bundle(&dir, &key, n, "1.0"))
+                .unwrap();
+        }
+    }
+    let bundles = dir.join("state/bundles");
+    std::fs::write(
+        bundles.join("installed/bravo/state.json"),
+        b"{\"current\": \"ab",
+    )
+    .unwrap();
+    let mut a = Agent::start(dir.clone());
+
+    for n in ["alpha", "charlie"] {
+        a.wait_for_service(n, "running", |s| {
+            s["state"] == "running" && s["pid"].is_number()
+        });
+    }
+    let s = a.wait_for_service("bravo", "shown as not running", |s| {
+        s["problem"].is_string()
+    });
+    assert_ne!(s["state"], "running", "{s}");
+    assert!(s["problem"].as_str().unwrap().contains("state.json"), "{s}");
+
+    let list = a.get_json("/api/v1/bundles");
+    let list = list.as_array().unwrap();
+    let listed: Vec<&str> = list.iter().map(|b| b["name"].as_str().unwrap()).collect();
+    assert_eq!(listed, names, "{list:?}");
+    let bravo = &list[1];
+    assert_eq!(bravo["state"], "broken", "{bravo}");
+    assert!(
+        bravo["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("installed/bravo/state.json"),
+        "{bravo}"
+    );
+    assert!(!bravo["problem"].as_str().unwrap().is_empty(), "{bravo}");
+    assert_eq!(list[0]["state"], "installed");
+    let one = a.get_json("/api/v1/bundles/bravo");
+    assert_eq!(one["state"], "broken", "{one}");
+
+    let ctl = Command::new(env!("CARGO_BIN_EXE_nuvol"))
+        .args(["ctl", "--host", &format!("http://127.0.0.1:{}", a.port)])
+        .args(["--token", &a.token(), "bundles", "list"])
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&ctl.stdout);
+    assert!(
+        ctl.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("bravo: broken: ") && l.contains("state.json")),
+        "{out}"
+    );
+
+    let (code, resp) = a.send("DELETE", "/api/v1/bundles/bravo?purge=1", true, b"");
+    assert_eq!(code, 200, "{resp}");
+    assert!(!bundles.join("installed/bravo").exists());
+    assert!(!bundles.join("volumes/bravo").exists());
+    assert_eq!(std::fs::read_dir(bundles.join("tmp")).unwrap().count(), 0);
+    let list = a.get_json("/api/v1/bundles");
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let svcs = a.get_json("/api/v1/local-services");
+        let names: Vec<&str> = svcs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        if names == ["alpha", "charlie"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bravo still listed: {svcs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.wait_for_service("alpha", "still running", |s| s["state"] == "running");
     a.stop();
 }

@@ -3,17 +3,18 @@
 //! Each check runs on a short-lived thread of its own: the thread joins the
 //! container's network namespace with `setns` (which only affects that
 //! thread), so `127.0.0.1:PORT` is the service's own loopback even with a
-//! private network. Exec checks fork a process that joins all the
-//! container's namespaces and its cgroup and drops to the service's user.
+//! private network. Exec checks run a process in the container itself
+//! ([`nuvol_container::ExecTarget`]): its pid, mount, UTS, IPC, network
+//! and cgroup namespaces, its cgroup, and the service's uid/gid,
+//! capabilities, no_new_privs and seccomp filter.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use nuvol_container::ExitStatus;
 
 use crate::spec::{HealthKind, HealthSpec};
 
@@ -24,10 +25,8 @@ pub struct Target {
     pub pid: i32,
     /// Join its network namespace (false for host networking).
     pub netns: bool,
-    pub uid: u32,
-    pub gid: u32,
-    /// `cgroup.procs` files to join for exec checks.
-    pub cgroup_procs: Vec<PathBuf>,
+    /// Where exec checks run (or why they cannot).
+    pub exec: Result<nuvol_container::ExecTarget, String>,
 }
 
 fn join_netns(pid: i32) -> std::io::Result<()> {
@@ -82,75 +81,23 @@ fn http(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
 }
 
 fn exec(spec: &HealthSpec, t: &Target, timeout: Duration) -> Result<(), String> {
-    let mut ns_files = Vec::new();
-    for ns in ["cgroup", "ipc", "uts", "net", "pid", "mnt"] {
-        if ns == "net" && !t.netns {
-            continue;
+    let target = t
+        .exec
+        .as_ref()
+        .map_err(|e| format!("cannot run in the container: {e}"))?;
+    let cmd = spec.command.first().map_or("", String::as_str);
+    let mut p = target
+        .spawn(&spec.command, nuvol_container::Stdio::default())
+        .map_err(|e| format!("run {cmd:?}: {e}"))?;
+    match p.wait_timeout(timeout) {
+        Ok(Some(ExitStatus::Exited(0))) => Ok(()),
+        Ok(Some(ExitStatus::Exited(c))) => Err(format!("{cmd:?} exited with code {c}")),
+        Ok(Some(ExitStatus::Signaled(s))) => Err(format!("{cmd:?} was killed by signal {s}")),
+        Ok(None) => {
+            let _ = p.kill();
+            Err(format!("{cmd:?} timed out after {timeout:?}"))
         }
-        let f = File::open(format!("/proc/{}/ns/{ns}", t.pid))
-            .map_err(|e| format!("open {ns} namespace: {e}"))?;
-        ns_files.push(f);
-    }
-    let procs: Vec<File> = t
-        .cgroup_procs
-        .iter()
-        .map(|p| std::fs::OpenOptions::new().write(true).open(p))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("open cgroup: {e}"))?;
-    let fds: Vec<i32> = ns_files.iter().map(|f| f.as_raw_fd()).collect();
-    let cg: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-    let mut cmd = Command::new(&spec.command[0]);
-    cmd.args(&spec.command[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        );
-    let (uid, gid) = (t.uid, t.gid);
-    // SAFETY: the closure only makes async-signal-safe system calls on fds opened above.
-    unsafe {
-        cmd.pre_exec(move || {
-            for fd in &cg {
-                if libc::write(*fd, b"0".as_ptr().cast(), 1) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for fd in &fds {
-                if libc::setns(*fd, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // Drop to the service's user only now: joining namespaces needs root.
-            let gids = [gid];
-            if libc::setgroups(1, gids.as_ptr()) < 0
-                || libc::setresgid(gid, gid, gid) < 0
-                || libc::setresuid(uid, uid, uid) < 0
-                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("run {:?}: {e}", spec.command[0]))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) if st.success() => return Ok(()),
-            Ok(Some(st)) => return Err(format!("{:?} exited with {st}", spec.command[0])),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{:?} timed out", spec.command[0]));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(e.to_string()),
-        }
+        Err(e) => Err(format!("wait for {cmd:?}: {e}")),
     }
 }
 

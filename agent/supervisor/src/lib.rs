@@ -12,6 +12,27 @@ pub mod health;
 pub mod logs;
 pub mod spec;
 
+/// Test hooks, armed only through the API's `[debug] test_hooks` routes.
+pub mod test_hooks {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static KILL_AFTER_CREATE: AtomicBool = AtomicBool::new(false);
+
+    /// The next container this process creates is followed by a SIGKILL of
+    /// the whole agent before the container is started: the window in
+    /// which a created container must not outlive its agent.
+    pub fn arm_kill_after_create() {
+        KILL_AFTER_CREATE.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn fire_kill_after_create() {
+        if KILL_AFTER_CREATE.swap(false, Ordering::SeqCst) {
+            // SAFETY: raise has no preconditions.
+            unsafe { libc::raise(libc::SIGKILL) };
+        }
+    }
+}
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::os::fd::OwnedFd;
@@ -20,7 +41,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use nuvol_container::{CgroupRoot, Container, ExitStatus, Stdio};
+use nuvol_container::{CgroupRoot, Container, Stdio};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncReadExt;
@@ -28,6 +49,8 @@ use tokio::sync::{mpsc, watch};
 
 pub use error::{Result, SupervisorError};
 pub use logs::{LogFollower, LogLimits, LogLine, LogStore, Stream};
+/// How a run ended ([`ExitRecord::status`]).
+pub use nuvol_container::ExitStatus;
 pub use spec::{HealthKind, RestartPolicy, ServiceSpec};
 
 /// How many start times / backoff delays the status keeps.
@@ -109,6 +132,12 @@ pub struct ServiceStatus {
     /// CPU time used by the current run (all its processes), microseconds.
     #[serde(default)]
     pub cpu_usec: u64,
+    /// Processes (tasks) in the container's cgroup now (`pids.current`).
+    #[serde(default)]
+    pub processes: u64,
+    /// Forks refused because the `pids` limit was reached (`pids.events`).
+    #[serde(default)]
+    pub forks_refused: u64,
     /// Network address, if the network hook attached one.
     pub address: Option<String>,
 }
@@ -136,6 +165,8 @@ struct Service {
     logs: Arc<LogStore>,
     status: Mutex<ServiceStatus>,
     changed: watch::Sender<u64>,
+    /// The supervisor-wide [`Supervisor::changes`] counter.
+    any_changed: Arc<watch::Sender<u64>>,
     ctl: Mutex<Option<mpsc::UnboundedSender<Ctl>>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -148,6 +179,9 @@ struct Inner {
     epoch: Instant,
     log_limits: LogLimits,
     services: Mutex<BTreeMap<String, Arc<Service>>>,
+    /// Bumped when a service is added or removed, or its state or health
+    /// changes (see [`Supervisor::changes`]).
+    changes: Arc<watch::Sender<u64>>,
 }
 
 /// The supervisor. Cheap to clone; all clones share the services.
@@ -170,10 +204,22 @@ fn push_bounded(v: &mut Vec<u64>, x: u64) {
     }
 }
 
+fn bump(w: &watch::Sender<u64>) {
+    w.send_modify(|v| *v = v.wrapping_add(1));
+}
+
 impl Service {
     fn update(&self, f: impl FnOnce(&mut ServiceStatus)) {
-        f(&mut lock(&self.status));
-        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        let moved = {
+            let mut st = lock(&self.status);
+            let before = (st.state, st.health);
+            f(&mut st);
+            before != (st.state, st.health)
+        };
+        bump(&self.changed);
+        if moved {
+            bump(&self.any_changed);
+        }
     }
     fn note(&self, text: &str) {
         self.logs.push(Stream::Supervisor, text);
@@ -211,6 +257,7 @@ impl Supervisor {
                 epoch: Instant::now(),
                 log_limits: LogLimits::default(),
                 services: Mutex::new(BTreeMap::new()),
+                changes: Arc::new(watch::channel(0).0),
             }),
         })
     }
@@ -267,6 +314,8 @@ impl Supervisor {
             started_ms: Vec::new(),
             backoff_ms: Vec::new(),
             memory_bytes: 0,
+            processes: 0,
+            forks_refused: 0,
             cpu_usec: 0,
             address: None,
         };
@@ -278,10 +327,13 @@ impl Supervisor {
                 logs,
                 status: Mutex::new(status),
                 changed,
+                any_changed: self.inner.changes.clone(),
                 ctl: Mutex::new(None),
                 task: Mutex::new(None),
             }),
         );
+        drop(services);
+        bump(&self.inner.changes);
         Ok(())
     }
 
@@ -292,7 +344,17 @@ impl Supervisor {
             return Err(SupervisorError::Running(name.to_string()));
         }
         lock(&self.inner.services).remove(name);
+        bump(&self.inner.changes);
         Ok(())
+    }
+
+    /// A receiver that sees a new value whenever a service is added or
+    /// removed, or the state or health of one changes (not on every health
+    /// check, memory reading or log line). A `watch`: a slow reader only
+    /// ever has the latest value waiting, never a queue; it then reads
+    /// [`Supervisor::status`] for what changed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
     }
 
     /// Services in dependency order, starting from `roots` (all if `None`).
@@ -502,6 +564,8 @@ impl Supervisor {
                     if let Ok(cg) = self.inner.cgroups.cgroup(&st.name) {
                         st.memory_bytes = cg.memory_current();
                         st.cpu_usec = cg.cpu_usage_usec();
+                        st.processes = cg.pids_current();
+                        st.forks_refused = cg.pids_max_events();
                     }
                 }
                 st
@@ -532,7 +596,9 @@ impl Supervisor {
         &self.inner.cgroups
     }
 
-    fn ms(&self) -> u64 {
+    /// Milliseconds since the supervisor was created: the clock of
+    /// [`ServiceStatus::started_ms`] and [`ExitRecord::at_ms`].
+    pub fn now_ms(&self) -> u64 {
         self.inner.epoch.elapsed().as_millis() as u64
     }
 }
@@ -623,6 +689,7 @@ async fn run_once(
         Some(Err(e)) => return fail(e.to_string()),
         None => return fail("create task panicked".into()),
     };
+    test_hooks::fire_kill_after_create();
     let pid = created.pid();
     let use_net = spec.network == spec::Network::Private && inner.network.is_some();
     if let (true, Some(net)) = (use_net, &inner.network) {
@@ -665,14 +732,7 @@ async fn run_once(
     let target = health::Target {
         pid,
         netns: spec.network != spec::Network::Host && spec.rootfs != spec::RootfsSpec::Host,
-        uid: spec.uid,
-        gid: spec.gid,
-        cgroup_procs: container
-            .cgroup()
-            .dirs()
-            .iter()
-            .map(|d| d.join("cgroup.procs"))
-            .collect(),
+        exec: container.exec_target().map_err(|e| e.to_string()),
     };
     let start = Instant::now();
     let mut failures = 0u32;
@@ -799,7 +859,7 @@ async fn run_service(inner: Arc<Inner>, svc: Arc<Service>, mut ctl: mpsc::Unboun
         svc.update(|s| s.state = State::Starting);
         let started = Instant::now();
         let end = run_once(&inner, &svc, &mut ctl).await;
-        let at_ms = sup.ms();
+        let at_ms = sup.now_ms();
         let msg = match (&end.status, end.reason) {
             (Some(ExitStatus::Exited(c)), r) => format!("{r:?}: exit code {c} {}", end.detail),
             (Some(ExitStatus::Signaled(sig)), r) => {

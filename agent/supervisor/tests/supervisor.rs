@@ -55,7 +55,7 @@ impl Env {
         let tmp = tempfile::tempdir().unwrap();
         let rootfs = busybox_rootfs(tmp.path());
         let cg = CgroupRoot::detect(&unique("nuvol-sup-test")).unwrap();
-        // The QEMU run (tests/tests/cgroup_v2.rs) sets this: v1 must not pass for v2.
+        // Set on a v2 host: v1 must not pass for v2.
         if std::env::var_os("NUVOL_REQUIRE_CGROUP_V2").is_some() {
             assert!(
                 cg.is_v2(),
@@ -283,6 +283,82 @@ async fn tcp_and_exec_health_checks() {
     env.sup.stop_all().await.unwrap();
 }
 
+/// An exec health check runs as the service does: inside its pid, mount,
+/// UTS and network namespaces, with its seccomp filter, no_new_privs, its
+/// uid and its (here: empty) capability set, even for a uid-0 service. It
+/// sees the container's processes only, its rootfs and host name, and
+/// cannot signal a host process.
+#[tokio::test(flavor = "current_thread")]
+async fn exec_health_check_runs_with_the_service_view_and_privileges() {
+    let env = Env::new();
+    std::fs::write(env.rootfs.join("marker"), "inside-the-rootfs\n").unwrap();
+    let host_pid = std::process::id();
+    let mut s = env.service("viewer", "exec sleep 600");
+    s.uid = 0;
+    s.gid = 0;
+    s.allow_root = true;
+    s.volumes = vec![nuvol_supervisor::spec::VolumeSpec {
+        name: "out".into(),
+        path: "/out".into(),
+    }];
+    let vols = env._tmp.path().join("vols");
+    s.volumes_dir = Some(vols.clone());
+    // One file, renamed into place: a check killed by the stop below
+    // leaves no half-written view behind.
+    let script = format!(
+        "{{ echo procs $(ls /proc); \
+           busybox grep -E '^(CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|Pid):' /proc/self/status; \
+           echo host $(hostname); echo marker $(cat /marker); \
+           if kill -0 {host_pid} 2>/dev/null; then echo hostpid visible; else echo hostpid invisible; fi; \
+         }} > /out/view.tmp && busybox mv /out/view.tmp /out/view"
+    );
+    s.health = Some(HealthSpec {
+        kind: HealthKind::Exec,
+        port: None,
+        path: None,
+        command: vec!["/bin/sh".into(), "-c".into(), script],
+        ..http_check("/")
+    });
+    env.sup.add(s).unwrap();
+    env.sup.start_all().await.unwrap();
+    env.wait_for("viewer", "exec healthy", |s| s.health == Health::Healthy)
+        .await;
+    let view_file = vols.join("out/view");
+    for _ in 0..200 {
+        if view_file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.sup.stop_all().await.unwrap();
+    let view = std::fs::read_to_string(&view_file).unwrap_or_default();
+    let field = |k: &str| {
+        view.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(field("CapEff:"), "0000000000000000", "{view}");
+    assert_eq!(field("CapBnd:"), "0000000000000000", "{view}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{view}");
+    assert_eq!(field("Seccomp:"), "2", "{view}");
+    // The shell's pid in the container's pid namespace: small, not the host's.
+    let pid: u32 = field("Pid:").parse().unwrap_or(0);
+    assert!((2..20).contains(&pid), "{view}");
+    // /proc lists the service (1) and the check's own processes, nothing of the host.
+    let procs: Vec<u32> = field("procs ")
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert!(procs.contains(&1), "{view}");
+    assert!(!procs.contains(&host_pid), "{view}");
+    assert!(procs.len() < 8, "{view}");
+    assert_eq!(field("host "), "viewer", "{view}");
+    assert_eq!(field("marker "), "inside-the-rootfs", "{view}");
+    assert_eq!(field("hostpid "), "invisible", "{view}");
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn dependencies_start_first_and_cycles_are_refused() {
     let env = Env::new();
@@ -377,12 +453,20 @@ async fn stop_kills_everything_and_logs_are_captured() {
     let logs = env.sup.logs("chatty").unwrap();
     assert!(logs.iter().any(|l| l.text == "out 0"));
     assert!(logs.iter().any(|l| l.text == "err 0"));
-    let file = std::fs::read_to_string(
-        env._tmp
-            .path()
-            .join("data/services/chatty/logs/current.log"),
-    )
-    .unwrap();
+    // The log writer thread writes within about a second.
+    let path = env
+        ._tmp
+        .path()
+        .join("data/services/chatty/logs/current.log");
+    let t0 = std::time::Instant::now();
+    let mut file = String::new();
+    while t0.elapsed() < Duration::from_secs(5) {
+        file = std::fs::read_to_string(&path).unwrap_or_default();
+        if file.contains(" out out 0\n") && file.contains(" err err 0\n") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         file.contains(" out out 0\n") && file.contains(" err err 0\n"),
         "{file}"
@@ -604,4 +688,44 @@ async fn stop_all_stops_independent_services_together_dependents_first() {
         "w2..w4 were not stopped together: {spread:?}"
     );
     assert!(env.cg.children().is_empty());
+}
+
+/// `changes()` moves on add/remove and on state or health changes, and
+/// stays put while a healthy service only passes checks.
+#[tokio::test(flavor = "current_thread")]
+async fn changes_follow_state_and_health_not_every_check() {
+    let env = Env::new();
+    let mut rx = env.sup.changes();
+    let mut web = env.service("watched", "exec httpd -f -p 127.0.0.1:8080 -h /www");
+    web.health = Some(http_check("/index.html"));
+    env.sup.add(web).unwrap();
+    assert!(rx.has_changed().unwrap(), "add is a change");
+    rx.borrow_and_update();
+    env.sup.start("watched").await.unwrap();
+    // Starting, Running, then Healthy: each wakes the receiver.
+    let healthy = async {
+        loop {
+            rx.changed().await.unwrap();
+            let st = env.sup.service_status("watched").unwrap();
+            if st.state == State::Running && st.health == Health::Healthy {
+                return env.sup.now_ms() - st.started_ms.last().copied().unwrap_or(0);
+            }
+        }
+    };
+    let age = tokio::time::timeout(Duration::from_secs(15), healthy)
+        .await
+        .expect("no change reported up to healthy");
+    assert!(age < 15_000, "run age {age} ms on the status clock");
+    rx.borrow_and_update();
+    // Four more passing checks (150 ms apart): no change.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !rx.has_changed().unwrap(),
+        "a passing check is not a change"
+    );
+    env.sup.stop("watched").await.unwrap();
+    assert!(rx.has_changed().unwrap(), "stop is a change");
+    rx.borrow_and_update();
+    env.sup.remove("watched").unwrap();
+    assert!(rx.has_changed().unwrap(), "remove is a change");
 }

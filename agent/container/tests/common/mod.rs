@@ -52,9 +52,9 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
 pub struct CgroupGuard(pub CgroupRoot);
 
 impl CgroupGuard {
-    /// Fails when `NUVOL_REQUIRE_CGROUP_V2` is set (the QEMU run of
-    /// `tests/tests/cgroup_v2.rs` sets it) and the host offers only v1, so a
-    /// v2 run can never pass on v1 by accident. Says which one it uses.
+    /// Fails when `NUVOL_REQUIRE_CGROUP_V2` is set and the host offers only
+    /// v1, so a v2 run can never pass on v1 by accident. Says which one it
+    /// uses.
     pub fn new() -> Self {
         let root = CgroupRoot::detect(&unique("nuvol-test")).expect("cgroups");
         require_v2_if_asked(&root);
@@ -72,7 +72,7 @@ pub fn require_v2_if_asked(root: &CgroupRoot) {
     }
     if !root.is_v2() {
         eprintln!(
-            "note: cgroup v1 (hybrid host); the v2 run of this test is tests/tests/cgroup_v2.rs (QEMU, box kernel)"
+            "note: cgroup v1 (hybrid host); v2 is tested on the booted image (tests/tests/services_on_box.rs)"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! A bare gossip node for tests and benchmarks (not shipped on the box):
 //!
 //! ```text
-//! nuvol-gossip-node --name N --bind IP:PORT [--join IP:PORT]... [--profile lan|wan|local] [--key HEX] [--tag K=V]... [--probe-ms MS]
+//! nuvol-gossip-node --name N --bind IP:PORT [--join IP:PORT]... [--profile lan|wan|local] [--key HEX] [--tag K=V]... [--probe-ms MS] [--max-members N]
 //! ```
 //!
 //! `--probe-ms` probes every MS ms (timeout MS/2) and scales the suspicion
@@ -9,9 +9,12 @@
 //!
 //! Reads commands on stdin, one per line, answers one line on stdout:
 //! `members` → `members name=status name=status ...`, `stats` → `stats
-//! packets_in packets_out bytes_in bytes_out`, `health` → `health
-//! name=status,health,hops,loss ...` (`-` for unknown), `leave` → leaves and exits.
-//! Member events are printed as they happen: `event join|leave|failed|update|reap NAME`.
+//! packets_in=N packets_out=N ...` (every counter of `StatsSnapshot`),
+//! `health` → `health name=status,health,hops,loss ...` (`-` for unknown),
+//! `event NAME PAYLOAD` → sends a user event (`sent`), `leave` → leaves
+//! and exits. Member events are printed as they happen: `event
+//! join|leave|failed|update|reap NAME`; user events as `event user NAME
+//! LTIME`.
 
 use nuvol_gossip::{Config, Event, Handle, Profile};
 use std::io::{BufRead, Write};
@@ -40,6 +43,7 @@ fn parse() -> (Config, Vec<SocketAddr>) {
     let mut keys = Vec::new();
     let mut tags = std::collections::BTreeMap::new();
     let mut probe_ms: Option<u64> = None;
+    let mut max_members: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args
@@ -70,6 +74,14 @@ fn parse() -> (Config, Vec<SocketAddr>) {
                         .unwrap_or_else(|| usage("bad --probe-ms")),
                 )
             }
+            "--max-members" => {
+                max_members = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|m| *m >= 1)
+                        .unwrap_or_else(|| usage("bad --max-members")),
+                )
+            }
             _ => usage(&format!("unknown argument {a}")),
         }
     }
@@ -78,6 +90,9 @@ fn parse() -> (Config, Vec<SocketAddr>) {
     let mut cfg = Config::new(name, bind, profile);
     cfg.keys = keys;
     cfg.tags = tags;
+    if let Some(m) = max_members {
+        cfg.max_members = m;
+    }
     if let Some(ms) = probe_ms {
         let t = &mut cfg.timing;
         let scale = t.probe_interval.as_millis() as f64 / ms as f64;
@@ -134,6 +149,7 @@ fn main() {
                     Ok(Event::Leave(m)) => out(&format!("event leave {}", m.name)),
                     Ok(Event::Failed(m)) => out(&format!("event failed {}", m.name)),
                     Ok(Event::Reap(m)) => out(&format!("event reap {}", m.name)),
+                    Ok(Event::User { name, ltime, .. }) => out(&format!("event user {name} {ltime}")),
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(_) => return,
@@ -163,13 +179,25 @@ fn main() {
                         out(&s);
                     }
                     Some("stats") => {
-                        let s = h.stats();
-                        out(&format!("stats {} {} {} {}", s.packets_in, s.packets_out, s.bytes_in, s.bytes_out));
+                        let mut s = String::from("stats");
+                        for (k, v) in h.stats().fields() {
+                            s.push_str(&format!(" {k}={v}"));
+                        }
+                        out(&s);
                     }
                     Some("leave") | None => {
                         h.leave().await;
                         out("left");
                         return;
+                    }
+                    Some(c) if c.starts_with("event ") => {
+                        let mut it = c.splitn(3, ' ').skip(1);
+                        let name = it.next().unwrap_or("");
+                        let payload = it.next().unwrap_or("");
+                        match h.user_event(name, payload.as_bytes(), false) {
+                            Ok(()) => out("sent"),
+                            Err(e) => out(&format!("error {e}")),
+                        }
                     }
                     Some(_) => out("error unknown command"),
                 },

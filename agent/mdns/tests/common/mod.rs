@@ -351,7 +351,79 @@ impl Avahi {
     }
 }
 
-fn unescape(s: &str) -> String {
+/// A running `avahi-browse -a -r -p -k` (not `-t`: it reports every add,
+/// resolve and removal as it happens), with the time each line came.
+pub struct Watch {
+    child: Child,
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Avahi {
+    /// Start a long-running browser on this Avahi.
+    pub fn watch(&self) -> Watch {
+        let mut child = self
+            .cmd("avahi-browse")
+            .args(["-a", "-r", "-p", "-k"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("avahi-browse");
+        let out = child.stdout.take().expect("stdout");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(mut v) = l.lock() {
+                    v.push((Instant::now(), line));
+                }
+            }
+        });
+        Watch { child, lines }
+    }
+}
+
+impl Watch {
+    /// When the first line of `kind` (`+` new, `=` resolved, `-` removed)
+    /// for `instance` came at or after `since`.
+    pub fn first(&self, kind: &str, instance: &str, since: Instant) -> Option<Instant> {
+        self.lines.lock().ok()?.iter().find_map(|(t, l)| {
+            let f: Vec<&str> = l.split(';').collect();
+            (*t >= since && f.len() > 3 && f[0] == kind && unescape(f[3]) == instance).then_some(*t)
+        })
+    }
+
+    /// Wait up to `secs` for such a line: how long after `since` it came.
+    pub fn wait(&self, kind: &str, instance: &str, since: Instant, secs: u64) -> Option<Duration> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(secs) {
+            if let Some(at) = self.first(kind, instance, since) {
+                let d = at - since;
+                eprintln!("avahi-browse {kind} {instance:?}: {d:?} after the trigger");
+                return Some(d);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Whether any line so far contains `text`.
+    pub fn saw(&self, text: &str) -> bool {
+        self.lines
+            .lock()
+            .map(|v| v.iter().any(|(_, l)| l.contains(text)))
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;

@@ -2,6 +2,8 @@
 //! a file), and a tiny HTTP client.
 #![allow(dead_code)]
 
+pub mod attack;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -66,6 +68,23 @@ impl Agent {
 
     /// [`Agent::start_in`] with extra environment variables for the agent.
     pub fn start_in_env(dir: PathBuf, config: &str, https: bool, env: &[(&str, &str)]) -> Agent {
+        Agent::start_full(dir, config, https, env, None)
+    }
+
+    /// [`Agent::start_in`] as on the box: started with the kernel's default
+    /// soft fd limit of 1024 (the hard limit stays the test's), the network
+    /// left alone.
+    pub fn start_box_like(dir: PathBuf, config: &str) -> Agent {
+        Agent::start_full(dir, config, false, &[], Some(1024))
+    }
+
+    fn start_full(
+        dir: PathBuf,
+        config: &str,
+        https: bool,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Agent {
         std::fs::write(dir.join("nuvol.toml"), config).unwrap();
         let port = free_port();
         let https_port = https.then(free_port);
@@ -79,6 +98,24 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("console")).unwrap());
         cmd.envs(env.iter().copied());
+        if let Some(n) = nofile {
+            cmd.args(["--network", "off"]);
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut l = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+                        l.rlim_cur = n.min(l.rlim_max);
+                        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+                    }
+                    Ok(())
+                });
+            }
+        }
         if let Some(p) = https_port {
             cmd.args(["--https-listen", &format!("127.0.0.1:{p}")]);
         }
@@ -246,6 +283,14 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The agent's side of a failed test.
+            eprintln!(
+                "--- console of the agent in {}:\n{}",
+                self.dir.display(),
+                self.console()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -280,9 +325,29 @@ pub fn keygen(dir: &Path, name: &str) -> String {
 /// Bundle `name` `version` (publisher "Publisher KEY", one file
 /// `/bin/svc`), signed with `dir/KEY.sec`, built into `dir/NAME-VERSION.nvb`.
 pub fn signed_bundle(dir: &Path, key: &str, name: &str, version: &str) -> PathBuf {
+    signed_bundle_padded(dir, key, name, version, 0)
+}
+
+/// [`signed_bundle`] with a file `/pad` of `pad` random (incompressible)
+/// bytes, so the bundle is at least that big.
+pub fn signed_bundle_padded(
+    dir: &Path,
+    key: &str,
+    name: &str,
+    version: &str,
+    pad: usize,
+) -> PathBuf {
     let root = dir.join(format!("root-{name}-{version}"));
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::write(root.join("bin/svc"), format!("{name} {version}")).unwrap();
+    if pad > 0 {
+        let mut bytes = vec![0u8; pad];
+        std::fs::File::open("/dev/urandom")
+            .unwrap()
+            .read_exact(&mut bytes)
+            .unwrap();
+        std::fs::write(root.join("pad"), bytes).unwrap();
+    }
     let m = dir.join(format!("{name}-{version}.toml"));
     std::fs::write(
         &m,
@@ -306,5 +371,55 @@ pub fn signed_bundle(dir: &Path, key: &str, name: &str, version: &str) -> PathBu
         "-k",
         sec.to_str().unwrap(),
     ]);
+    out
+}
+
+/// A busybox root filesystem (every applet linked) in `root`.
+pub fn busybox_rootfs(root: &Path) {
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "data"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("apt-get install busybox-static");
+    let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if !applet.is_empty() && applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+}
+
+/// A bundle `name` `version` running `/bin/sh -c script` on busybox,
+/// signed with `key`, built into `dir/NAME-VERSION.nvb`.
+pub fn busybox_bundle(
+    dir: &Path,
+    key: &nuvol_bundle::SecretKey,
+    name: &str,
+    version: &str,
+    script: &str,
+) -> PathBuf {
+    let root = dir.join(format!("rootfs-{name}"));
+    if !root.exists() {
+        busybox_rootfs(&root);
+    }
+    std::fs::write(root.join("etc/version"), format!("{name} {version}")).unwrap();
+    let manifest = format!(
+        "name = \"{name}\"\nversion = \"{version}\"\npublisher = \"test\"\n\
+         [run]\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\n\
+         [resources]\nmemory_mb = 64\npids = 32\n"
+    );
+    let mf = dir.join(format!("manifest-{name}-{version}.toml"));
+    std::fs::write(&mf, manifest).unwrap();
+    let out = dir.join(format!("{name}-{version}.nvb"));
+    nuvol_bundle::build::build(
+        &mf,
+        &root,
+        nuvol_bundle::ImageType::Squashfs,
+        &out,
+        Some(key),
+    )
+    .unwrap();
     out
 }

@@ -1,0 +1,358 @@
+//! The community testbed end to end (`qemu/community.sh`): four boxes in two
+//! zones, zone-b behind NAT, the router dropping WireGuard between box2
+//! (zone-a) and box4 (zone-b) so that pair must relay through a super node.
+//!
+//! One boot of the community proves, in order: the overlay forms a full mesh
+//! (direct, through NAT, and relayed); a bundle installed on boxes in both
+//! zones is listed nearest-first on each side and its page is fetched over
+//! the overlay, also from zone-a into the NATed zone-b; a gossip member that
+//! claims another box's overlay address is refused everywhere and the
+//! address stays pinned to its owner; a box killed hard is seen failed
+//! everywhere, and rejoins gossip and the overlay when it boots again.
+//! Timings are printed as benchmark lines (`bench: ...`).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use nuvol_e2e::community::Community;
+use serde_json::Value;
+
+const N: usize = 4;
+
+fn overlay(c: &Community, n: usize) -> Value {
+    c.get(n, "/api/v1/network")["overlay"].clone()
+}
+
+fn peer<'a>(ov: &'a Value, node: &str) -> Option<&'a Value> {
+    ov["peers"].as_array()?.iter().find(|p| p["node"] == node)
+}
+
+/// Whether box `n` reaches every other box: a fresh handshake, or a relay
+/// it has a fresh handshake with.
+fn meshed(ov: &Value) -> bool {
+    let Some(peers) = ov["peers"].as_array() else {
+        return false;
+    };
+    let fresh = |p: &Value| p["handshake_age_s"].as_u64().is_some_and(|a| a < 180);
+    peers.len() == N - 1
+        && peers.iter().all(|p| {
+            let via = p["via"].as_str().unwrap_or("");
+            if via == p["node"].as_str().unwrap_or("") {
+                fresh(p)
+            } else {
+                peers.iter().any(|r| r["node"] == via && fresh(r))
+            }
+        })
+}
+
+fn member_status(c: &Community, n: usize, name: &str) -> Option<String> {
+    let v = c.get(n, "/api/v1/members");
+    v.as_array()
+        .or_else(|| v["members"].as_array())?
+        .iter()
+        .find(|m| m["name"] == name)
+        .and_then(|m| m["status"].as_str().map(str::to_string))
+}
+
+#[test]
+fn community_overlay_across_zones_nat_and_relay() {
+    let recipes = nuvol_e2e::recipes();
+    let bundles = recipes.to_string_lossy().into_owned();
+    let c = Community::up(
+        "community",
+        N,
+        73,
+        &["--block", "2:4", "--bundles", &bundles],
+    );
+    eprintln!(
+        "bench: community of {N} boxes ready (panels up) in {:.1} s from cold boots",
+        c.boot_s
+    );
+
+    // --- the mesh ----------------------------------------------------------
+    let t = c.wait_for("full overlay mesh", Duration::from_secs(300), || {
+        (1..=N)
+            .all(|n| meshed(&overlay(&c, n)))
+            .then(|| c.started.elapsed())
+    });
+    eprintln!(
+        "bench: seconds from cold boots to a full mesh: {:.1}",
+        t.as_secs_f64()
+    );
+    let ovs: Vec<Value> = (1..=N).map(|n| overlay(&c, n)).collect();
+    for (i, ov) in ovs.iter().enumerate() {
+        eprintln!(
+            "box{}: {}",
+            i + 1,
+            serde_json::to_string(ov).unwrap_or_default()
+        );
+    }
+    // box2 and box4 cannot meet: both ends relay through the same super node.
+    let via24 = peer(&ovs[1], "box4").expect("box4 on box2")["via"].clone();
+    let via42 = peer(&ovs[3], "box2").expect("box2 on box4")["via"].clone();
+    assert!(
+        via24 == "box1" || via24 == "box3",
+        "box2 -> box4 via {via24}"
+    );
+    assert_eq!(via24, via42, "both ends relay through one super node");
+    // box1 (zone-a) and box4 (NATed zone-b) meet directly: box4 reached out,
+    // box1 knows it at the address the router's NAT gave it (observed).
+    let p = peer(&ovs[0], "box4").expect("box4 on box1");
+    assert_eq!(p["via"], "box4");
+    let seen = p["endpoint"].as_str().unwrap_or("");
+    assert!(
+        seen.starts_with(&format!("10.{}.1.1:", c.net)),
+        "box1 sees box4 at its NAT address, not {seen} (claimed {})",
+        p["claimed_endpoint"]
+    );
+    // Addresses are the ones derived from keys, the same on every box.
+    for n in 1..=N {
+        let own = ovs[n - 1]["address"].as_str().unwrap_or("").to_string();
+        assert!(own.starts_with("fd"), "{own}");
+        for (m, ov) in ovs.iter().enumerate() {
+            if m + 1 != n {
+                let p = peer(ov, &format!("box{n}")).expect("peer");
+                assert_eq!(p["address"], own.as_str());
+            }
+        }
+    }
+
+    // --- a service in each zone: nearest first, fetched over the overlay ---
+    let web = std::fs::read(recipes.join("web.nvb")).expect("web.nvb");
+    for n in [1, 4] {
+        let (code, body) = c.http(n, "POST", "/api/v1/bundles", &web).expect("upload");
+        assert!(
+            (200..300).contains(&code),
+            "install web on box{n}: {code} {body}"
+        );
+    }
+    let t0 = Instant::now();
+    for (n, near) in [(2, "box1"), (3, "box4")] {
+        let list = c.wait_for(
+            &format!("web twice in box{n}'s catalog"),
+            Duration::from_secs(240),
+            || {
+                let v = c.get(n, "/api/v1/services?near=1&type=_http._tcp");
+                let l: Vec<Value> = v
+                    .as_array()
+                    .cloned()
+                    .or_else(|| v["services"].as_array().cloned())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|s| s["name"].as_str().is_some_and(|x| x.starts_with("web")))
+                    .collect();
+                (l.len() >= 2).then_some(l)
+            },
+        );
+        assert_eq!(list[0]["node"], near, "box{n}: nearest first: {list:?}");
+    }
+    // box2 fetches box4's page over the overlay (through the relay, into the
+    // NATed zone); box1 fetches it directly through the NAT.
+    for (n, from_node) in [(2, "box4"), (1, "box4"), (3, "box1")] {
+        let got = c.wait_for(
+            &format!("box{n} fetches {from_node}'s web page over the overlay"),
+            Duration::from_secs(180),
+            || {
+                let ov = overlay(&c, n);
+                let p = peer(&ov, from_node)?.clone();
+                p["services"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| {
+                        s["service"].as_str().is_some_and(|x| x.starts_with("web"))
+                            && s["status"] == 200
+                    })
+                    .cloned()
+            },
+        );
+        eprintln!("box{n} -> {from_node} web over the overlay: {got}");
+        assert!(
+            got["url"].as_str().unwrap_or("").starts_with("http://100."),
+            "{got}"
+        );
+    }
+    eprintln!(
+        "bench: install to reachable over the overlay in both zones: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // mDNS seen on one LAN is community-wide: box1 (zone-a) cannot hear
+    // zone-b's multicast, yet box4's web has an mDNS source there (from
+    // box3's or box4's answer), and the other way round on box3.
+    for (n, node) in [(1, "box4"), (3, "box1")] {
+        c.wait_for(
+            &format!("box{n} lists {node}'s web with an mDNS source from the other LAN"),
+            Duration::from_secs(120),
+            || {
+                let v = c.get(n, "/api/v1/services?type=_http._tcp");
+                let l = v
+                    .as_array()
+                    .cloned()
+                    .or_else(|| v["services"].as_array().cloned())?;
+                l.iter()
+                    .find(|s| {
+                        s["node"] == node
+                            && s["sources"]
+                                .as_array()
+                                .is_some_and(|x| x.iter().any(|y| y == "mdns"))
+                    })
+                    .cloned()
+            },
+        );
+    }
+    // The catalog lists the service with its node's overlay address.
+    let v = c.get(1, "/api/v1/services?type=_http._tcp");
+    let l = v
+        .as_array()
+        .cloned()
+        .or_else(|| v["services"].as_array().cloned())
+        .unwrap_or_default();
+    let w4 = l
+        .iter()
+        .find(|s| s["node"] == "box4")
+        .expect("box4's web on box1");
+    assert_eq!(w4["overlay_addr"], ovs[3]["address4"], "{w4}");
+
+    // `nuvol ctl members --by-zone` from the host, as the admin would.
+    let out = std::process::Command::new(nuvol_e2e::nuvol_bin())
+        .args(["ctl", "members", "--by-zone"])
+        .env("NUVOL_HOST", format!("http://{}", c.ip(1)))
+        .env("NUVOL_TOKEN", &c.token)
+        .output()
+        .expect("nuvol ctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("$ nuvol ctl members --by-zone\n{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (za, zb) = (
+        text.find("zone zone-a:").expect("zone-a"),
+        text.find("zone zone-b:").expect("zone-b"),
+    );
+    assert!(
+        za < zb && text[za..zb].contains("super-node*") && text[zb..].contains("super-node*"),
+        "{text}"
+    );
+    assert!(
+        text.contains(ovs[3]["address4"].as_str().unwrap_or("?"))
+            || text.contains(ovs[3]["address"].as_str().unwrap_or("?")),
+        "{text}"
+    );
+
+    // --- a member claiming box1's overlay address -------------------------
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(&c.key)
+        .expect("key");
+    let rogue_pub = nuvol_wg::Key::generate().unwrap().public();
+    let proof = nuvol_wg::proof(&secret, "rogue", &rogue_pub);
+    let wg_tag = format!(
+        "wg={},51820,{}",
+        rogue_pub.to_base64(),
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(proof)
+    );
+    let box1_addr = ovs[0]["address"].as_str().unwrap_or("").to_string();
+    let rogue_ip = format!("10.{}.1.6", c.net);
+    assert!(c
+        .run_in(
+            "a",
+            &["ip", "addr", "add", &format!("{rogue_ip}/24"), "dev", "br0"]
+        )
+        .status()
+        .unwrap()
+        .success());
+    let mut rogue = c
+        .run_in(
+            "a",
+            &[
+                "serf",
+                "agent",
+                "-node=rogue",
+                &format!("-bind={rogue_ip}:7946"),
+                "-rpc-addr=127.0.0.1:7374",
+                &format!("-encrypt={}", c.key),
+                &format!("-join={}", c.ip(1)),
+                "-tag",
+                &wg_tag,
+                "-tag",
+                &format!("ov={box1_addr}"),
+                "-tag",
+                "zone=zone-a",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serf agent");
+    c.wait_for(
+        "the rogue refused on every box",
+        Duration::from_secs(120),
+        || {
+            (1..=N)
+                .all(|n| {
+                    let ov = overlay(&c, n);
+                    ov["refused"].as_array().is_some_and(|r| {
+                        r.iter().any(|x| {
+                            x["node"] == "rogue"
+                                && x["why"]
+                                    .as_str()
+                                    .unwrap_or("")
+                                    .contains("ClaimsOtherAddress")
+                        })
+                    })
+                })
+                .then_some(())
+        },
+    );
+    for n in 2..=N {
+        let ov = overlay(&c, n);
+        assert!(peer(&ov, "rogue").is_none(), "box{n} peers with the rogue");
+        assert_eq!(
+            peer(&ov, "box1").expect("box1")["address"],
+            box1_addr.as_str()
+        );
+    }
+    let _ = rogue.kill();
+    let _ = rogue.wait();
+
+    // --- box2 killed: failed everywhere; back: rejoins ---------------------
+    c.kill(2);
+    let t_kill = Instant::now();
+    c.wait_for(
+        "box2 failed on every other box",
+        Duration::from_secs(120),
+        || {
+            [1, 3, 4]
+                .iter()
+                .all(|&n| member_status(&c, n, "box2").as_deref() == Some("failed"))
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "bench: box2 seen failed everywhere {:.1} s after the kill",
+        t_kill.elapsed().as_secs_f64()
+    );
+    c.start(2);
+    let t_back = Instant::now();
+    c.wait_for(
+        "box2 alive again everywhere, meshed",
+        Duration::from_secs(300),
+        || {
+            ([1, 3, 4]
+                .iter()
+                .all(|&n| member_status(&c, n, "box2").as_deref() == Some("alive"))
+                && meshed(&overlay(&c, 2))
+                && peer(&overlay(&c, 1), "box2")
+                    .is_some_and(|p| p["handshake_age_s"].as_u64().is_some_and(|a| a < 60)))
+            .then_some(())
+        },
+    );
+    eprintln!(
+        "bench: box2 back in gossip and the overlay {:.1} s after its boot",
+        t_back.elapsed().as_secs_f64()
+    );
+    // Same key, same address after the reboot.
+    assert_eq!(overlay(&c, 2)["address"], ovs[1]["address"]);
+}
