@@ -312,7 +312,17 @@ fn nat_and_published_ports_through_nftables() {
         let seen = tcp_get(&up_p, &format!("{HOST_UP}:8080")).expect("published after flush");
         assert_eq!(seen, UPSTREAM);
         // Forwarding switched off behind our back: the next reconcile (the
-        // periodic one, here asked for) switches it back on.
+        // periodic one, here asked for) switches it back on. First let the
+        // reconciles that the flush's own events trigger run out, so the
+        // one asked for is the one that finds it.
+        let settled = std::time::Instant::now();
+        while h.reconcile().await.unwrap() != 0 || settled.elapsed() < Duration::from_millis(300) {
+            assert!(
+                settled.elapsed() < Duration::from_secs(5),
+                "reconciles never settle"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         common::run(&[
             "ip",
             "netns",
@@ -322,6 +332,7 @@ fn nat_and_published_ports_through_nftables() {
             "-qw",
             "net.ipv4.ip_forward=0",
         ]);
+        assert_eq!(forwarding(&host_name), "0");
         assert!(h.reconcile().await.unwrap() >= 1);
         assert_eq!(forwarding(&host_name), "1");
         tokio::time::sleep(Duration::from_millis(100)).await;
