@@ -9,16 +9,17 @@
 //! checks; a malformed reply is an error, never a panic.
 
 use std::io;
-use std::os::fd::AsRawFd;
 
-use netlink_sys::{Socket, SocketAddr};
+use nuvol_rawnl::{
+    attrs, errno_of, messages, Attrs, Msg, NlError, NlMsg, NlSocket, Socket, NETLINK_NETFILTER,
+    NLMSG_ERROR, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
+};
 
 use crate::NetError;
 
 /// The table nuvol owns; nothing else on the box is touched.
 pub(crate) const TABLE: &str = "nuvol";
 
-const NETLINK_NETFILTER: isize = 12;
 const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
@@ -33,16 +34,6 @@ const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_DELRULE: u16 = 8;
-
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_APPEND: u16 = 0x800;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// `NFPROTO_IPV4`: the table's family (`ip`).
 pub(crate) const FAMILY_IP: u8 = 2;
@@ -170,95 +161,40 @@ pub(crate) struct Observed {
 
 // ---- encoding ----------------------------------------------------------
 
-struct MsgBuilder {
-    buf: Vec<u8>,
-    nests: Vec<usize>,
+/// An nf_tables message: the netlink header and `nfgenmsg` (family,
+/// version 0, resource id big-endian).
+fn nfgen(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Msg {
+    let r = res_id.to_be_bytes();
+    Msg::new(ty, flags, seq, &[family, 0, r[0], r[1]])
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
+fn nft_msg(msg: u16, flags: u16, seq: u32) -> Msg {
+    nfgen(
+        (NFNL_SUBSYS_NFTABLES << 8) | msg,
+        NLM_F_REQUEST | flags,
+        seq,
+        FAMILY_IP,
+        0,
+    )
 }
 
-impl MsgBuilder {
-    fn new(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Self {
-        let mut buf = Vec::with_capacity(256);
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // length, set in finish
-        buf.extend_from_slice(&ty.to_ne_bytes());
-        buf.extend_from_slice(&flags.to_ne_bytes());
-        buf.extend_from_slice(&seq.to_ne_bytes());
-        buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: kernel fills
-        buf.push(family);
-        buf.push(0); // NFNETLINK_V0
-        buf.extend_from_slice(&res_id.to_be_bytes());
-        MsgBuilder {
-            buf,
-            nests: Vec::new(),
-        }
-    }
+/// nf_tables attribute shapes: big-endian integers and `NFTA_DATA_VALUE`
+/// nests.
+trait NftAttrs {
+    fn u32(&mut self, ty: u16, v: u32) -> &mut Self;
+    fn data(&mut self, ty: u16, value: &[u8]) -> &mut Self;
+}
 
-    fn nft(msg: u16, flags: u16, seq: u32) -> Self {
-        Self::new(
-            (NFNL_SUBSYS_NFTABLES << 8) | msg,
-            NLM_F_REQUEST | flags,
-            seq,
-            FAMILY_IP,
-            0,
-        )
+impl NftAttrs for Msg {
+    fn u32(&mut self, ty: u16, v: u32) -> &mut Msg {
+        self.be32(ty, v)
     }
-
-    fn pad(&mut self) {
-        while !self.buf.len().is_multiple_of(4) {
-            self.buf.push(0);
-        }
-    }
-
-    fn attr(&mut self, ty: u16, data: &[u8]) -> &mut Self {
-        let len = (4 + data.len()) as u16;
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.pad();
-        self
-    }
-
-    fn str(&mut self, ty: u16, s: &str) -> &mut Self {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        self.attr(ty, &v)
-    }
-
-    fn u32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.attr(ty, &v.to_be_bytes())
-    }
-
-    fn begin(&mut self, ty: u16) -> &mut Self {
-        self.nests.push(self.buf.len());
-        self.buf.extend_from_slice(&0u16.to_ne_bytes());
-        self.buf
-            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-        self
-    }
-
-    fn end(&mut self) -> &mut Self {
-        if let Some(start) = self.nests.pop() {
-            let len = (self.buf.len() - start) as u16;
-            self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-        }
-        self
-    }
-
-    fn data(&mut self, ty: u16, value: &[u8]) -> &mut Self {
+    fn data(&mut self, ty: u16, value: &[u8]) -> &mut Msg {
         self.begin(ty).attr(NFTA_DATA_VALUE, value).end()
     }
-
-    fn finish(mut self) -> Vec<u8> {
-        let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.buf
-    }
 }
 
-fn encode_expr(b: &mut MsgBuilder, e: &Expr) {
+fn encode_expr(b: &mut Msg, e: &Expr) {
     b.begin(NFTA_LIST_ELEM);
     match e {
         Expr::Meta { key, dreg } => {
@@ -336,14 +272,11 @@ fn rule_hash(chain: &str, exprs: &[u8], comment: &str) -> u64 {
 }
 
 fn encoded_exprs(exprs: &[Expr]) -> Vec<u8> {
-    let mut b = MsgBuilder {
-        buf: Vec::new(),
-        nests: Vec::new(),
-    };
+    let mut b = Msg::attrs_only();
     for e in exprs {
         encode_expr(&mut b, e);
     }
-    b.buf
+    b.finish()
 }
 
 /// The rule's userdata: a libnftnl-style comment TLV (type 0, length,
@@ -365,7 +298,7 @@ pub(crate) fn userdata(r: &Rule) -> Vec<u8> {
 }
 
 fn batch_begin(seq: u32) -> Vec<u8> {
-    MsgBuilder::new(
+    nfgen(
         NFNL_MSG_BATCH_BEGIN,
         NLM_F_REQUEST,
         seq,
@@ -376,7 +309,7 @@ fn batch_begin(seq: u32) -> Vec<u8> {
 }
 
 fn batch_end(seq: u32) -> Vec<u8> {
-    MsgBuilder::new(
+    nfgen(
         NFNL_MSG_BATCH_END,
         NLM_F_REQUEST,
         seq,
@@ -403,7 +336,7 @@ fn build_batch(rs: Option<&Ruleset>, seq0: u32) -> (Vec<u8>, Vec<(u32, String)>)
         seq
     };
     let s = next();
-    let mut b = MsgBuilder::nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, s);
+    let mut b = nft_msg(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, s);
     b.str(NFTA_TABLE_NAME, TABLE);
     parts.push((
         s,
@@ -413,7 +346,7 @@ fn build_batch(rs: Option<&Ruleset>, seq0: u32) -> (Vec<u8>, Vec<(u32, String)>)
         },
     ));
     let s = next();
-    let mut b = MsgBuilder::nft(NFT_MSG_DELTABLE, NLM_F_ACK, s);
+    let mut b = nft_msg(NFT_MSG_DELTABLE, NLM_F_ACK, s);
     b.str(NFTA_TABLE_NAME, TABLE);
     parts.push((
         s,
@@ -424,7 +357,7 @@ fn build_batch(rs: Option<&Ruleset>, seq0: u32) -> (Vec<u8>, Vec<(u32, String)>)
     ));
     if let Some(rs) = rs {
         let s = next();
-        let mut b = MsgBuilder::nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, s);
+        let mut b = nft_msg(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, s);
         b.str(NFTA_TABLE_NAME, TABLE);
         parts.push((
             s,
@@ -435,7 +368,7 @@ fn build_batch(rs: Option<&Ruleset>, seq0: u32) -> (Vec<u8>, Vec<(u32, String)>)
         ));
         for c in &rs.chains {
             let s = next();
-            let mut b = MsgBuilder::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, s);
+            let mut b = nft_msg(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, s);
             b.str(NFTA_CHAIN_TABLE, TABLE).str(NFTA_CHAIN_NAME, c.name);
             b.begin(NFTA_CHAIN_HOOK)
                 .u32(NFTA_HOOK_HOOKNUM, c.hook)
@@ -453,8 +386,7 @@ fn build_batch(rs: Option<&Ruleset>, seq0: u32) -> (Vec<u8>, Vec<(u32, String)>)
         }
         for r in &rs.rules {
             let s = next();
-            let mut b =
-                MsgBuilder::nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK, s);
+            let mut b = nft_msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK, s);
             b.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, r.chain);
             b.begin(NFTA_RULE_EXPRESSIONS);
             for e in &r.exprs {
@@ -483,51 +415,6 @@ fn build_batch(rs: Option<&Ruleset>, seq0: u32) -> (Vec<u8>, Vec<(u32, String)>)
 
 // ---- decoding ----------------------------------------------------------
 
-/// One netlink message from a receive buffer.
-struct NlMsg<'a> {
-    ty: u16,
-    seq: u32,
-    payload: &'a [u8],
-}
-
-fn messages(buf: &[u8]) -> Result<Vec<NlMsg<'_>>, NetError> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + 16 <= buf.len() {
-        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-        if len < 16 || off + len > buf.len() {
-            return Err(NetError::Nft("malformed netlink reply".into()));
-        }
-        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-        let seq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
-        out.push(NlMsg {
-            ty,
-            seq,
-            payload: &buf[off + 16..off + len],
-        });
-        off += align4(len);
-    }
-    Ok(out)
-}
-
-/// Netlink attributes as (type without flags, value).
-type Attrs<'a> = Vec<(u16, &'a [u8])>;
-
-fn attrs(mut b: &[u8]) -> Attrs<'_> {
-    let mut out = Vec::new();
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            break;
-        }
-        out.push((ty, &b[4..len]));
-        let next = align4(len).min(b.len());
-        b = &b[next..];
-    }
-    out
-}
-
 fn attr_str(v: &[u8]) -> String {
     let end = v.iter().position(|&c| c == 0).unwrap_or(v.len());
     String::from_utf8_lossy(&v[..end]).into_owned()
@@ -546,14 +433,6 @@ fn nft_attrs<'a>(m: &NlMsg<'a>) -> Option<(u16, Attrs<'a>)> {
     Some((m.ty & 0xff, attrs(&m.payload[4..])))
 }
 
-fn errno_of(payload: &[u8]) -> i32 {
-    payload
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .map(i32::from_ne_bytes)
-        .unwrap_or(-libc::EPROTO)
-}
-
 fn errno_text(e: i32) -> String {
     io::Error::from_raw_os_error(-e).to_string()
 }
@@ -564,76 +443,36 @@ fn errno_text(e: i32) -> String {
 /// the kernel handles a batch or a dump step synchronously inside
 /// `sendmsg`/`recvmsg`, so replies are already queued when read.
 pub(crate) struct Nft {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
+    nl: NlSocket,
 }
 
 fn io_nft(what: &str) -> impl FnOnce(io::Error) -> NetError + '_ {
     move |e| NetError::Nft(format!("{what}: {e}"))
 }
 
-const RECV_BUF: usize = 256 * 1024;
+fn nl_nft(e: NlError) -> NetError {
+    NetError::Nft(e.to_string())
+}
+
+const RECV_BUF: usize = nuvol_rawnl::RECV_BUF;
 const MAX_DUMP_MSGS: usize = 100_000;
 
 impl Nft {
     pub fn open() -> Result<Nft, NetError> {
-        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(io_nft("netlink socket"))?;
-        sock.bind_auto().map_err(io_nft("bind"))?;
-        let tv = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
-        // SAFETY: valid fd and a correctly sized timeval.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io_nft("SO_RCVTIMEO")(io::Error::last_os_error()));
-        }
         Ok(Nft {
-            sock,
-            seq: std::process::id().wrapping_mul(1000),
-            buf: Vec::with_capacity(RECV_BUF),
+            nl: NlSocket::open(NETLINK_NETFILTER).map_err(nl_nft)?,
         })
-    }
-
-    fn send(&self, bytes: &[u8]) -> Result<(), NetError> {
-        self.sock
-            .send_to(bytes, &SocketAddr::new(0, 0), 0)
-            .map_err(io_nft("send"))?;
-        Ok(())
-    }
-
-    fn recv(&mut self) -> Result<(), NetError> {
-        self.buf.clear();
-        let (n, _) = self
-            .sock
-            .recv_from(&mut self.buf, libc::MSG_TRUNC)
-            .map_err(io_nft("receive"))?;
-        if n > RECV_BUF {
-            return Err(NetError::Nft("netlink reply larger than the buffer".into()));
-        }
-        Ok(())
     }
 
     /// Replace table `ip nuvol` with `rs`, or delete it (`None`), in one
     /// atomic batch: all of it happens or none of it.
     pub fn apply(&mut self, rs: Option<&Ruleset>) -> Result<(), NetError> {
-        let seq0 = self.seq;
-        let (bytes, acks) = build_batch(rs, seq0);
-        self.seq = seq0.wrapping_add(acks.len() as u32 + 2);
-        self.send(&bytes)?;
+        let (bytes, acks) = build_batch(rs, self.nl.last_seq());
+        self.nl.advance_seqs(acks.len() as u32 + 2);
+        self.nl.send(&bytes).map_err(nl_nft)?;
         let mut pending: Vec<(u32, String)> = acks;
         while !pending.is_empty() {
-            self.recv()?;
-            for m in messages(&self.buf)? {
+            for m in self.nl.recv().map_err(nl_nft)? {
                 if m.ty != NLMSG_ERROR {
                     continue;
                 }
@@ -651,59 +490,35 @@ impl Nft {
     }
 
     /// Dump one kind of object (tables, chains, rules) of family `ip`;
-    /// returns the attribute lists of the replies.
+    /// returns what `each` makes of the replies' attribute lists.
     fn dump<T>(
         &mut self,
         msg: u16,
         filter_table: bool,
         mut each: impl FnMut(Vec<(u16, &[u8])>) -> Option<T>,
     ) -> Result<Vec<T>, NetError> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut b = MsgBuilder::nft(msg, NLM_F_DUMP, seq);
+        let seq = self.nl.next_seq();
+        let mut b = nft_msg(msg, NLM_F_DUMP, seq);
         if filter_table {
             b.str(1, TABLE); // NFTA_CHAIN_TABLE / NFTA_RULE_TABLE
         }
-        self.send(&b.finish())?;
-        let mut out = Vec::new();
-        let mut count = 0usize;
-        loop {
-            self.recv()?;
-            let mut done = false;
-            for m in messages(&self.buf)? {
-                if m.seq != seq {
-                    continue;
-                }
-                match m.ty {
-                    NLMSG_DONE => done = true,
-                    NLMSG_ERROR => {
-                        let e = errno_of(m.payload);
-                        if e == -libc::ENOENT {
-                            // Filtered on a table that does not exist.
-                            done = true;
-                        } else if e != 0 {
-                            return Err(NetError::Nft(format!("dump: {}", errno_text(e))));
-                        } else {
-                            done = true;
-                        }
-                    }
-                    _ => {
-                        count += 1;
-                        if count > MAX_DUMP_MSGS {
-                            return Err(NetError::Nft("dump too long".into()));
-                        }
-                        if let Some((_, a)) = nft_attrs(&m) {
-                            if let Some(t) = each(a) {
-                                out.push(t);
-                            }
-                        }
-                    }
-                }
-            }
-            if done {
-                return Ok(out);
-            }
-        }
+        let replies = match self.nl.dump(&b.finish(), seq, MAX_DUMP_MSGS, "dump") {
+            Ok(r) => r,
+            // Filtered on a table that does not exist.
+            Err(e) if e.errno() == Some(libc::ENOENT) => Vec::new(),
+            Err(e) => return Err(nl_nft(e)),
+        };
+        Ok(replies
+            .iter()
+            .filter_map(|(ty, payload)| {
+                let m = NlMsg {
+                    ty: *ty,
+                    seq,
+                    payload,
+                };
+                nft_attrs(&m).and_then(|(_, a)| each(a))
+            })
+            .collect())
     }
 
     /// Whether table `ip nuvol` exists.

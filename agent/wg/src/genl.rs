@@ -8,26 +8,14 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use netlink_sys::Socket;
+use nuvol_rawnl::{
+    attrs, errno_of, Msg, NlError, NlSocket, NETLINK_GENERIC, NETLINK_ROUTE, NLMSG_ERROR,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+};
 
 use crate::{Key, WgError};
-
-const NETLINK_ROUTE: isize = 0;
-const NETLINK_GENERIC: isize = 16;
-
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_CMD_GETFAMILY: u8 = 3;
@@ -79,7 +67,6 @@ const IFA_F_NODAD: u32 = 0x02;
 const MAX_DUMP_MSGS: usize = 10_000;
 /// Most peers read back.
 pub const MAX_PEERS: usize = 4096;
-const RECV_BUF: usize = 256 * 1024;
 
 /// One peer as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,113 +110,13 @@ pub struct Device {
     pub peers: Vec<PeerState>,
 }
 
-fn nl_err(what: &str) -> impl FnOnce(io::Error) -> WgError + '_ {
-    move |e| WgError::Netlink(format!("{what}: {e}"))
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// A netlink message under construction: header, fixed part, attributes
-/// (with a stack of open nests).
-struct Msg {
-    b: Vec<u8>,
-    nests: Vec<usize>,
-}
-
-impl Msg {
-    fn new(ty: u16, flags: u16, seq: u32, fixed: &[u8]) -> Msg {
-        let mut b = Vec::with_capacity(512);
-        b.extend_from_slice(&0u32.to_ne_bytes());
-        b.extend_from_slice(&ty.to_ne_bytes());
-        b.extend_from_slice(&flags.to_ne_bytes());
-        b.extend_from_slice(&seq.to_ne_bytes());
-        b.extend_from_slice(&0u32.to_ne_bytes());
-        b.extend_from_slice(fixed);
-        Msg {
-            b,
-            nests: Vec::new(),
+impl From<NlError> for WgError {
+    fn from(e: NlError) -> WgError {
+        match e {
+            NlError::Kernel { .. } => WgError::Kernel(e.to_string()),
+            e => WgError::Netlink(e.to_string()),
         }
     }
-    fn attr(&mut self, ty: u16, v: &[u8]) -> &mut Msg {
-        let len = 4 + v.len();
-        self.b.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.b.extend_from_slice(&ty.to_ne_bytes());
-        self.b.extend_from_slice(v);
-        self.b.resize(align4(self.b.len()), 0);
-        self
-    }
-    fn str(&mut self, ty: u16, s: &str) -> &mut Msg {
-        let mut v = s.as_bytes().to_vec();
-        v.push(0);
-        self.attr(ty, &v)
-    }
-    fn begin(&mut self, ty: u16) -> &mut Msg {
-        self.nests.push(self.b.len());
-        self.b.extend_from_slice(&0u16.to_ne_bytes());
-        self.b.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-        self
-    }
-    fn end(&mut self) -> &mut Msg {
-        if let Some(at) = self.nests.pop() {
-            let len = (self.b.len() - at) as u16;
-            self.b[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-        }
-        self
-    }
-    fn finish(mut self) -> Vec<u8> {
-        while !self.nests.is_empty() {
-            self.end();
-        }
-        let len = self.b.len() as u32;
-        self.b[..4].copy_from_slice(&len.to_ne_bytes());
-        self.b
-    }
-}
-
-/// Netlink attributes as (type without flags, value); stops at the first
-/// malformed one.
-fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            break;
-        }
-        out.push((ty, &b[4..len]));
-        b = &b[align4(len).min(b.len())..];
-    }
-    out
-}
-
-/// (type, seq, payload) of one message.
-type RawMsg<'a> = (u16, u32, &'a [u8]);
-
-/// The messages in a receive buffer.
-fn messages(buf: &[u8]) -> Result<Vec<RawMsg<'_>>, WgError> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + 16 <= buf.len() {
-        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-        if len < 16 || off + len > buf.len() {
-            return Err(WgError::Netlink("truncated netlink message".into()));
-        }
-        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-        let seq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
-        out.push((ty, seq, &buf[off + 16..off + len]));
-        off += align4(len);
-    }
-    Ok(out)
-}
-
-fn errno_of(payload: &[u8]) -> i32 {
-    payload
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .map(i32::from_ne_bytes)
-        .unwrap_or(-libc::EPROTO)
 }
 
 fn u16_of(v: &[u8]) -> Option<u16> {
@@ -345,122 +232,9 @@ fn parse_peer(v: &[u8]) -> Option<PeerState> {
     have_key.then_some(p)
 }
 
-/// A request/reply netlink socket.
-struct Nl {
-    sock: Socket,
-    seq: u32,
-    buf: Vec<u8>,
-}
-
-impl Nl {
-    fn open(proto: isize) -> Result<Nl, WgError> {
-        let mut sock = Socket::new(proto).map_err(nl_err("netlink socket"))?;
-        sock.bind_auto().map_err(nl_err("bind"))?;
-        let tv = libc::timeval {
-            tv_sec: 2,
-            tv_usec: 0,
-        };
-        // SAFETY: a valid fd and a correctly sized timeval.
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(nl_err("SO_RCVTIMEO")(io::Error::last_os_error()));
-        }
-        Ok(Nl {
-            sock,
-            seq: std::process::id().wrapping_mul(7919),
-            buf: Vec::with_capacity(RECV_BUF),
-        })
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
-    }
-
-    fn send(&self, bytes: &[u8]) -> Result<(), WgError> {
-        self.sock
-            .send_to(bytes, &netlink_sys::SocketAddr::new(0, 0), 0)
-            .map_err(nl_err("send"))?;
-        Ok(())
-    }
-
-    fn recv(&mut self) -> Result<(), WgError> {
-        self.buf.clear();
-        let (n, _) = self
-            .sock
-            .recv_from(&mut self.buf, libc::MSG_TRUNC)
-            .map_err(nl_err("receive"))?;
-        if n > RECV_BUF {
-            return Err(WgError::Netlink("reply larger than the buffer".into()));
-        }
-        Ok(())
-    }
-
-    /// Send a request with ACK and wait for it; `what` names it in errors.
-    fn request(&mut self, bytes: Vec<u8>, seq: u32, what: &str) -> Result<(), WgError> {
-        self.send(&bytes)?;
-        for _ in 0..64 {
-            self.recv()?;
-            for (ty, s, payload) in messages(&self.buf)? {
-                if s != seq || ty != NLMSG_ERROR {
-                    continue;
-                }
-                let e = errno_of(payload);
-                if e == 0 {
-                    return Ok(());
-                }
-                return Err(WgError::Kernel(format!(
-                    "{what}: {}",
-                    io::Error::from_raw_os_error(-e)
-                )));
-            }
-        }
-        Err(WgError::Netlink(format!("{what}: no answer")))
-    }
-
-    /// Send a dump request and collect the payloads of its replies.
-    fn dump(&mut self, bytes: Vec<u8>, seq: u32, what: &str) -> Result<Vec<Vec<u8>>, WgError> {
-        self.send(&bytes)?;
-        let mut out = Vec::new();
-        loop {
-            self.recv()?;
-            for (ty, s, payload) in messages(&self.buf)? {
-                if s != seq {
-                    continue;
-                }
-                match ty {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        let e = errno_of(payload);
-                        if e == 0 {
-                            return Ok(out);
-                        }
-                        return Err(WgError::Kernel(format!(
-                            "{what}: {}",
-                            io::Error::from_raw_os_error(-e)
-                        )));
-                    }
-                    _ => out.push(payload.to_vec()),
-                }
-                if out.len() > MAX_DUMP_MSGS {
-                    return Err(WgError::Netlink(format!("{what}: too many replies")));
-                }
-            }
-        }
-    }
-}
-
 /// Kernel WireGuard: the generic netlink family and a route socket.
 pub struct Wg {
-    genl: Nl,
+    genl: NlSocket,
     family: u16,
 }
 
@@ -468,7 +242,7 @@ impl Wg {
     /// Open the sockets and look up the `wireguard` family (the kernel must
     /// have WireGuard built in or loaded).
     pub fn open() -> Result<Wg, WgError> {
-        let mut genl = Nl::open(NETLINK_GENERIC)?;
+        let mut genl = NlSocket::open(NETLINK_GENERIC)?;
         let seq = genl.next_seq();
         let mut m = Msg::new(
             GENL_ID_CTRL,
@@ -479,28 +253,32 @@ impl Wg {
         m.str(CTRL_ATTR_FAMILY_NAME, "wireguard");
         genl.send(&m.finish())?;
         for _ in 0..64 {
-            genl.recv()?;
-            for (ty, s, payload) in messages(&genl.buf)? {
-                if s != seq {
+            let mut family = None;
+            for r in genl.recv()? {
+                if r.seq != seq {
                     continue;
                 }
-                if ty == NLMSG_ERROR {
-                    let e = errno_of(payload);
+                if r.ty == NLMSG_ERROR {
+                    let e = errno_of(r.payload);
                     return Err(WgError::Kernel(format!(
                         "no wireguard in this kernel: {}",
                         io::Error::from_raw_os_error(-e)
                     )));
                 }
-                let fam = payload
+                family = r
+                    .payload
                     .get(4..)
                     .map(attrs)
                     .unwrap_or_default()
                     .into_iter()
                     .find(|(t, _)| *t == CTRL_ATTR_FAMILY_ID)
                     .and_then(|(_, v)| u16_of(v));
-                if let Some(family) = fam {
-                    return Ok(Wg { genl, family });
+                if family.is_some() {
+                    break;
                 }
+            }
+            if let Some(family) = family {
+                return Ok(Wg { genl, family });
             }
         }
         Err(WgError::Netlink("wireguard family: no answer".into()))
@@ -517,7 +295,7 @@ impl Wg {
         m.str(WGDEVICE_A_IFNAME, ifname)
             .attr(WGDEVICE_A_PRIVATE_KEY, &private.0)
             .attr(WGDEVICE_A_LISTEN_PORT, &port.to_ne_bytes());
-        self.genl.request(m.finish(), seq, "set device")
+        Ok(self.genl.request(&m.finish(), seq, "set device")?)
     }
 
     /// Add a peer or change it: AllowedIPs are replaced, the endpoint set
@@ -548,7 +326,7 @@ impl Wg {
             };
             m.attr(WGALLOWEDIP_A_CIDR_MASK, &[*mask]).end();
         }
-        self.genl.request(m.finish(), seq, "set peer")
+        Ok(self.genl.request(&m.finish(), seq, "set peer")?)
     }
 
     /// Remove a peer.
@@ -559,16 +337,18 @@ impl Wg {
             .begin(0)
             .attr(WGPEER_A_PUBLIC_KEY, &public.0)
             .attr(WGPEER_A_FLAGS, &WGPEER_F_REMOVE_ME.to_ne_bytes());
-        self.genl.request(m.finish(), seq, "remove peer")
+        Ok(self.genl.request(&m.finish(), seq, "remove peer")?)
     }
 
     /// The device and its peers as the kernel has them now.
     pub fn device(&mut self, ifname: &str) -> Result<Device, WgError> {
         let (mut m, seq) = self.wg_msg(WG_CMD_GET_DEVICE, NLM_F_REQUEST | NLM_F_DUMP);
         m.str(WGDEVICE_A_IFNAME, ifname);
-        let parts = self.genl.dump(m.finish(), seq, "get device")?;
+        let parts = self
+            .genl
+            .dump(&m.finish(), seq, MAX_DUMP_MSGS, "get device")?;
         let mut d = Device::default();
-        for p in &parts {
+        for (_, p) in &parts {
             let Some(body) = p.get(4..) else { continue };
             for (t, v) in attrs(body) {
                 match t {
@@ -612,7 +392,7 @@ pub fn ensure_link(ifname: &str, mtu: u32, addrs: &[(IpAddr, u8)]) -> Result<u32
     if ifname.is_empty() || ifname.len() > 15 {
         return Err(WgError::Kernel(format!("bad interface name {ifname:?}")));
     }
-    let mut nl = Nl::open(NETLINK_ROUTE)?;
+    let mut nl = NlSocket::open(NETLINK_ROUTE)?;
     if ifindex(ifname).is_none() {
         let seq = nl.next_seq();
         let mut m = Msg::new(
@@ -626,7 +406,7 @@ pub fn ensure_link(ifname: &str, mtu: u32, addrs: &[(IpAddr, u8)]) -> Result<u32
             .begin(IFLA_LINKINFO)
             .str(IFLA_INFO_KIND, "wireguard")
             .end();
-        nl.request(m.finish(), seq, "create the WireGuard link")?;
+        nl.request(&m.finish(), seq, "create the WireGuard link")?;
     }
     let index = ifindex(ifname)
         .ok_or_else(|| WgError::Kernel(format!("{ifname} vanished after create")))?;
@@ -648,7 +428,7 @@ pub fn ensure_link(ifname: &str, mtu: u32, addrs: &[(IpAddr, u8)]) -> Result<u32
         m.attr(IFA_LOCAL, &bytes)
             .attr(IFA_ADDRESS, &bytes)
             .attr(IFA_FLAGS, &IFA_F_NODAD.to_ne_bytes());
-        nl.request(m.finish(), seq, &format!("overlay address {addr}"))?;
+        nl.request(&m.finish(), seq, &format!("overlay address {addr}"))?;
     }
     // Up.
     let seq = nl.next_seq();
@@ -657,7 +437,7 @@ pub fn ensure_link(ifname: &str, mtu: u32, addrs: &[(IpAddr, u8)]) -> Result<u32
     fixed[8..12].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
     fixed[12..16].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
     let m = Msg::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq, &fixed);
-    nl.request(m.finish(), seq, "bring the WireGuard link up")?;
+    nl.request(&m.finish(), seq, "bring the WireGuard link up")?;
     Ok(index)
 }
 
@@ -666,7 +446,7 @@ pub fn ensure_link(ifname: &str, mtu: u32, addrs: &[(IpAddr, u8)]) -> Result<u32
 /// route is not an error).
 pub fn host_route(ifname: &str, dst: IpAddr, add: bool) -> Result<(), WgError> {
     let index = ifindex(ifname).ok_or_else(|| WgError::Kernel(format!("no link {ifname}")))?;
-    let mut nl = Nl::open(NETLINK_ROUTE)?;
+    let mut nl = NlSocket::open(NETLINK_ROUTE)?;
     let seq = nl.next_seq();
     let (fam, len, bytes) = match dst {
         IpAddr::V4(a) => (libc::AF_INET, 32u8, a.octets().to_vec()),
@@ -696,9 +476,9 @@ pub fn host_route(ifname: &str, dst: IpAddr, add: bool) -> Result<(), WgError> {
     };
     let mut m = Msg::new(ty, flags, seq, &fixed);
     m.attr(RTA_DST, &bytes).attr(RTA_OIF, &index.to_ne_bytes());
-    match nl.request(m.finish(), seq, &format!("route {dst} via {ifname}")) {
-        Err(WgError::Kernel(e)) if !add && e.contains("No such process") => Ok(()),
-        r => r,
+    match nl.request(&m.finish(), seq, &format!("route {dst} via {ifname}")) {
+        Err(e) if !add && e.errno() == Some(libc::ESRCH) => Ok(()),
+        r => Ok(r?),
     }
 }
 
@@ -707,17 +487,18 @@ pub fn delete_link(ifname: &str) -> Result<(), WgError> {
     let Some(index) = ifindex(ifname) else {
         return Ok(());
     };
-    let mut nl = Nl::open(NETLINK_ROUTE)?;
+    let mut nl = NlSocket::open(NETLINK_ROUTE)?;
     let seq = nl.next_seq();
     let mut fixed = vec![0u8; 16];
     fixed[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
     let m = Msg::new(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, seq, &fixed);
-    nl.request(m.finish(), seq, "delete the WireGuard link")
+    Ok(nl.request(&m.finish(), seq, "delete the WireGuard link")?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nuvol_rawnl::messages;
 
     #[test]
     fn sockaddrs_round_trip() {
