@@ -5,30 +5,14 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use nuvol_container::{pipe, spawn, ExitStatus, RootSource, RootWrite, Rootfs, Stdio};
+use nuvol_container::{spawn, ExitStatus, RootSource, RootWrite, Rootfs, Stdio};
 
 fn run(
     spec: &nuvol_container::ContainerSpec,
     cg: &CgroupGuard,
     state: &std::path::Path,
 ) -> (ExitStatus, String) {
-    let (r, w) = pipe().unwrap();
-    let w2 = w.try_clone().unwrap();
-    let mut c = spawn(
-        spec,
-        &cg.0,
-        state,
-        Stdio {
-            stdin: None,
-            stdout: Some(w),
-            stderr: Some(w2),
-        },
-    )
-    .unwrap();
-    let out = read_all(r, Duration::from_secs(20));
-    let st = c.wait().unwrap();
-    c.destroy().unwrap();
-    (st, out)
+    run_to_end(spec, cg, state, Duration::from_secs(20))
 }
 
 #[test]

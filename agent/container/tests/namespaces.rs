@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use nuvol_container::{pipe, spawn, ExitStatus, Mount, Stdio};
+use nuvol_container::{ExitStatus, Mount};
 
 /// Copy `exe`'s shared libraries (from `ldd`) into `root` at the same paths;
 /// nothing for a static binary.
@@ -39,25 +39,9 @@ fn copy_libraries(exe: &Path, root: &Path) {
 fn run(
     spec: &nuvol_container::ContainerSpec,
     cg: &CgroupGuard,
-    state: &Path,
+    state: &std::path::Path,
 ) -> (ExitStatus, String) {
-    let (r, w) = pipe().unwrap();
-    let w2 = w.try_clone().unwrap();
-    let mut c = spawn(
-        spec,
-        &cg.0,
-        state,
-        Stdio {
-            stdin: None,
-            stdout: Some(w),
-            stderr: Some(w2),
-        },
-    )
-    .unwrap();
-    let out = read_all(r, Duration::from_secs(30));
-    let st = c.wait().unwrap();
-    c.destroy().unwrap();
-    (st, out)
+    run_to_end(spec, cg, state, Duration::from_secs(30))
 }
 
 #[test]

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use nuvol_container::{CgroupRoot, ContainerSpec, RootSource, RootWrite, Rootfs};
+use nuvol_container::{
+    pipe, spawn, CgroupRoot, ContainerSpec, ExitStatus, RootSource, RootWrite, Rootfs, Stdio,
+};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -151,4 +153,31 @@ pub fn oci_config(args: &[&str], hostname: &str) -> String {
   }}
 }}"#
     )
+}
+
+/// Run the container to its end with stdout and stderr into one pipe;
+/// its exit and output (read for at most `timeout`).
+pub fn run_to_end(
+    spec: &ContainerSpec,
+    cg: &CgroupGuard,
+    state: &Path,
+    timeout: Duration,
+) -> (ExitStatus, String) {
+    let (r, w) = pipe().unwrap();
+    let w2 = w.try_clone().unwrap();
+    let mut c = spawn(
+        spec,
+        &cg.0,
+        state,
+        Stdio {
+            stdin: None,
+            stdout: Some(w),
+            stderr: Some(w2),
+        },
+    )
+    .unwrap();
+    let out = read_all(r, timeout);
+    let st = c.wait().unwrap();
+    c.destroy().unwrap();
+    (st, out)
 }
