@@ -112,19 +112,7 @@ impl ExecTarget {
             flags |= CLONE_INTO_CGROUP;
         }
         let mut pidfd: RawFd = -1;
-        let clone_args = CloneArgs {
-            flags,
-            pidfd: &mut pidfd as *mut RawFd as u64,
-            child_tid: 0,
-            parent_tid: 0,
-            exit_signal: libc::SIGCHLD as u64,
-            stack: 0,
-            stack_size: 0,
-            tls: 0,
-            set_tid: 0,
-            set_tid_size: 0,
-            cgroup: cg_fd.as_ref().map_or(0, |f| f.as_raw_fd() as u64),
-        };
+        let clone_args = CloneArgs::new(flags, &mut pidfd, cg_fd.as_ref());
         let container = self.inner.pidfd.as_raw_fd();
         let cgroup = &self.inner.cgroup;
         let oom_score_adj = id.oom_score_adj;

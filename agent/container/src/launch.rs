@@ -33,6 +33,26 @@ pub(crate) struct CloneArgs {
     pub cgroup: u64,
 }
 
+impl CloneArgs {
+    /// `clone3` arguments for a child that signals SIGCHLD, with its pidfd
+    /// stored into `pidfd` and (with `CLONE_INTO_CGROUP`) born in `cgroup`.
+    pub(crate) fn new(flags: u64, pidfd: &mut RawFd, cgroup: Option<&fs::File>) -> CloneArgs {
+        CloneArgs {
+            flags,
+            pidfd: pidfd as *mut RawFd as u64,
+            child_tid: 0,
+            parent_tid: 0,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: 0,
+            stack_size: 0,
+            tls: 0,
+            set_tid: 0,
+            set_tid_size: 0,
+            cgroup: cgroup.map_or(0, |f| f.as_raw_fd() as u64),
+        }
+    }
+}
+
 /// How the container's process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitStatus {
@@ -298,19 +318,7 @@ fn create_inner(
         flags |= CLONE_INTO_CGROUP | libc::CLONE_NEWCGROUP as u64;
     }
     let mut pidfd: RawFd = -1;
-    let args = CloneArgs {
-        flags,
-        pidfd: &mut pidfd as *mut RawFd as u64,
-        child_tid: 0,
-        parent_tid: 0,
-        exit_signal: libc::SIGCHLD as u64,
-        stack: 0,
-        stack_size: 0,
-        tls: 0,
-        set_tid: 0,
-        set_tid_size: 0,
-        cgroup: cg_fd.as_ref().map_or(0, |f| f.as_raw_fd() as u64),
-    };
+    let args = CloneArgs::new(flags, &mut pidfd, cg_fd.as_ref());
     let pid = launcher::clone(&args, &prepared.plan)?;
     // SAFETY: CLONE_PIDFD stored a new fd owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
