@@ -19,6 +19,7 @@
 //! `avahi-utils`, `dbus`, `serf`, `busybox-static`, `squashfs-tools`,
 //! `bzip2`, `iproute2`, `util-linux` (tests/apt-packages.txt).
 
+mod common;
 #[path = "../../mdns/tests/common/mod.rs"]
 mod rig;
 
@@ -32,17 +33,10 @@ use nuvol_bundle::{build, ImageType, SecretKey};
 use rig::{Avahi, Pair};
 use serde_json::Value;
 
+/// The shared busybox rootfs with a page for `httpd` under /www.
 fn busybox_rootfs(root: &Path) {
-    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "data", "www"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("apt-get install busybox-static");
-    for a in ["sh", "sleep", "httpd", "echo", "test", "["] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
+    common::busybox_rootfs(root);
+    std::fs::create_dir_all(root.join("www")).unwrap();
     std::fs::write(root.join("www/index.html"), "ok\n").unwrap();
 }
 
