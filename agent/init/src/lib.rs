@@ -12,7 +12,9 @@
 //!    kernel command line) and the `nuvol-data` partition on the same disk,
 //!    refusing any other disk's loudly, grows data to fill the disk on
 //!    first boot, mounts boot at /boot (read-only) and data at /data;
-//! 3. sets the host name from `/boot/nuvol.toml`;
+//! 3. sets the host name from `/boot/nuvol.toml`; carries out a pending
+//!    factory reset (a request on data, or a `factory-reset` file on boot):
+//!    wipes the data partition before the agent starts (`nuvol_reset`);
 //! 4. starts `nuvol agent` (`oom_score_adj` -900; PID 1 itself -1000,
 //!    services +500) and restarts it with exponential backoff when it
 //!    dies, reaping every zombie meanwhile; feeds the hardware watchdog only
@@ -27,6 +29,7 @@
 
 mod evdev;
 mod mounts;
+mod reset;
 mod rootfs;
 mod supervise;
 
@@ -34,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use rootfs::root_is_rootfs;
-pub use supervise::{Backoff, HEARTBEAT_FD_ENV};
+pub use supervise::{Backoff, HEARTBEAT_FD_ENV, RESET_DIR_ENV};
 
 /// Where things live on a booted box.
 #[derive(Debug, Clone)]
@@ -105,6 +108,9 @@ pub fn run(self_exe: &Path) -> ! {
     if let Err(e) = nix::unistd::sethostname(loaded.config.hostname()) {
         say!("sethostname: {e}");
     }
+    // A pending factory reset wipes the data partition before the agent
+    // sees it (docs/boot.md, "Factory reset").
+    reset::at_boot(&layout, data_ok, loaded.config.debug.test_hooks);
     if !data_ok {
         say!("data partition unavailable: state is kept in memory only until it is fixed");
         let _ = std::fs::create_dir_all(&layout.state_dir);

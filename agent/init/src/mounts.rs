@@ -137,8 +137,8 @@ pub fn disks(layout: &Layout) -> bool {
                 &p.dev.to_string_lossy(),
                 &target,
                 "vfat",
-                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some("umask=0077,shortname=mixed"),
+                MsFlags::MS_RDONLY | boot_flags(),
+                Some(BOOT_OPTS),
             ) {
                 say!("boot partition {} on {target}", p.dev.display());
             }
@@ -188,6 +188,31 @@ pub fn disks(layout: &Layout) -> bool {
         say!("create {}: {e}", layout.state_dir.display());
     }
     true
+}
+
+/// Mount options of the boot partition (FAT): files private to root.
+const BOOT_OPTS: &str = "umask=0077,shortname=mixed";
+/// Per-mount flags of the boot partition besides read-only.
+fn boot_flags() -> MsFlags {
+    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+}
+
+/// Remount the boot partition writable (`rw`) or read-only again: the
+/// factory reset removes its trigger file in between, nothing else writes
+/// there. Going read-only flushes the FAT and clears its dirty flag.
+pub fn remount_boot(layout: &Layout, rw: bool) -> std::io::Result<()> {
+    let mut flags = MsFlags::MS_REMOUNT | boot_flags();
+    if !rw {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(
+        None::<&str>,
+        layout.boot_mount.as_path(),
+        None::<&str>,
+        flags,
+        Some(BOOT_OPTS),
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// Unmount data and boot before power-off. Failures are reported, not fatal:

@@ -61,6 +61,9 @@ const STOP_SIGNALS: [Signal; 6] = [
 /// The environment variable naming the fd on which the agent writes its
 /// heartbeats (one byte every few seconds) to PID 1.
 pub const HEARTBEAT_FD_ENV: &str = "NUVOL_HEARTBEAT_FD";
+/// The environment variable naming the directory (the data partition's
+/// root) where the agent records a factory reset request for PID 1.
+pub const RESET_DIR_ENV: &str = "NUVOL_RESET_DIR";
 /// The fd number the heartbeat pipe gets in the agent.
 const HEARTBEAT_FD: i32 = 3;
 /// A started agent has this long to send its first heartbeat (a first boot
@@ -152,7 +155,9 @@ impl Init<'_> {
             .arg(&self.layout.config)
             .arg("--state-dir")
             .arg(&self.layout.state_dir)
-            .env("NUVOL_UNDER_INIT", "1");
+            .env("NUVOL_UNDER_INIT", "1")
+            // Where a factory reset request goes (nuvol_reset::request).
+            .env(RESET_DIR_ENV, &self.layout.data_mount);
         // The heartbeat pipe: the agent writes, PID 1 reads. Both ends are
         // close-on-exec here; the child gets the write end as fd 3.
         let pipe = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
