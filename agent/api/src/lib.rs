@@ -37,7 +37,8 @@
 //! Connections: at most 256 at once and 64 per address, the one idle
 //! longest closed to admit a new one (see [`conns`]); failed accepts back
 //! off from 10 ms to 1 s.
-//! Settings: `/api/v1/settings` (see [`settings`]).
+//! Settings: `/api/v1/settings` (see [`settings`]). Factory reset:
+//! `POST /api/v1/reset` (see [`reset`]).
 //!
 //! Errors are JSON `{"error": {"code": "...", "message": "..."}}` with a
 //! stable code.
@@ -53,6 +54,7 @@ pub mod metrics;
 mod pages;
 mod panel;
 pub mod parse;
+pub mod reset;
 pub mod routes;
 pub mod services;
 pub mod settings;
@@ -111,6 +113,14 @@ pub trait Node: Send + Sync + 'static {
     /// Reboot the box: `Ok(true)` when PID 1 was asked to, `Ok(false)` when
     /// there is no nuvol init to ask (a development host).
     fn reboot(&self) -> Result<bool, String> {
+        Ok(false)
+    }
+    /// Factory reset: record the request durably for PID 1, then reboot
+    /// (see [`reset`]). `Ok(true)` when recorded and PID 1 was asked,
+    /// `Ok(false)` when there is no nuvol init (a development host: nothing
+    /// is recorded). `test_pause_secs`: the test hook's pause mid-wipe.
+    fn factory_reset(&self, test_pause_secs: u32) -> Result<bool, String> {
+        let _ = test_pause_secs;
         Ok(false)
     }
     /// This box's supervised services (`/api/v1/local-services`,
@@ -321,6 +331,15 @@ pub fn route(node: &dyn Node, method: &Method, path: &str) -> Resp {
             // before it is started (restart a service to get there).
             nuvol_supervisor::test_hooks::arm_kill_after_create();
             json(StatusCode::OK, &serde_json::json!({"armed": true}))
+        }
+        (&Method::POST, "/api/v1/debug/slow-reset") if node.test_hooks() => {
+            // Test hook: the next factory reset's wipe pauses in the middle
+            // (first attempt only), so a test can cut the power there.
+            reset::arm_test_pause();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"armed": true, "pause_s": reset::TEST_PAUSE_SECS}),
+            )
         }
         (&Method::POST, "/api/v1/debug/hang") if node.test_hooks() => {
             // Test hook: stop dead (SIGSTOP) so the heartbeats to PID 1 stop
@@ -630,6 +649,8 @@ async fn dispatch(
         pages::auth_routes(ctx, conn, principal.as_ref(), req).await
     } else if path == "/api/v1/settings" {
         settings::handle(ctx, conn, principal.as_ref(), req).await
+    } else if path == "/api/v1/reset" && method == Method::POST {
+        reset::handle(ctx, req).await
     } else if path.starts_with("/api/v1/bundles")
         || path.starts_with("/api/v1/keys")
         || path == "/api/v1/storage"

@@ -173,6 +173,13 @@ pub const ROUTES: &[RouteDef] = &[
         "Reboot the box (202)",
     ),
     r(
+        "POST",
+        "/api/v1/reset",
+        false,
+        "json",
+        "Factory reset (JSON {\"confirm\": true} or form confirm=yes): recorded durably, then the box reboots, wipes its data partition and provisions itself from nuvol.toml (202)",
+    ),
+    r(
         "GET",
         "/api/v1/update",
         false,
@@ -351,6 +358,14 @@ pub const ROUTES: &[RouteDef] = &[
         test_hook: true,
         kind: "json",
         summary: "Test hook: the agent SIGSTOPs itself (heartbeats stop; the watchdog resets the box)",
+    },
+    RouteDef {
+        method: "POST",
+        path: "/api/v1/debug/slow-reset",
+        public: false,
+        test_hook: true,
+        kind: "json",
+        summary: "Test hook: the next factory reset's wipe pauses 120 s after its first removal (first attempt only), so a test can cut the power mid-wipe",
     },
     RouteDef {
         method: "GET",

@@ -47,6 +47,9 @@ struct Node {
     store: Option<Arc<nuvol_bundle::Store>>,
     upload_dir: PathBuf,
     under_init: bool,
+    /// Where a factory reset request goes (the data partition's root,
+    /// named by nuvol init); `None` on a development host.
+    reset_dir: Option<PathBuf>,
     services: Option<crate::services::ServicesHandle>,
     discovery: Arc<crate::discovery::Discovery>,
     share: bool,
@@ -82,6 +85,22 @@ impl nuvol_api::Node for Node {
         if !self.under_init {
             return Ok(false);
         }
+        nuvol_api::ask_init_to_reboot().map(|()| true)
+    }
+    fn factory_reset(&self, test_pause_secs: u32) -> Result<bool, String> {
+        let Some(dir) = self.reset_dir.as_deref().filter(|_| self.under_init) else {
+            return Ok(false);
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        // Durable before anything else: once this returns, a power cut
+        // cannot lose the request.
+        nuvol_reset::request(dir, nuvol_reset::Origin::Api, now, test_pause_secs)
+            .map_err(|e| format!("recording the request: {e}"))?;
+        eprintln!(
+            "nuvol: factory reset requested: rebooting; the data partition is wiped at the next boot"
+        );
         nuvol_api::ask_init_to_reboot().map(|()| true)
     }
     fn services(&self) -> Option<Arc<dyn nuvol_api::services::Services>> {
@@ -225,6 +244,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             store: store.clone(),
             upload_dir: crate::bundles::upload_dir(&args.state_dir),
             under_init,
+            reset_dir: std::env::var_os(nuvol_init::RESET_DIR_ENV).map(PathBuf::from),
             services: services.clone(),
             discovery: discovery.clone(),
             share: loaded.config.bundles.share,

@@ -34,7 +34,7 @@ enum Verb {
     Agent(agent::AgentArgs),
     /// Make, sign, verify and inspect signed service bundles.
     Bundle(cmd_bundle::BundleArgs),
-    /// Drive a box's API: status, members, services, bundles, keys, logs, reboot.
+    /// Drive a box's API: status, members, services, bundles, keys, logs, reboot, factory reset.
     Ctl(ctl::CtlArgs),
     /// Print the version.
     Version,

@@ -105,6 +105,22 @@ fn ctl_commands_and_exit_codes() {
     let o = run(&["reboot"]);
     assert_eq!(code(&o), 0, "{}", out(&o));
     assert!(out(&o).contains("nothing was rebooted"));
+    // Factory reset asks first: no answer or "n" resets nothing (exit 1);
+    // --yes goes ahead, and a development host answers that it has no
+    // nuvol init to do it.
+    let o = run(&["reset"]);
+    assert_eq!(code(&o), 1, "{}", out(&o));
+    assert!(out(&o).contains("Reset this box? [y/N]"), "{}", out(&o));
+    assert!(out(&o).contains("nothing was reset (not confirmed"));
+    let v = base(&["reset"]);
+    let o = ctl_stdin(&v.iter().map(String::as_str).collect::<Vec<_>>(), b"n\n");
+    assert_eq!(code(&o), 1, "{}", out(&o));
+    let o = ctl_stdin(&v.iter().map(String::as_str).collect::<Vec<_>>(), b"y\n");
+    assert_eq!(code(&o), 0, "{}", out(&o));
+    assert!(out(&o).contains("not running under nuvol init: nothing was reset"));
+    let o = run(&["reset", "--yes"]);
+    assert_eq!(code(&o), 0, "{}", out(&o));
+    assert!(out(&o).contains("nothing was reset"), "{}", out(&o));
     let o = run(&["update"]);
     assert_eq!(code(&o), 1);
     assert!(out(&o).contains("not available yet"), "{}", out(&o));
@@ -163,6 +179,7 @@ fn ctl_help_for_every_command() {
         vec!["keys", "revoke", "--help"],
         vec!["logs", "--help"],
         vec!["reboot", "--help"],
+        vec!["reset", "--help"],
         vec!["update", "--help"],
         vec!["hash-password", "--help"],
     ] {

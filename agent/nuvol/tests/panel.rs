@@ -524,6 +524,16 @@ fn reboot_update_metrics_history() {
         false,
         "not under nuvol init: nothing rebooted"
     );
+    // Factory reset: a credential, then an explicit confirmation; a
+    // development host has no nuvol init to carry it out.
+    let yes = br#"{"confirm": true}"#;
+    assert_eq!(a.raw("POST", "/api/v1/reset", &[], yes).code, 401);
+    let r = a.bearer("POST", "/api/v1/reset", b"");
+    assert_eq!(r.code, 400, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], "confirm_required");
+    let r = a.bearer("POST", "/api/v1/reset", yes);
+    assert_eq!(r.code, 202, "{r:?}");
+    assert_eq!(r.json()["resetting"], false, "not under nuvol init");
     let r = a.bearer("POST", "/api/v1/update", b"");
     assert_eq!(r.code, 501);
     assert_eq!(r.json()["error"]["code"], "update_unavailable");

@@ -33,6 +33,14 @@ pub async fn form_result(resp: Resp, back: Option<&str>, csrf: &str) -> Resp {
             );
             return html(page("nuvol", "Done", "", None, &body));
         }
+        if let Some(resetting) = v.get("resetting") {
+            let body = format!(
+                "<div class={} id=result>{}</div>",
+                if resetting == true { "ok" } else { "warn" },
+                esc(v["message"].as_str().unwrap_or(""))
+            );
+            return html(page("nuvol", "Factory reset", "", None, &body));
+        }
         if let Some(id) = v.get("pending").and_then(Value::as_str) {
             return html(page(
                 "nuvol",

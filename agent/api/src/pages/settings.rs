@@ -1,4 +1,5 @@
-//! The Settings page: the settings form, API tokens, how to log in.
+//! The Settings page: the settings form, API tokens, factory reset, how to
+//! log in.
 
 use std::fmt::Write;
 
@@ -34,6 +35,17 @@ pub(super) fn settings(ctx: &Ctx, csrf: &str) -> String {
         "</table></div><form id=new-token method=post action=\"{}\"><label for=tname>New token name</label> \
 <input id=tname name=name required maxlength=64> <button>Create token</button></form>",
         esc(&with_csrf("/api/v1/tokens", csrf, "/settings"))
+    );
+    let _ = write!(
+        b,
+        "<h2 id=reset>Factory reset</h2><p>Erases this box's publisher keys, bundles, API tokens, \
+node identity, TLS key, settings and service data. The box reboots, wipes its data partition and \
+provisions itself from <code>nuvol.toml</code> on its boot partition as on its first boot: the new \
+admin token is printed on its console. (From a laptop: put a file named <code>factory-reset</code> \
+on the boot partition.)</p><form id=factory-reset method=post action=\"{}\">\
+<label><input type=checkbox name=confirm value=yes required> Yes, erase everything on this box</label> \
+<button>Factory reset</button></form>",
+        esc(&with_csrf("/api/v1/reset", csrf, "/settings"))
     );
     let _ = write!(
         b,

@@ -9,7 +9,8 @@
 //! connect or not authorised.
 //!
 //! One file per verb group: [`bundles`], [`keys`], [`community`] (members
-//! and services), [`system`] (status, local services, logs, reboot, update),
+//! and services), [`system`] (status, local services, logs, reboot, reset,
+//! update),
 //! [`settings`]; [`client`] talks to the box, [`output`] prints tables.
 
 mod bundles;
@@ -92,6 +93,15 @@ enum CtlCmd {
     },
     /// Reboot the box.
     Reboot,
+    /// Factory reset: erase the box's keys, bundles, tokens, node identity,
+    /// TLS key and service data. The box reboots, wipes its data partition
+    /// and provisions itself from nuvol.toml as on its first boot (a new
+    /// admin token on its console). Asks first unless --yes.
+    Reset {
+        /// Reset without asking.
+        #[arg(short, long)]
+        yes: bool,
+    },
     /// Update the box's OS (not available yet).
     Update,
     /// Hash a password (read from stdin) for `[admin] password_hash`.
@@ -155,6 +165,7 @@ async fn main(args: CtlArgs) -> Result<(), Fail> {
             name,
         } => system::logs(&c, follow, lines, name).await,
         CtlCmd::Reboot => system::reboot(&c, json).await,
+        CtlCmd::Reset { yes } => system::reset(&c, json, yes).await,
         CtlCmd::Update => system::update(&c, json).await,
         CtlCmd::HashPassword => Ok(()),
         CtlCmd::Settings { cmd } => settings::run(&c, json, cmd).await,

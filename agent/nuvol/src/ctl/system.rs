@@ -1,4 +1,4 @@
-//! `nuvol ctl status|local-services|logs|reboot|update`: this box.
+//! `nuvol ctl status|local-services|logs|reboot|reset|update`: this box.
 
 use std::io::Write;
 
@@ -108,6 +108,53 @@ pub(super) async fn reboot(c: &Client, json: bool) -> Result<(), Fail> {
         println!(
             "{}",
             v["message"].as_str().unwrap_or("the box did not reboot")
+        );
+    }
+    Ok(())
+}
+
+/// `reset [--yes]`: name the box, ask (like `bundles install --from`), then
+/// `POST /api/v1/reset` with the confirmation.
+pub(super) async fn reset(c: &Client, json: bool, yes: bool) -> Result<(), Fail> {
+    if !yes {
+        let v = c
+            .json("GET", "/api/v1/status", Payload::Empty, None)
+            .await?;
+        eprintln!(
+            "Factory reset of {} (node {}): its keys, bundles, API tokens, node identity,\n\
+             TLS key and service data are erased; it reboots and provisions itself\n\
+             from nuvol.toml on its boot partition, with a new admin token on its console.",
+            cell(&v["hostname"]),
+            cell(&v["node_id"])
+        );
+        eprint!("Reset this box? [y/N] ");
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES") {
+            return Err(Fail(
+                BOX_ERROR,
+                "nothing was reset (not confirmed; --yes skips the question)".into(),
+            ));
+        }
+    }
+    let body = bytes::Bytes::from_static(br#"{"confirm": true}"#);
+    let len = body.len() as u64;
+    let v = c
+        .json(
+            "POST",
+            "/api/v1/reset",
+            Payload::Json(Some(body)),
+            Some(len),
+        )
+        .await?;
+    if json {
+        pretty(&v)
+    } else if v["resetting"] == true {
+        println!("the box is resetting: it reboots, wipes its data partition and provisions itself from nuvol.toml; the new admin token is on its console");
+    } else {
+        println!(
+            "{}",
+            v["message"].as_str().unwrap_or("the box did not reset")
         );
     }
     Ok(())
