@@ -415,6 +415,13 @@ impl Vm {
         );
     }
 
+    /// Cut the power: SIGKILL QEMU, whatever the guest is doing (what the
+    /// guest wrote to its disk so far stays; its page cache is lost).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Wait for QEMU to exit (after a guest poweroff).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
@@ -501,6 +508,23 @@ pub fn copy_to_boot(disk: &Path, src: &Path, dst: &str) {
         .status()
         .unwrap();
     assert!(st.success(), "mcopy {} to ::{dst}", src.display());
+}
+
+/// The names at the top of the image's boot partition (as `mdir` lists
+/// them: long names where there are, in the case they were written).
+pub fn boot_files(disk: &Path) -> Vec<String> {
+    let target = format!("{}@@{}", disk.display(), boot_offset(disk));
+    let out = Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-i", &target, "::/"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mdir of the boot partition");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().trim_start_matches("::/").to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// Minimal HTTP/1.1 client (Connection: close).
