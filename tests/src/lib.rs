@@ -574,7 +574,8 @@ pub fn http_request(
     Ok((status, body))
 }
 
-fn http_request_full(
+/// [`http_request`] returning the whole response text, headers included.
+pub fn http_request_full(
     port: u16,
     method: &str,
     path: &str,

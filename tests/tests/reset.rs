@@ -6,8 +6,8 @@
 //!    is refused, a new one is on the console, a new node id; the API's
 //!    bundle and key are gone, the `[bundles] install` bundle and
 //!    `trusted_keys` key of nuvol.toml are back.
-//! 2. The same again with the test hook `POST /api/v1/debug/slow-reset`:
-//!    QEMU is killed (a power cut) at the console line of the pause in the
+//! 2. The same again, from the panel's Settings form (box ticked), with the
+//!    test hook `POST /api/v1/debug/slow-reset`: QEMU is killed (a power cut) at the console line of the pause in the
 //!    middle of the wipe; the next boot finishes it (attempt 2 of 3).
 //! 3. A `factory-reset` file put on the boot partition of the stopped
 //!    image: the next boot resets and removes the file; the boot after
@@ -83,6 +83,52 @@ fn wait_provisioned(vm: &Vm) {
     });
 }
 
+/// Log in as a browser does and post the Settings page's factory reset
+/// form with its box ticked; returns the page the browser shows.
+fn panel_reset(vm: &Vm) -> String {
+    let token = vm.admin_token().unwrap();
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let (code, text) = nuvol_e2e::http_request_full(
+        vm.port,
+        "POST",
+        "/login",
+        None,
+        &[form],
+        format!("secret={token}&next=%2Fsettings").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(code, 303, "{text}");
+    let cookie = text
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("set-cookie")
+                .then(|| v.trim().split(';').next().unwrap_or("").to_string())
+        })
+        .expect("a session cookie");
+    let ck = ("Cookie", cookie.as_str());
+    let (code, body) =
+        nuvol_e2e::http_request(vm.port, "GET", "/api/v1/session", None, &[ck], b"").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let csrf = v["csrf"].as_str().unwrap().to_string();
+    let (code, settings) =
+        nuvol_e2e::http_request(vm.port, "GET", "/settings", None, &[ck], b"").unwrap();
+    assert_eq!(code, 200);
+    assert!(settings.contains("id=factory-reset"), "{settings}");
+    let (code, page) = nuvol_e2e::http_request(
+        vm.port,
+        "POST",
+        &format!("/api/v1/reset?csrf={csrf}&back=%2Fsettings"),
+        None,
+        &[ck, ("Accept", "text/html"), form],
+        b"confirm=yes",
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{page}");
+    page
+}
+
 /// What a box in service has beyond nuvol.toml: a publisher key trusted and
 /// a bundle installed through `nuvol ctl`.
 fn use_the_box(vm: &Vm, key: &TestKey, nvb: &Path) -> String {
@@ -155,6 +201,7 @@ fn factory_reset_from_ctl_after_a_power_cut_and_from_the_boot_partition() {
         asked.elapsed().as_secs_f64()
     );
     let c = vm.console();
+    show_reset_lines(&c);
     assert!(
         c.contains("factory reset requested by the API (panel or nuvol ctl)")
             && c.contains("(attempt 1 of 3)"),
@@ -173,19 +220,12 @@ fn factory_reset_from_ctl_after_a_power_cut_and_from_the_boot_partition() {
     use_the_box(&vm, &user, &user_nvb);
     let (code, body) = vm.http_admin("POST", "/api/v1/debug/slow-reset").unwrap();
     assert_eq!(code, 200, "{body}");
-    let (code, body) = nuvol_e2e::http_request(
-        vm.port,
-        "POST",
-        "/api/v1/reset",
-        vm.admin_token().as_deref(),
-        &[("Content-Type", "application/json")],
-        br#"{"confirm": true}"#,
-    )
-    .unwrap();
-    assert_eq!(code, 202, "{body}");
-    assert!(body.contains("\"resetting\": true"), "{body}");
+    // This time from the panel: the Settings page's form, box ticked.
+    let page = panel_reset(&vm);
+    assert!(page.contains("factory reset recorded"), "{page}");
     vm.wait_console(PAUSING, 1, BOOT);
     vm.kill();
+    show_reset_lines(&vm.console());
     let token_before_cut = vm.admin_token().unwrap();
     drop(vm);
 
@@ -193,6 +233,7 @@ fn factory_reset_from_ctl_after_a_power_cut_and_from_the_boot_partition() {
     vm.wait_console(WIPED, 1, BOOT);
     vm.wait_console(READY, 1, BOOT);
     let c = vm.console();
+    show_reset_lines(&c);
     assert!(c.contains("(attempt 2 of 3)"), "{}", tail(&c));
     assert!(
         !c.contains(PAUSING),
@@ -215,6 +256,7 @@ fn factory_reset_from_ctl_after_a_power_cut_and_from_the_boot_partition() {
     vm.wait_console(WIPED, 1, BOOT);
     vm.wait_console(READY, 1, BOOT);
     let c = vm.console();
+    show_reset_lines(&c);
     assert!(
         c.contains("factory reset requested by the factory-reset file on the boot partition")
             && c.contains("factory reset: removed /boot/factory-reset"),
@@ -246,6 +288,13 @@ fn factory_reset_from_ctl_after_a_power_cut_and_from_the_boot_partition() {
     );
     assert!(files.contains(&"nuvol.toml".to_string()), "{files:?}");
     eprintln!("bench: reset test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The console's factory reset lines, for the test's output.
+fn show_reset_lines(console: &str) {
+    for l in console.lines().filter(|l| l.contains("factory reset")) {
+        eprintln!("console: {}", l.trim());
+    }
 }
 
 trait TapMkdir {

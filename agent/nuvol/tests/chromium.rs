@@ -62,7 +62,10 @@ fn chromium_renders_every_page_logged_in() {
             ],
         ),
         ("/network", &["id=\"interfaces\"", "id=\"network-state\""]),
-        ("/settings", &["id=\"tokens\"", "id=\"new-token\""]),
+        (
+            "/settings",
+            &["id=\"tokens\"", "id=\"new-token\"", "id=\"factory-reset\""],
+        ),
         ("/update", &["id=\"slots\"", "separate issue", "Reboot now"]),
     ];
     for (page, wants) in pages {

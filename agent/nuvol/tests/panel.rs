@@ -824,3 +824,60 @@ fn documented_limits_hold() {
         );
     }
 }
+
+/// The Settings page's factory reset: a form with a checkbox that must be
+/// ticked; the browser post without it is an error page, with it the
+/// answer page (a development host has no nuvol init to reset).
+#[test]
+fn settings_page_factory_reset_needs_the_box_ticked() {
+    let a = Agent::start("reset-form", "", false);
+    let (session, csrf) = a.login();
+    let ck = format!("Cookie: {session}");
+    let page = a.raw("GET", "/settings", std::slice::from_ref(&ck), b"");
+    assert_eq!(page.code, 200);
+    for want in [
+        "id=factory-reset",
+        "name=confirm value=yes required",
+        "Factory reset</button>",
+    ] {
+        assert!(page.body.contains(want), "{want}: {}", page.body);
+    }
+    let action = page
+        .body
+        .split("action=\"")
+        .find(|s| s.starts_with("/api/v1/reset?"))
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(action.contains(&format!("csrf={csrf}")), "{action}");
+    let form = |body: &[u8]| {
+        a.raw(
+            "POST",
+            &action,
+            &[
+                ck.clone(),
+                "Accept: text/html".into(),
+                "Content-Type: application/x-www-form-urlencoded".into(),
+            ],
+            body,
+        )
+    };
+    let r = form(b"");
+    assert_eq!(r.code, 400, "{}", r.body);
+    assert!(r.body.contains("confirm_required"), "{}", r.body);
+    let r = form(b"confirm=yes");
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert!(
+        r.body.contains("<h1>Factory reset</h1>") && r.body.contains("nothing was reset"),
+        "{}",
+        r.body
+    );
+    // Without the CSRF token: refused before anything else.
+    let r = a.raw(
+        "POST",
+        "/api/v1/reset",
+        &[ck.clone(), "Accept: text/html".into()],
+        b"confirm=yes",
+    );
+    assert_eq!(r.code, 403, "{}", r.body);
+}
