@@ -87,6 +87,13 @@ impl nuvol_api::Node for Node {
         }
         nuvol_api::ask_init_to_reboot().map(|()| true)
     }
+    fn alerts(&self) -> Vec<String> {
+        self.reset_dir
+            .as_deref()
+            .and_then(nuvol_reset::given_up_alert)
+            .into_iter()
+            .collect()
+    }
     fn factory_reset(&self, test_pause_secs: u32) -> Result<bool, String> {
         let Some(dir) = self.reset_dir.as_deref().filter(|_| self.under_init) else {
             return Ok(false);

@@ -184,6 +184,19 @@ pub fn pending(data: &Path) -> Result<Option<Request>, Error> {
     }
 }
 
+/// The dashboard's alert while a given-up request ([`FAILED_FILE`]) is on
+/// the data partition at `data`: the owner asked for a reset and did not
+/// get it. A new request clears it.
+pub fn given_up_alert(data: &Path) -> Option<String> {
+    let text = fs::read_to_string(data.join(FAILED_FILE)).ok()?;
+    let r = Request::parse(&text);
+    Some(format!(
+        "A factory reset was given up after {} attempts (each boot stopped during the wipe): the box runs on what was left of its data. Ask for it again (Settings) or see {}.",
+        r.attempts,
+        data.join(FAILED_FILE).display()
+    ))
+}
+
 /// The trigger file on the boot partition mounted at `boot`, if any.
 pub fn find_boot_file(boot: &Path) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = fs::read_dir(boot)

@@ -203,12 +203,15 @@ fn a_box_that_never_finishes_the_wipe_gives_up_after_three_boots() {
     assert!(d.data().join(FAILED_FILE).exists());
     assert!(d.data().join("nuvol/admin-token").exists(), "left alone");
     assert!(env.said.join("\n").contains("GAVE UP"));
+    let alert = given_up_alert(&d.data()).expect("a dashboard alert");
+    assert!(alert.contains("given up after 3 attempts"), "{alert}");
     // The boot after: nothing.
     let mut env = FakeEnv::default();
     assert_eq!(run(&d, false, &mut env), Outcome::Nothing);
     // A new request clears the failure and counts from zero.
     request(&d.data(), Origin::Api, 1_796_000_100, 0).unwrap();
     assert!(!d.data().join(FAILED_FILE).exists());
+    assert!(given_up_alert(&d.data()).is_none());
     assert_eq!(pending(&d.data()).unwrap().unwrap().attempts, 0);
 }
 
