@@ -338,7 +338,7 @@ impl Vm {
 
     /// The admin token the agent printed on the console (the last one shown).
     pub fn admin_token(&self) -> Option<String> {
-        let c = self.console();
+        let c = without_printk(&self.console());
         let line = c
             .lines()
             .rev()
@@ -445,6 +445,43 @@ impl Drop for Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The console with the kernel's messages cut out. The kernel writes
+/// them to the UART at once while user space's output waits in the tty
+/// buffer, so a message can land in the middle of a line of ours
+/// (`nuvol: admin to[    5.1] …\nken: …`); without them the line is whole
+/// again.
+pub fn without_printk(console: &str) -> String {
+    let mut out = String::with_capacity(console.len());
+    let mut rest = console;
+    while let Some(i) = rest.find('[') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let stamp_len = after.find(']').filter(|&j| {
+            let stamp = after[..j].trim_start();
+            let (secs, frac) = stamp.split_once('.').unwrap_or(("", ""));
+            !secs.is_empty()
+                && !frac.is_empty()
+                && secs.bytes().all(|b| b.is_ascii_digit())
+                && frac.bytes().all(|b| b.is_ascii_digit())
+        });
+        match stamp_len {
+            Some(_) => {
+                // Drop the message through its newline.
+                rest = match after.find('\n') {
+                    Some(n) => &after[n + 1..],
+                    None => "",
+                };
+            }
+            None => {
+                out.push('[');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 pub fn tail(s: &str) -> String {
@@ -689,5 +726,17 @@ impl TestKey {
             String::from_utf8_lossy(&o.stderr)
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_messages_inside_a_line_are_cut_out() {
+        let c = "nuvol: admin to[    5.123456] virtio_net virtio1: link up\nken: abc (also in x)\n[    6.000001] whole line\nkeep [brackets] and [1.x]\n";
+        assert_eq!(
+            super::without_printk(c),
+            "nuvol: admin token: abc (also in x)\nkeep [brackets] and [1.x]\n"
+        );
     }
 }

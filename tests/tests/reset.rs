@@ -40,10 +40,17 @@ fn key_line(public: &Path) -> String {
         .to_string()
 }
 
+/// An authenticated GET answering 200 with JSON (retried: right after the
+/// ready line QEMU's port forward may still reset a connection).
 fn get_json(vm: &Vm, path: &str) -> Value {
-    let (code, body) = vm.http_admin("GET", path).unwrap();
-    assert_eq!(code, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap()
+    vm.wait_for(
+        &format!("GET {path}"),
+        Duration::from_secs(60),
+        || match vm.http_admin("GET", path) {
+            Ok((200, body)) => serde_json::from_str(&body).ok(),
+            _ => None,
+        },
+    )
 }
 
 fn bundle_names(vm: &Vm) -> Vec<String> {
@@ -69,10 +76,13 @@ fn trusted_keys(vm: &Vm) -> Vec<String> {
 }
 
 fn node_id(vm: &Vm) -> String {
-    let (code, body) = vm.http("GET", "/api/v1/status").unwrap();
-    assert_eq!(code, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["node_id"].as_str().unwrap().to_string()
+    let v: Value = vm.wait_for("GET /api/v1/status", Duration::from_secs(60), || {
+        match vm.http("GET", "/api/v1/status") {
+            Ok((200, body)) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    });
+    v["node_id"].as_str().unwrap_or_default().to_string()
 }
 
 /// Wait until `[bundles] install` put `prov` back (provisioning runs
@@ -208,11 +218,10 @@ fn factory_reset_from_ctl_after_a_power_cut_and_from_the_boot_partition() {
         "{}",
         tail(&c)
     );
-    let token2 = vm.admin_token().unwrap();
-    assert_ne!(token1, token2, "a new admin token on the console");
+    new_token(&vm, &token1);
+    assert_ne!(node_id(&vm), node1, "a new node identity");
     let (code, _) = nuvol_e2e::http_auth(vm.port, "GET", "/api/v1/bundles", Some(&token1)).unwrap();
     assert_eq!(code, 401, "the old admin token is refused");
-    assert_ne!(node_id(&vm), node1, "a new node identity");
     assert_fresh(&vm, &prov_key, "after ctl reset");
     assert!(!trusted_keys(&vm).contains(&user_key));
 
@@ -239,7 +248,7 @@ fn factory_reset_from_ctl_after_a_power_cut_and_from_the_boot_partition() {
         !c.contains(PAUSING),
         "the pause is for the first attempt only"
     );
-    assert_ne!(vm.admin_token().unwrap(), token_before_cut);
+    new_token(&vm, &token_before_cut);
     assert_fresh(&vm, &prov_key, "after the cut wipe was finished");
 
     // --- 3. the factory-reset file on the boot partition --------------------
@@ -263,8 +272,7 @@ fn factory_reset_from_ctl_after_a_power_cut_and_from_the_boot_partition() {
         "{}",
         tail(&c)
     );
-    let token4 = vm.admin_token().unwrap();
-    assert_ne!(token3, token4);
+    let token4 = new_token(&vm, &token3);
     assert_fresh(&vm, &prov_key, "after the boot partition's file");
     let node4 = node_id(&vm);
 
@@ -288,6 +296,19 @@ fn factory_reset_from_ctl_after_a_power_cut_and_from_the_boot_partition() {
     );
     assert!(files.contains(&"nuvol.toml".to_string()), "{files:?}");
     eprintln!("bench: reset test took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The admin token this boot printed, which must differ from `old`.
+fn new_token(vm: &Vm, old: &str) -> String {
+    let t = vm.wait_for(
+        "a new admin token on the console",
+        Duration::from_secs(30),
+        || vm.admin_token().filter(|t| t != old),
+    );
+    for l in vm.console().lines().filter(|l| l.contains("admin token")) {
+        eprintln!("console: {}", l.trim());
+    }
+    t
 }
 
 /// The console's factory reset lines, for the test's output.
