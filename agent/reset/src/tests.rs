@@ -318,27 +318,49 @@ fn without_a_data_partition_the_boot_file_is_left_alone() {
 
 #[test]
 fn a_failing_entry_does_not_stop_the_rest_and_the_request_stays() {
-    if nix_is_root() {
-        // root ignores directory permissions; the wipe cannot fail here.
-        return;
-    }
     let d = Disk::new("failing");
     d.fill();
+    // An entry that cannot be removed: a mount point (EBUSY) as root, a
+    // directory without write permission otherwise.
     let locked = d.data().join("nuvol/bundles/store");
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&locked, fs::Permissions::from_mode(0o500)).unwrap();
+    let root = is_root();
+    if root {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&locked)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        fs::write(locked.join("inside"), "x").unwrap();
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        fs::write(locked.join("inside"), "x").unwrap();
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o500)).unwrap();
+    }
     request(&d.data(), Origin::Api, 1, 0).unwrap();
     let mut env = FakeEnv::default();
-    assert_eq!(run(&d, false, &mut env), Outcome::Failed);
-    fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).unwrap();
-    assert!(!d.data().join("nuvol/admin-token").exists());
-    assert!(pending(&d.data()).unwrap().is_some());
+    let outcome = run(&d, false, &mut env);
+    if root {
+        let _ = std::process::Command::new("umount").arg(&locked).status();
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    assert_eq!(outcome, Outcome::Failed, "{:?}", env.said);
+    assert!(env.said.join("\n").contains("the next boot tries again"));
+    assert!(
+        !d.data().join("nuvol/admin-token").exists(),
+        "the rest went"
+    );
+    assert!(!d.data().join("nuvol/tls").exists(), "the rest went");
+    assert_eq!(pending(&d.data()).unwrap().unwrap().attempts, 1);
     let mut env = FakeEnv::default();
     assert_eq!(run(&d, false, &mut env), Outcome::Wiped);
     assert_eq!(d.left(), ["lost+found"]);
+    assert!(env.said.join("\n").contains("attempt 2 of 3"));
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
