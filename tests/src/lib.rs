@@ -505,6 +505,17 @@ pub fn nuvol_bin() -> PathBuf {
 
 /// The signed recipes (`$NUVOL_BUNDLES`, else `out/bundles`): NAME.nvb and
 /// the development key dev.pub.
+/// The base64 line of a public key file (what `trusted_keys` takes).
+pub fn key_line(public: &Path) -> String {
+    fs::read_to_string(public)
+        .unwrap_or_else(|e| panic!("{}: {e}", public.display()))
+        .lines()
+        .find(|l| !l.starts_with("untrusted comment:") && !l.trim().is_empty())
+        .expect("a key line")
+        .trim()
+        .to_string()
+}
+
 pub fn recipes() -> PathBuf {
     let p = std::env::var_os("NUVOL_BUNDLES")
         .map(PathBuf::from)

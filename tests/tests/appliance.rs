@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nuvol_e2e::{
-    copy_to_boot, disk_copy, recipes, write_config, BootOptions, Scratch, TestKey, Vm,
+    copy_to_boot, disk_copy, key_line, recipes, write_config, BootOptions, Scratch, TestKey, Vm,
 };
 use serde_json::{json, Value};
 
@@ -153,12 +153,7 @@ fn port_closed(vm: &Vm, guest: u16) {
 }
 
 fn dev_key_line() -> String {
-    let text = std::fs::read_to_string(recipes().join("dev.pub")).unwrap();
-    text.lines()
-        .find(|l| !l.starts_with("untrusted comment:") && !l.trim().is_empty())
-        .expect("a key line in dev.pub")
-        .trim()
-        .to_string()
+    key_line(&recipes().join("dev.pub"))
 }
 
 /// After a reboot was asked for: PID 1 says so, and the box is ready again

@@ -23,23 +23,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use nuvol_e2e::{disk_copy, write_config, BootOptions, Scratch, TestKey, Vm};
+use nuvol_e2e::{disk_copy, key_line, write_config, BootOptions, Scratch, TestKey, Vm};
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(240);
 const SERVE: Duration = Duration::from_secs(300);
 const READY: &str = "nuvol: ready: panel at";
 const PROBE_PORT: u16 = 8091;
-
-fn key_line(public: &Path) -> String {
-    std::fs::read_to_string(public)
-        .unwrap()
-        .lines()
-        .find(|l| !l.starts_with("untrusted comment:") && !l.trim().is_empty())
-        .expect("a key line")
-        .trim()
-        .to_string()
-}
 
 /// `tests/probe/nsprobe.c`, static.
 fn build_probe(dir: &Path) -> PathBuf {

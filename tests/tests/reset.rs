@@ -20,7 +20,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nuvol_e2e::{
-    boot_files, copy_to_boot, disk_copy, tail, write_config, BootOptions, Scratch, TestKey, Vm,
+    boot_files, copy_to_boot, disk_copy, key_line, tail, write_config, BootOptions, Scratch,
+    TestKey, Vm,
 };
 use serde_json::Value;
 
@@ -28,17 +29,6 @@ const BOOT: Duration = Duration::from_secs(240);
 const READY: &str = "nuvol: ready: panel at";
 const WIPED: &str = "nuvol-init: factory reset: done: ";
 const PAUSING: &str = "factory reset: test hook: pausing";
-
-/// The base64 line of a public key file (what `trusted_keys` takes).
-fn key_line(public: &Path) -> String {
-    std::fs::read_to_string(public)
-        .unwrap()
-        .lines()
-        .find(|l| !l.starts_with("untrusted comment:") && !l.trim().is_empty())
-        .expect("a key line")
-        .trim()
-        .to_string()
-}
 
 /// An authenticated GET answering 200 with JSON (retried: right after the
 /// ready line QEMU's port forward may still reset a connection).
