@@ -309,23 +309,6 @@ fn chromium_renders_live_peers_and_services() {
     eprintln!("screenshots: {} ({:?})", out_dir.display(), t0.elapsed());
 }
 
-/// A busybox root file system (bundles whose command is a shell script).
-fn busybox_rootfs(root: &Path) {
-    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "data"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("apt-get install busybox-static");
-    let out = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&out.stdout).lines() {
-        if !applet.is_empty() && applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-}
-
 /// A bundle `name` signed with `key` that runs `script` with busybox's
 /// `sh`; `more` is appended to its manifest (`[[announce]]` tables).
 fn script_bundle(
@@ -335,27 +318,7 @@ fn script_bundle(
     script: &str,
     more: &str,
 ) -> PathBuf {
-    let root = dir.join(format!("rootfs-{name}"));
-    busybox_rootfs(&root);
-    // the store tells bundles apart by image digest
-    std::fs::write(root.join("etc/bundle"), name).unwrap();
-    let manifest = format!(
-        "name = \"{name}\"\nversion = \"1.0\"\npublisher = \"test\"\n\
-         [run]\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\n\
-         [resources]\nmemory_mb = 64\npids = 32\n{more}"
-    );
-    let mf = dir.join(format!("{name}.toml"));
-    std::fs::write(&mf, manifest).unwrap();
-    let out = dir.join(format!("{name}.nvb"));
-    nuvol_bundle::build::build(
-        &mf,
-        &root,
-        nuvol_bundle::ImageType::Squashfs,
-        &out,
-        Some(key),
-    )
-    .unwrap();
-    out
+    common::busybox_bundle_with(dir, key, name, "1.0", script, more)
 }
 
 /// Stop the agent with SIGTERM (it stops its services; a SIGKILL would

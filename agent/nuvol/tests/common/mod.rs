@@ -400,6 +400,19 @@ pub fn busybox_bundle(
     version: &str,
     script: &str,
 ) -> PathBuf {
+    busybox_bundle_with(dir, key, name, version, script, "")
+}
+
+/// [`busybox_bundle`] with `more` appended to the manifest (e.g.
+/// `[[announce]]` tables).
+pub fn busybox_bundle_with(
+    dir: &Path,
+    key: &nuvol_bundle::SecretKey,
+    name: &str,
+    version: &str,
+    script: &str,
+    more: &str,
+) -> PathBuf {
     let root = dir.join(format!("rootfs-{name}"));
     if !root.exists() {
         busybox_rootfs(&root);
@@ -408,7 +421,7 @@ pub fn busybox_bundle(
     let manifest = format!(
         "name = \"{name}\"\nversion = \"{version}\"\npublisher = \"test\"\n\
          [run]\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\n\
-         [resources]\nmemory_mb = 64\npids = 32\n"
+         [resources]\nmemory_mb = 64\npids = 32\n{more}"
     );
     let mf = dir.join(format!("manifest-{name}-{version}.toml"));
     std::fs::write(&mf, manifest).unwrap();
