@@ -11,9 +11,10 @@
 //! - suspect: `b` then drops everything; `a` shows `b` with health
 //!   `suspect` (Serf status still `alive`) before `dead`/`failed`.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn sh(args: &[&str]) -> bool {
@@ -177,7 +178,7 @@ impl Drop for Net {
     }
 }
 
-type Lines = Arc<Mutex<Vec<String>>>;
+use common::Lines;
 
 struct Node {
     child: Child,
@@ -210,23 +211,7 @@ impl Node {
         if let Some(j) = join {
             cmd.args(["--join", &format!("{j}:7946")]);
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines: Lines = Arc::default();
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(mut g) = l.lock() {
-                    g.push(line);
-                }
-            }
-        });
+        let (child, stdin, lines) = common::spawn_piped(&mut cmd);
         Node {
             child,
             stdin,

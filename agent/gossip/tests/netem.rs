@@ -18,10 +18,11 @@
 //!   (Serf/nuvol reconnect to failed members every 30 s and push/pull with
 //!   them). The whole test takes about 2 minutes.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn sh(args: &[&str]) -> bool {
@@ -193,7 +194,7 @@ impl Drop for Net {
     }
 }
 
-type Lines = Arc<Mutex<Vec<String>>>;
+use common::Lines;
 
 enum Kind {
     Nuvol { stdin: ChildStdin, lines: Lines },
@@ -222,23 +223,7 @@ impl Node {
         if let Some(j) = join {
             cmd.args(["--join", &format!("{j}:7946")]);
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines: Lines = Arc::default();
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(mut g) = l.lock() {
-                    g.push(line);
-                }
-            }
-        });
+        let (child, stdin, lines) = common::spawn_piped(&mut cmd);
         Node {
             name: name.into(),
             ns: ns.into(),

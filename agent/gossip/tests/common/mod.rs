@@ -35,7 +35,34 @@ pub fn wait_for<F: FnMut() -> bool>(limit: Duration, mut f: F) -> Option<Duratio
     None
 }
 
-type Lines = Arc<Mutex<Vec<String>>>;
+pub type Lines = Arc<Mutex<Vec<String>>>;
+
+/// Spawn `cmd` (a `nuvol-gossip-node`, directly or through `ip netns
+/// exec`) with stdin piped and its stdout lines collected (bounded: user
+/// events can be many).
+pub fn spawn_piped(cmd: &mut Command) -> (Child, ChildStdin, Lines) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nuvol-gossip-node");
+    let stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines: Lines = Arc::default();
+    let l = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(mut g) = l.lock() {
+                if g.len() > 100_000 {
+                    g.drain(..50_000);
+                }
+                g.push(line);
+            }
+        }
+    });
+    (child, stdin, lines)
+}
 
 /// A `nuvol-gossip-node` process, killed on drop.
 pub struct Node {
@@ -59,29 +86,11 @@ impl Node {
     /// Start a node on a free 127.0.0.1 port with extra arguments.
     pub fn start(name: &str, extra: &[&str]) -> Node {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nuvol-gossip-node"))
-            .args(["--name", name, "--bind", &addr.to_string()])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nuvol-gossip-node");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let lines: Lines = Arc::default();
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(mut g) = l.lock() {
-                    // keep the output bounded: user events can be many
-                    if g.len() > 100_000 {
-                        g.drain(..50_000);
-                    }
-                    g.push(line);
-                }
-            }
-        });
+        let (child, stdin, lines) = spawn_piped(
+            Command::new(env!("CARGO_BIN_EXE_nuvol-gossip-node"))
+                .args(["--name", name, "--bind", &addr.to_string()])
+                .args(extra),
+        );
         let n = Node {
             child,
             stdin,
