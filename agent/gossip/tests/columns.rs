@@ -305,15 +305,16 @@ fn hops_loss_and_suspect_across_a_router() {
     let clean = wait(10, "a loss figure for b", || a.row("b")?.loss);
     assert!(clean <= 0.1, "no drop rule, loss {clean}");
     Net::drop_in(&net.b, 30);
-    // 2 peers probed round-robin every 200 ms: ~25 probes of b in 10 s
-    std::thread::sleep(Duration::from_secs(10));
-    let lossy = a.row("b").and_then(|r| r.loss).expect("loss of b");
+    // 2 peers probed round-robin every 200 ms: ~25 probes of b in 10 s on
+    // an idle host, fewer on a loaded one, and the window of the last 32
+    // still holds the clean probes from before the rule: wait for the drop
+    // to show instead of sleeping a fixed time.
+    let lossy = wait(40, "a loss figure >= 0.08 for b under a 30% drop", || {
+        a.row("b")?.loss.filter(|l| *l >= 0.08)
+    });
     let clean_r = a.row("r").and_then(|r| r.loss).expect("loss of r");
     eprintln!("loss seen by a: b {lossy:.3} (30% drop), r {clean_r:.3} (no drop)");
-    assert!(
-        (0.08..=0.6).contains(&lossy),
-        "30% random drop into b, a measured {lossy}"
-    );
+    assert!(lossy <= 0.6, "30% random drop into b, a measured {lossy}");
     assert!(clean_r <= 0.15, "a-r is clean, measured {clean_r}");
 
     // suspect before failed: b stops answering altogether
