@@ -18,6 +18,7 @@
 #
 #   tests/bench/attack.sh [path/to/nuvol]     (default: builds a release binary)
 #   SECONDS_PER_ATTACK=10
+#   ATTACKS="idle slow share logs upload"   (a subset runs only those)
 #
 # Needs root (a container for the logs attack), python3, busybox-static,
 # squashfs-tools (`make deps-test`). Everything it starts is stopped and its
@@ -25,6 +26,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 RUN=${SECONDS_PER_ATTACK:-10}
+ATTACKS=" ${ATTACKS:-idle slow share logs upload} "
+wanted() { [[ $ATTACKS == *" $1 "* ]]; }
 bin=${1:-}
 if [ -z "$bin" ]; then
     (cd "$here" && cargo build --release --locked -p nuvol >&2)
@@ -140,26 +143,33 @@ row() { # NAME: runs the attacker already started, probes, prints a row
 stop_attacker() { kill "$attacker" 2>/dev/null; wait "$attacker" 2>/dev/null || true; attacker=""; sleep 2; }
 
 for a in idle slow; do
+    wanted "$a" || continue
     rss0=$(rss_kib "$agent")
     $py "$a" "$port" 3000 $((RUN + 10)) & attacker=$!
     row "$a" "$rss0"
     stop_attacker
 done
-rss0=$(rss_kib "$agent")
-$py share "$port" 50 $((RUN + 5)) & attacker=$!
-row share "$rss0"
-stop_attacker
-rss0=$(rss_kib "$agent")
-install chatty
-row logs "$rss0"
-curl -sf -X DELETE -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/bundles/chatty" >/dev/null ||
-    echo "attack bench: removing the chatty bundle failed" >&2
-sleep 2
-rss0=$(rss_kib "$agent")
-$py upload "$port" "$token" 800 $((RUN + 3)) & attacker=$!
-row upload "$rss0"
-wait "$attacker" 2>/dev/null || true
-attacker=""
+if wanted share; then
+    rss0=$(rss_kib "$agent")
+    $py share "$port" 50 $((RUN + 5)) & attacker=$!
+    row share "$rss0"
+    stop_attacker
+fi
+if wanted logs; then
+    rss0=$(rss_kib "$agent")
+    install chatty
+    row logs "$rss0"
+    curl -sf -X DELETE -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/bundles/chatty" >/dev/null ||
+        echo "attack bench: removing the chatty bundle failed" >&2
+    sleep 2
+fi
+if wanted upload; then
+    rss0=$(rss_kib "$agent")
+    $py upload "$port" "$token" 800 $((RUN + 3)) & attacker=$!
+    row upload "$rss0"
+    wait "$attacker" 2>/dev/null || true
+    attacker=""
+fi
 echo "after the attacks: agent RSS $(rss_kib "$agent") KiB, fds $(find "/proc/$agent/fd" -mindepth 1 | wc -l);" \
     "connections evicted/refused: $(curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$port/metrics" |
         awk '/^nuvol_http_connections_(evicted|refused)_total/ { printf "%s ", $2 }')"

@@ -10,6 +10,9 @@
 //! - A service that eats all memory (no useful limit, in a 256 MiB VM) is
 //!   what the kernel's OOM killer kills, not the agent: the panel keeps
 //!   answering and PID 1 never has to restart the agent.
+//! - 800 connections to the panel that never send a byte are all held,
+//!   none closed to make room, while the panel answers (the silent tier of
+//!   the connection budget, sized from PID 1's fd ceiling).
 //! - A second disk with its own `nuvol-boot` (another nuvol.toml) is
 //!   refused, by the kernel command line under SeaBIOS and by the boot
 //!   loader's `LoaderDevicePartUUID` under OVMF, and two copies of one
@@ -140,6 +143,11 @@ fn namespaces_refused_health_checks_contained_and_the_oom_killer_spares_the_agen
     let mut vm = Vm::boot_opts_args(&disk, "bios", &dir.0, &opts, &args);
     vm.wait_console(READY, 1, BOOT);
 
+    // 0. A flood of silent connections waits in its own tier: none is
+    //    closed to make room (PID 1's fd ceiling sizes that tier at 4096
+    //    on the box; at the kernel's 4096 hard fd limit it would be 768).
+    silent_flood_waits(&vm);
+
     let (code, body) = vm
         .upload_admin("/api/v1/bundles", &probe_bundle(&dir.0, &key))
         .unwrap();
@@ -230,6 +238,42 @@ fn namespaces_refused_health_checks_contained_and_the_oom_killer_spares_the_agen
     );
     vm.qmp("system_powerdown");
     vm.wait_exit(Duration::from_secs(120));
+}
+
+/// A metric's value from the box's `/metrics` (admin).
+fn metric(vm: &Vm, name: &str) -> Option<f64> {
+    let (code, body) = vm.http_admin("GET", "/metrics").ok()?;
+    if code != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Hold [`SILENT`] connections to the panel that never send a byte, and
+/// check that the box holds them all (none evicted) while it answers.
+fn silent_flood_waits(vm: &Vm) {
+    const SILENT: usize = 800;
+    let evicted_before = metric(vm, "nuvol_http_connections_evicted_total").unwrap_or(-1.0);
+    let held: Vec<std::net::TcpStream> = (0..SILENT)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", vm.port)).ok())
+        .collect();
+    assert_eq!(held.len(), SILENT, "connections made through QEMU");
+    let waiting = vm.wait_for("the silent connections held", SERVE, || {
+        metric(vm, "nuvol_http_connections_waiting").filter(|w| *w >= SILENT as f64)
+    });
+    let started = std::time::Instant::now();
+    let (code, _) = vm
+        .http("GET", "/api/v1/status")
+        .expect("status during the flood");
+    let took = started.elapsed();
+    let evicted = metric(vm, "nuvol_http_connections_evicted_total").unwrap_or(-1.0);
+    eprintln!(
+        "silent flood: {waiting} waiting, evicted {evicted_before} -> {evicted}, status in {took:?}"
+    );
+    assert_eq!(code, 200);
+    assert_eq!(evicted, evicted_before, "no connection closed to make room");
+    drop(held);
 }
 
 /// Give partitions 1 and 2 of `disk` other PARTUUIDs (another image's).

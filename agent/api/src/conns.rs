@@ -1,43 +1,59 @@
 //! The connection budget: how many HTTP(S) connections the agent holds at
-//! once, in total and per source address, and which one goes when a new
-//! one arrives at the limit.
+//! once, per source and in total, and which one goes when a new one
+//! arrives at a limit.
 //!
 //! A super-node faces strangers' machines: idle and slow connections must
 //! not use up the agent's file descriptors (which the box's own work, its
-//! containers, gossip and state writes, needs too). So:
+//! containers, gossip and state writes, needs too), nor its memory, nor its
+//! time. Connections are counted in two tiers:
 //!
-//! - at most [`Limits::total`] connections at once, well below the fd
-//!   limit ([`Limits::for_fd_limit`]);
-//! - at most [`Limits::per_addr`] from one address;
-//! - at either limit, the connection that has been *idle* longest (no
-//!   request being answered: waiting for a request head, a keep-alive
-//!   pause, a TLS handshake) is closed to admit the new one. A connection
-//!   whose request is being answered (a download, an upload, a log follow)
-//!   is never closed for this; when every connection is busy the new one
-//!   is refused (closed at once).
+//! - **waiting:** accepted, nothing received yet. Such a connection costs
+//!   a socket and a small task (no TLS or HTTP state: `crate::accept`), so
+//!   many are held ([`Limits::waiting`], up to [`MAX_WAITING`]): a flood of
+//!   silent connections then sits out its 10 s head deadline instead of
+//!   being closed and reopened as fast as the attacker can, which is what
+//!   costs the box CPU. At the limit the oldest waiting one goes.
+//! - **talking:** it sent a byte, so it gets buffers and a parser; at most
+//!   [`Limits::total`] ([`MAX_CONNECTIONS`]). When one more starts
+//!   talking, the talking connection *idle* longest (no request being
+//!   answered: waiting for the rest of a head, a keep-alive pause, a TLS
+//!   handshake) is closed to make room. One whose request is being
+//!   answered (a download, an upload, a log follow) is never closed for
+//!   this; when every talking connection is busy the new one is closed.
 //!
-//! Counters (`/metrics`): connections open, admitted, closed to admit
-//! another (evicted), refused.
+//! Per source ([`Limits::per_addr`], both tiers together): an IPv4 address
+//! or an IPv6 /64 (one household's prefix: an attacker has 2^64 addresses
+//! in it). At the limit the source's own oldest idle connection makes room,
+//! else the new one is refused.
+//!
+//! Counters (`/metrics`): connections open and waiting, admitted, closed to
+//! admit another (evicted), refused.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Most connections at once (lowered when the fd limit is low).
+/// Most talking connections at once (lowered when the fd limit is low).
 pub const MAX_CONNECTIONS: usize = 256;
-/// Most connections from one address (a household behind one NAT, a
+/// Most waiting (silent) connections at once (lowered likewise).
+pub const MAX_WAITING: usize = 4096;
+/// Most connections from one source (a household behind one NAT, a
 /// script asking 50 things at once).
 pub const MAX_PER_ADDRESS: usize = 64;
-/// File descriptors kept for the box's own work: the total is at most a
-/// quarter of the fd limit.
+/// File descriptors kept for the box's own work: both tiers together take
+/// at most a quarter of the fd limit.
 pub const FD_SHARE: u64 = 4;
 
 /// The budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Talking connections.
     pub total: usize,
+    /// Waiting connections.
+    pub waiting: usize,
+    /// Connections from one source, both tiers.
     pub per_addr: usize,
 }
 
@@ -45,6 +61,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             total: MAX_CONNECTIONS,
+            waiting: MAX_WAITING,
             per_addr: MAX_PER_ADDRESS,
         }
     }
@@ -52,18 +69,40 @@ impl Default for Limits {
 
 impl Limits {
     /// The default budget, cut to a quarter of `fd_limit` (the process's
-    /// soft `RLIMIT_NOFILE`) so three quarters stay for everything else.
+    /// soft `RLIMIT_NOFILE`) so three quarters stay for everything else:
+    /// half of the quarter (at most [`MAX_CONNECTIONS`]) for talking
+    /// connections, the rest (at most [`MAX_WAITING`]) for waiting ones.
     pub fn for_fd_limit(fd_limit: u64) -> Limits {
-        let total = (fd_limit / FD_SHARE).clamp(8, MAX_CONNECTIONS as u64) as usize;
+        let budget = (fd_limit / FD_SHARE).max(16) as usize;
+        let total = (budget / 2).clamp(8, MAX_CONNECTIONS);
+        let waiting = (budget - total).clamp(8, MAX_WAITING);
         Limits {
             total,
+            waiting,
             per_addr: MAX_PER_ADDRESS.min(total),
         }
     }
 }
 
+/// Where a connection comes from, as the budget counts it: the IPv4
+/// address, or the /64 of an IPv6 one.
+pub fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(prefix))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 struct Entry {
-    ip: IpAddr,
+    src: IpAddr,
+    /// Sent at least a byte (the talking tier).
+    talking: bool,
     /// Requests being answered (head read, body not yet sent).
     busy: usize,
     /// Since when the connection has had nothing being answered.
@@ -75,36 +114,72 @@ struct Entry {
 struct Inner {
     next_id: u64,
     conns: HashMap<u64, Entry>,
-    per_addr: HashMap<IpAddr, usize>,
+    /// Waiting connections, oldest (lowest id) first.
+    waiting: BTreeSet<u64>,
+    /// How many are talking.
+    talking: usize,
+    /// Each source's connections.
+    per_src: HashMap<IpAddr, BTreeSet<u64>>,
 }
 
 impl Inner {
     fn remove(&mut self, id: u64) -> Option<Entry> {
         let e = self.conns.remove(&id)?;
-        if let Some(n) = self.per_addr.get_mut(&e.ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_addr.remove(&e.ip);
+        if e.talking {
+            self.talking -= 1;
+        } else {
+            self.waiting.remove(&id);
+        }
+        if let Some(ids) = self.per_src.get_mut(&e.src) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.per_src.remove(&e.src);
             }
         }
         Some(e)
     }
 
-    /// Close the connection idle longest (among those from `ip`, if given).
-    fn evict(&mut self, ip: Option<IpAddr>) -> bool {
-        let victim = self
-            .conns
-            .iter()
-            .filter(|(_, e)| e.busy == 0 && ip.is_none_or(|ip| e.ip == ip))
-            .min_by_key(|(id, e)| (e.idle_since, **id))
-            .map(|(id, _)| *id);
-        match victim.and_then(|id| self.remove(id)) {
+    fn close(&mut self, id: u64) -> bool {
+        match self.remove(id) {
             Some(e) => {
                 e.kill.notify_one();
                 true
             }
             None => false,
         }
+    }
+
+    /// Make room among `src`'s connections: its oldest waiting one, else
+    /// its talking one idle longest.
+    fn evict_from(&mut self, src: IpAddr) -> bool {
+        let Some(ids) = self.per_src.get(&src) else {
+            return false;
+        };
+        let conns = &self.conns;
+        let waiting = ids
+            .iter()
+            .copied()
+            .find(|id| conns.get(id).is_some_and(|e| !e.talking));
+        let victim = waiting.or_else(|| {
+            ids.iter()
+                .filter_map(|id| conns.get(id).map(|e| (*id, e)))
+                .filter(|(_, e)| e.busy == 0)
+                .min_by_key(|(id, e)| (e.idle_since, *id))
+                .map(|(id, _)| id)
+        });
+        victim.is_some_and(|id| self.close(id))
+    }
+
+    /// Make room among talking connections (not `except`): the one idle
+    /// longest.
+    fn evict_talking(&mut self, except: u64) -> bool {
+        let victim = self
+            .conns
+            .iter()
+            .filter(|(id, e)| e.talking && e.busy == 0 && **id != except)
+            .min_by_key(|(id, e)| (e.idle_since, **id))
+            .map(|(id, _)| *id);
+        victim.is_some_and(|id| self.close(id))
     }
 }
 
@@ -121,6 +196,7 @@ pub struct Table {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
     pub open: usize,
+    pub waiting: usize,
     pub admitted: u64,
     pub evicted: u64,
     pub refused: u64,
@@ -145,23 +221,24 @@ impl Table {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Make room for a new connection from `ip` and take a slot, or `None`
-    /// (refused: close it) when every connection in its way is busy.
+    /// Make room for a new (waiting) connection from `ip` and take a slot,
+    /// or `None` (refused: close it) when every connection of its source
+    /// is busy.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let src = source(ip);
         let mut t = self.lock();
-        if t.per_addr.get(&ip).copied().unwrap_or(0) >= self.limits.per_addr {
-            if !t.evict(Some(ip)) {
+        if t.per_src.get(&src).map_or(0, BTreeSet::len) >= self.limits.per_addr {
+            if !t.evict_from(src) {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
             self.evicted.fetch_add(1, Ordering::Relaxed);
         }
-        if t.conns.len() >= self.limits.total {
-            if !t.evict(None) {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                return None;
+        if t.waiting.len() >= self.limits.waiting {
+            if let Some(oldest) = t.waiting.first().copied() {
+                t.close(oldest);
+                self.evicted.fetch_add(1, Ordering::Relaxed);
             }
-            self.evicted.fetch_add(1, Ordering::Relaxed);
         }
         let id = t.next_id;
         t.next_id += 1;
@@ -169,13 +246,15 @@ impl Table {
         t.conns.insert(
             id,
             Entry {
-                ip,
+                src,
+                talking: false,
                 busy: 0,
                 idle_since: Instant::now(),
                 kill: kill.clone(),
             },
         );
-        *t.per_addr.entry(ip).or_default() += 1;
+        t.waiting.insert(id);
+        t.per_src.entry(src).or_default().insert(id);
         self.admitted.fetch_add(1, Ordering::Relaxed);
         Some(Slot {
             table: self.clone(),
@@ -186,13 +265,29 @@ impl Table {
 
     /// The counters now.
     pub fn counts(&self) -> Counts {
+        let t = self.lock();
         Counts {
-            open: self.lock().conns.len(),
+            open: t.conns.len(),
+            waiting: t.waiting.len(),
             admitted: self.admitted.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
         }
     }
+}
+
+/// What [`Slot::talking`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Talking {
+    /// There was room.
+    Admitted,
+    /// Another talking connection was told to close to make room: let it
+    /// go (yield to it) before taking buffers, or a burst of new talkers
+    /// holds the buffers of both at once.
+    MadeRoom,
+    /// Close it (counted as refused): every talking connection is busy,
+    /// or it was itself closed to make room for another.
+    Refused,
 }
 
 /// One admitted connection; dropping it frees the slot.
@@ -206,6 +301,38 @@ impl Slot {
     /// Resolves when the connection was chosen to make room for another.
     pub async fn evicted(&self) {
         self.kill.notified().await
+    }
+
+    /// The connection sent its first byte: move it to the talking tier,
+    /// making room there (see [`Talking`]).
+    pub fn talking(&self) -> Talking {
+        let table = &self.table;
+        let mut t = table.lock();
+        match t.conns.get(&self.id) {
+            Some(e) if !e.talking => {}
+            Some(_) => return Talking::Admitted,
+            None => return Talking::Refused,
+        }
+        let mut made_room = false;
+        if t.talking >= table.limits.total {
+            if !t.evict_talking(self.id) {
+                table.refused.fetch_add(1, Ordering::Relaxed);
+                return Talking::Refused;
+            }
+            table.evicted.fetch_add(1, Ordering::Relaxed);
+            made_room = true;
+        }
+        t.waiting.remove(&self.id);
+        t.talking += 1;
+        if let Some(e) = t.conns.get_mut(&self.id) {
+            e.talking = true;
+            e.idle_since = Instant::now();
+        }
+        if made_room {
+            Talking::MadeRoom
+        } else {
+            Talking::Admitted
+        }
     }
 
     /// Mark a request being answered until the guard drops.
@@ -246,52 +373,118 @@ impl Drop for Busy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
     fn ip(n: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, n])
     }
 
+    fn told_to_close(s: &Slot) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut f = std::pin::pin!(s.evicted());
+        f.as_mut().poll(&mut cx).is_ready()
+    }
+
+    fn limits(total: usize, waiting: usize, per_addr: usize) -> Limits {
+        Limits {
+            total,
+            waiting,
+            per_addr,
+        }
+    }
+
     #[test]
-    fn the_idle_longest_goes_and_busy_ones_stay() {
-        let t = Table::new(Limits {
-            total: 3,
-            per_addr: 2,
-        });
+    fn among_talking_ones_the_idle_longest_goes_and_busy_ones_stay() {
+        let t = Table::new(limits(3, 10, 2));
         let a = t.admit(ip(1)).unwrap();
         let b = t.admit(ip(2)).unwrap();
         let c = t.admit(ip(3)).unwrap();
-        let _busy = a.busy();
-        // Full: b (idle longest, a is busy) makes room.
-        let d = t.admit(ip(4)).unwrap();
-        let counts = t.counts();
-        assert_eq!((counts.open, counts.evicted), (3, 1));
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        {
-            let mut f = std::pin::pin!(b.evicted());
-            assert!(f.as_mut().poll(&mut cx).is_ready(), "b was told to close");
-            let mut f = std::pin::pin!(c.evicted());
-            assert!(f.as_mut().poll(&mut cx).is_pending());
+        for s in [&a, &b, &c] {
+            assert_eq!(s.talking(), Talking::Admitted);
         }
-        drop((c, d));
-        // Per address: the third from 10.0.0.1 replaces its idle sibling.
-        let e = t.admit(ip(1)).unwrap();
-        let f2 = t.admit(ip(1));
-        assert!(f2.is_some(), "e was idle: it made room");
-        let _e_busy = e.busy();
-        let _f_busy = f2.as_ref().unwrap().busy();
+        let _busy = a.busy();
+        // Full of talking ones: b (idle longest, a is busy) makes room.
+        let d = t.admit(ip(4)).unwrap();
+        assert!(!told_to_close(&b), "waiting costs the talking no room");
+        assert_eq!(d.talking(), Talking::MadeRoom);
+        assert!(told_to_close(&b), "b was told to close");
+        assert!(!told_to_close(&c));
+        let counts = t.counts();
+        assert_eq!((counts.open, counts.waiting, counts.evicted), (3, 0, 1));
+        // Every talking one busy: one more starting to talk is refused.
+        let _c = c.busy();
+        let _d = d.busy();
+        let e = t.admit(ip(5)).unwrap();
+        assert_eq!(e.talking(), Talking::Refused);
+        assert_eq!(t.counts().refused, 1);
+    }
+
+    #[test]
+    fn silent_ones_wait_in_their_own_tier_oldest_out_first() {
+        let t = Table::new(limits(2, 3, 10));
+        let talker = t.admit(ip(9)).unwrap();
+        assert_eq!(talker.talking(), Talking::Admitted);
+        let w: Vec<Slot> = (1..=3).map(|n| t.admit(ip(n)).unwrap()).collect();
+        assert_eq!(t.counts().waiting, 3);
+        let _x = t.admit(ip(4)).unwrap();
+        assert!(told_to_close(&w[0]), "the oldest waiting one went");
+        assert!(!told_to_close(&w[1]) && !told_to_close(&talker));
+        let c = t.counts();
+        assert_eq!((c.open, c.waiting, c.evicted), (4, 3, 1));
+        // A connection closed to make room cannot start talking.
+        assert_eq!(w[0].talking(), Talking::Refused);
+    }
+
+    #[test]
+    fn a_source_at_its_limit_makes_room_from_its_own() {
+        let t = Table::new(limits(10, 10, 2));
+        let a = t.admit(ip(1)).unwrap();
+        let b = t.admit(ip(1)).unwrap();
+        assert_eq!(
+            (a.talking(), b.talking()),
+            (Talking::Admitted, Talking::Admitted)
+        );
+        let _a = a.busy();
+        // b is idle: it goes for the third.
+        let c = t.admit(ip(1)).unwrap();
+        assert!(told_to_close(&b));
+        drop(b);
+        // A waiting one goes before a talking idle one.
+        let _other = t.admit(ip(2)).unwrap();
+        let _c_busy = c.busy();
+        assert_eq!(c.talking(), Talking::Admitted);
         // Both of 10.0.0.1's connections busy: refused.
         assert!(t.admit(ip(1)).is_none());
         assert_eq!(t.counts().refused, 1);
     }
 
     #[test]
-    fn a_quarter_of_the_fds_at_most() {
-        assert_eq!(Limits::for_fd_limit(1024).total, 256);
-        assert_eq!(Limits::for_fd_limit(400).total, 100);
-        assert_eq!(Limits::for_fd_limit(65536), Limits::default());
-        assert_eq!(Limits::for_fd_limit(0).total, 8);
+    fn an_ipv6_slash_64_is_one_source() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source(a), source(b));
+        assert_ne!(source(a), source(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(source(mapped), ip(1));
+        let t = Table::new(limits(10, 10, 2));
+        let _x = t.admit(a).unwrap();
+        let y = t.admit(b).unwrap();
+        let _z = t.admit(c).unwrap();
+        // A third from the same /64 pushes the oldest of the two out.
+        let _w = t.admit("2001:db8:1:2::77".parse().unwrap()).unwrap();
+        assert!(!told_to_close(&y));
+        assert_eq!(t.counts().open, 3);
     }
 
-    use std::future::Future;
+    #[test]
+    fn a_quarter_of_the_fds_at_most() {
+        let l = Limits::for_fd_limit(1024);
+        assert_eq!((l.total, l.waiting), (128, 128));
+        let l = Limits::for_fd_limit(4096);
+        assert_eq!((l.total, l.waiting), (256, 768));
+        assert_eq!(Limits::for_fd_limit(65536), Limits::default());
+        let l = Limits::for_fd_limit(0);
+        assert_eq!((l.total, l.waiting, l.per_addr), (8, 8, 8));
+    }
 }

@@ -43,6 +43,7 @@
 //! Errors are JSON `{"error": {"code": "...", "message": "..."}}` with a
 //! stable code.
 
+mod accept;
 pub mod auth;
 pub mod bundles;
 pub mod conns;
@@ -71,7 +72,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 pub use nuvol_status::Status;
@@ -742,172 +742,8 @@ pub async fn serve_all(
         status_cache: std::sync::Mutex::new(None),
     });
     let sampler = tokio::spawn(metrics::sample_forever(ctx.clone()));
-    let (http, https) = (listeners.http, listeners.https);
-    let acceptor = https
-        .as_ref()
-        .map(|(_, cfg)| tokio_rustls::TlsAcceptor::from(cfg.clone()));
-    tokio::pin!(shutdown);
-    let mut backoff = AcceptBackoff::default();
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            r = accept(http.as_ref()) => (r, false),
-            r = accept(https.as_ref().map(|(l, _)| l)) => (r, true),
-        };
-        let ((stream, peer), tls) = match accepted {
-            (Ok(x), tls) => {
-                backoff.succeeded();
-                (x, tls)
-            }
-            (Err(e), _) => {
-                // Out of fds (EMFILE/ENFILE) or memory: wait, longer each
-                // time, rather than spin on a listener that stays ready.
-                tokio::time::sleep(backoff.failed(&e)).await;
-                continue;
-            }
-        };
-        let conn = Conn { peer, tls };
-        let Some(slot) = ctx.conns.admit(peer_ip(&conn)) else {
-            tracing::debug!(%peer, "connection refused: every connection in its way is busy");
-            continue; // dropping the stream closes it
-        };
-        let _ = stream.set_nodelay(true);
-        io::keepalive(&stream);
-        let ctx = ctx.clone();
-        let acceptor = if tls {
-            let Some(a) = acceptor.clone() else {
-                continue;
-            };
-            Some(a)
-        } else {
-            None
-        };
-        tokio::spawn(async move {
-            let slot = Arc::new(slot);
-            let run = async {
-                // Nothing (no TLS state, no HTTP buffers) is set up for a
-                // connection until its first byte: a silent one costs a
-                // socket and this small task, and goes at the head deadline.
-                if !matches!(
-                    tokio::time::timeout(io::HEAD_TIMEOUT, stream.readable()).await,
-                    Ok(Ok(()))
-                ) {
-                    tracing::debug!(%peer, "nothing sent in time");
-                    return;
-                }
-                // Boxed: the TLS and HTTP state machines are several KiB;
-                // inline they would make every waiting task that big.
-                match acceptor {
-                    Some(acceptor) => {
-                        let slot = slot.clone();
-                        Box::pin(async move {
-                            let hs =
-                                tokio::time::timeout(io::HEAD_TIMEOUT, acceptor.accept(stream));
-                            match hs.await {
-                                Ok(Ok(s)) => serve_conn(s, ctx, conn, slot).await,
-                                Ok(Err(e)) => tracing::debug!(%peer, "tls handshake: {e}"),
-                                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-                            }
-                        })
-                        .await
-                    }
-                    None => Box::pin(serve_conn(stream, ctx, conn, slot.clone())).await,
-                }
-            };
-            tokio::select! {
-                _ = run => {}
-                _ = slot.evicted() => tracing::debug!(%peer, "idle connection closed to admit a new one"),
-            }
-        });
-    }
+    accept::run(listeners, ctx, shutdown).await;
     sampler.abort();
-}
-
-/// How the accept loop waits after a failed accept: 10 ms, doubling up to
-/// 1 s while accepts keep failing; one warning when they start failing,
-/// then one line with the count at most every 10 s.
-#[derive(Debug)]
-struct AcceptBackoff {
-    wait: Duration,
-    failures: u64,
-    logged: Option<Instant>,
-}
-
-impl Default for AcceptBackoff {
-    fn default() -> Self {
-        AcceptBackoff {
-            wait: ACCEPT_BACKOFF_MIN,
-            failures: 0,
-            logged: None,
-        }
-    }
-}
-
-/// First wait after a failed accept.
-pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-/// Longest wait between accepts while they fail.
-pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-impl AcceptBackoff {
-    fn succeeded(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(failures = self.failures, "accepting connections again");
-        }
-        *self = AcceptBackoff::default();
-    }
-
-    fn failed(&mut self, e: &std::io::Error) -> Duration {
-        self.failures += 1;
-        if self
-            .logged
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-        {
-            tracing::warn!(failures = self.failures, "accept: {e}; backing off");
-            self.logged = Some(Instant::now());
-        }
-        let w = self.wait;
-        self.wait = (self.wait * 2).min(ACCEPT_BACKOFF_MAX);
-        w
-    }
-}
-
-async fn accept(l: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
-    match l {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn serve_conn<S>(stream: S, ctx: Arc<Ctx>, conn: Conn, slot: Arc<conns::Slot>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let streams = io::Streams::default();
-    let io = io::IdleTimeout::new(stream, ctx.idle).with_streams(streams.clone());
-    let svc = hyper::service::service_fn(move |req| {
-        let (ctx, streams) = (ctx.clone(), streams.clone());
-        // Busy from the head until the body is sent: not closed to make room.
-        let busy = slot.busy();
-        async move {
-            let resp = handle(ctx, conn, req).await?;
-            let resp = io::track_stream(resp, &streams);
-            Ok::<_, Infallible>(io::hold(resp, busy))
-        }
-    });
-    let c = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        // The whole head within this, counted from when the connection
-        // starts waiting for it: also the keep-alive idle limit.
-        .header_read_timeout(io::HEAD_TIMEOUT)
-        // The head limit exact (the read buffer alone lets up to about
-        // twice its size through), and the buffer no larger than a head.
-        .max_header_size(MAX_HEAD)
-        .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_HEAD)
-        .serve_connection(TokioIo::new(io), svc);
-    if let Err(e) = c.await {
-        tracing::debug!(peer = %conn.peer, "connection: {e}");
-    }
 }
 
 /// The peer's address as the rate limiter keys it (IPv4-mapped unwrapped).

@@ -320,6 +320,12 @@ pub fn render(ctx: &Ctx, bundles: Option<usize>) -> String {
         "HTTP(S) connections open.",
         c.open as f64,
     );
+    gauge(
+        &mut o,
+        "nuvol_http_connections_waiting",
+        "HTTP(S) connections open that have sent nothing yet.",
+        c.waiting as f64,
+    );
     let counter = |o: &mut String, name: &str, help: &str, v: u64| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     };

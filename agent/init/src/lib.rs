@@ -83,6 +83,31 @@ macro_rules! say {
 /// The sysctl that closes user namespaces to every process of the box.
 pub const NO_USER_NAMESPACES: (&str, &str) = ("/proc/sys/user/max_user_namespaces", "0");
 
+/// The hard `RLIMIT_NOFILE` PID 1 passes on (the kernel starts it at 4096):
+/// the agent raises its soft limit up to this, and sizes its connection
+/// budget from it (docs/api.md, "Connections").
+pub const FD_CEILING: u64 = 65536;
+
+/// Raise the hard fd limit to [`FD_CEILING`], keeping the soft one (1024):
+/// every process of the box inherits both; only the agent raises its soft
+/// limit.
+fn raise_fd_ceiling() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_max >= FD_CEILING
+    {
+        return;
+    }
+    lim.rlim_max = FD_CEILING;
+    // SAFETY: setrlimit reads the rlimit we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        say!("RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// What to do when the box stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Halt {
@@ -103,6 +128,7 @@ pub fn run(self_exe: &Path) -> ! {
     if let Err(e) = std::fs::write(NO_USER_NAMESPACES.0, NO_USER_NAMESPACES.1) {
         say!("{}: {e}", NO_USER_NAMESPACES.0);
     }
+    raise_fd_ceiling();
     let data_ok = mounts::disks(&layout);
     let loaded = nuvol_config::load_or_default(&layout.config);
     if let Err(e) = nix::unistd::sethostname(loaded.config.hostname()) {
