@@ -11,6 +11,12 @@
 #   - logs: a service printing as fast as it can (busybox `yes`);
 #   - upload: 800 MiB uploads through the API, one after another (each
 #     refused after it, as junk).
+# The attackers share this machine's cores with the agent, so the ratios
+# include the attackers' CPU. PIN=1 (two cores or more) runs the agent and
+# the probe on core 0 and every attacker, the chatty service included, on
+# the last core, as a remote attacker with its own CPU would be; it also
+# confines the agent to one core, which is harsher on the CPU-bound attacks
+# (share, logs, upload) and gentler on the connection floods.
 # Each row: status p50/p99 and gossip ack p50/p99 next to the same figures
 # without attack (ratios), and the agent's RSS before and at the end of the
 # attack. Goals (from the issue): p99 within 2x the quiet figure, RSS growth
@@ -38,6 +44,10 @@ for tool in python3 busybox mksquashfs curl; do
     command -v "$tool" >/dev/null || { echo "attack bench: $tool missing (make deps-test)" >&2; exit 1; }
 done
 py="python3 $here/tests/bench/attack.py"
+on_agent="" on_attacker=""
+if [ "${PIN:-0}" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+    on_agent="taskset -c 0" on_attacker="taskset -c $(($(nproc) - 1))"
+fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/nuvol-attack-bench.XXXXXX")
 agent=""
 attacker=""
@@ -107,7 +117,7 @@ port = $gossip_port
 node_name = "attacked"
 mdns = false
 EOF
-(ulimit -Sn 1024; NUVOL_RUN_DIR=$work/run exec "$bin" agent --config "$work/nuvol.toml" \
+(ulimit -Sn 1024; NUVOL_RUN_DIR=$work/run exec $on_agent "$bin" agent --config "$work/nuvol.toml" \
     --state-dir "$work/state" --listen "127.0.0.1:$port" --network off 2>"$work/console") &
 agent=$!
 ready() { grep -q 'nuvol: ready' "$work/console" 2>/dev/null; }
@@ -121,10 +131,10 @@ install() {
 }
 install quiet
 sleep 2
-echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); agent fd limit" \
+echo "machine: $(nproc) cores (agent and probe: ${on_agent:-unpinned}; attackers: ${on_attacker:-unpinned}), load average $(cut -d' ' -f1-3 /proc/loadavg); agent fd limit" \
     "$(awk '/Max open files/ { print $4 }' "/proc/$agent/limits") (soft, after its own raise)"
 
-probe() { $py probe "$port" "$gossip_port" attacked "$RUN"; }
+probe() { $on_agent $py probe "$port" "$gossip_port" attacked "$RUN"; }
 read -r q50 q99 qa50 qa99 qlost < <(probe)
 printf '%-8s %9s %9s %7s %9s %9s %7s %5s  %s\n' attack "st p50" "st p99" "x quiet" "ack p50" "ack p99" "x quiet" lost "agent RSS KiB (before -> under attack)"
 printf '%-8s %9s %9s %7s %9s %9s %7s %5s  %s\n' quiet "$q50" "$q99" "1.0" "$qa50" "$qa99" "1.0" "$qlost" "$(rss_kib "$agent")"
@@ -145,19 +155,23 @@ stop_attacker() { kill "$attacker" 2>/dev/null; wait "$attacker" 2>/dev/null || 
 for a in idle slow; do
     wanted "$a" || continue
     rss0=$(rss_kib "$agent")
-    $py "$a" "$port" 3000 $((RUN + 10)) & attacker=$!
+    $on_attacker $py "$a" "$port" 3000 $((RUN + 10)) & attacker=$!
     row "$a" "$rss0"
     stop_attacker
 done
 if wanted share; then
     rss0=$(rss_kib "$agent")
-    $py share "$port" 50 $((RUN + 5)) & attacker=$!
+    $on_attacker $py share "$port" 50 $((RUN + 5)) & attacker=$!
     row share "$rss0"
     stop_attacker
 fi
 if wanted logs; then
     rss0=$(rss_kib "$agent")
     install chatty
+    if [ -n "$on_attacker" ]; then
+        for _ in $(seq 20); do pgrep -f 'busybox yes' >/dev/null && break; sleep 0.25; done
+        for p in $(pgrep -f 'busybox yes'); do ${on_attacker/-c/-a -c -p} "$p" >/dev/null; done
+    fi
     row logs "$rss0"
     curl -sf -X DELETE -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/bundles/chatty" >/dev/null ||
         echo "attack bench: removing the chatty bundle failed" >&2
@@ -165,7 +179,7 @@ if wanted logs; then
 fi
 if wanted upload; then
     rss0=$(rss_kib "$agent")
-    $py upload "$port" "$token" 800 $((RUN + 3)) & attacker=$!
+    $on_attacker $py upload "$port" "$token" 800 $((RUN + 3)) & attacker=$!
     row upload "$rss0"
     wait "$attacker" 2>/dev/null || true
     attacker=""
