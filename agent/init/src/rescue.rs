@@ -139,15 +139,21 @@ impl Watch {
     }
 
     /// The terminal on which something was typed (a line: the terminals
-    /// are in canonical mode), if any; what was typed is consumed.
+    /// are in canonical mode), if any; what was typed is consumed. A
+    /// terminal that reads as hung up or failing is no longer watched (it
+    /// would wake the loop at once, again and again).
     pub fn pressed(&mut self) -> Option<String> {
         let mut buf = [0u8; 256];
-        for (t, f) in &mut self.ttys {
-            if matches!(f.read(&mut buf), Ok(n) if n > 0) {
-                return Some(t.clone());
+        let mut hit = None;
+        self.ttys.retain_mut(|(t, f)| match f.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                hit.get_or_insert_with(|| t.clone());
+                true
             }
-        }
-        None
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            Ok(_) => false,
+        });
+        hit
     }
 }
 
