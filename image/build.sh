@@ -39,8 +39,14 @@ if [ ! -x "$gic" ]; then
 fi
 
 # --- initramfs: the whole base OS is /init = nuvol --------------------------
+# plus Debian's static busybox for the rescue shell (docs/boot.md), its
+# applets as symlinks in /bin (not init and linuxrc: PID 1 is /init alone),
+# and /bin/nuvol -> /init for `nuvol rescue`.
+busybox=/bin/busybox
+file -L "$busybox" | grep -q 'statically linked' || { echo "build.sh: $busybox is not Debian's busybox-static" >&2; exit 1; }
 install -m 0755 "$nuvol" "$work/init"
-touch -h -d "@$SOURCE_DATE_EPOCH" "$work/init"
+install -m 0755 "$busybox" "$work/busybox"
+touch -h -d "@$SOURCE_DATE_EPOCH" "$work/init" "$work/busybox"
 cat > "$work/initramfs.list" <<LIST
 dir /dev 0755 0 0
 nod /dev/console 0600 0 0 c 5 1
@@ -54,7 +60,11 @@ dir /data 0755 0 0
 dir /etc 0755 0 0
 dir /root 0700 0 0
 file /init $work/init 0755 0 0
+dir /bin 0755 0 0
+file /bin/busybox $work/busybox 0755 0 0
+slink /bin/nuvol /init 0777 0 0
 LIST
+"$busybox" --list | sort | grep -vx -e busybox -e nuvol -e init -e linuxrc | sed 's|.*|slink /bin/& busybox 0777 0 0|' >> "$work/initramfs.list"
 "$gic" -t "$SOURCE_DATE_EPOCH" "$work/initramfs.list" | zstd -q -19 -T1 -c > "$work/initrd.img"
 
 # --- content-derived identifiers --------------------------------------------

@@ -8,11 +8,12 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 # musl-tools: musl-gcc, which crates with C parts (ring, for TLS) need to build
 # for the box's x86_64-unknown-linux-musl target. squashfs-tools, binutils:
-# the recipes (`make bundles`, which `make qemu` runs too).
+# the recipes (`make bundles`, which `make qemu` runs too). busybox-static: the
+# rescue shell in the initramfs (docs/boot.md).
 build_pkgs=(build-essential bc flex bison libelf-dev libssl-dev cpio zstd xz-utils kmod
     linux-source-6.1 dosfstools mtools e2fsprogs fdisk util-linux syslinux syslinux-common
     systemd-boot-efi qemu-system-x86 ovmf seabios curl python3 file
-    musl-tools squashfs-tools binutils)
+    musl-tools squashfs-tools binutils busybox-static)
 pkgs=("${build_pkgs[@]}")
 if [ "${1:-build}" = test ]; then
     while IFS= read -r line; do

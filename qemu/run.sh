@@ -14,6 +14,9 @@
 #     --mac MAC              the NIC's MAC address (needed when several VMs share a bridge)
 #     --qmp PATH             QMP socket (for system_powerdown and friends)
 #     --serial FILE          serial console to FILE instead of this terminal
+#     --serial-socket PATH   with --serial: also a unix socket at PATH to type on the
+#                            serial console (QEMU waits for one client before it starts
+#                            the guest; the client must keep reading what comes out)
 #     --mem MIB              guest memory; default 512
 #     --smp N                virtual CPUs; default 2
 #     --drive FILE           attach FILE as another virtio disk, enumerated before IMAGE
@@ -27,7 +30,7 @@
 # otherwise TCG. Set QEMU_ACCEL=kvm|tcg to force one.
 set -euo pipefail
 
-firmware=bios port=8080 https_port="" qmp="" serial="" mem=512 smp=2 vars="" kernel="" initrd="" append=""
+firmware=bios port=8080 https_port="" qmp="" serial="" serial_socket="" mem=512 smp=2 vars="" kernel="" initrd="" append=""
 forwards="" log="" tap="" mac="" drives=()
 while [ $# -gt 1 ]; do
     case $1 in
@@ -42,6 +45,7 @@ while [ $# -gt 1 ]; do
         --mac) mac=$2; shift 2 ;;
         --qmp) qmp=$2; shift 2 ;;
         --serial) serial=$2; shift 2 ;;
+        --serial-socket) serial_socket=$2; shift 2 ;;
         --mem) mem=$2; shift 2 ;;
         --drive) [ -f "$2" ] || { echo "run.sh: --drive: no file $2" >&2; exit 2; }
             drives+=("$2"); shift 2 ;;
@@ -53,7 +57,7 @@ while [ $# -gt 1 ]; do
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-[ $# -eq 1 ] || { sed -n '2,27p' "$0" >&2; exit 2; }
+[ $# -eq 1 ] || { sed -n '2,30p' "$0" >&2; exit 2; }
 image=$1
 [ -f "$image" ] || { echo "run.sh: no image at $image (run 'make image')" >&2; exit 1; }
 
@@ -98,7 +102,10 @@ case $firmware in
 esac
 [ -n "$kernel" ] && args+=(-kernel "$kernel" -initrd "$initrd" -append "$append")
 [ -n "$qmp" ] && args+=(-qmp "unix:$qmp,server=on,wait=off")
-if [ -n "$serial" ]; then
+if [ -n "$serial" ] && [ -n "$serial_socket" ]; then
+    args+=(-chardev "socket,id=ser0,path=$serial_socket,server=on,wait=on,logfile=$serial"
+           -serial chardev:ser0 -monitor none)
+elif [ -n "$serial" ]; then
     args+=(-serial "file:$serial" -monitor none)
 elif [ -n "$log" ]; then
     args+=(-chardev "stdio,id=con,mux=on,logfile=$log" -serial chardev:con -mon chardev=con,mode=readline)

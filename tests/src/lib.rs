@@ -109,6 +109,9 @@ pub struct BootOptions {
     /// Guest TCP ports (services' published ports) to forward from free
     /// host ports; [`Vm::fwd`] tells which.
     pub forwards: Vec<u16>,
+    /// Be able to type on the serial console ([`Vm::type_console`]); the
+    /// console is still logged to [`Vm::serial`].
+    pub serial_input: bool,
 }
 
 pub struct Vm {
@@ -119,6 +122,7 @@ pub struct Vm {
     pub https_port: Option<u16>,
     pub forwards: Vec<(u16, u16)>,
     pub started: Instant,
+    console_in: Option<UnixStream>,
 }
 
 impl Vm {
@@ -148,7 +152,42 @@ impl Vm {
     ) -> Vm {
         let https = opts.https.then(free_port);
         let fwd: Vec<(u16, u16)> = opts.forwards.iter().map(|g| (free_port(), *g)).collect();
-        Vm::boot_full(disk, firmware, dir, https, &fwd, run_args)
+        if !opts.serial_input {
+            return Vm::boot_full(disk, firmware, dir, https, &fwd, run_args);
+        }
+        let sock = dir.join("serial.sock");
+        let _ = fs::remove_file(&sock);
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--serial-socket".as_ref(), sock.as_os_str()];
+        args.extend_from_slice(run_args);
+        let mut vm = Vm::boot_full(disk, firmware, dir, https, &fwd, &args);
+        // QEMU starts the guest once we are connected; what comes out is in
+        // the log file, the socket only has to be drained.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let s = loop {
+            match UnixStream::connect(&sock) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => panic!("serial socket: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        let mut r = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
+        });
+        vm.console_in = Some(s);
+        vm.started = Instant::now();
+        vm
+    }
+
+    /// Type `text` on the serial console (needs [`BootOptions::serial_input`]).
+    pub fn type_console(&mut self, text: &str) {
+        let s = self
+            .console_in
+            .as_mut()
+            .expect("BootOptions::serial_input to type on the console");
+        s.write_all(text.as_bytes())
+            .expect("write to the serial console");
     }
 
     fn boot_full(
@@ -203,6 +242,7 @@ impl Vm {
             https_port,
             forwards: forwards.to_vec(),
             started: Instant::now(),
+            console_in: None,
         }
     }
 
@@ -556,6 +596,19 @@ pub fn copy_to_boot(disk: &Path, src: &Path, dst: &str) {
         .status()
         .unwrap();
     assert!(st.success(), "mcopy {} to ::{dst}", src.display());
+}
+
+/// The text of a file on the image's boot partition (e.g.
+/// `syslinux/syslinux.cfg`), as `mtype` reads it.
+pub fn boot_file(disk: &Path, path: &str) -> String {
+    let target = format!("{}@@{}", disk.display(), boot_offset(disk));
+    let out = Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-i", &target, &format!("::{path}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mtype ::{path}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The names at the top of the image's boot partition (as `mdir` lists

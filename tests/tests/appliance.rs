@@ -171,6 +171,7 @@ fn options() -> BootOptions {
     BootOptions {
         https: false,
         forwards: vec![WEB, ETCD, SYNCTHING],
+        ..BootOptions::default()
     }
 }
 
@@ -298,6 +299,7 @@ fn unattended_install_planned_reboot_flush_and_watchdog_reset() {
     let opts = BootOptions {
         https: false,
         forwards: vec![WEB, 8090],
+        ..BootOptions::default()
     };
     let mut vm = Vm::boot_opts(&disk, "bios", &dir.0, &opts);
     vm.wait_console(READY, 1, BOOT);

@@ -139,6 +139,7 @@ fn namespaces_refused_health_checks_contained_and_the_oom_killer_spares_the_agen
     let opts = BootOptions {
         https: false,
         forwards: vec![PROBE_PORT],
+        ..BootOptions::default()
     };
     let args: [&OsStr; 2] = ["--mem".as_ref(), "256".as_ref()];
     let mut vm = Vm::boot_opts_args(&disk, "bios", &dir.0, &opts, &args);

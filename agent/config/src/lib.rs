@@ -58,6 +58,10 @@ pub struct DebugConfig {
     /// Enables `POST /api/v1/debug/kill` (the agent SIGKILLs itself), used by
     /// the boot tests to check that PID 1 restarts the agent.
     pub test_hooks: bool,
+    /// With `test_hooks`: the agent exits with an error at its first N
+    /// starts of each boot (counted in the run directory), so PID 1's
+    /// rescue shell after three failed starts can be tested. Default: 0.
+    pub fail_starts: u32,
 }
 
 /// Where the panel listens.

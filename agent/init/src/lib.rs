@@ -22,13 +22,18 @@
 //! 5. on SIGTERM or SIGINT (Ctrl-Alt-Del) reboots, on SIGUSR2 or the ACPI
 //!    power button powers off: agent gets SIGTERM, then SIGKILL after a grace
 //!    period, then every process; sync; unmount; reboot(2). The watchdog
-//!    stays armed throughout, so a shutdown that hangs still ends in a reset.
+//!    stays armed throughout, so a shutdown that hangs still ends in a reset;
+//! 6. opens a rescue shell (busybox `sh`) on the console beside all this
+//!    when `nuvol.rescue` is on the kernel command line, a line is typed on
+//!    the console in the first 10 s, or the agent failed to start three
+//!    times in a row (`rescue`).
 //!
 //! A panic anywhere in the loop is caught and the loop resumes: PID 1 exiting
 //! would panic the kernel.
 
 mod evdev;
 mod mounts;
+mod rescue;
 mod reset;
 mod rootfs;
 mod supervise;
@@ -36,6 +41,7 @@ mod supervise;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use rescue::status as rescue_status;
 pub use rootfs::root_is_rootfs;
 pub use supervise::{Backoff, HEARTBEAT_FD_ENV, RESET_DIR_ENV};
 

@@ -16,6 +16,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::evdev::Buttons;
+use crate::rescue::{self, FailStreak};
 use crate::{mounts, say, Halt, Layout};
 
 /// Restart delay for the agent: doubles on each quick death, capped; resets
@@ -145,9 +146,50 @@ struct Init<'a> {
     agent: Option<Agent>,
     next_start: Option<Instant>,
     backoff: Backoff,
+    /// The console watched for a key during the first seconds of boot.
+    watch: Option<rescue::Watch>,
+    /// Open rescue shells: pid and terminal.
+    shells: Vec<(Pid, String)>,
+    failures: FailStreak,
+    agent_starts: u32,
+    last_exit: String,
 }
 
 impl Init<'_> {
+    fn write_status(&self) {
+        let pid = self.agent.as_ref().map(|a| a.pid.to_string());
+        rescue::write_status(&format!(
+            "agent: {}; starts this boot: {}, quick failures in a row: {}; last exit: {}\nrescue shells open: {}\n",
+            pid.map_or("not running".into(), |p| format!("running (pid {p})")),
+            self.agent_starts,
+            self.failures.0,
+            if self.last_exit.is_empty() { "none" } else { &self.last_exit },
+            self.shells.len(),
+        ));
+    }
+
+    /// Open the rescue shell on every console terminal that has none.
+    fn open_rescue(&mut self, why: &str) {
+        for t in rescue::console_ttys_now() {
+            if !self.shells.iter().any(|(_, s)| *s == t) {
+                if let Some(pid) = rescue::open(&t, why) {
+                    self.shells.push((pid, t));
+                    // The shell reads the console now, not PID 1.
+                    self.watch = None;
+                }
+            }
+        }
+    }
+
+    /// An agent run ended (or could not start): count it; the third quick
+    /// failure in a row opens the rescue shell.
+    fn agent_failed(&mut self, ran: Duration) {
+        if self.failures.record(ran >= self.backoff.healthy_after) {
+            self.open_rescue("the agent failed to start 3 times in a row; it is still retried");
+        }
+        self.write_status();
+    }
+
     fn start_agent(&mut self) {
         let mut cmd = Command::new(self.exe);
         cmd.arg("agent")
@@ -210,11 +252,15 @@ impl Init<'_> {
                     warned: false,
                 });
                 self.next_start = None;
+                self.agent_starts += 1;
+                self.write_status();
             }
             Err(e) => {
                 let d = self.backoff.next(Duration::ZERO);
                 say!("cannot start agent: {e}; retrying in {d:?}");
                 self.next_start = Some(Instant::now() + d);
+                self.last_exit = format!("cannot start: {e}");
+                self.agent_failed(Duration::ZERO);
             }
         }
     }
@@ -225,6 +271,12 @@ impl Init<'_> {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(st) => {
                     let Some(pid) = st.pid() else { continue };
+                    if let Some(i) = self.shells.iter().position(|(p, _)| *p == pid) {
+                        let (_, tty) = self.shells.remove(i);
+                        say!("rescue shell on {tty} closed ({})", describe(&st));
+                        self.write_status();
+                        continue;
+                    }
                     if let Some(agent) = &self.agent {
                         if pid == agent.pid {
                             let ran = agent.started.elapsed();
@@ -237,6 +289,9 @@ impl Init<'_> {
                             );
                             self.agent = None;
                             self.next_start = Some(Instant::now() + d);
+                            self.last_exit =
+                                format!("{} after {:.1} s", describe(&st), ran.as_secs_f64());
+                            self.agent_failed(ran);
                         }
                     }
                 }
@@ -246,6 +301,7 @@ impl Init<'_> {
 
     /// Read pending heartbeats; note when the agent went silent.
     fn heartbeats(&mut self) {
+        let shells_open = !self.shells.is_empty();
         let Some(agent) = &mut self.agent else {
             return;
         };
@@ -276,8 +332,13 @@ impl Init<'_> {
             let since = agent.last_beat.unwrap_or(agent.started);
             let silent = now.saturating_duration_since(since);
             if !agent.warned {
+                let what = if !shells_open {
+                    "the watchdog is no longer fed and resets the box"
+                } else {
+                    "a rescue shell is open: the watchdog stays fed, the agent is killed at 90 s"
+                };
                 say!(
-                    "agent (pid {}) silent for {} s: the watchdog is no longer fed and resets the box",
+                    "agent (pid {}) silent for {} s: {what}",
                     agent.pid,
                     silent.as_secs()
                 );
@@ -310,6 +371,9 @@ impl Init<'_> {
         if let Some(t) = self.next_start {
             timeout = timeout.min(t.saturating_duration_since(Instant::now()));
         }
+        if let Some(w) = &self.watch {
+            timeout = timeout.min(w.until.saturating_duration_since(Instant::now()));
+        }
         let mut halt = None;
         {
             let bfds = self.buttons.fds();
@@ -317,6 +381,13 @@ impl Init<'_> {
             fds.extend(bfds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)));
             if let Some(b) = self.agent.as_ref().and_then(|a| a.beats.as_ref()) {
                 fds.push(PollFd::new(b.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(w) = &self.watch {
+                fds.extend(
+                    w.fds()
+                        .into_iter()
+                        .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+                );
             }
             let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
             let _ = poll(&mut fds, PollTimeout::from(ms));
@@ -332,9 +403,25 @@ impl Init<'_> {
             say!("power button pressed");
             halt = Some(Halt::PowerOff);
         }
+        if let Some(w) = &mut self.watch {
+            let pressed = w.pressed();
+            let over = Instant::now() >= w.until;
+            if pressed.is_some() || over {
+                self.watch = None;
+            }
+            if let Some(t) = pressed {
+                if let Some(pid) = rescue::open(&t, "asked for on the console") {
+                    self.shells.push((pid, t));
+                    self.write_status();
+                }
+            }
+        }
         self.heartbeats();
         self.reap();
-        if self.agent_alive() {
+        // A human in a rescue shell is not reset under their hands: while
+        // one is open the watchdog is fed and a silent agent is killed and
+        // restarted instead (SILENT_KILL).
+        if self.agent_alive() || !self.shells.is_empty() {
             self.watchdog.ping();
         }
         halt
@@ -397,7 +484,26 @@ pub fn main_loop(exe: &Path, layout: &Layout) -> (Halt, Watchdog) {
             Duration::from_secs(30),
             Duration::from_secs(60),
         ),
+        watch: None,
+        shells: Vec::new(),
+        failures: FailStreak::default(),
+        agent_starts: 0,
+        last_exit: String::new(),
     };
+    // The agent starts first, the rescue shell only opens (or is offered)
+    // beside it: nothing waits for a human.
+    let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        init.start_agent();
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        if rescue::wanted(&cmdline) {
+            init.open_rescue("nuvol.rescue on the kernel command line");
+        } else {
+            init.watch = Some(rescue::Watch::open());
+        }
+    }));
+    if first.is_err() {
+        say!("internal error offering the rescue shell; continuing");
+    }
     loop {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| init.step())) {
             Ok(Some(h)) => {

@@ -152,6 +152,23 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (loaded, settings) = crate::settings::overlay(loaded, &args.state_dir);
     let run_dir = std::env::var_os("NUVOL_RUN_DIR")
         .map_or_else(|| PathBuf::from("/run/nuvol"), PathBuf::from);
+    let fail = loaded.config.debug.fail_starts;
+    if loaded.config.debug.test_hooks && fail > 0 {
+        // Test hook: fail the first `fail_starts` starts of this boot.
+        let f = run_dir.join("debug-failed-starts");
+        let n: u32 = std::fs::read_to_string(&f)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if n < fail {
+            let _ = std::fs::create_dir_all(&run_dir);
+            let _ = std::fs::write(&f, (n + 1).to_string());
+            anyhow::bail!(
+                "test hook [debug] fail_starts: failing start {} of {fail}",
+                n + 1
+            );
+        }
+    }
     let identity = Identity::load_or_create(&args.state_dir, &run_dir)
         .with_context(|| format!("state directory {}", args.state_dir.display()))?;
     tracing::info!(node_id = %identity.node_id, boot = identity.boot_count, "identity");

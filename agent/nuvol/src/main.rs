@@ -36,6 +36,8 @@ enum Verb {
     Bundle(cmd_bundle::BundleArgs),
     /// Drive a box's API: status, members, services, bundles, keys, logs, reboot, factory reset.
     Ctl(ctl::CtlArgs),
+    /// On the box (rescue shell): slot, boot count, agent, factory reset, and the offline commands.
+    Rescue,
     /// Print the version.
     Version,
 }
@@ -50,6 +52,10 @@ fn main() -> anyhow::Result<()> {
         Verb::Agent(args) => agent::run(args),
         Verb::Bundle(args) => cmd_bundle::run(args),
         Verb::Ctl(args) => ctl::run(args),
+        Verb::Rescue => {
+            print!("{}", nuvol_init::rescue_status());
+            Ok(())
+        }
         Verb::Version => {
             println!("nuvol {}", env!("CARGO_PKG_VERSION"));
             Ok(())
