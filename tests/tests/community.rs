@@ -71,7 +71,7 @@ fn community_overlay_across_zones_nat_and_relay() {
     );
 
     // --- the mesh ----------------------------------------------------------
-    let t = c.wait_for("full overlay mesh", Duration::from_secs(300), || {
+    let t = c.wait_for("full overlay mesh", Duration::from_secs(480), || {
         (1..=N)
             .all(|n| meshed(&overlay(&c, n)))
             .then(|| c.started.elapsed())
