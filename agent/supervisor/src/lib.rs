@@ -614,9 +614,10 @@ async fn read_stream(fd: OwnedFd, stream: Stream, logs: Arc<LogStore>) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let mut kept = true;
         for &b in &buf[..n] {
             if b == b'\n' {
-                logs.push(
+                kept &= logs.push(
                     stream,
                     String::from_utf8_lossy(&line).trim_end_matches('\r'),
                 );
@@ -624,10 +625,19 @@ async fn read_stream(fd: OwnedFd, stream: Stream, logs: Arc<LogStore>) {
             } else {
                 line.push(b);
                 if line.len() >= logs::MAX_LINE {
-                    logs.push(stream, &String::from_utf8_lossy(&line));
+                    kept &= logs.push(stream, &String::from_utf8_lossy(&line));
                     line.clear();
                 }
             }
+        }
+        // Over the rate limit: leave the rest in the pipe for a while
+        // (backpressure on the service) rather than spend the agent's
+        // thread reading lines only to drop them. Within it: let the
+        // API and the other tasks run between reads.
+        if kept {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(logs::OVER_BUDGET_PAUSE).await;
         }
     }
     if !line.is_empty() {

@@ -26,6 +26,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+/// How long the reader of a service's output waits after a read whose
+/// lines went over the rate limit: the pipe fills meanwhile and the
+/// service blocks on its next write, so a service printing without end
+/// costs the agent one read per pause, not a core.
+pub const OVER_BUDGET_PAUSE: Duration = Duration::from_millis(20);
+
 /// Longest line kept; longer output is split.
 pub const MAX_LINE: usize = 8 * 1024;
 /// What a line costs the rate limit besides its text (the file record's
@@ -227,18 +233,20 @@ impl LogStore {
     }
 
     /// Append one line (split if longer than [`MAX_LINE`]), unless over
-    /// the rate limit.
-    pub fn push(&self, stream: Stream, text: &str) {
+    /// the rate limit. `false` when (a part of) it was dropped: the reader
+    /// then slows down ([`OVER_BUDGET_PAUSE`]).
+    pub fn push(&self, stream: Stream, text: &str) -> bool {
         let mut rest = text;
+        let mut kept = true;
         loop {
             let mut cut = rest.len().min(MAX_LINE);
             while !rest.is_char_boundary(cut) {
                 cut -= 1;
             }
             let (part, tail) = rest.split_at(cut);
-            self.shared.push_one(stream, part);
+            kept &= self.shared.push_one(stream, part);
             if tail.is_empty() {
-                break;
+                return kept;
             }
             rest = tail;
         }
@@ -305,7 +313,7 @@ fn record(line: &LogLine) -> String {
 }
 
 impl Shared {
-    fn push_one(&self, stream: Stream, text: &str) {
+    fn push_one(&self, stream: Stream, text: &str) -> bool {
         let now = Instant::now();
         let mut r = lock(&self.ring);
         let l = self.limits;
@@ -319,7 +327,7 @@ impl Shared {
             if marker_due {
                 self.marker(&mut r, now);
             }
-            return;
+            return false;
         }
         if marker_due {
             self.marker(&mut r, now);
@@ -329,7 +337,9 @@ impl Shared {
         }
         if !self.append(&mut r, stream, text.to_string()) {
             r.dropped += 1;
+            return false;
         }
+        true
     }
 
     /// The "lines dropped" marker line, and the count starts again.
@@ -549,10 +559,13 @@ mod tests {
             ..LogLimits::default()
         };
         let s = LogStore::new(dir.path(), l);
-        // 10 000 lines of 76 bytes (cost 100) at once: the burst lets 20 in.
-        for i in 0..10_000 {
-            s.push(Stream::Stdout, &format!("{i:076}"));
-        }
+        // 10 000 lines of 76 bytes (cost 100) at once: the burst lets 20 in,
+        // and `push` says which were dropped (the reader then pauses).
+        let pushed: Vec<bool> = (0..10_000)
+            .map(|i| s.push(Stream::Stdout, &format!("{i:076}")))
+            .collect();
+        assert!(pushed[..20].iter().all(|&k| k));
+        assert!(!pushed[20]);
         // The supervisor's own lines are never dropped.
         s.push(Stream::Supervisor, "exited");
         let kept = s
