@@ -12,7 +12,8 @@
                                          head one byte every 5 s
       both from 127.1.x.y, 10 per address, reconnecting 50 ms after the
       agent closes one; at most SECONDS.
-  attack.py share PORT THREADS SECONDS   GET /share/v1/bundles in a loop
+  attack.py share PORT THREADS SECONDS   GET /share/v1/bundles in a loop,
+                                         from 5 addresses (127.2.0.1-5)
   attack.py upload PORT TOKEN MIB SECONDS
       POST /api/v1/bundles with MIB MiB of junk (refused after the
       upload), one upload after another for SECONDS
@@ -23,6 +24,9 @@ import socket
 import sys
 import threading
 import time
+
+
+SHARE_SOURCES = 5
 
 
 def raise_nofile():
@@ -37,10 +41,11 @@ def pct(values, p):
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
-def get(port, path, timeout=10.0):
+def get(port, path, timeout=10.0, source=None):
     t0 = time.monotonic()
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                      source_address=(source, 0) if source else None) as s:
             s.settimeout(timeout)
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
             out = b""
@@ -164,11 +169,12 @@ def hold(port, count, seconds, slow):
 def share(port, threads, seconds):
     end = time.monotonic() + seconds
 
-    def loop():
+    def loop(source):
         while time.monotonic() < end:
-            get(port, "/share/v1/bundles")
+            get(port, "/share/v1/bundles", source=source)
 
-    ts = [threading.Thread(target=loop) for _ in range(threads)]
+    ts = [threading.Thread(target=loop, args=(f"127.2.0.{i % SHARE_SOURCES + 1}",))
+          for i in range(threads)]
     for t in ts:
         t.start()
     for t in ts:

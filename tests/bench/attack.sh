@@ -7,7 +7,8 @@
 #   - idle: 3,000 silent connections from 300 addresses (127.1.x.y),
 #     reconnecting whatever the agent closes;
 #   - slow: 3,000 connections sending a request head one byte every 5 s;
-#   - share: 50 threads hammering the public GET /share/v1/bundles;
+#   - share: 50 threads hammering the public GET /share/v1/bundles from 5
+#     addresses (a few hostile machines; each has its request budget);
 #   - logs: a service printing as fast as it can (busybox `yes`);
 #   - upload: 800 MiB uploads through the API, one after another (each
 #     refused after it, as junk).

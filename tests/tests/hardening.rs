@@ -14,6 +14,9 @@
 //!   closed to make room, up to the per-source budget; past it the
 //!   source's own oldest go, and the panel answers throughout. The agent's
 //!   fd limit is raised to PID 1's ceiling of 65536.
+//! - One address sending requests without pause is answered up to its
+//!   request budget, then held and refused (429 `rate_limited`), and
+//!   answered again once the budget refills.
 //! - A second disk with its own `nuvol-boot` (another nuvol.toml) is
 //!   refused, by the kernel command line under SeaBIOS and by the boot
 //!   loader's `LoaderDevicePartUUID` under OVMF, and two copies of one
@@ -237,8 +240,50 @@ fn namespaces_refused_health_checks_contained_and_the_oom_killer_spares_the_agen
         "neither PID 1 nor the agent was killed:\n{}",
         nuvol_e2e::tail(&console)
     );
+    // Last (it spends the host's request budget): one address asking
+    // without pause is cut to its budget.
+    request_budget_holds(&vm);
+
     vm.qmp("system_powerdown");
     vm.wait_exit(Duration::from_secs(120));
+}
+
+/// 2000 requests pipelined on one connection, as fast as the box reads
+/// them: the first 300 (the burst) and what refills meanwhile are
+/// answered, then one is held 1 s and answered 429 `rate_limited` with
+/// `Retry-After`, and the connection is closed. The budget refills: a
+/// moment later the same address is answered again.
+fn request_budget_holds(vm: &Vm) {
+    use std::io::{Read, Write};
+    const SENT: usize = 2000;
+    let before = metric(vm, "nuvol_http_rate_limited_total").unwrap_or(0.0);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", vm.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let reqs = "GET /no-such-page HTTP/1.1\r\nHost: x\r\n\r\n".repeat(SENT);
+        let _ = w.write_all(reqs.as_bytes()); // fails once the box closes
+    });
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let _ = writer.join();
+    let text = String::from_utf8_lossy(&out);
+    let answered = text.matches("HTTP/1.1 404").count();
+    let limited = text.matches("HTTP/1.1 429").count();
+    eprintln!("request budget: {answered} answered, {limited} refused of {SENT} pipelined");
+    assert!(answered >= 300, "the burst is answered: {answered}");
+    assert!(answered < SENT, "not all {SENT}: {answered}");
+    assert_eq!(limited, 1, "one 429, then the connection closes");
+    let tail = &text[text.find("HTTP/1.1 429").unwrap()..];
+    assert!(
+        tail.contains("rate_limited") && tail.to_ascii_lowercase().contains("retry-after: "),
+        "{tail}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, _) = vm.http("GET", "/api/v1/status").expect("status after");
+    assert_eq!(code, 200, "the budget refills");
+    let after = metric(vm, "nuvol_http_rate_limited_total").unwrap_or(0.0);
+    assert!(after >= before + 1.0, "counted: {before} -> {after}");
 }
 
 /// A metric's value from the box's `/metrics` (admin).

@@ -1,6 +1,7 @@
-//! A file written (and optionally hashed) on the blocking pool, so the
-//! runtime thread that serves HTTP never waits on the disk: an 800 MB
-//! upload must not delay `/api/v1/status`.
+//! A file written (and optionally hashed) on the blocking pool at a lower
+//! CPU priority ([`crate::bulk`]), so the runtime thread that serves HTTP
+//! never waits on the disk nor for a core: an 800 MB upload must not
+//! delay `/api/v1/status`.
 //!
 //! Chunks travel through a channel of [`QUEUE`] chunks (a few hundred KiB
 //! at most in flight: a fast client is slowed to the disk's pace, not
@@ -36,7 +37,7 @@ impl BlockingWriter {
     pub fn create(path: &Path, hash: bool) -> BlockingWriter {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(QUEUE);
         let path = path.to_path_buf();
-        let task = tokio::task::spawn_blocking(move || {
+        let task = crate::bulk::spawn(move || {
             let mut f = std::fs::File::create(&path)?;
             let mut h = hash.then(sha2::Sha256::new);
             let mut bytes = 0u64;

@@ -45,10 +45,12 @@
 
 mod accept;
 pub mod auth;
+pub mod bulk;
 pub mod bundles;
 pub mod conns;
 pub mod discovery;
 pub mod filewrite;
+pub mod rate;
 use nuvol_human as human;
 mod io;
 pub mod metrics;
@@ -240,6 +242,25 @@ pub fn error_with(
     json(status, &serde_json::json!({ "error": e }))
 }
 
+/// 429 for a source over its request budget ([`rate`]): with
+/// `Retry-After`, and the connection closed after it.
+fn rate_limited(wait: Duration) -> Resp {
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many requests from your address; slow down",
+    );
+    let secs = wait.as_secs().max(1).to_string();
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&secs) {
+        r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    r.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    r
+}
+
 fn html(body: String) -> Resp {
     html_status(StatusCode::OK, body)
 }
@@ -380,6 +401,8 @@ pub struct Options {
     /// The connection budget (`None`: [`conns::Limits::default`]; the agent
     /// derives it from its fd limit).
     pub conn_limits: Option<conns::Limits>,
+    /// The request budget per source (`None`: [`rate::Budget::default`]).
+    pub rate: Option<rate::Budget>,
 }
 
 /// The listeners: plain HTTP and, optionally, HTTPS.
@@ -409,6 +432,8 @@ pub struct Ctx {
     pub share: share::Share,
     /// The open connections and their budget (see [`conns`]).
     pub conns: Arc<conns::Table>,
+    /// Requests per source (see [`rate`]).
+    pub rate: rate::Rate,
     /// The last status and when it was collected (see [`Ctx::status`]).
     status_cache: std::sync::Mutex<Option<(Instant, Status)>>,
 }
@@ -504,6 +529,12 @@ fn canonical_path(req: &mut Request<Incoming>) {
 
 async fn handle(ctx: Arc<Ctx>, conn: Conn, mut req: Request<Incoming>) -> Result<Resp, Infallible> {
     canonical_path(&mut req);
+    if let Err(wait) = ctx.rate.take(peer_ip(&conn)) {
+        // Held before the answer (rate::TARPIT): a client looping as fast
+        // as it can then waits too, instead of asking again at once.
+        tokio::time::sleep(rate::TARPIT).await;
+        return Ok(rate_limited(wait));
+    }
     let started = Instant::now();
     let node = ctx.node.clone();
     let path = req.uri().path().to_string();
@@ -739,6 +770,7 @@ pub async fn serve_all(
         argon2_gate: tokio::sync::Semaphore::new(1),
         share: share::Share::default(),
         conns: conns::Table::new(opts.conn_limits.unwrap_or_default()),
+        rate: rate::Rate::new(opts.rate.unwrap_or_default()),
         status_cache: std::sync::Mutex::new(None),
     });
     let sampler = tokio::spawn(metrics::sample_forever(ctx.clone()));

@@ -349,6 +349,12 @@ pub fn render(ctx: &Ctx, bundles: Option<usize>) -> String {
     );
     counter(
         &mut o,
+        "nuvol_http_rate_limited_total",
+        "Requests held 1 s and answered 429: their source was over its request budget.",
+        ctx.rate.limited(),
+    );
+    counter(
+        &mut o,
         "nuvol_share_index_computations_total",
         "Times the public bundle index was computed (it is cached per store generation).",
         ctx.share.index_computations(),

@@ -225,7 +225,7 @@ async fn cached_index(ctx: &Arc<Ctx>, store: Arc<Store>) -> Result<Bytes, Resp> 
     }
     ctx.share.computations.fetch_add(1, Ordering::Relaxed);
     let c = ctx.clone();
-    let list = match tokio::task::spawn_blocking(move || index(&store, &c.share)).await {
+    let list = match crate::bulk::spawn(move || index(&store, &c.share)).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             return Err(error(
@@ -308,7 +308,7 @@ pub async fn serve(ctx: &Arc<Ctx>, req: &Request<Incoming>) -> Resp {
             &format!("at most {MAX_DOWNLOADS} downloads at once; try again shortly"),
         );
     };
-    let export = match tokio::task::spawn_blocking(move || store.export(&name)).await {
+    let export = match crate::bulk::spawn(move || store.export(&name)).await {
         Ok(Ok(e)) => e,
         Ok(Err(BundleError::Io { .. } | BundleError::State(_))) | Err(_) => {
             return error(
@@ -323,7 +323,7 @@ pub async fn serve(ctx: &Arc<Ctx>, req: &Request<Incoming>) -> Resp {
     let name = export.bundle.name.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     if *req.method() == Method::GET {
-        tokio::task::spawn_blocking(move || {
+        crate::bulk::spawn(move || {
             let _permit = permit;
             let mut r = export.into_reader();
             let mut buf = vec![0u8; CHUNK];

@@ -12,6 +12,8 @@
 //!   quick, the log files stay under their cap, a counted "lines dropped"
 //!   marker appears, writes to disk are bounded.
 //! - a 512 MiB upload: `/api/v1/status` and gossip acks stay prompt.
+//! - one address looping on the public share: answered until its request
+//!   budget is spent, then held 1 s and 429; another address still served.
 //!
 //! Needs root (containers, loop devices), squashfs-tools and busybox-static.
 
@@ -201,6 +203,92 @@ fn idle_and_slow_connections_leave_room_for_honest_clients() {
 /// looked at.
 fn tiny_bundle(dir: &Path, key: &SecretKey, name: &str) -> std::path::PathBuf {
     common::busybox_bundle(dir, key, name, "1.0", "sleep 1000")
+}
+
+/// One plain `GET` from `source`: the status code, or `None` when the
+/// connection was reset or closed without an answer.
+fn get_from(source: std::net::IpAddr, port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    sock.bind(&SocketAddr::new(source, 0).into()).ok()?;
+    sock.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .ok()?;
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let head = std::str::from_utf8(out.get(..12)?).ok()?;
+    head.strip_prefix("HTTP/1.1 ")?.parse().ok()
+}
+
+#[test]
+fn one_address_looping_on_the_share_is_cut_to_its_budget() {
+    let dir = Agent::fresh_dir("attack-rate");
+    let a = Agent::start_in(
+        dir,
+        "[discovery]\nenabled = false\n[bundles]\nshare = true\n",
+        false,
+    );
+    let port = a.port;
+    let attacker: std::net::IpAddr = "127.4.0.1".parse().unwrap();
+    let honest: std::net::IpAddr = "127.4.0.2".parse().unwrap();
+    // 8 threads from one address, for 3 s, as fast as they can.
+    let end = Instant::now() + Duration::from_secs(3);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let (mut ok, mut limited, mut reset) = (0u32, 0u32, 0u32);
+                while Instant::now() < end {
+                    match get_from(attacker, port, "/share/v1/bundles") {
+                        Some(200) => ok += 1,
+                        Some(429) => limited += 1,
+                        Some(c) => panic!("share answered {c}"),
+                        None => reset += 1,
+                    }
+                }
+                (ok, limited, reset)
+            })
+        })
+        .collect();
+    // Meanwhile another address is answered, promptly.
+    let mut honest_times = Vec::new();
+    while Instant::now() < end {
+        let t = Instant::now();
+        assert_eq!(get_from(honest, port, "/api/v1/status"), Some(200));
+        honest_times.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut ok, mut limited, mut reset) = (0, 0, 0);
+    for t in threads {
+        let (o, l, r) = t.join().unwrap();
+        (ok, limited, reset) = (ok + o, limited + l, reset + r);
+    }
+    eprintln!(
+        "attacker: {ok} answered, {limited} 429, {reset} reset; {}",
+        summary("honest status", &honest_times)
+    );
+    // The budget (docs/api.md): 300 at once, then 100 a second.
+    assert!(ok >= 300, "the burst is answered: {ok}");
+    assert!(ok <= 300 + 100 * 4, "no more than the budget: {ok}");
+    assert!(
+        limited >= 8,
+        "every thread was held and refused: {limited} 429"
+    );
+    assert!(
+        ok + limited + reset < 1000,
+        "the 1 s hold slows the loop: {ok} answered, {limited} 429, {reset} reset"
+    );
+    assert!(
+        percentile(&honest_times, 100.0) < Duration::from_secs(2),
+        "{}",
+        summary("honest status", &honest_times)
+    );
+    assert!(metric(&a, "nuvol_http_rate_limited_total").unwrap_or(0.0) >= 1.0);
+    // The attacker's budget comes back with time.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get_from(attacker, port, "/share/v1/bundles"), Some(200));
 }
 
 #[test]
