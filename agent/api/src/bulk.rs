@@ -14,6 +14,18 @@ use tokio::task::JoinHandle;
 /// The niceness of bulk work (0 is the agent's own, 19 the lowest).
 pub const NICE: i32 = 10;
 
+/// The niceness of the agent's discovery thread (gossip acks and probes,
+/// mDNS): above services and the API, so a busy box still answers its
+/// peers' probes in time and is not suspected dead by the community.
+pub const DISCOVERY_NICE: i32 = -5;
+
+/// Set the calling thread's niceness (Linux keeps it per thread): `false`
+/// when the kernel refused (raising priority needs CAP_SYS_NICE). Threads
+/// this one creates inherit it.
+pub fn set_this_thread(nice: i32) -> bool {
+    set(nice)
+}
+
 /// [`tokio::task::spawn_blocking`] at nice [`NICE`].
 pub fn spawn<T, F>(f: F) -> JoinHandle<T>
 where

@@ -29,7 +29,7 @@
 //! Counters (`/metrics`): connections open and waiting, admitted, closed to
 //! admit another (evicted), refused.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,8 +116,9 @@ struct Inner {
     conns: HashMap<u64, Entry>,
     /// Waiting connections, oldest (lowest id) first.
     waiting: BTreeSet<u64>,
-    /// How many are talking.
-    talking: usize,
+    /// Talking connections (at most [`Limits::total`]: the eviction scan
+    /// walks these, never the waiting thousands).
+    talking: HashSet<u64>,
     /// Each source's connections.
     per_src: HashMap<IpAddr, BTreeSet<u64>>,
 }
@@ -126,7 +127,7 @@ impl Inner {
     fn remove(&mut self, id: u64) -> Option<Entry> {
         let e = self.conns.remove(&id)?;
         if e.talking {
-            self.talking -= 1;
+            self.talking.remove(&id);
         } else {
             self.waiting.remove(&id);
         }
@@ -174,11 +175,13 @@ impl Inner {
     /// longest.
     fn evict_talking(&mut self, except: u64) -> bool {
         let victim = self
-            .conns
+            .talking
             .iter()
-            .filter(|(id, e)| e.talking && e.busy == 0 && **id != except)
-            .min_by_key(|(id, e)| (e.idle_since, **id))
-            .map(|(id, _)| *id);
+            .filter(|id| **id != except)
+            .filter_map(|id| self.conns.get(id).map(|e| (*id, e)))
+            .filter(|(_, e)| e.busy == 0)
+            .min_by_key(|(id, e)| (e.idle_since, *id))
+            .map(|(id, _)| id);
         victim.is_some_and(|id| self.close(id))
     }
 }
@@ -314,7 +317,7 @@ impl Slot {
             None => return Talking::Refused,
         }
         let mut made_room = false;
-        if t.talking >= table.limits.total {
+        if t.talking.len() >= table.limits.total {
             if !t.evict_talking(self.id) {
                 table.refused.fetch_add(1, Ordering::Relaxed);
                 return Talking::Refused;
@@ -323,7 +326,7 @@ impl Slot {
             made_room = true;
         }
         t.waiting.remove(&self.id);
-        t.talking += 1;
+        t.talking.insert(self.id);
         if let Some(e) = t.conns.get_mut(&self.id) {
             e.talking = true;
             e.idle_since = Instant::now();

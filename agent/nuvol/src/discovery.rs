@@ -271,9 +271,10 @@ pub fn spawn(
 /// the pages touched count in RSS; debug builds need far more than release.
 pub const DISCOVERY_STACK: usize = 1024 * 1024;
 
-/// Run `fut` on a thread of its own with its own current-thread runtime:
-/// gossip's acks and probes and mDNS answers never wait behind HTTP,
-/// uploads or logs on the agent's main runtime. Everything gossip and
+/// Run `fut` on a thread of its own with its own current-thread runtime,
+/// at nice -5 ([`nuvol_api::bulk::DISCOVERY_NICE`]): gossip's acks and
+/// probes and mDNS answers never wait behind HTTP, uploads or logs on the
+/// agent's main runtime, nor behind them for a core. Everything gossip and
 /// mDNS spawn runs there; their handles are used from the main runtime
 /// (tokio's sockets, channels and timers work across runtimes).
 fn on_own_thread(
@@ -286,7 +287,14 @@ fn on_own_thread(
         .name("nuvol-discovery".into())
         .stack_size(DISCOVERY_STACK)
         // On the heap: gossip's futures are large, debug builds' more so.
-        .spawn(move || rt.block_on(Box::pin(fut)))
+        .spawn(move || {
+            // Ahead of the API, bulk work and services for the CPU (it
+            // forks nothing, so no service inherits it).
+            if !nuvol_api::bulk::set_this_thread(nuvol_api::bulk::DISCOVERY_NICE) {
+                tracing::debug!("discovery thread: niceness unchanged (no CAP_SYS_NICE)");
+            }
+            rt.block_on(Box::pin(fut))
+        })
         .map(|_| ())
 }
 
