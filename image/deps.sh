@@ -15,6 +15,12 @@ build_pkgs=(build-essential bc flex bison libelf-dev libssl-dev cpio zstd xz-uti
     systemd-boot-efi qemu-system-x86 ovmf seabios curl python3 file
     musl-tools squashfs-tools binutils busybox-static)
 pkgs=("${build_pkgs[@]}")
+# ARCH=arm64 (the Makefile exports ARCH): Debian's aarch64 cross gcc for
+# ring's C parts; the linker is rustup's rust-lld. The test suite builds the
+# arm64 binary too and runs it under qemu-user.
+if [ "${ARCH:-x86_64}" = arm64 ] || [ "${1:-build}" = test ]; then
+    pkgs+=(gcc-aarch64-linux-gnu qemu-user-static)
+fi
 if [ "${1:-build}" = test ]; then
     while IFS= read -r line; do
         line=${line%%#*}; line=${line//[[:space:]]/}
@@ -36,6 +42,7 @@ fi
 
 command -v cargo >/dev/null || { echo "deps: cargo not found; nuvol builds with rustup's toolchain (see rust-toolchain.toml)" >&2; exit 1; }
 # rust-toolchain.toml pins the toolchain; make sure it and the musl target are there.
-if ! rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl; then
-    rustup target add x86_64-unknown-linux-musl >&2
-fi
+installed=$(rustup target list --installed 2>/dev/null || true)
+for t in x86_64-unknown-linux-musl $( { [ "${ARCH:-x86_64}" = arm64 ] || [ "${1:-build}" = test ]; } && echo aarch64-unknown-linux-musl); do
+    grep -qx "$t" <<<"$installed" || rustup target add "$t" >&2
+done

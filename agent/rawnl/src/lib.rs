@@ -221,7 +221,7 @@ impl NlSocket {
         let mut sock = Socket::new(proto).map_err(io("netlink socket"))?;
         sock.bind_auto().map_err(io("bind"))?;
         let tv = libc::timeval {
-            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
+            tv_sec: RECV_TIMEOUT.as_secs() as _,
             tv_usec: 0,
         };
         // SAFETY: a valid fd and a correctly sized timeval.
