@@ -61,10 +61,32 @@ fn sha(p: &Path) -> String {
         .to_string()
 }
 
-fn reboot(vm: &mut Vm, ready_count: usize) {
-    let (code, _) = vm.http_admin("POST", "/api/v1/system/reboot").unwrap();
+/// Upload `file` to `path` with the admin token; retried while the
+/// connection is reset (QEMU's forward right after a reboot's ready line).
+fn upload(vm: &Vm, path: &str, file: &Path) -> (u16, String) {
+    vm.wait_for(&format!("POST {path}"), Duration::from_secs(60), || {
+        vm.upload_admin(path, file).ok()
+    })
+}
+
+fn ask_reboot(vm: &Vm) {
+    let code = vm.wait_for(
+        "POST /api/v1/system/reboot",
+        Duration::from_secs(60),
+        || {
+            vm.http_admin("POST", "/api/v1/system/reboot")
+                .ok()
+                .map(|(c, _)| c)
+        },
+    );
     assert_eq!(code, 202);
-    vm.wait_console(READY, ready_count, BOOT);
+}
+
+/// Reboot through the API and wait for the next ready line.
+fn reboot(vm: &mut Vm) {
+    let n = vm.console().matches(READY).count();
+    ask_reboot(vm);
+    vm.wait_console(READY, n + 1, BOOT);
 }
 
 #[test]
@@ -115,7 +137,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
         (&unsigned, 403, "update_untrusted"),
         (&arm, 422, "update_wrong_arch"),
     ] {
-        let (st, body) = vm.upload_admin("/api/v1/update", file).unwrap();
+        let (st, body) = upload(&vm, "/api/v1/update", file);
         eprintln!(
             "{}: {st} {}",
             file.display(),
@@ -144,7 +166,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     assert_eq!(v["armed_try"], "nuvol-B", "{v}");
     assert_eq!(v["slots"]["B"]["version"], "99.0.0", "{v}");
     assert_eq!(v["default_slot"], "A", "{v}");
-    reboot(&mut vm, 2);
+    reboot(&mut vm);
     let v = get_update(&vm);
     assert_eq!(v["running_slot"], "B", "{v}");
     assert_eq!(v["running_version"], "99.0.0", "{v}");
@@ -167,7 +189,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
         out.contains("running slot B (99.0.0), default slot B"),
         "{out}"
     );
-    reboot(&mut vm, 3);
+    reboot(&mut vm);
     let v = get_update(&vm);
     assert_eq!(v["running_slot"], "B", "still B after a plain reboot: {v}");
 
@@ -176,15 +198,15 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     std::fs::write(&garbage, vec![0x5au8; 64 * 1024]).unwrap();
     let bad = d("bad.nvu");
     build(&key.secret, &k, &garbage, "99.1.0", "x86_64", &bad);
-    let (st, body) = vm.upload_admin("/api/v1/update", &bad).unwrap();
+    let (st, body) = upload(&vm, "/api/v1/update", &bad);
     assert_eq!(st, 200, "{body}");
     let v = get_update(&vm);
     assert_eq!(v["armed_try"], "nuvol-A", "{v}");
     let asked = Instant::now();
-    let (code, _) = vm.http_admin("POST", "/api/v1/system/reboot").unwrap();
-    assert_eq!(code, 202);
+    let n = vm.console().matches(READY).count();
+    ask_reboot(&vm);
     vm.wait_console("Kernel panic", 1, BOOT);
-    vm.wait_console(READY, 4, BOOT);
+    vm.wait_console(READY, n + 1, BOOT);
     eprintln!(
         "bench: bad try to back in the good slot {:.1} s",
         asked.elapsed().as_secs_f64()

@@ -40,7 +40,7 @@ pub const HELP: &str = "  nuvol rescue         status: slot, boot count, agent, 
                        factory reset (the data partition is wiped at the next boot)
   exit                 close this shell (not reopened unless asked again)
   A/B slots: an OS update's tried slot is marked good by the agent itself;
-                       no rescue command for it (docs/boot.md, "Update").
+                       no rescue command for it (docs/boot.md, Update).
 ";
 
 /// Whether the kernel command line asks for the shell: `nuvol.rescue`
