@@ -22,12 +22,17 @@ pub fn refusal(r: &nuvol_update::Refusal) -> Resp {
 pub async fn apply(ctx: &Ctx, req: Request<Incoming>) -> Resp {
     let allow_downgrade = parse::form_get(req.uri().query().unwrap_or(""), "allow_downgrade")
         .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on"));
-    let Some(dir) = ctx.node.update_upload_dir() else {
-        return error(
-            StatusCode::NOT_IMPLEMENTED,
-            "update_unavailable",
-            "this agent cannot update its OS",
-        );
+    // Refused before the body is read where there is nothing to update.
+    let status = ctx.node.update_status();
+    let dir = match ctx.node.update_upload_dir() {
+        Some(d) if status.as_ref().is_some_and(|s| s["available"] == true) => d,
+        _ => {
+            let why = status
+                .as_ref()
+                .and_then(|s| s["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "this agent cannot update its OS".into());
+            return error(StatusCode::NOT_IMPLEMENTED, "update_unavailable", &why);
+        }
     };
     let head = UploadHead::of(&req);
     let upload = match receive_max(
