@@ -6,10 +6,13 @@
 //!    signature zeroed, and one for another architecture answer
 //!    `update_untrusted` / `update_wrong_arch`; no update is recorded, no
 //!    try armed, slot B's files on the disk unchanged.
-//! 2. The image's own kernel and initramfs as version 99.0.0 through
+//! 2. With a service running (a bundle whose publisher is trusted for
+//!    bundles only: the same key's update artefact was refused in 1), the
+//!    image's own kernel and initramfs as version 99.0.0 through
 //!    `nuvol ctl update`: written to slot B, try armed; after a reboot the
-//!    box runs slot B, marks it good after the settling time (5 s here),
-//!    and a second reboot comes up in B again (now the default).
+//!    box runs slot B, marks it good once the settling time (5 s here) is
+//!    over and the service runs again, and a second reboot comes up in B
+//!    again (now the default).
 //! 3. Version 99.1.0 whose initrd is garbage (signed, valid manifest),
 //!    uploaded through the API to slot A: the try boot panics, the kernel
 //!    reboots after 10 s, the loader boots the default (B) by itself, and
@@ -35,6 +38,19 @@ fn get_update(vm: &Vm) -> Value {
             _ => None,
         }
     })
+}
+
+/// Whether the service `name` runs on the box.
+fn running(vm: &Vm, name: &str) -> bool {
+    match vm.http_admin("GET", "/api/v1/local-services") {
+        Ok((200, body)) => serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s["name"] == name && s["state"] == "running"),
+        _ => false,
+    }
 }
 
 fn build(key: &Path, kernel: &Path, initrd: &Path, version: &str, arch: &str, out: &Path) {
@@ -159,10 +175,23 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     assert_eq!(sha(&d("b-before")), sha(&d("b-after")), "slot B untouched");
 
     // --- 2. a good update: try, mark good, stays ---------------------------
+    vm.ctl_ok(&["keys", "add", other.public.to_str().unwrap()]);
+    let sleep =
+        "[run]\ncommand = [\"/bin/busybox\", \"sleep\", \"100000\"]\nuid = 1234\ngid = 1234\n";
+    let nvb = other.busybox_bundle(&dir.0, "sleeper", sleep);
+    vm.ctl_ok(&["bundles", "install", nvb.to_str().unwrap()]);
+    vm.wait_for("sleeper running", Duration::from_secs(60), || {
+        running(&vm, "sleeper").then_some(())
+    });
     let out = vm.ctl_ok(&["update", good.to_str().unwrap()]);
     assert!(out.contains("written to slot B"), "{out}");
     let v = get_update(&vm);
     assert_eq!(v["update"]["phase"], "pending", "{v}");
+    assert_eq!(
+        v["update"]["services"],
+        serde_json::json!(["sleeper"]),
+        "{v}"
+    );
     assert_eq!(v["armed_try"], "nuvol-B", "{v}");
     assert_eq!(v["slots"]["B"]["version"], "99.0.0", "{v}");
     assert_eq!(v["default_slot"], "A", "{v}");

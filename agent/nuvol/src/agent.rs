@@ -107,7 +107,8 @@ impl nuvol_api::Node for Node {
         file: &std::path::Path,
         allow_downgrade: bool,
     ) -> Result<serde_json::Value, nuvol_update::Refusal> {
-        self.update.apply(file, allow_downgrade)
+        let running = crate::update::running_services(self.services.as_ref());
+        self.update.apply(file, allow_downgrade, running)
     }
     fn factory_reset(&self, test_pause_secs: u32) -> Result<bool, String> {
         let Some(dir) = self.reset_dir.as_deref().filter(|_| self.under_init) else {
@@ -345,7 +346,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         ));
         announce_ready(local, manage_net).await;
         if trial {
-            tokio::spawn(crate::update::watch_trial(update, local.port(), manage_net));
+            tokio::spawn(crate::update::watch_trial(
+                update,
+                local.port(),
+                manage_net,
+                services.clone(),
+            ));
         }
         wait_for_stop().await;
         tracing::info!("stopping");

@@ -137,7 +137,12 @@ impl Updater {
 
     /// Check `file` completely, write it to the inactive slot, read it
     /// back, record the update and arm the one-shot try.
-    pub fn apply(&self, file: &Path, allow_downgrade: bool) -> Result<serde_json::Value, Refusal> {
+    pub fn apply(
+        &self,
+        file: &Path,
+        allow_downgrade: bool,
+        services: Vec<String>,
+    ) -> Result<serde_json::Value, Refusal> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let Some(running) = self.available() else {
             return Err(Refusal::Unavailable(
@@ -178,6 +183,7 @@ impl Updater {
             armed_boot: boot_id(),
             reason: None,
             key_id: v.key_id.clone(),
+            services,
         };
         self.boot_rw(|| {
             // No try of a half-written slot: disarm first.
@@ -287,10 +293,32 @@ impl Updater {
     }
 }
 
-/// The health checks of a trial: the panel answers on `port`, and when
-/// the agent manages the network an interface other than `lo` has an
-/// address.
-fn healthy(port: u16, network: bool) -> Result<(), String> {
+/// The services running now (condition "running").
+pub fn running_services(svc: Option<&crate::services::ServicesHandle>) -> Vec<String> {
+    use nuvol_api::services::{Condition, Services};
+    svc.map(|h| {
+        h.list()
+            .into_iter()
+            .filter(|s| s.condition().0 == Condition::Running)
+            .map(|s| s.status.name)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The health checks of a trial: the panel answers on `port`, when the
+/// agent manages the network an interface other than `lo` has an
+/// address, and the services that ran when the update was applied run.
+fn healthy(
+    port: u16,
+    network: bool,
+    wanted: &[String],
+    svc: Option<&crate::services::ServicesHandle>,
+) -> Result<(), String> {
+    let missing = state::missing_services(wanted, &running_services(svc));
+    if !missing.is_empty() {
+        return Err(format!("services not running yet: {}", missing.join(", ")));
+    }
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| format!("panel: {e}"))?;
@@ -315,11 +343,20 @@ fn healthy(port: u16, network: bool) -> Result<(), String> {
 /// Watch a trial: after the settling time, once healthy, mark it good;
 /// unhealthy for [`UNHEALTHY_LIMIT`] after that, reboot (back to the
 /// default slot).
-pub async fn watch_trial(u: Arc<Updater>, port: u16, network: bool) {
+pub async fn watch_trial(
+    u: Arc<Updater>,
+    port: u16,
+    network: bool,
+    svc: Option<crate::services::ServicesHandle>,
+) {
     tokio::time::sleep(u.settle).await;
     let start = tokio::time::Instant::now();
+    let wanted = state::load(&u.state_path)
+        .map(|r| r.services)
+        .unwrap_or_default();
     loop {
-        let r = tokio::task::spawn_blocking(move || healthy(port, network))
+        let (w, s) = (wanted.clone(), svc.clone());
+        let r = tokio::task::spawn_blocking(move || healthy(port, network, &w, s.as_ref()))
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
         match r {

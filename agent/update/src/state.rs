@@ -55,6 +55,19 @@ pub struct Record {
     /// The signer's key id.
     #[serde(default)]
     pub key_id: String,
+    /// The services running when the update was applied: the trial is
+    /// healthy only once they run again.
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+/// The services of `wanted` not in `running`, for the trial's health check.
+pub fn missing_services(wanted: &[String], running: &[String]) -> Vec<String> {
+    wanted
+        .iter()
+        .filter(|w| !running.contains(w))
+        .cloned()
+        .collect()
 }
 
 /// What the agent does at start.
@@ -130,7 +143,19 @@ mod tests {
             armed_boot: "boot-1".into(),
             reason: None,
             key_id: "k".into(),
+            services: vec!["web".into()],
         }
+    }
+
+    #[test]
+    fn services_that_ran_before_must_run_again() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(missing_services(&s(&["web", "db"]), &s(&["db", "web", "new"])).is_empty());
+        assert_eq!(
+            missing_services(&s(&["web", "db"]), &s(&["db"])),
+            s(&["web"])
+        );
+        assert!(missing_services(&[], &[]).is_empty());
     }
 
     #[test]
