@@ -5,6 +5,7 @@
 #                (qemu/community.sh; Ctrl-C stops it)
 #   make qemu-reset  forget that box (the next `make qemu` starts from a fresh copy)
 #   make image   out/nuvol-x86_64.img, ready to dd onto a USB stick
+#   make update-artefact  out/nuvol-x86_64-VERSION.nvu: the image's OS as a signed update (dev key)
 #   make test    every test (what .ci/run calls)
 #   make bench   benchmarks, printed as ratios against their peers
 #
@@ -61,7 +62,10 @@ QEMU_BOX := out/qemu
 # Syncthing GUI): host:guest.
 FORWARD ?= 18080:8080 12379:2379 18384:8384
 
-.PHONY: deps deps-test nuvol kernel image qemu community qemu-reset test test-unit test-e2e fuzz-short lint size size-arm64 bench bundles clean
+UPDATE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+UPDATE_ARTEFACT := out/nuvol-x86_64-$(UPDATE_VERSION).nvu
+
+.PHONY: update-artefact deps deps-test nuvol kernel image qemu community qemu-reset test test-unit test-e2e fuzz-short lint size size-arm64 bench bundles clean
 
 deps:
 	@image/deps.sh build
@@ -84,6 +88,16 @@ kernel: deps
 image: nuvol kernel
 	$(X86_ONLY)
 	$(IMAGE_WRAPPER) image/build.sh $(NUVOL_BIN) out/bzImage $(IMAGE)
+
+# The image's kernel and initramfs as a signed OS update (docs/boot.md,
+# "Update"), signed with the development key `make bundles` uses. Same
+# inputs, same bytes (ed25519 signatures are deterministic).
+update-artefact: image
+	@test -f $(NUVOL_CACHE)/dev-key/dev.sec || $(NUVOL_BIN) bundle keygen -o $(NUVOL_CACHE)/dev-key/dev \
+		-c "DEVELOPMENT ONLY nuvol recipes key, never trust in production"
+	$(NUVOL_BIN) update build --kernel out/bzImage --initrd out/initrd.img --version $(UPDATE_VERSION) \
+		-k $(NUVOL_CACHE)/dev-key/dev.sec -o $(UPDATE_ARTEFACT)
+	$(NUVOL_BIN) update verify $(UPDATE_ARTEFACT) -p $(NUVOL_CACHE)/dev-key/dev.pub
 
 qemu: image bundles
 	qemu/box.sh --dir $(QEMU_BOX) --disk $(DISK) --nuvol out/nuvol --bundles out/bundles \

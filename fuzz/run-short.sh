@@ -13,7 +13,7 @@ cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HERE/target}"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/nuvol-fuzz.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT INT TERM
-for t in bundle_head manifest key_files mdns_packet gossip_packet gossip_stream gossip_keys gossip_lzw cloudy_tag; do
+for t in bundle_head update_head manifest key_files mdns_packet gossip_packet gossip_stream gossip_keys gossip_lzw cloudy_tag; do
     mkdir -p "$TMP/$t"
     echo "== fuzz $t for ${SECS}s"
     if ! cargo +nightly fuzz run "$t" "$TMP/$t" "corpus/$t" -- \

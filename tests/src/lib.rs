@@ -611,6 +611,19 @@ pub fn boot_file(disk: &Path, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Copy a file off the image's boot partition (`src`, e.g. `A/bzImage`)
+/// to `dst` on the host, byte for byte.
+pub fn copy_from_boot(disk: &Path, src: &str, dst: &Path) {
+    let target = format!("{}@@{}", disk.display(), boot_offset(disk));
+    let st = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-n", "-o", "-i", &target, &format!("::{src}")])
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mcopy ::{src} off the image");
+}
+
 /// The names at the top of the image's boot partition (as `mdir` lists
 /// them: long names where there are, in the case they were written).
 pub fn boot_files(disk: &Path) -> Vec<String> {

@@ -248,7 +248,7 @@ impl Drop for Upload {
 }
 
 /// What a request says about the upload in its body.
-struct UploadHead {
+pub(crate) struct UploadHead {
     /// `Content-Length`.
     declared: Option<u64>,
     /// The form's boundary, for `multipart/form-data`.
@@ -258,7 +258,7 @@ struct UploadHead {
 }
 
 impl UploadHead {
-    fn of(req: &Request<Incoming>) -> UploadHead {
+    pub(crate) fn of(req: &Request<Incoming>) -> UploadHead {
         let h = req.headers();
         let text = |name| {
             h.get(name)
@@ -275,14 +275,27 @@ impl UploadHead {
 
 /// Stream the request body to a file under `dir`, at most [`MAX_UPLOAD`],
 /// refusing at once what cannot fit.
-async fn receive(mut body: Incoming, dir: &Path, head: UploadHead) -> Result<Upload, Resp> {
+async fn receive(body: Incoming, dir: &Path, head: UploadHead) -> Result<Upload, Resp> {
+    receive_max(body, dir, head, MAX_UPLOAD).await
+}
+
+/// [`receive`] with another limit (OS updates).
+pub(crate) async fn receive_max(
+    mut body: Incoming,
+    dir: &Path,
+    head: UploadHead,
+    max: u64,
+) -> Result<Upload, Resp> {
     let declared = head.declared;
-    if declared.is_some_and(|n| n > MAX_UPLOAD) {
-        return Err(error(
+    let too_large = || {
+        error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            &format!("bundles are limited to {MAX_UPLOAD} bytes"),
-        ));
+            &format!("uploads here are limited to {max} bytes"),
+        )
+    };
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
     }
     let io_err = |e: std::io::Error| {
         error(
@@ -325,12 +338,8 @@ async fn receive(mut body: Incoming, dir: &Path, head: UploadHead) -> Result<Upl
         })?;
         if let Ok(data) = frame.into_data() {
             total += data.len() as u64;
-            if total > MAX_UPLOAD {
-                return Err(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    &format!("bundles are limited to {MAX_UPLOAD} bytes"),
-                ));
+            if total > max {
+                return Err(too_large());
             }
             if let Err(e) = file.write(data).await {
                 return Err(if nuvol_bundle::space::is_full(&e) {

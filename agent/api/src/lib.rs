@@ -63,6 +63,7 @@ pub mod services;
 pub mod settings;
 pub mod share;
 pub mod tls;
+pub mod update;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -116,6 +117,27 @@ pub trait Node: Send + Sync + 'static {
     /// there is no nuvol init to ask (a development host).
     fn reboot(&self) -> Result<bool, String> {
         Ok(false)
+    }
+    /// The OS slots and update state (`GET /api/v1/update`); `None`: the
+    /// agent has no updater.
+    fn update_status(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Where uploaded update artefacts are received (the data partition).
+    fn update_upload_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+    /// Check an uploaded artefact, write it to the inactive slot and arm
+    /// its one-shot try (see [`update`]).
+    fn update_apply(
+        &self,
+        file: &std::path::Path,
+        allow_downgrade: bool,
+    ) -> Result<serde_json::Value, nuvol_update::Refusal> {
+        let _ = (file, allow_downgrade);
+        Err(nuvol_update::Refusal::Unavailable(
+            "this agent cannot update its OS".into(),
+        ))
     }
     /// Factory reset: record the request durably for PID 1, then reboot
     /// (see [`reset`]). `Ok(true)` when recorded and PID 1 was asked,
@@ -682,6 +704,8 @@ async fn dispatch(
         settings::handle(ctx, conn, principal.as_ref(), req).await
     } else if path == "/api/v1/reset" && method == Method::POST {
         reset::handle(ctx, req).await
+    } else if path == "/api/v1/update" && method == Method::POST {
+        update::apply(ctx, req).await
     } else if path.starts_with("/api/v1/bundles")
         || path.starts_with("/api/v1/keys")
         || path == "/api/v1/storage"

@@ -184,14 +184,14 @@ pub const ROUTES: &[RouteDef] = &[
         "/api/v1/update",
         false,
         "json",
-        "Update slots; updating is not available yet",
+        "OS slots (version, running, default), the armed try and the update's state: pending, good or failed, tries and reason",
     ),
     r(
         "POST",
         "/api/v1/update",
         false,
         "json",
-        "Start an update: 501 until the update issue lands",
+        "Apply a signed OS update (body: the .nvu file; ?allow_downgrade=1): checked, written to the inactive slot, read back, one-shot try armed for the next boot",
     ),
     r(
         "GET",

@@ -73,7 +73,11 @@ fn emitted() -> BTreeSet<String> {
             code_fn_codes(&s, &mut codes);
         }
     }
-    for other in ["../bundle/src/error.rs", "../config/src/overlay.rs"] {
+    for other in [
+        "../bundle/src/error.rs",
+        "../config/src/overlay.rs",
+        "../update/src/artefact.rs",
+    ] {
         code_fn_codes(&read(&Path::new(ROOT).join(other)), &mut codes);
     }
     codes

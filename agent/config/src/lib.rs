@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use admin::AdminConfig;
-pub use bundles::{BundleSource, BundlesConfig};
+pub use bundles::{BundleSource, BundlesConfig, UpdateConfig};
 pub use discovery::{DiscoveryConfig, GossipProfile, Role, DEFAULT_GOSSIP_PORT};
 pub use mesh::{OverlayConfig, DEFAULT_OVERLAY_PORT};
 pub use network::{InterfaceConfig, NetworkConfig, RouteConfig};
@@ -41,6 +41,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// Signed service bundles to trust and install unattended.
     pub bundles: BundlesConfig,
+    /// Signed OS updates: the publisher keys trusted for them.
+    pub update: UpdateConfig,
     /// Serf-compatible gossip and mDNS discovery.
     pub discovery: DiscoveryConfig,
     /// The community's WireGuard overlay (opt-in).
@@ -62,6 +64,23 @@ pub struct DebugConfig {
     /// starts of each boot (counted in the run directory), so PID 1's
     /// rescue shell after three failed starts can be tested. Default: 0.
     pub fail_starts: u32,
+    /// With `test_hooks`: seconds a tried OS slot runs healthy before it
+    /// is marked good (default: [`UPDATE_SETTLE_SECS`]).
+    pub update_settle_secs: Option<u32>,
+}
+
+/// How long a tried OS slot must run healthy before it becomes the default.
+pub const UPDATE_SETTLE_SECS: u32 = 120;
+
+impl DebugConfig {
+    /// The settling time of an OS update's trial (the test hook only with
+    /// `test_hooks`).
+    pub fn update_settle_secs(&self) -> u32 {
+        match self.update_settle_secs {
+            Some(s) if self.test_hooks => s.clamp(1, 3600),
+            _ => UPDATE_SETTLE_SECS,
+        }
+    }
 }
 
 /// Where the panel listens.
@@ -169,7 +188,8 @@ impl Config {
         self.discovery.validate()?;
         self.overlay
             .validate(self.discovery.encrypt_key.is_some())?;
-        self.bundles.validate()
+        self.bundles.validate()?;
+        self.update.validate()
     }
 }
 

@@ -201,18 +201,17 @@ fn boot_flags() -> MsFlags {
 /// factory reset removes its trigger file in between, nothing else writes
 /// there. Going read-only flushes the FAT and clears its dirty flag.
 pub fn remount_boot(layout: &Layout, rw: bool) -> std::io::Result<()> {
+    remount_boot_at(&layout.boot_mount, rw)
+}
+
+/// [`remount_boot`] for the boot partition mounted at `target` (the agent
+/// uses it to write an OS update's slot and switch the default).
+pub fn remount_boot_at(target: &Path, rw: bool) -> std::io::Result<()> {
     let mut flags = MsFlags::MS_REMOUNT | boot_flags();
     if !rw {
         flags |= MsFlags::MS_RDONLY;
     }
-    mount(
-        None::<&str>,
-        layout.boot_mount.as_path(),
-        None::<&str>,
-        flags,
-        Some(BOOT_OPTS),
-    )
-    .map_err(std::io::Error::from)
+    mount(None::<&str>, target, None::<&str>, flags, Some(BOOT_OPTS)).map_err(std::io::Error::from)
 }
 
 /// Unmount data and boot before power-off. Failures are reported, not fatal:

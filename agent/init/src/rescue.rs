@@ -39,7 +39,8 @@ pub const HELP: &str = "  nuvol rescue         status: slot, boot count, agent, 
   touch /data/factory-reset && sync && reboot
                        factory reset (the data partition is wiped at the next boot)
   exit                 close this shell (not reopened unless asked again)
-  Marking an A/B slot good or bad: not available, A/B updates are not built yet.
+  A/B slots: an OS update's tried slot is marked good by the agent itself;
+                       no rescue command for it (docs/boot.md, Update).
 ";
 
 /// Whether the kernel command line asks for the shell: `nuvol.rescue`

@@ -56,6 +56,7 @@ struct Node {
     /// Bumped when the store changes outside the API (provisioning).
     bundles_generation: std::sync::atomic::AtomicU64,
     overlay: Option<crate::overlay::StatusSlot>,
+    update: Arc<crate::update::Updater>,
 }
 
 impl nuvol_api::Node for Node {
@@ -92,7 +93,22 @@ impl nuvol_api::Node for Node {
             .as_deref()
             .and_then(nuvol_reset::given_up_alert)
             .into_iter()
+            .chain(self.update.alert())
             .collect()
+    }
+    fn update_status(&self) -> Option<serde_json::Value> {
+        Some(self.update.status())
+    }
+    fn update_upload_dir(&self) -> Option<PathBuf> {
+        Some(self.update.upload_dir.clone())
+    }
+    fn update_apply(
+        &self,
+        file: &std::path::Path,
+        allow_downgrade: bool,
+    ) -> Result<serde_json::Value, nuvol_update::Refusal> {
+        let running = crate::update::running_services(self.services.as_ref());
+        self.update.apply(file, allow_downgrade, running)
     }
     fn factory_reset(&self, test_pause_secs: u32) -> Result<bool, String> {
         let Some(dir) = self.reset_dir.as_deref().filter(|_| self.under_init) else {
@@ -199,6 +215,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
     let store = crate::bundles::open_store(&args.state_dir, &loaded.config.bundles);
+    let update = Arc::new(crate::update::Updater::new(
+        &loaded.config,
+        &args.config,
+        &args.state_dir,
+        under_init,
+    ));
+    // The brown-out policy before anything else: a failed try is recorded
+    // and armed again even if the rest of the start goes wrong.
+    let trial = update.at_start();
     let manage_net = match args.network {
         NetworkMode::Manage => true,
         NetworkMode::Off => false,
@@ -274,6 +299,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             share: loaded.config.bundles.share,
             bundles_generation: std::sync::atomic::AtomicU64::new(0),
             overlay,
+            update: update.clone(),
         });
         if let Some(store) = store {
             let config_dir = args
@@ -319,6 +345,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             },
         ));
         announce_ready(local, manage_net).await;
+        if trial {
+            tokio::spawn(crate::update::watch_trial(
+                update,
+                local.port(),
+                manage_net,
+                services.clone(),
+            ));
+        }
         wait_for_stop().await;
         tracing::info!("stopping");
         let _ = stop_tx.send(true);

@@ -98,7 +98,7 @@ enum FsArg {
     Erofs,
 }
 
-fn read_key_text(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn read_key_text(path: &Path) -> anyhow::Result<String> {
     let len = std::fs::metadata(path)
         .with_context(|| format!("{}", path.display()))?
         .len();
@@ -111,7 +111,7 @@ fn read_key_text(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))
 }
 
-fn load_secret(path: &Path) -> anyhow::Result<SecretKey> {
+pub(crate) fn load_secret(path: &Path) -> anyhow::Result<SecretKey> {
     SecretKey::from_text(&read_key_text(path)?).with_context(|| format!("{}", path.display()))
 }
 

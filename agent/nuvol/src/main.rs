@@ -5,6 +5,7 @@ mod announce;
 mod api_setup;
 mod bundles;
 mod cmd_bundle;
+mod cmd_update;
 mod ctl;
 mod discovery;
 mod fetch;
@@ -16,6 +17,7 @@ mod overlay;
 mod services;
 mod settings;
 mod smbios;
+mod update;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,8 @@ enum Verb {
     Agent(agent::AgentArgs),
     /// Make, sign, verify and inspect signed service bundles.
     Bundle(cmd_bundle::BundleArgs),
+    /// Build, sign and verify signed OS update artefacts (.nvu).
+    Update(cmd_update::UpdateArgs),
     /// Drive a box's API: status, members, services, bundles, keys, logs, reboot, factory reset.
     Ctl(ctl::CtlArgs),
     /// On the box (rescue shell): slot, boot count, agent, factory reset, and the offline commands.
@@ -51,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Verb::Init => run_init(),
         Verb::Agent(args) => agent::run(args),
         Verb::Bundle(args) => cmd_bundle::run(args),
+        Verb::Update(args) => cmd_update::run(args),
         Verb::Ctl(args) => ctl::run(args),
         Verb::Rescue => {
             print!("{}", nuvol_init::rescue_status());

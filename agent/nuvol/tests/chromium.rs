@@ -66,7 +66,15 @@ fn chromium_renders_every_page_logged_in() {
             "/settings",
             &["id=\"tokens\"", "id=\"new-token\"", "id=\"factory-reset\""],
         ),
-        ("/update", &["id=\"slots\"", "separate issue", "Reboot now"]),
+        (
+            "/update",
+            &[
+                "id=\"slots\"",
+                "id=\"update-state\"",
+                "nuvol ctl update",
+                "Reboot now",
+            ],
+        ),
     ];
     for (page, wants) in pages {
         let dom = browser.dump_dom(&login(page)).expect("chromium");

@@ -581,7 +581,7 @@ fn pages_read_in_a_text_browser() {
         ("/bundles", "Upload and check"),
         ("/bundles", "Free space for bundles:"),
         ("/settings", "API tokens"),
-        ("/update", "separate issue"),
+        ("/update", "nuvol ctl update"),
     ] {
         let r = a.raw("GET", p, &[format!("Cookie: {session}")], b"");
         assert_eq!(r.code, 200, "{p}");

@@ -75,7 +75,7 @@ pub async fn handle(
         }
         ("/network", true) => pg("Network", "/network", system::network(ctx)),
         ("/settings", true) => pg("Settings", "/settings", settings::settings(ctx, &csrf)),
-        ("/update", true) => pg("Update", "/update", system::update(&csrf)),
+        ("/update", true) => pg("Update", "/update", system::update(ctx, &csrf)),
         ("/metrics", true) => {
             let bundles = match ctx.node.bundle_store() {
                 Some((s, _)) => tokio::task::spawn_blocking(move || {
@@ -111,17 +111,13 @@ pub async fn handle(
         )),
         ("/api/v1/update", true) => Some(json(
             StatusCode::OK,
-            &json!({
-                "available": false,
-                "message": "updating is not available yet: the A/B update mechanism is a separate issue",
-                "slots": ["A", "B"],
-                "running_slot": system::running_slot(),
+            &ctx.node.update_status().unwrap_or_else(|| {
+                json!({
+                    "available": false,
+                    "message": "this agent cannot update its OS",
+                    "running_slot": system::running_slot(),
+                })
             }),
-        )),
-        ("/api/v1/update", false) if *m == Method::POST => Some(error(
-            StatusCode::NOT_IMPLEMENTED,
-            "update_unavailable",
-            "updating is not available yet: the A/B update mechanism is a separate issue",
         )),
         ("/api/v1/debug/login", true) if ctx.node.test_hooks() => {
             let q = req.uri().query().unwrap_or("");

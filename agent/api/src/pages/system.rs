@@ -29,25 +29,53 @@ pub(super) fn network(ctx: &Ctx) -> String {
     b
 }
 
-pub(super) fn update(csrf: &str) -> String {
-    let running = running_slot();
-    let mut b =
-        String::from("<div class=wrap><table id=slots><tr><th>Slot</th><th>State</th></tr>");
+pub(super) fn update(ctx: &Ctx, csrf: &str) -> String {
+    let v = ctx.node.update_status().unwrap_or_default();
+    let running = v["running_slot"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(running_slot);
+    let default = v["default_slot"].as_str();
+    let mut b = String::from(
+        "<div class=wrap><table id=slots><tr><th>Slot</th><th>State</th><th>Version</th></tr>",
+    );
     for slot in ["A", "B"] {
+        let mut state = String::from(if running.as_deref() == Some(slot) {
+            "running"
+        } else {
+            "standby"
+        });
+        if default == Some(slot) {
+            state.push_str(", default");
+        }
         let _ = write!(
             b,
-            "<tr><td>{slot}</td><td>{}</td></tr>",
-            if running.as_deref() == Some(slot) {
-                "running"
-            } else {
-                "standby"
-            }
+            "<tr><td>{slot}</td><td>{state}</td><td>{}</td></tr>",
+            esc(v["slots"][slot]["version"].as_str().unwrap_or("unknown"))
         );
     }
+    let u = &v["update"];
+    let state = if u.is_object() {
+        format!(
+            "Update {} to slot {}: {} (try {} of {}).{}",
+            u["version"].as_str().unwrap_or("?"),
+            u["slot"].as_str().unwrap_or("?"),
+            u["phase"].as_str().unwrap_or("?"),
+            u["tries"],
+            v["max_tries"],
+            u["reason"]
+                .as_str()
+                .map(|r| format!(" {r}"))
+                .unwrap_or_default()
+        )
+    } else {
+        "No update applied yet.".into()
+    };
     let _ = write!(
         b,
-        "</table></div><p id=update-state>{}</p><p>Updating the OS is not available yet: the A/B update mechanism is a separate issue.</p>\
+        "</table></div><p id=update-state>{}</p><p>{}</p><p>To update: <code>nuvol ctl update nuvol-x86_64-VERSION.nvu</code> (a signed artefact; see docs/boot.md), then reboot.</p>\
 <h2>Reboot</h2>{}",
+        esc(&state),
         match &running {
             Some(s) => format!("Running from slot {}.", esc(s)),
             None => "Not booted from a nuvol slot (development host).".into(),

@@ -102,8 +102,16 @@ enum CtlCmd {
         #[arg(short, long)]
         yes: bool,
     },
-    /// Update the box's OS (not available yet).
-    Update,
+    /// The box's OS slots and update state; with FILE, upload a signed
+    /// `.nvu` update: written to the inactive slot, tried once at the next
+    /// reboot, made the default once it runs healthy.
+    Update {
+        /// The update artefact (`nuvol-x86_64-VERSION.nvu`).
+        file: Option<std::path::PathBuf>,
+        /// Accept a version not newer than the running one.
+        #[arg(long)]
+        allow_downgrade: bool,
+    },
     /// Hash a password (read from stdin) for `[admin] password_hash`.
     HashPassword,
     /// The box's settings (value and source); `settings set KEY=VALUE…`
@@ -166,7 +174,10 @@ async fn main(args: CtlArgs) -> Result<(), Fail> {
         } => system::logs(&c, follow, lines, name).await,
         CtlCmd::Reboot => system::reboot(&c, json).await,
         CtlCmd::Reset { yes } => system::reset(&c, json, yes).await,
-        CtlCmd::Update => system::update(&c, json).await,
+        CtlCmd::Update {
+            file,
+            allow_downgrade,
+        } => system::update(&c, json, file.as_deref(), allow_downgrade).await,
         CtlCmd::HashPassword => Ok(()),
         CtlCmd::Settings { cmd } => settings::run(&c, json, cmd).await,
     }

@@ -160,15 +160,69 @@ pub(super) async fn reset(c: &Client, json: bool, yes: bool) -> Result<(), Fail>
     Ok(())
 }
 
-pub(super) async fn update(c: &Client, json: bool) -> Result<(), Fail> {
-    // Ask the box, so the answer stays true when updates land.
+pub(super) async fn update(
+    c: &Client,
+    json: bool,
+    file: Option<&std::path::Path>,
+    allow_downgrade: bool,
+) -> Result<(), Fail> {
+    if let Some(f) = file {
+        let (body, len) = super::client::upload(f)?;
+        let path = if allow_downgrade {
+            "/api/v1/update?allow_downgrade=1"
+        } else {
+            "/api/v1/update"
+        };
+        let v = c.json("POST", path, body, Some(len)).await?;
+        if json {
+            pretty(&v)
+        } else {
+            println!("{}", v["message"].as_str().unwrap_or("update written"));
+        }
+        return Ok(());
+    }
     let v = c
-        .json("POST", "/api/v1/update", Payload::Empty, Some(0))
+        .json("GET", "/api/v1/update", Payload::Empty, None)
         .await?;
     if json {
-        pretty(&v)
-    } else {
-        println!("update started");
+        pretty(&v);
+        return Ok(());
     }
+    print_update(&v);
     Ok(())
+}
+
+/// The slots and the update state, for people.
+pub(super) fn print_update(v: &serde_json::Value) {
+    let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
+    println!(
+        "running slot {} ({}), default slot {}",
+        s("running_slot"),
+        s("running_version"),
+        s("default_slot")
+    );
+    if let Some(slots) = v["slots"].as_object() {
+        for (name, slot) in slots {
+            println!(
+                "  slot {name}: {}",
+                slot["version"].as_str().unwrap_or("version unknown")
+            );
+        }
+    }
+    let u = &v["update"];
+    if u.is_object() {
+        println!(
+            "update {} to slot {}: {} (try {} of {})",
+            u["version"].as_str().unwrap_or("?"),
+            u["slot"].as_str().unwrap_or("?"),
+            u["phase"].as_str().unwrap_or("?"),
+            u["tries"],
+            v["max_tries"]
+        );
+        if let Some(r) = u["reason"].as_str() {
+            println!("  {r}");
+        }
+    } else if let Some(m) = v["message"].as_str() {
+        println!("{m}");
+    }
 }

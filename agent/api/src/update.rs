@@ -1,0 +1,64 @@
+//! `POST /api/v1/update`: an OS update artefact (`.nvu`) as the body (or a
+//! `multipart/form-data` form with it); `?allow_downgrade=1` accepts a
+//! version not newer than the running one. The body is streamed to the
+//! data partition, then the agent checks it completely (signature by an
+//! `[update] trusted_keys` key, architecture, versions, sizes, hashes)
+//! before anything is written to the boot partition, writes the inactive
+//! slot, reads it back and arms a one-shot try (docs/boot.md, "Update").
+//! Refusals answer with the artefact's codes (docs/api.md).
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+
+use crate::bundles::{receive_max, UploadHead};
+use crate::{error, json, parse, Ctx, Resp};
+
+/// An update's refusal as an API error.
+pub fn refusal(r: &nuvol_update::Refusal) -> Resp {
+    let status = StatusCode::from_u16(r.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    crate::error(status, r.code(), &r.to_string())
+}
+
+pub async fn apply(ctx: &Ctx, req: Request<Incoming>) -> Resp {
+    let allow_downgrade = parse::form_get(req.uri().query().unwrap_or(""), "allow_downgrade")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on"));
+    // Refused before the body is read where there is nothing to update.
+    let status = ctx.node.update_status();
+    let dir = match ctx.node.update_upload_dir() {
+        Some(d) if status.as_ref().is_some_and(|s| s["available"] == true) => d,
+        _ => {
+            let why = status
+                .as_ref()
+                .and_then(|s| s["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "this agent cannot update its OS".into());
+            return error(StatusCode::NOT_IMPLEMENTED, "update_unavailable", &why);
+        }
+    };
+    let head = UploadHead::of(&req);
+    let upload = match receive_max(
+        req.into_body(),
+        &dir,
+        head,
+        nuvol_update::artefact::MAX_ARTEFACT,
+    )
+    .await
+    {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let node = ctx.node.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let r = node.update_apply(upload.path(), allow_downgrade);
+        drop(upload);
+        r
+    })
+    .await
+    .unwrap_or_else(|e| Err(nuvol_update::Refusal::Failed(format!("update task: {e}"))));
+    match r {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e) => {
+            tracing::warn!("update refused: {e}");
+            refusal(&e)
+        }
+    }
+}

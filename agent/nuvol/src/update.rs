@@ -1,0 +1,386 @@
+//! The agent's side of an OS update (docs/boot.md, "Update"): apply an
+//! uploaded artefact to the inactive slot and arm a one-shot try; at
+//! start, run the brown-out policy (`nuvol_update::state`) and, in a tried
+//! slot, mark it good once it ran healthy for the settling time.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nuvol_bundle::PublicKey;
+use nuvol_update::artefact::{self, Policy, Version};
+use nuvol_update::slots::{self, BootFs};
+use nuvol_update::state::{self, Phase, Record, Start, MAX_TRIES};
+use nuvol_update::Refusal;
+use serde_json::json;
+
+/// How long a trial may stay unhealthy before the agent reboots the box
+/// (the loader then boots the default slot: a rollback).
+const UNHEALTHY_LIMIT: Duration = Duration::from_secs(600);
+
+pub struct Updater {
+    boot: BootFs,
+    state_path: PathBuf,
+    keys: Vec<PublicKey>,
+    running: Option<char>,
+    under_init: bool,
+    pub settle: Duration,
+    lock: Mutex<()>,
+    pub upload_dir: PathBuf,
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+impl Updater {
+    pub fn new(
+        cfg: &nuvol_config::Config,
+        config_path: &Path,
+        state_dir: &Path,
+        under_init: bool,
+    ) -> Updater {
+        let boot_root = config_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("/boot"));
+        let mut keys = Vec::new();
+        for k in &cfg.update.trusted_keys {
+            match PublicKey::from_base64(k) {
+                Ok(p) => keys.push(p),
+                Err(e) => {
+                    tracing::error!("[update] trusted_keys: {e}");
+                    eprintln!("nuvol: [update] trusted_keys: {k:?}: {e}");
+                }
+            }
+        }
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        Updater {
+            boot: BootFs::new(boot_root),
+            state_path: state_dir.join(state::STATE_FILE),
+            keys,
+            running: slots::slot_from_cmdline(&cmdline),
+            under_init,
+            settle: Duration::from_secs(u64::from(cfg.debug.update_settle_secs())),
+            lock: Mutex::new(()),
+            upload_dir: state_dir.join("update-uploads"),
+        }
+    }
+
+    /// The running slot, when this box booted from one and can write its
+    /// boot partition.
+    fn available(&self) -> Option<char> {
+        self.running
+            .filter(|_| self.under_init && self.boot.has_slots())
+    }
+
+    fn running_version(&self) -> String {
+        self.running
+            .and_then(|s| self.boot.slot_version(s))
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
+    }
+
+    /// Run `f` with the boot partition writable, read-only again after.
+    fn boot_rw<T>(&self, f: impl FnOnce() -> Result<T, Refusal>) -> Result<T, Refusal> {
+        nuvol_init::remount_boot_at(&self.boot.root, true)
+            .map_err(|e| Refusal::Failed(format!("remounting the boot partition writable: {e}")))?;
+        let r = f();
+        if let Err(e) = nuvol_init::remount_boot_at(&self.boot.root, false) {
+            tracing::error!("remounting the boot partition read-only: {e}");
+        }
+        r
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let rec = state::load(&self.state_path);
+        let mut slots_json = serde_json::Map::new();
+        for s in ['A', 'B'] {
+            slots_json.insert(
+                s.to_string(),
+                json!({
+                    "version": self.boot.slot_version(s)
+                        .or_else(|| (Some(s) == self.running).then(|| self.running_version())),
+                    "running": Some(s) == self.running,
+                }),
+            );
+        }
+        let available = self.available().is_some();
+        json!({
+            "available": available,
+            "message": if available {
+                "upload a signed update (nuvol ctl update FILE, or POST /api/v1/update)"
+            } else {
+                "updating needs a box booted from a nuvol slot (nuvol init, slots A and B on the boot partition)"
+            },
+            "running_slot": self.running.map(|c| c.to_string()),
+            "running_version": self.running_version(),
+            "default_slot": self.boot.default_slot().ok().map(|c| c.to_string()),
+            "armed_try": self.boot.armed(),
+            "slots": slots_json,
+            "update": rec,
+            "max_tries": MAX_TRIES,
+            "settle_s": self.settle.as_secs(),
+            "trusted_keys": self.keys.len(),
+        })
+    }
+
+    /// A dashboard alert while an update was given up.
+    pub fn alert(&self) -> Option<String> {
+        state::load(&self.state_path)
+            .filter(|r| r.phase == Phase::Failed)
+            .and_then(|r| r.reason)
+    }
+
+    /// Check `file` completely, write it to the inactive slot, read it
+    /// back, record the update and arm the one-shot try.
+    pub fn apply(
+        &self,
+        file: &Path,
+        allow_downgrade: bool,
+        services: Vec<String>,
+    ) -> Result<serde_json::Value, Refusal> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(running) = self.available() else {
+            return Err(Refusal::Unavailable(
+                "this box was not booted from a nuvol slot: nothing to update".into(),
+            ));
+        };
+        if let Some(r) = state::load(&self.state_path) {
+            if r.phase == Phase::Pending && r.slot.starts_with(running) {
+                return Err(Refusal::Busy(format!(
+                    "update {} is on trial in this slot ({running}); wait until it is marked good",
+                    r.version
+                )));
+            }
+        }
+        if self.keys.is_empty() {
+            return Err(Refusal::Untrusted(
+                "no OS publisher key is trusted: add one to [update] trusted_keys in nuvol.toml"
+                    .into(),
+            ));
+        }
+        let running_version = self.running_version();
+        let policy = Policy {
+            arch: nuvol_update::ARCH.to_string(),
+            running: Version::parse(&running_version)
+                .or_else(|_| Version::parse("0"))
+                .map_err(Refusal::Failed)?,
+            allow_downgrade,
+        };
+        let v = artefact::verify_file(file, &self.keys, &policy)?;
+        let target = slots::other(running);
+        let rec = Record {
+            phase: Phase::Pending,
+            version: v.manifest.version.to_string(),
+            slot: target.to_string(),
+            from_slot: running.to_string(),
+            from_version: running_version,
+            tries: 1,
+            armed_boot: boot_id(),
+            reason: None,
+            key_id: v.key_id.clone(),
+            services,
+        };
+        self.boot_rw(|| {
+            // No try of a half-written slot: disarm first.
+            self.boot
+                .arm_try(None)
+                .map_err(|e| Refusal::Failed(format!("ldlinux.sys ADV: {e}")))?;
+            self.boot.write_slot(target, file, &v)?;
+            state::save(&self.state_path, &rec)
+                .map_err(|e| Refusal::Failed(format!("recording the update: {e}")))?;
+            self.boot
+                .arm_try(Some(target))
+                .map_err(|e| Refusal::Failed(format!("arming the try: {e}")))
+        })?;
+        eprintln!(
+            "nuvol: update {} written to slot {target}; the next boot tries it once",
+            rec.version
+        );
+        Ok(json!({
+            "applied": true,
+            "version": rec.version,
+            "slot": rec.slot,
+            "key_id": rec.key_id,
+            "message": format!(
+                "update {} written to slot {target} and verified; reboot to try it once: it becomes the default after {} s healthy, otherwise the box goes back to slot {running}",
+                rec.version, self.settle.as_secs()
+            ),
+        }))
+    }
+
+    /// The brown-out policy at start. Returns whether this boot is a trial.
+    pub fn at_start(&self) -> bool {
+        let Some(running) = self.available() else {
+            return false;
+        };
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut rec) = state::load(&self.state_path) else {
+            return false;
+        };
+        match state::at_start(&mut rec, running, &boot_id()) {
+            Start::Idle | Start::Waiting => false,
+            Start::Trial => {
+                eprintln!(
+                    "nuvol: update {}: trying slot {running}; it becomes the default after {} s healthy",
+                    rec.version,
+                    self.settle.as_secs()
+                );
+                true
+            }
+            Start::Rearm => {
+                let r = state::save(&self.state_path, &rec)
+                    .map_err(|e| Refusal::Failed(e.to_string()))
+                    .and_then(|()| {
+                        self.boot_rw(|| {
+                            let slot = slots::parse_slot(&rec.slot)
+                                .ok_or_else(|| Refusal::Failed("bad slot".into()))?;
+                            self.boot
+                                .arm_try(Some(slot))
+                                .map_err(|e| Refusal::Failed(e.to_string()))
+                        })
+                    });
+                eprintln!(
+                    "nuvol: update {}: {}; armed again (try {} of {MAX_TRIES}){}",
+                    rec.version,
+                    rec.reason.as_deref().unwrap_or(""),
+                    rec.tries,
+                    r.err()
+                        .map(|e| format!(": FAILED: {e}"))
+                        .unwrap_or_default()
+                );
+                false
+            }
+            Start::GaveUp => {
+                let _ = state::save(&self.state_path, &rec);
+                let _ = self.boot_rw(|| {
+                    self.boot
+                        .arm_try(None)
+                        .map_err(|e| Refusal::Failed(e.to_string()))
+                });
+                eprintln!(
+                    "nuvol: {}",
+                    rec.reason.as_deref().unwrap_or("update given up")
+                );
+                false
+            }
+        }
+    }
+
+    /// Make the running (tried) slot the default and record it.
+    fn mark_good(&self) -> Result<String, Refusal> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let running = self
+            .available()
+            .ok_or_else(|| Refusal::Unavailable("no slot".into()))?;
+        let mut rec = state::load(&self.state_path)
+            .filter(|r| r.phase == Phase::Pending && r.slot.starts_with(running))
+            .ok_or_else(|| Refusal::Failed("no update on trial".into()))?;
+        self.boot_rw(|| {
+            self.boot
+                .set_default(running)
+                .map_err(|e| Refusal::Failed(format!("making slot {running} the default: {e}")))
+        })?;
+        rec.phase = Phase::Good;
+        rec.reason = None;
+        state::save(&self.state_path, &rec)
+            .map_err(|e| Refusal::Failed(format!("recording the update: {e}")))?;
+        Ok(rec.version)
+    }
+}
+
+/// The services running now (condition "running").
+pub fn running_services(svc: Option<&crate::services::ServicesHandle>) -> Vec<String> {
+    use nuvol_api::services::{Condition, Services};
+    svc.map(|h| {
+        h.list()
+            .into_iter()
+            .filter(|s| s.condition().0 == Condition::Running)
+            .map(|s| s.status.name)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The health checks of a trial: the panel answers on `port`, when the
+/// agent manages the network an interface other than `lo` has an
+/// address, and the services that ran when the update was applied run.
+fn healthy(
+    port: u16,
+    network: bool,
+    wanted: &[String],
+    svc: Option<&crate::services::ServicesHandle>,
+) -> Result<(), String> {
+    let missing = state::missing_services(wanted, &running_services(svc));
+    if !missing.is_empty() {
+        return Err(format!("services not running yet: {}", missing.join(", ")));
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("panel: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| format!("panel: {e}"))?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).map_err(|e| format!("panel: {e}"))?;
+    if !head.starts_with(b"HTTP/1.") {
+        return Err("panel: not an HTTP answer".into());
+    }
+    if network
+        && !nuvol_status::interfaces()
+            .iter()
+            .any(|i| i.name != "lo" && !i.addresses.is_empty())
+    {
+        return Err("network: no interface has an address".into());
+    }
+    Ok(())
+}
+
+/// Watch a trial: after the settling time, once healthy, mark it good;
+/// unhealthy for [`UNHEALTHY_LIMIT`] after that, reboot (back to the
+/// default slot).
+pub async fn watch_trial(
+    u: Arc<Updater>,
+    port: u16,
+    network: bool,
+    svc: Option<crate::services::ServicesHandle>,
+) {
+    tokio::time::sleep(u.settle).await;
+    let start = tokio::time::Instant::now();
+    let wanted = state::load(&u.state_path)
+        .map(|r| r.services)
+        .unwrap_or_default();
+    loop {
+        let (w, s) = (wanted.clone(), svc.clone());
+        let r = tokio::task::spawn_blocking(move || healthy(port, network, &w, s.as_ref()))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match r {
+            Ok(()) => {
+                let u2 = u.clone();
+                match tokio::task::spawn_blocking(move || u2.mark_good()).await {
+                    Ok(Ok(v)) => {
+                        eprintln!(
+                            "nuvol: update {v}: marked good: slot {} is now the default",
+                            u.running.map(String::from).unwrap_or_default()
+                        );
+                    }
+                    Ok(Err(e)) => eprintln!("nuvol: update: marking good failed: {e}"),
+                    Err(e) => eprintln!("nuvol: update: marking good failed: {e}"),
+                }
+                return;
+            }
+            Err(e) if start.elapsed() >= UNHEALTHY_LIMIT => {
+                eprintln!("nuvol: update: trial unhealthy for {} s ({e}): rebooting into the default slot", UNHEALTHY_LIMIT.as_secs());
+                let _ = nuvol_api::ask_init_to_reboot();
+                return;
+            }
+            Err(e) => tracing::warn!("update trial not healthy yet: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}

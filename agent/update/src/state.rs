@@ -1,0 +1,195 @@
+//! The update's record on the data partition (`<state-dir>/update.json`)
+//! and the brown-out policy the agent applies at each start.
+//!
+//! After an update is written and its try armed the record says
+//! `pending`, with the boot it was armed in. At the next start of the
+//! agent:
+//!
+//! - running in the tried slot: the trial runs; after the settling time
+//!   and the health checks the slot becomes the default (`good`);
+//! - running in the old slot, same boot as armed: nothing happened yet
+//!   (the agent was only restarted), wait for the reboot;
+//! - running in the old slot, a later boot: the tried slot never reached
+//!   `good` (a reset, panic or power cut during the trial; the loader
+//!   fell back to the default). The reason is recorded and the try armed
+//!   again, up to [`MAX_TRIES`] tries in all; then the update is given up
+//!   (`failed`, "update X rolled back after 3 tries").
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Tries of one update, the first included.
+pub const MAX_TRIES: u32 = 3;
+/// The record's file name in the state directory.
+pub const STATE_FILE: &str = "update.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Written to the inactive slot, a try armed or running.
+    Pending,
+    /// The tried slot passed its checks and is the default.
+    Good,
+    /// Given up after [`MAX_TRIES`]; the old slot stays the default.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub phase: Phase,
+    /// The update's OS version.
+    pub version: String,
+    /// The slot it was written to.
+    pub slot: String,
+    /// The slot and version it was applied from.
+    pub from_slot: String,
+    pub from_version: String,
+    /// Tries armed so far.
+    pub tries: u32,
+    /// The boot (kernel boot id) the current try was armed in.
+    pub armed_boot: String,
+    /// Why the last try did not reach `good`, or why it was given up.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The signer's key id.
+    #[serde(default)]
+    pub key_id: String,
+    /// The services running when the update was applied: the trial is
+    /// healthy only once they run again.
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+/// The services of `wanted` not in `running`, for the trial's health check.
+pub fn missing_services(wanted: &[String], running: &[String]) -> Vec<String> {
+    wanted
+        .iter()
+        .filter(|w| !running.contains(w))
+        .cloned()
+        .collect()
+}
+
+/// What the agent does at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// No update in flight.
+    Idle,
+    /// Running the tried slot: check health, then mark good.
+    Trial,
+    /// Armed in this very boot: the reboot has not happened yet.
+    Waiting,
+    /// The try failed; arm it again (the record says how many so far).
+    Rearm,
+    /// The last try failed: given up.
+    GaveUp,
+}
+
+/// Decide (and update the record for) this start.
+pub fn at_start(rec: &mut Record, running_slot: char, boot_id: &str) -> Start {
+    if rec.phase != Phase::Pending {
+        return Start::Idle;
+    }
+    if rec.slot.starts_with(running_slot) {
+        return Start::Trial;
+    }
+    if rec.armed_boot == boot_id {
+        return Start::Waiting;
+    }
+    let why = format!(
+        "try {} of {MAX_TRIES}: slot {} never reached good (a reset, panic or power cut during its trial); the box came back in slot {running_slot}",
+        rec.tries, rec.slot
+    );
+    if rec.tries >= MAX_TRIES {
+        rec.phase = Phase::Failed;
+        rec.reason = Some(format!(
+            "update {} rolled back after {MAX_TRIES} tries; last: {why}",
+            rec.version
+        ));
+        Start::GaveUp
+    } else {
+        rec.tries += 1;
+        rec.armed_boot = boot_id.to_string();
+        rec.reason = Some(why);
+        Start::Rearm
+    }
+}
+
+pub fn load(path: &Path) -> Option<Record> {
+    let b = std::fs::read(path).ok()?;
+    if b.len() > 64 * 1024 {
+        return None;
+    }
+    serde_json::from_slice(&b).ok()
+}
+
+pub fn save(path: &Path, rec: &Record) -> std::io::Result<()> {
+    let b = serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?;
+    nuvol_durable::write_atomic(path, &b, nuvol_durable::Mode::Public)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending() -> Record {
+        Record {
+            phase: Phase::Pending,
+            version: "0.2.0".into(),
+            slot: "B".into(),
+            from_slot: "A".into(),
+            from_version: "0.1.0".into(),
+            tries: 1,
+            armed_boot: "boot-1".into(),
+            reason: None,
+            key_id: "k".into(),
+            services: vec!["web".into()],
+        }
+    }
+
+    #[test]
+    fn services_that_ran_before_must_run_again() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(missing_services(&s(&["web", "db"]), &s(&["db", "web", "new"])).is_empty());
+        assert_eq!(
+            missing_services(&s(&["web", "db"]), &s(&["db"])),
+            s(&["web"])
+        );
+        assert!(missing_services(&[], &[]).is_empty());
+    }
+
+    #[test]
+    fn trial_waiting_and_three_tries_then_given_up() {
+        let mut r = pending();
+        assert_eq!(at_start(&mut r, 'A', "boot-1"), Start::Waiting);
+        assert_eq!(at_start(&mut r, 'B', "boot-2"), Start::Trial);
+        assert_eq!(r.tries, 1);
+        assert_eq!(at_start(&mut r, 'A', "boot-3"), Start::Rearm);
+        assert_eq!(r.tries, 2);
+        assert_eq!(r.armed_boot, "boot-3");
+        assert!(r.reason.as_deref().unwrap().contains("try 1 of 3"));
+        // An agent restart in the same boot does not count.
+        assert_eq!(at_start(&mut r, 'A', "boot-3"), Start::Waiting);
+        assert_eq!(at_start(&mut r, 'A', "boot-4"), Start::Rearm);
+        assert_eq!(r.tries, 3);
+        assert_eq!(at_start(&mut r, 'A', "boot-5"), Start::GaveUp);
+        assert_eq!(r.phase, Phase::Failed);
+        assert!(r
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("update 0.2.0 rolled back after 3 tries"));
+        assert_eq!(at_start(&mut r, 'A', "boot-6"), Start::Idle);
+    }
+
+    #[test]
+    fn record_round_trips_on_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(STATE_FILE);
+        assert!(load(&p).is_none());
+        save(&p, &pending()).unwrap();
+        assert_eq!(load(&p).unwrap(), pending());
+        std::fs::write(&p, b"{garbage").unwrap();
+        assert!(load(&p).is_none());
+    }
+}

@@ -1,0 +1,256 @@
+//! Signed A/B OS update on the booted image, BIOS (SeaBIOS) path
+//! (docs/boot.md, "Update"). One disk, reused across boots:
+//!
+//! 1. Refusals, before anything touches the boot partition: an artefact
+//!    signed by a key not in `[update] trusted_keys`, one with its
+//!    signature zeroed, and one for another architecture answer
+//!    `update_untrusted` / `update_wrong_arch`; no update is recorded, no
+//!    try armed, slot B's files on the disk unchanged.
+//! 2. With a service running (a bundle whose publisher is trusted for
+//!    bundles only: the same key's update artefact was refused in 1), the
+//!    image's own kernel and initramfs as version 99.0.0 through
+//!    `nuvol ctl update`: written to slot B, try armed; after a reboot the
+//!    box runs slot B, marks it good once the settling time (5 s here) is
+//!    over and the service runs again, and a second reboot comes up in B
+//!    again (now the default).
+//! 3. Version 99.1.0 whose initrd is garbage (signed, valid manifest),
+//!    uploaded through the API to slot A: the try boot panics, the kernel
+//!    reboots after 10 s, the loader boots the default (B) by itself, and
+//!    the API reports the failed try and the re-armed second one.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nuvol_e2e::{
+    copy_from_boot, disk_copy, key_line, nuvol_bin, tail, write_config, BootOptions, Scratch,
+    TestKey, Vm,
+};
+use serde_json::Value;
+
+const BOOT: Duration = Duration::from_secs(240);
+const READY: &str = "nuvol: ready: panel at";
+
+fn get_update(vm: &Vm) -> Value {
+    vm.wait_for("GET /api/v1/update", Duration::from_secs(60), || {
+        match vm.http_admin("GET", "/api/v1/update") {
+            Ok((200, body)) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    })
+}
+
+/// Whether the service `name` runs on the box.
+fn running(vm: &Vm, name: &str) -> bool {
+    match vm.http_admin("GET", "/api/v1/local-services") {
+        Ok((200, body)) => serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s["name"] == name && s["state"] == "running"),
+        _ => false,
+    }
+}
+
+fn build(key: &Path, kernel: &Path, initrd: &Path, version: &str, arch: &str, out: &Path) {
+    let st = Command::new(nuvol_bin())
+        .args(["update", "build", "--kernel"])
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--version", version, "--arch", arch, "-k"])
+        .arg(key)
+        .arg("-o")
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "nuvol update build {version}");
+}
+
+fn sha(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Upload `file` to `path` with the admin token; retried while the
+/// connection is reset (QEMU's forward right after a reboot's ready line).
+fn upload(vm: &Vm, path: &str, file: &Path) -> (u16, String) {
+    vm.wait_for(&format!("POST {path}"), Duration::from_secs(60), || {
+        vm.upload_admin(path, file).ok()
+    })
+}
+
+fn ask_reboot(vm: &Vm) {
+    let code = vm.wait_for(
+        "POST /api/v1/system/reboot",
+        Duration::from_secs(60),
+        || {
+            vm.http_admin("POST", "/api/v1/system/reboot")
+                .ok()
+                .map(|(c, _)| c)
+        },
+    );
+    assert_eq!(code, 202);
+}
+
+/// Reboot through the API and wait for the next ready line.
+fn reboot(vm: &mut Vm) {
+    let n = vm.console().matches(READY).count();
+    ask_reboot(vm);
+    vm.wait_console(READY, n + 1, BOOT);
+}
+
+#[test]
+fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
+    let t0 = Instant::now();
+    let dir = Scratch::new("update");
+    let d = |n: &str| -> PathBuf { dir.0.join(n) };
+    let disk = disk_copy(&dir.0, 1024);
+    std::fs::create_dir_all(d("keys")).unwrap();
+    std::fs::create_dir_all(d("other")).unwrap();
+    let key = TestKey::new(&d("keys"));
+    let other = TestKey::new(&d("other"));
+    copy_from_boot(&disk, "A/bzImage", &d("bzImage"));
+    copy_from_boot(&disk, "A/initrd.img", &d("initrd.img"));
+    copy_from_boot(&disk, "B/initrd.img", &d("b-before"));
+    write_config(
+        &disk,
+        &format!(
+            "hostname = \"e2e-update\"\n[panel]\nallow_plain_http = true\n\
+             [debug]\ntest_hooks = true\nupdate_settle_secs = 5\n\
+             [update]\ntrusted_keys = [\"{}\"]\n",
+            key_line(&key.public)
+        ),
+    );
+    let (k, i) = (d("bzImage"), d("initrd.img"));
+    let good = d("nuvol-x86_64-99.0.0.nvu");
+    build(&key.secret, &k, &i, "99.0.0", "x86_64", &good);
+    let foreign = d("foreign.nvu");
+    build(&other.secret, &k, &i, "99.0.0", "x86_64", &foreign);
+    let arm = d("arm.nvu");
+    build(&key.secret, &k, &i, "99.0.0", "aarch64", &arm);
+    // The signature block zeroed: "not signed".
+    let unsigned = d("unsigned.nvu");
+    let mut b = std::fs::read(&good).unwrap();
+    let mlen = u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
+    b[16 + mlen..16 + mlen + 74].fill(0);
+    std::fs::write(&unsigned, &b).unwrap();
+
+    // --- 1. refusals ---------------------------------------------------------
+    let mut vm = Vm::boot_opts(&disk, "bios", &dir.0, &BootOptions::default());
+    vm.wait_console(READY, 1, BOOT);
+    let v = get_update(&vm);
+    assert_eq!(v["running_slot"], "A", "{v}");
+    assert_eq!(v["default_slot"], "A", "{v}");
+    assert_eq!(v["available"], true, "{v}");
+    for (file, status, code) in [
+        (&foreign, 403, "update_untrusted"),
+        (&unsigned, 403, "update_untrusted"),
+        (&arm, 422, "update_wrong_arch"),
+    ] {
+        let (st, body) = upload(&vm, "/api/v1/update", file);
+        eprintln!(
+            "{}: {st} {}",
+            file.display(),
+            body.lines().last().unwrap_or("")
+        );
+        assert_eq!(st, status, "{body}");
+        assert!(body.contains(code), "{body}");
+    }
+    let (code, _, err) = vm.ctl(&["update", arm.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("update_wrong_arch") || err.contains("x86_64"),
+        "{err}"
+    );
+    let v = get_update(&vm);
+    assert!(v["update"].is_null(), "{v}");
+    assert!(v["armed_try"].is_null(), "{v}");
+    copy_from_boot(&disk, "B/initrd.img", &d("b-after"));
+    assert_eq!(sha(&d("b-before")), sha(&d("b-after")), "slot B untouched");
+
+    // --- 2. a good update: try, mark good, stays ---------------------------
+    vm.ctl_ok(&["keys", "add", other.public.to_str().unwrap()]);
+    let sleep =
+        "[run]\ncommand = [\"/bin/busybox\", \"sleep\", \"100000\"]\nuid = 1234\ngid = 1234\n";
+    let nvb = other.busybox_bundle(&dir.0, "sleeper", sleep);
+    vm.ctl_ok(&["bundles", "install", nvb.to_str().unwrap()]);
+    vm.wait_for("sleeper running", Duration::from_secs(60), || {
+        running(&vm, "sleeper").then_some(())
+    });
+    let out = vm.ctl_ok(&["update", good.to_str().unwrap()]);
+    assert!(out.contains("written to slot B"), "{out}");
+    let v = get_update(&vm);
+    assert_eq!(v["update"]["phase"], "pending", "{v}");
+    assert_eq!(
+        v["update"]["services"],
+        serde_json::json!(["sleeper"]),
+        "{v}"
+    );
+    assert_eq!(v["armed_try"], "nuvol-B", "{v}");
+    assert_eq!(v["slots"]["B"]["version"], "99.0.0", "{v}");
+    assert_eq!(v["default_slot"], "A", "{v}");
+    reboot(&mut vm);
+    let v = get_update(&vm);
+    assert_eq!(v["running_slot"], "B", "{v}");
+    assert_eq!(v["running_version"], "99.0.0", "{v}");
+    assert!(
+        v["armed_try"].is_null(),
+        "the loader cleared the boot-once: {v}"
+    );
+    let v = vm.wait_for("marked good", Duration::from_secs(120), || {
+        let v = get_update(&vm);
+        (v["update"]["phase"] == "good").then_some(v)
+    });
+    assert_eq!(v["default_slot"], "B", "{v}");
+    assert!(
+        vm.console().contains("marked good"),
+        "{}",
+        tail(&vm.console())
+    );
+    let out = vm.ctl_ok(&["update"]);
+    assert!(
+        out.contains("running slot B (99.0.0), default slot B"),
+        "{out}"
+    );
+    reboot(&mut vm);
+    let v = get_update(&vm);
+    assert_eq!(v["running_slot"], "B", "still B after a plain reboot: {v}");
+
+    // --- 3. a bad update: the try panics, the box comes back by itself ------
+    let garbage = d("garbage.img");
+    std::fs::write(&garbage, vec![0x5au8; 64 * 1024]).unwrap();
+    let bad = d("bad.nvu");
+    build(&key.secret, &k, &garbage, "99.1.0", "x86_64", &bad);
+    let (st, body) = upload(&vm, "/api/v1/update", &bad);
+    assert_eq!(st, 200, "{body}");
+    let v = get_update(&vm);
+    assert_eq!(v["armed_try"], "nuvol-A", "{v}");
+    let asked = Instant::now();
+    let n = vm.console().matches(READY).count();
+    ask_reboot(&vm);
+    vm.wait_console("Kernel panic", 1, BOOT);
+    vm.wait_console(READY, n + 1, BOOT);
+    eprintln!(
+        "bench: bad try to back in the good slot {:.1} s",
+        asked.elapsed().as_secs_f64()
+    );
+    let v = get_update(&vm);
+    assert_eq!(v["running_slot"], "B", "{v}");
+    assert_eq!(v["default_slot"], "B", "{v}");
+    assert_eq!(v["update"]["phase"], "pending", "{v}");
+    assert_eq!(v["update"]["tries"], 2, "{v}");
+    let reason = v["update"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("never reached good"), "{v}");
+    assert_eq!(v["armed_try"], "nuvol-A", "armed again: {v}");
+    vm.power_off();
+    eprintln!(
+        "bench: update test took {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
