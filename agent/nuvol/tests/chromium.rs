@@ -126,42 +126,58 @@ struct GoSerf {
 }
 
 impl GoSerf {
+    /// Start one and wait for its RPC. A serf that exits at once (its
+    /// port, picked free a moment earlier, was taken meanwhile by a test
+    /// running beside this one) is started again on other ports.
     fn start(dir: &Path, name: &str, tags: &[&str], join: Option<SocketAddr>) -> GoSerf {
-        let bind = SocketAddr::from(([127, 0, 0, 1], free_gossip_port()));
-        let rpc = format!("127.0.0.1:{}", free_gossip_port());
-        let mut cmd = Command::new("serf");
-        cmd.arg("agent")
-            .arg(format!("-node={name}"))
-            .arg(format!("-bind={bind}"))
-            .arg(format!("-rpc-addr={rpc}"));
-        for t in tags {
-            cmd.args(["-tag", t]);
+        let mut last_log = String::new();
+        for attempt in 1..=3 {
+            let bind = SocketAddr::from(([127, 0, 0, 1], free_gossip_port()));
+            let rpc = format!("127.0.0.1:{}", free_gossip_port());
+            let mut cmd = Command::new("serf");
+            cmd.arg("agent")
+                .arg(format!("-node={name}"))
+                .arg(format!("-bind={bind}"))
+                .arg(format!("-rpc-addr={rpc}"));
+            for t in tags {
+                cmd.args(["-tag", t]);
+            }
+            if let Some(j) = join {
+                cmd.arg(format!("-join={j}"));
+            }
+            let log_path = dir.join(format!("{name}-{attempt}.log"));
+            let log = std::fs::File::create(&log_path).expect("log");
+            let child = cmd
+                .stdout(Stdio::from(log.try_clone().expect("log")))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .expect("serf (tests/apt-packages.txt)");
+            let mut g = GoSerf { child, bind };
+            let t0 = Instant::now();
+            loop {
+                let up = Command::new("serf")
+                    .args(["members", &format!("-rpc-addr={rpc}")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if up {
+                    return g;
+                }
+                if g.child.try_wait().ok().flatten().is_some() {
+                    break; // exited: try other ports
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "serf {name} did not start: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            eprintln!("serf {name} exited at start (attempt {attempt}): {last_log}");
         }
-        if let Some(j) = join {
-            cmd.arg(format!("-join={j}"));
-        }
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
-        let child = cmd
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("serf (tests/apt-packages.txt)");
-        let g = GoSerf { child, bind };
-        let t0 = Instant::now();
-        while !Command::new("serf")
-            .args(["members", &format!("-rpc-addr={rpc}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "serf {name} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        g
+        panic!("serf {name} did not start in 3 attempts: {last_log}");
     }
 }
 
