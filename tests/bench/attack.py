@@ -16,7 +16,8 @@
                                          from 5 addresses (127.2.0.1-5)
   attack.py upload PORT TOKEN MIB SECONDS
       POST /api/v1/bundles with MIB MiB of junk (refused after the
-      upload), one upload after another for SECONDS
+      upload), one upload after another for SECONDS, paced to gigabit
+      Ethernet (125 MB/s: the box's fastest link)
 """
 import resource
 import selectors
@@ -181,6 +182,11 @@ def share(port, threads, seconds):
         t.join()
 
 
+# The box's fastest link: an upload reaches it at most at gigabit Ethernet's
+# rate (a Jetway box's NIC), not at loopback's several GB/s.
+LINK_BYTES_PER_S = 1_000_000_000 // 8
+
+
 def upload(port, token, mib, seconds):
     chunk = b"\x5a" * (1 << 20)
     end = time.monotonic() + seconds
@@ -188,8 +194,12 @@ def upload(port, token, mib, seconds):
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.sendall((f"POST /api/v1/bundles HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
                        f"Content-Length: {mib << 20}\r\nConnection: close\r\n\r\n").encode())
-            for _ in range(mib):
+            t0 = time.monotonic()
+            for i in range(mib):
                 s.sendall(chunk)
+                ahead = t0 + (i + 1) * len(chunk) / LINK_BYTES_PER_S - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
             s.settimeout(120)
             s.recv(4096)
 

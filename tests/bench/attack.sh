@@ -10,7 +10,8 @@
 #   - share: 50 threads hammering the public GET /share/v1/bundles from 5
 #     addresses (a few hostile machines; each has its request budget);
 #   - logs: a service printing as fast as it can (busybox `yes`);
-#   - upload: 800 MiB uploads through the API, one after another (each
+#   - upload: 800 MiB uploads through the API at gigabit Ethernet's 125 MB/s
+#     (loopback would be several GB/s, a rate no box sees), one after another (each
 #     refused after it, as junk).
 # The attackers share this machine's cores with the agent, so the ratios
 # include the attackers' CPU. PIN=1 (two cores or more) runs the agent and
