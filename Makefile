@@ -6,7 +6,8 @@
 #   make qemu-reset  forget that box (the next `make qemu` starts from a fresh copy)
 #   make image   out/nuvol-x86_64.img, ready to dd onto a USB stick
 #   make update-artefact  out/nuvol-x86_64-VERSION.nvu: the image's OS as a signed update (dev key)
-#   make test    every test (what .ci/run calls)
+#   make test    every test (what .ci/run calls); sweeps as a seeded sample
+#   make test-full  make test with the whole sweeps (40 update power cuts)
 #   make bench   benchmarks, printed as ratios against their peers
 #
 # Slow artefacts (kernel build, cargo target dir) live under $(NUVOL_CACHE),
@@ -65,7 +66,7 @@ FORWARD ?= 18080:8080 12379:2379 18384:8384
 UPDATE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 UPDATE_ARTEFACT := out/nuvol-x86_64-$(UPDATE_VERSION).nvu
 
-.PHONY: update-artefact deps deps-test nuvol kernel image qemu community qemu-reset test test-unit test-e2e fuzz-short lint size size-arm64 bench bundles clean
+.PHONY: update-artefact deps deps-test nuvol kernel image qemu community qemu-reset test test-full test-unit test-e2e fuzz-short lint size size-arm64 bench bundles clean
 
 deps:
 	@image/deps.sh build
@@ -139,6 +140,11 @@ size-arm64: nuvol
 	tests/arm64-smoke.sh $(CARGO_TARGET_DIR)/aarch64-unknown-linux-musl/release/nuvol $(NUVOL_BIN)
 
 test: lint size size-arm64 test-unit test-e2e fuzz-short
+
+# The same with the whole sweeps: OS-update power cuts at 40 points, 20 per
+# loader (make test cuts at 3, seeded and printed; NUVOL_SEED replays).
+test-full:
+	$(MAKE) --no-print-directory test NUVOL_POWERCUT_POINTS=40
 
 bundles: deps nuvol
 	$(X86_ONLY)

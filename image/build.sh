@@ -18,7 +18,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 : "${SOURCE_DATE_EPOCH:?set SOURCE_DATE_EPOCH (the Makefile takes it from the last commit)}"
 cache=${NUVOL_CACHE:-/var/cache/nuvol}
 
-BOOT_MIB=24      # two OS slots of ~5 MiB each, loaders, room for growth
+BOOT_MIB=40      # two OS slots of 14 MiB each, loaders, room for growth
+# Each slot's files have a fixed size, the part zero-padded: an OS update
+# overwrites them in place and allocates nothing on FAT, so a power cut
+# mid-update cannot break the file system (docs/boot.md, "Update").
+SLOT_KERNEL_MIB=6
+SLOT_INITRD_MIB=8
+SLOT_VERSION_BYTES=64
 DATA_MIB=6       # grown on first boot
 CMDLINE="console=tty0 console=ttyS0,115200n8 loglevel=4 panic=10"
 
@@ -83,9 +89,19 @@ CMDLINE="$CMDLINE nuvol.boot=PARTUUID=$(uuid part-boot)"
 # --- boot partition (FAT16: UEFI reads it; too small for FAT32) -------------------------------------------------
 root=$work/bootfs
 mkdir -p "$root/EFI/BOOT" "$root/loader/entries" "$root/syslinux" "$root/A" "$root/B"
+version=$("$nuvol" --version | awk '{print $2}')
+pad() { # pad FILE BYTES: zero-pad FILE to BYTES, refusing a bigger one
+    local size; size=$(stat -c %s "$1")
+    [ "$size" -le "$2" ] || { echo "build.sh: $1 is $size bytes, over its slot reservation of $2" >&2; exit 1; }
+    truncate -s "$2" "$1"
+}
 for slot in A B; do
     cp "$kernel" "$root/$slot/bzImage"
     cp "$work/initrd.img" "$root/$slot/initrd.img"
+    pad "$root/$slot/bzImage" $((SLOT_KERNEL_MIB << 20))
+    pad "$root/$slot/initrd.img" $((SLOT_INITRD_MIB << 20))
+    # The slot's OS version, newline-padded to its fixed size.
+    { printf '%s\n' "$version"; head -c $((SLOT_VERSION_BYTES - ${#version} - 1)) /dev/zero | tr '\0' '\n'; } > "$root/$slot/version"
     cat > "$root/loader/entries/nuvol-$slot.conf" <<ENTRY
 title   nuvol (slot $slot)
 linux   /$slot/bzImage

@@ -455,6 +455,16 @@ impl Vm {
         );
     }
 
+    /// QEMU's process id (to cut the power from another thread).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether QEMU has exited (a power cut from another thread).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// Cut the power: SIGKILL QEMU, whatever the guest is doing (what the
     /// guest wrote to its disk so far stays; its page cache is lost).
     pub fn kill(&mut self) {
@@ -609,6 +619,18 @@ pub fn boot_file(disk: &Path, path: &str) -> String {
         .unwrap();
     assert!(out.status.success(), "mtype ::{path}");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The image's kernel (`bzImage`) or initramfs (`initrd.img`) as built,
+/// copied to `dst`: from beside the image (`out/`), else from the disk's
+/// slot A (zero-padded to the slot's fixed size there).
+pub fn os_part(disk: &Path, name: &str, dst: &Path) {
+    match image().parent().map(|d| d.join(name)) {
+        Some(p) if p.is_file() => {
+            fs::copy(&p, dst).unwrap();
+        }
+        _ => copy_from_boot(disk, &format!("A/{name}"), dst),
+    }
 }
 
 /// Copy a file off the image's boot partition (`src`, e.g. `A/bzImage`)

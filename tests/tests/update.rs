@@ -23,8 +23,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nuvol_e2e::{
-    copy_from_boot, disk_copy, key_line, nuvol_bin, tail, write_config, BootOptions, Scratch,
-    TestKey, Vm,
+    copy_from_boot, disk_copy, key_line, nuvol_bin, os_part, tail, write_config, BootOptions,
+    Scratch, TestKey, Vm,
 };
 use serde_json::Value;
 
@@ -115,8 +115,8 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     std::fs::create_dir_all(d("other")).unwrap();
     let key = TestKey::new(&d("keys"));
     let other = TestKey::new(&d("other"));
-    copy_from_boot(&disk, "A/bzImage", &d("bzImage"));
-    copy_from_boot(&disk, "A/initrd.img", &d("initrd.img"));
+    os_part(&disk, "bzImage", &d("bzImage"));
+    os_part(&disk, "initrd.img", &d("initrd.img"));
     copy_from_boot(&disk, "B/initrd.img", &d("b-before"));
     write_config(
         &disk,

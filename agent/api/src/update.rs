@@ -62,3 +62,18 @@ pub async fn apply(ctx: &Ctx, req: Request<Incoming>) -> Resp {
         }
     }
 }
+
+/// The update record in one line (`nuvol_human::update_line`).
+pub fn state_line(v: &serde_json::Value) -> Option<String> {
+    let u = &v["update"];
+    u.is_object().then(|| {
+        nuvol_human::update_line(
+            u["version"].as_str().unwrap_or("?"),
+            u["slot"].as_str().unwrap_or("?"),
+            u["phase"].as_str().unwrap_or("?"),
+            u["tries"].as_u64().unwrap_or(0),
+            v["max_tries"].as_u64().unwrap_or(0),
+            u["reason"].as_str(),
+        )
+    })
+}

@@ -67,6 +67,10 @@ pub struct DebugConfig {
     /// With `test_hooks`: seconds a tried OS slot runs healthy before it
     /// is marked good (default: [`UPDATE_SETTLE_SECS`]).
     pub update_settle_secs: Option<u32>,
+    /// With `test_hooks`: milliseconds the agent pauses after each durable
+    /// write of an OS update (slot files, record, try, default), so the
+    /// power-cut test's cuts land between writes. Default: 0.
+    pub update_step_pause_ms: u32,
 }
 
 /// How long a tried OS slot must run healthy before it becomes the default.
@@ -80,6 +84,16 @@ impl DebugConfig {
             Some(s) if self.test_hooks => s.clamp(1, 3600),
             _ => UPDATE_SETTLE_SECS,
         }
+    }
+
+    /// The pause after each durable write of an OS update (test hook).
+    pub fn update_step_pause(&self) -> std::time::Duration {
+        let ms = if self.test_hooks {
+            self.update_step_pause_ms.min(10_000)
+        } else {
+            0
+        };
+        std::time::Duration::from_millis(u64::from(ms))
     }
 }
 

@@ -82,6 +82,25 @@ pub fn short_digest(d: &str) -> &str {
     }
 }
 
+/// An OS update's state in one line, as the panel and `nuvol ctl update`
+/// show it: `update 99.0.0 to slot B: pending (try 2 of 3)`, then the
+/// reason when there is one.
+pub fn update_line(
+    version: &str,
+    slot: &str,
+    phase: &str,
+    tries: u64,
+    max_tries: u64,
+    reason: Option<&str>,
+) -> String {
+    let mut s = format!("update {version} to slot {slot}: {phase} (try {tries} of {max_tries})");
+    if let Some(r) = reason {
+        s.push_str(": ");
+        s.push_str(r);
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +134,18 @@ mod tests {
         assert_eq!(utc(4_107_542_400), "2100-03-01 00:00 UTC");
         assert!(looks_like_unix_time(1_796_381_700));
         assert!(!looks_like_unix_time(86_400) && !looks_like_unix_time(0));
+    }
+
+    #[test]
+    fn update_lines() {
+        assert_eq!(
+            update_line("99.0.0", "B", "pending", 1, 3, None),
+            "update 99.0.0 to slot B: pending (try 1 of 3)"
+        );
+        assert_eq!(
+            update_line("9", "A", "failed", 3, 3, Some("rolled back")),
+            "update 9 to slot A: failed (try 3 of 3): rolled back"
+        );
     }
 
     #[test]

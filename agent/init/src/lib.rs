@@ -41,7 +41,7 @@ mod supervise;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use mounts::remount_boot_at;
+pub use mounts::{remount_boot_at, remount_efivars};
 pub use rescue::status as rescue_status;
 pub use rootfs::root_is_rootfs;
 pub use supervise::{Backoff, HEARTBEAT_FD_ENV, RESET_DIR_ENV};

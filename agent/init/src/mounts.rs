@@ -214,6 +214,17 @@ pub fn remount_boot_at(target: &Path, rw: bool) -> std::io::Result<()> {
     mount(None::<&str>, target, None::<&str>, flags, Some(BOOT_OPTS)).map_err(std::io::Error::from)
 }
 
+/// Remount efivarfs writable (`rw`) or read-only again: the agent arms an
+/// update's one-shot try there under UEFI (docs/boot.md, "Update").
+pub fn remount_efivars(rw: bool) -> std::io::Result<()> {
+    let mut flags =
+        MsFlags::MS_REMOUNT | MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    if !rw {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(None::<&str>, EFIVARS, None::<&str>, flags, None::<&str>).map_err(std::io::Error::from)
+}
+
 /// Unmount data and boot before power-off. Failures are reported, not fatal:
 /// a remount read-only is attempted so the journal is clean.
 pub fn unmount_all(layout: &Layout) {

@@ -59,8 +59,15 @@ impl Updater {
             }
         }
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        // Booted by UEFI: systemd-boot's one-shot variable arms the try.
+        let mut boot = if under_init && Path::new("/sys/firmware/efi").is_dir() {
+            BootFs::uefi(boot_root, Path::new(nuvol_update::efivar::EFIVARS))
+        } else {
+            BootFs::new(boot_root)
+        };
+        boot.pause = cfg.debug.update_step_pause();
         Updater {
-            boot: BootFs::new(boot_root),
+            boot,
             state_path: state_dir.join(state::STATE_FILE),
             keys,
             running: slots::slot_from_cmdline(&cmdline),
@@ -84,11 +91,24 @@ impl Updater {
             .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
     }
 
-    /// Run `f` with the boot partition writable, read-only again after.
+    /// Run `f` with the boot partition (and under UEFI efivarfs)
+    /// writable, read-only again after.
     fn boot_rw<T>(&self, f: impl FnOnce() -> Result<T, Refusal>) -> Result<T, Refusal> {
         nuvol_init::remount_boot_at(&self.boot.root, true)
             .map_err(|e| Refusal::Failed(format!("remounting the boot partition writable: {e}")))?;
-        let r = f();
+        let efi = self.boot.efivars.is_some();
+        let r = if efi {
+            nuvol_init::remount_efivars(true)
+                .map_err(|e| Refusal::Failed(format!("remounting efivarfs writable: {e}")))
+                .and_then(|()| f())
+        } else {
+            f()
+        };
+        if efi {
+            if let Err(e) = nuvol_init::remount_efivars(false) {
+                tracing::error!("remounting efivarfs read-only: {e}");
+            }
+        }
         if let Err(e) = nuvol_init::remount_boot_at(&self.boot.root, false) {
             tracing::error!("remounting the boot partition read-only: {e}");
         }
@@ -120,6 +140,7 @@ impl Updater {
             "running_version": self.running_version(),
             "default_slot": self.boot.default_slot().ok().map(|c| c.to_string()),
             "armed_try": self.boot.armed(),
+            "loader": self.boot.loader(),
             "slots": slots_json,
             "update": rec,
             "max_tries": MAX_TRIES,
@@ -189,10 +210,11 @@ impl Updater {
             // No try of a half-written slot: disarm first.
             self.boot
                 .arm_try(None)
-                .map_err(|e| Refusal::Failed(format!("ldlinux.sys ADV: {e}")))?;
+                .map_err(|e| Refusal::Failed(format!("disarming the try: {e}")))?;
             self.boot.write_slot(target, file, &v)?;
             state::save(&self.state_path, &rec)
                 .map_err(|e| Refusal::Failed(format!("recording the update: {e}")))?;
+            self.boot.step();
             self.boot
                 .arm_try(Some(target))
                 .map_err(|e| Refusal::Failed(format!("arming the try: {e}")))

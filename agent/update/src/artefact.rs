@@ -43,7 +43,8 @@ pub const FORMAT: u16 = 1;
 pub const HEADER_LEN: usize = 16;
 /// Longest manifest.
 pub const MAX_MANIFEST: usize = 4096;
-/// Largest part (a slot holds both on a 24 MiB boot partition).
+/// Largest part (the image reserves 6 MiB for a kernel and 8 MiB for an
+/// initramfs per slot on a 40 MiB boot partition; bigger parts need room).
 pub const MAX_PART: u64 = 32 << 20;
 /// Largest artefact.
 pub const MAX_ARTEFACT: u64 =

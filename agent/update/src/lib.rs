@@ -10,6 +10,8 @@
 //! - [`adv`]: syslinux's Auxiliary Data Vector (the last two sectors of
 //!   `ldlinux.sys`), whose boot-once record makes the BIOS loader try the
 //!   other slot exactly once.
+//! - [`efivar`]: the same for UEFI: systemd-boot's `LoaderEntryOneShot`
+//!   variable, deleted by the loader before it boots the entry.
 //! - [`slots`]: the boot partition's slots: writing the inactive one,
 //!   arming the try, making a slot the default (one byte rewritten in place).
 //! - [`state`]: the update's record on the data partition and what the
@@ -17,6 +19,7 @@
 
 pub mod adv;
 pub mod artefact;
+pub mod efivar;
 pub mod slots;
 pub mod state;
 

@@ -4,7 +4,8 @@
 //! Nothing here reallocates a loader file: the default is switched by
 //! rewriting the one slot letter of `DEFAULT nuvol-A` (syslinux) and
 //! `default nuvol-A.conf` (systemd-boot) in place, a one-byte write inside
-//! one sector; the try is armed in `ldlinux.sys`'s ADV, also in place.
+//! one sector; the try is armed in `ldlinux.sys`'s ADV, also in place
+//! (BIOS), or in the EFI variable `LoaderEntryOneShot` (UEFI), never on FAT.
 //! Only the inactive slot's files are replaced (temp file, fsync, rename).
 
 use std::fs::{File, OpenOptions};
@@ -14,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use nuvol_bundle::verify::hash_exact;
 
-use crate::adv;
-use crate::artefact::{Refusal, Verified};
+use crate::artefact::{Part, Refusal, Verified};
+use crate::{adv, efivar};
 
 pub const SYSLINUX_CFG: &str = "syslinux/syslinux.cfg";
 pub const LDLINUX_SYS: &str = "syslinux/ldlinux.sys";
@@ -75,16 +76,47 @@ fn letter_at(text: &[u8], needle: &[u8]) -> Option<usize> {
 const CFG_NEEDLE: &[u8] = b"DEFAULT nuvol-";
 const LOADER_NEEDLE: &[u8] = b"default nuvol-";
 
+/// systemd-boot's id of a slot's entry: `nuvol-A.conf`.
+pub fn entry(slot: char) -> String {
+    format!("nuvol-{slot}.conf")
+}
+
 /// A mounted boot partition.
 #[derive(Debug, Clone)]
 pub struct BootFs {
     pub root: PathBuf,
+    /// Under UEFI, the efivarfs directory: the try is armed there
+    /// (systemd-boot's one-shot entry) rather than in syslinux's ADV.
+    pub efivars: Option<PathBuf>,
+    /// Test hook: a pause after each durable write, so a power-cut test's
+    /// random cut lands between writes (zero on a real box).
+    pub pause: std::time::Duration,
 }
 
 impl BootFs {
+    /// A boot partition booted by BIOS (syslinux).
     pub fn new(root: &Path) -> BootFs {
         BootFs {
             root: root.to_path_buf(),
+            efivars: None,
+            pause: std::time::Duration::ZERO,
+        }
+    }
+
+    /// A boot partition booted by UEFI (systemd-boot), its variables in
+    /// `efivars`.
+    pub fn uefi(root: &Path, efivars: &Path) -> BootFs {
+        BootFs {
+            root: root.to_path_buf(),
+            efivars: Some(efivars.to_path_buf()),
+            pause: std::time::Duration::ZERO,
+        }
+    }
+
+    /// After a durable write: the test hook's pause, if any.
+    pub fn step(&self) {
+        if !self.pause.is_zero() {
+            std::thread::sleep(self.pause);
         }
     }
 
@@ -125,6 +157,7 @@ impl BootFs {
             if text[at] != slot as u8 {
                 f.write_all_at(&[slot as u8], at as u64)?;
                 f.sync_all()?;
+                self.step();
             }
         }
         Ok(())
@@ -134,15 +167,34 @@ impl BootFs {
         self.root.join(LDLINUX_SYS)
     }
 
-    /// Arm a one-shot try of `slot` (BIOS: the ADV's boot-once record);
+    /// Arm a one-shot try of `slot` with the loader that booted this box
+    /// (BIOS: the ADV's boot-once record; UEFI: `LoaderEntryOneShot`);
     /// `None` disarms.
     pub fn arm_try(&self, slot: Option<char>) -> io::Result<()> {
-        adv::set_bootonce_file(&self.ldlinux(), slot.map(label).as_deref())
+        match &self.efivars {
+            Some(dir) => efivar::set(dir, efivar::ONESHOT, slot.map(entry).as_deref()),
+            None => adv::set_bootonce_file(&self.ldlinux(), slot.map(label).as_deref()),
+        }?;
+        self.step();
+        Ok(())
     }
 
-    /// The armed boot-once command, if any.
+    /// The armed one-shot (`nuvol-B` for syslinux, `nuvol-B.conf` for
+    /// systemd-boot), if any.
     pub fn armed(&self) -> Option<String> {
-        adv::read_bootonce_file(&self.ldlinux()).ok().flatten()
+        match &self.efivars {
+            Some(dir) => efivar::get(dir, efivar::ONESHOT).ok().flatten(),
+            None => adv::read_bootonce_file(&self.ldlinux()).ok().flatten(),
+        }
+    }
+
+    /// Which loader's mechanism arms the try.
+    pub fn loader(&self) -> &'static str {
+        if self.efivars.is_some() {
+            "uefi"
+        } else {
+            "bios"
+        }
     }
 
     /// The OS version in a slot (its `version` file), if known.
@@ -160,32 +212,41 @@ impl BootFs {
     /// Write a verified artefact's parts into `slot` (never the running
     /// one: the caller's business), then its version, then read every part
     /// back from the disk and compare its SHA-256.
+    ///
+    /// A slot file at least as big as its part (the image makes them a
+    /// fixed, zero-padded size) is **overwritten in place**: the part, then
+    /// zeros to the file's end, fsynced. Nothing is allocated or freed on
+    /// FAT, so a power cut leaves a torn file in a slot nothing boots, never
+    /// a broken file system. Only a part bigger than its file is written
+    /// beside it (`.new`, fsync, rename), which allocates.
     pub fn write_slot(&self, slot: char, artefact: &Path, v: &Verified) -> Result<(), Refusal> {
         let dir = self.root.join(slot.to_string());
         let fail = |what: &str, e: io::Error| Refusal::Failed(format!("{what}: {e}"));
-        let need: u64 = v.manifest.parts.iter().map(|p| p.size).sum::<u64>() + 64 * 1024;
-        let free = free_bytes(&self.root).map_err(|e| fail("boot partition", e))?;
-        if free < need {
-            // Not room for the new parts beside the old ones: the old ones
-            // of this (inactive, not default) slot go first.
-            let old: u64 = v
-                .manifest
-                .parts
-                .iter()
-                .filter_map(|p| std::fs::metadata(dir.join(&p.name)).ok())
-                .map(|m| m.len())
-                .sum();
-            if free + old < need {
-                return Err(Refusal::TooBig(format!(
-                    "the update needs {need} bytes on the boot partition; {} are free with slot {slot}'s old files removed",
-                    free + old
-                )));
+        let room = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+        let grow: Vec<&Part> = v
+            .manifest
+            .parts
+            .iter()
+            .filter(|p| room(&p.name) < p.size)
+            .collect();
+        if !grow.is_empty() {
+            let need: u64 = grow.iter().map(|p| p.size).sum::<u64>() + 64 * 1024;
+            let free = free_bytes(&self.root).map_err(|e| fail("boot partition", e))?;
+            if free < need {
+                // Not room for the new parts beside the old ones: the old
+                // ones of this (inactive, not default) slot go first.
+                let old: u64 = grow.iter().map(|p| room(&p.name)).sum();
+                if free + old < need {
+                    return Err(Refusal::TooBig(format!(
+                        "the update needs {need} bytes on the boot partition; {} are free with slot {slot}'s old files removed",
+                        free + old
+                    )));
+                }
+                for p in &grow {
+                    let _ = std::fs::remove_file(dir.join(&p.name));
+                }
+                nuvol_durable::fsync_dir(&dir).map_err(|e| fail("slot directory", e))?;
             }
-            for p in &v.manifest.parts {
-                let _ = std::fs::remove_file(dir.join(&p.name));
-            }
-            let _ = std::fs::remove_file(dir.join(VERSION_FILE));
-            nuvol_durable::fsync_dir(&dir).map_err(|e| fail("slot directory", e))?;
         }
         let mut src = File::open(artefact).map_err(|e| fail("artefact", e))?;
         let mut off = v.parts_offset;
@@ -193,46 +254,56 @@ impl BootFs {
             use std::io::{Seek, SeekFrom};
             src.seek(SeekFrom::Start(off))
                 .map_err(|e| fail("artefact", e))?;
-            let tmp = dir.join(format!("{}.new", p.name));
             let dest = dir.join(&p.name);
-            let mut write = || -> Result<(), Refusal> {
-                let mut out = File::create(&tmp).map_err(|e| fail(&p.name, e))?;
-                let got = hash_exact(&mut src, p.size, Some(&mut out))
-                    .map_err(|e| Refusal::Failed(format!("{}: {e}", p.name)))?;
-                if got != p.sha256 {
-                    return Err(Refusal::Malformed(format!(
-                        "{}: changed while it was copied",
-                        p.name
-                    )));
-                }
-                out.flush().map_err(|e| fail(&p.name, e))?;
-                out.sync_all().map_err(|e| fail(&p.name, e))?;
-                std::fs::rename(&tmp, &dest).map_err(|e| fail(&p.name, e))?;
-                nuvol_durable::fsync_dir(&dir).map_err(|e| fail("slot directory", e))
+            let r = if room(&p.name) >= p.size {
+                self.overwrite(&dest, &mut src, p)
+            } else {
+                self.replace(&dir, &dest, &mut src, p)
             };
-            if let Err(e) = write() {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
+            r?;
             off += p.size;
         }
         let version = format!("{}\n", v.manifest.version);
-        nuvol_durable::write_atomic(
-            &dir.join(VERSION_FILE),
-            version.as_bytes(),
-            nuvol_durable::Mode::Private,
-        )
-        .map_err(|e| fail("version", e))?;
-        // Read back what the disk holds, not the page cache.
+        let vpath = dir.join(VERSION_FILE);
+        let vlen = room(VERSION_FILE);
+        if vlen > version.len() as u64 && vlen <= 4096 {
+            // Newline-padded to the file's fixed size, in place.
+            let mut b = version.into_bytes();
+            b.resize(vlen as usize, b'\n');
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&vpath)
+                .map_err(|e| fail("version", e))?;
+            f.write_all_at(&b, 0).map_err(|e| fail("version", e))?;
+            f.sync_all().map_err(|e| fail("version", e))?;
+        } else {
+            nuvol_durable::write_atomic(&vpath, version.as_bytes(), nuvol_durable::Mode::Private)
+                .map_err(|e| fail("version", e))?;
+        }
+        self.step();
+        // Read back what the disk holds, not the page cache: the part, and
+        // zeros after it.
         for p in &v.manifest.parts {
             let path = dir.join(&p.name);
             let mut f = File::open(&path).map_err(|e| fail(&p.name, e))?;
             drop_cache(&f);
             let len = f.metadata().map_err(|e| fail(&p.name, e))?.len();
-            let got = (len == p.size)
+            let got = (len >= p.size)
                 .then(|| hash_exact(&mut f, p.size, None).ok())
                 .flatten();
-            if got != Some(p.sha256) {
+            let mut tail_zero = || -> io::Result<bool> {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok(true);
+                    }
+                    if buf[..n].iter().any(|b| *b != 0) {
+                        return Ok(false);
+                    }
+                }
+            };
+            if got != Some(p.sha256) || !tail_zero().map_err(|e| fail(&p.name, e))? {
                 return Err(Refusal::Failed(format!(
                     "{}: read back from slot {slot}, it does not match the artefact",
                     p.name
@@ -240,6 +311,62 @@ impl BootFs {
             }
         }
         Ok(())
+    }
+
+    /// Overwrite `dest` (at least `p.size` bytes) in place with the part
+    /// from `src`, zeros to its end, fsync.
+    fn overwrite(&self, dest: &Path, src: &mut File, p: &Part) -> Result<(), Refusal> {
+        let fail = |e: io::Error| Refusal::Failed(format!("{}: {e}", p.name));
+        let mut out = OpenOptions::new().write(true).open(dest).map_err(fail)?;
+        let len = out.metadata().map_err(fail)?.len();
+        let got = hash_exact(src, p.size, Some(&mut out))
+            .map_err(|e| Refusal::Failed(format!("{}: {e}", p.name)))?;
+        if got != p.sha256 {
+            return Err(Refusal::Malformed(format!(
+                "{}: changed while it was copied",
+                p.name
+            )));
+        }
+        let zeros = vec![0u8; 64 * 1024];
+        let mut at = p.size;
+        while at < len {
+            let n = (len - at).min(zeros.len() as u64) as usize;
+            out.write_all(&zeros[..n]).map_err(fail)?;
+            at += n as u64;
+        }
+        out.flush().map_err(fail)?;
+        out.sync_all().map_err(fail)?;
+        self.step();
+        Ok(())
+    }
+
+    /// Write the part beside `dest` and rename it over (allocates on FAT).
+    fn replace(&self, dir: &Path, dest: &Path, src: &mut File, p: &Part) -> Result<(), Refusal> {
+        let fail = |what: &str, e: io::Error| Refusal::Failed(format!("{what}: {e}"));
+        let tmp = dir.join(format!("{}.new", p.name));
+        let mut write = || -> Result<(), Refusal> {
+            let mut out = File::create(&tmp).map_err(|e| fail(&p.name, e))?;
+            let got = hash_exact(src, p.size, Some(&mut out))
+                .map_err(|e| Refusal::Failed(format!("{}: {e}", p.name)))?;
+            if got != p.sha256 {
+                return Err(Refusal::Malformed(format!(
+                    "{}: changed while it was copied",
+                    p.name
+                )));
+            }
+            out.flush().map_err(|e| fail(&p.name, e))?;
+            out.sync_all().map_err(|e| fail(&p.name, e))?;
+            self.step();
+            std::fs::rename(&tmp, dest).map_err(|e| fail(&p.name, e))?;
+            nuvol_durable::fsync_dir(dir).map_err(|e| fail("slot directory", e))?;
+            self.step();
+            Ok(())
+        };
+        let r = write();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
     }
 }
 
@@ -326,6 +453,60 @@ mod tests {
         assert_eq!(b.armed().as_deref(), Some("nuvol-B"));
         b.arm_try(None).unwrap();
         assert_eq!(b.armed(), None);
+    }
+
+    /// A slot's padded files are overwritten in place (same inode, same
+    /// length, zeros after the part); a part bigger than its file is
+    /// written beside it and renamed.
+    #[test]
+    fn padded_slot_files_are_overwritten_in_place() {
+        use std::os::unix::fs::MetadataExt;
+        let (d, b) = boot();
+        let slot = d.path().join("B");
+        std::fs::write(slot.join("bzImage"), vec![0x11u8; 4096]).unwrap();
+        std::fs::write(slot.join("initrd.img"), vec![0x22u8; 8]).unwrap();
+        std::fs::write(
+            slot.join(VERSION_FILE),
+            "0.1.0\n".to_string() + &"\n".repeat(58),
+        )
+        .unwrap();
+        let ino = |n: &str| std::fs::metadata(slot.join(n)).unwrap().ino();
+        let (k_ino, v_ino) = (ino("bzImage"), ino(VERSION_FILE));
+        let key = nuvol_bundle::keys::SecretKey::generate().unwrap();
+        let a = crate::artefact::build(
+            b"kernel",
+            b"a bigger initrd",
+            "0.2.0",
+            "0",
+            "x86_64",
+            Some(&key),
+        )
+        .unwrap();
+        let file = d.path().join("u.nvu");
+        std::fs::write(&file, a).unwrap();
+        let policy = crate::artefact::Policy {
+            arch: "x86_64".into(),
+            running: crate::artefact::Version::parse("0.1.0").unwrap(),
+            allow_downgrade: false,
+        };
+        let v = crate::artefact::verify_file(&file, &vec![key.public()], &policy).unwrap();
+        b.write_slot('B', &file, &v).unwrap();
+        let k = std::fs::read(slot.join("bzImage")).unwrap();
+        assert_eq!(k.len(), 4096);
+        assert_eq!(&k[..6], b"kernel");
+        assert!(k[6..].iter().all(|b| *b == 0));
+        assert_eq!(ino("bzImage"), k_ino, "in place");
+        assert_eq!(
+            std::fs::read(slot.join("initrd.img")).unwrap(),
+            b"a bigger initrd"
+        );
+        assert!(!slot.join("initrd.img.new").exists());
+        assert_eq!(
+            std::fs::metadata(slot.join(VERSION_FILE)).unwrap().len(),
+            64
+        );
+        assert_eq!(ino(VERSION_FILE), v_ino, "in place");
+        assert_eq!(b.slot_version('B').as_deref(), Some("0.2.0"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::frame::button;
+use super::frame::{button, with_csrf};
 use super::render::render_json;
 use crate::panel::esc;
 use crate::Ctx;
@@ -54,32 +54,23 @@ pub(super) fn update(ctx: &Ctx, csrf: &str) -> String {
             esc(v["slots"][slot]["version"].as_str().unwrap_or("unknown"))
         );
     }
-    let u = &v["update"];
-    let state = if u.is_object() {
-        format!(
-            "Update {} to slot {}: {} (try {} of {}).{}",
-            u["version"].as_str().unwrap_or("?"),
-            u["slot"].as_str().unwrap_or("?"),
-            u["phase"].as_str().unwrap_or("?"),
-            u["tries"],
-            v["max_tries"],
-            u["reason"]
-                .as_str()
-                .map(|r| format!(" {r}"))
-                .unwrap_or_default()
-        )
-    } else {
-        "No update applied yet.".into()
-    };
+    let state = crate::update::state_line(&v).unwrap_or_else(|| "No update applied yet.".into());
     let _ = write!(
         b,
-        "</table></div><p id=update-state>{}</p><p>{}</p><p>To update: <code>nuvol ctl update nuvol-x86_64-VERSION.nvu</code> (a signed artefact; see docs/boot.md), then reboot.</p>\
+        "</table></div><p id=update-state>{}</p><p>{}</p>\
+<h2>Install an update</h2><form id=update-upload method=post enctype=multipart/form-data action=\"{}\">\
+<input type=file name=update accept=\".nvu\" required> <button>Upload, check and write to the other slot</button></form>\
+<p>A signed artefact (<code>nuvol-{}-VERSION.nvu</code>): checked against the OS publisher keys of \
+<code>[update] trusted_keys</code> before anything is written; then reboot to try it once. \
+From a shell: <code>nuvol ctl update FILE</code> (<code>--allow-downgrade</code> for an older version).</p>\
 <h2>Reboot</h2>{}",
         esc(&state),
         match &running {
             Some(s) => format!("Running from slot {}.", esc(s)),
             None => "Not booted from a nuvol slot (development host).".into(),
         },
+        esc(&with_csrf("/api/v1/update", csrf, "/update")),
+        std::env::consts::ARCH,
         button("/api/v1/system/reboot", csrf, "/update", "Reboot now")
     );
     b

@@ -209,19 +209,8 @@ pub(super) fn print_update(v: &serde_json::Value) {
             );
         }
     }
-    let u = &v["update"];
-    if u.is_object() {
-        println!(
-            "update {} to slot {}: {} (try {} of {})",
-            u["version"].as_str().unwrap_or("?"),
-            u["slot"].as_str().unwrap_or("?"),
-            u["phase"].as_str().unwrap_or("?"),
-            u["tries"],
-            v["max_tries"]
-        );
-        if let Some(r) = u["reason"].as_str() {
-            println!("  {r}");
-        }
+    if let Some(line) = nuvol_api::update::state_line(v) {
+        println!("{line}");
     } else if let Some(m) = v["message"].as_str() {
         println!("{m}");
     }
