@@ -318,6 +318,82 @@ impl Vm {
         http_request(self.port, "POST", path, Some(&token), &[], &body)
     }
 
+    /// Log in to the panel with the console's admin token as a browser
+    /// does: (the session's `Cookie:` value, its CSRF token).
+    pub fn login(&self) -> std::io::Result<(String, String)> {
+        let token = self
+            .admin_token()
+            .ok_or_else(|| std::io::Error::other("no admin token on the console"))?;
+        let body = format!("secret={token}&next=%2Fdashboard");
+        let (code, text) = http_request_full(
+            self.port,
+            "POST",
+            "/login",
+            None,
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            body.as_bytes(),
+        )?;
+        let cookie = text
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("set-cookie")
+                    .then(|| v.trim().split(';').next().unwrap_or("").to_string())
+            })
+            .filter(|_| code == 303)
+            .ok_or_else(|| std::io::Error::other(format!("login: {code}")))?;
+        let (_, text) = http_request_full(
+            self.port,
+            "GET",
+            "/api/v1/session",
+            None,
+            &[("Cookie", &cookie)],
+            b"",
+        )?;
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        let csrf = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["csrf"].as_str().map(str::to_string))
+            .ok_or_else(|| std::io::Error::other(format!("no csrf in {body:?}")))?;
+        Ok((cookie, csrf))
+    }
+
+    /// Submit a panel upload form as a browser does: `file` as the form
+    /// field `field` (multipart), the session's cookie, CSRF and `back` in
+    /// the action's query. Returns (status, the whole answer).
+    pub fn form_upload(
+        &self,
+        session: &(String, String),
+        action: &str,
+        back: &str,
+        field: &str,
+        file: &Path,
+    ) -> std::io::Result<(u16, String)> {
+        let boundary = "----nuvole2e5d8a1f";
+        let name = file
+            .file_name()
+            .map_or("f".into(), |n| n.to_string_lossy().into_owned());
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(&fs::read(file)?);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let ctype = format!("multipart/form-data; boundary={boundary}");
+        http_request_full(
+            self.port,
+            "POST",
+            &format!("{action}?csrf={}&back={back}", session.1),
+            None,
+            &[
+                ("Cookie", &session.0),
+                ("Accept", "text/html"),
+                ("Content-Type", &ctype),
+            ],
+            &body,
+        )
+    }
+
     /// Poll `f` until it returns `Some`, or panic with the console's tail.
     pub fn wait_for<T>(
         &self,

@@ -17,14 +17,20 @@
 //!    uploaded through the API to slot A: the try boot panics, the kernel
 //!    reboots after 10 s, the loader boots the default (B) by itself, and
 //!    the API reports the failed try and the re-armed second one.
+//! 4. Powered off with that try still armed, a laptop puts two files in
+//!    `update/` on the boot partition: one signed by a stranger and 99.2.0.
+//!    The bad try panics once more; back in B the agent records the
+//!    stranger's file as refused, writes 99.2.0 to slot A (superseding the
+//!    failing update), reboots itself, and A is marked good. The next boot
+//!    applies neither file again.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nuvol_e2e::{
-    copy_from_boot, disk_copy, key_line, nuvol_bin, os_part, tail, write_config, BootOptions,
-    Scratch, TestKey, Vm,
+    copy_from_boot, copy_to_boot, disk_copy, key_line, nuvol_bin, os_part, tail, write_config,
+    BootOptions, Scratch, TestKey, Vm,
 };
 use serde_json::Value;
 
@@ -162,6 +168,26 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
         assert_eq!(st, status, "{body}");
         assert!(body.contains(code), "{body}");
     }
+    // The same through the panel's form, as a browser sends it.
+    let session = vm.wait_for("panel login", Duration::from_secs(60), || vm.login().ok());
+    let (_, page) = nuvol_e2e::http_request_full(
+        vm.port,
+        "GET",
+        "/update",
+        None,
+        &[("Cookie", &session.0)],
+        b"",
+    )
+    .unwrap();
+    assert!(page.contains("id=update-upload"), "{page}");
+    let (st, page) = vm
+        .form_upload(&session, "/api/v1/update", "/update", "update", &foreign)
+        .unwrap();
+    assert_eq!(st, 403, "{page}");
+    assert!(
+        page.contains("id=error") && page.contains("update_untrusted"),
+        "{page}"
+    );
     let (code, _, err) = vm.ctl(&["update", arm.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(
@@ -248,6 +274,69 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     let reason = v["update"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("never reached good"), "{v}");
     assert_eq!(v["armed_try"], "nuvol-A", "armed again: {v}");
+    vm.power_off();
+
+    // --- 4. from the boot partition, the failing update still armed -------
+    // A laptop puts two files in update/: one by a stranger (refused,
+    // remembered) and a newer good one, which supersedes the failing try.
+    let newer = d("nuvol-x86_64-99.2.0.nvu");
+    build(&key.secret, &k, &i, "99.2.0", "x86_64", &newer);
+    let tiny = d("tiny");
+    std::fs::write(&tiny, vec![1u8; 1024]).unwrap();
+    let stranger = d("a-stranger.nvu");
+    build(&other.secret, &tiny, &tiny, "99.3.0", "x86_64", &stranger);
+    copy_to_boot(&disk, &stranger, "update/a-stranger.nvu");
+    copy_to_boot(&disk, &newer, "update/nuvol-x86_64-99.2.0.nvu");
+    let mut vm = Vm::boot_opts(&disk, "bios", &dir.0, &BootOptions::default());
+    // The armed bad try panics once more, then B comes up and applies
+    // 99.2.0 from update/ to slot A, and reboots itself to try it.
+    vm.wait_console("from the boot partition: rebooting to try it", 1, BOOT);
+    let c = vm.console();
+    assert!(c.contains("update/a-stranger.nvu refused"), "{}", tail(&c));
+    let n = c.matches(READY).count();
+    vm.wait_console(READY, n + 1, BOOT);
+    let v = vm.wait_for("99.2.0 marked good", Duration::from_secs(120), || {
+        let v = get_update(&vm);
+        (v["update"]["phase"] == "good").then_some(v)
+    });
+    assert_eq!(v["running_slot"], "A", "{v}");
+    assert_eq!(v["running_version"], "99.2.0", "{v}");
+    assert_eq!(v["default_slot"], "A", "{v}");
+    let files = v["boot_files"].as_array().cloned().unwrap_or_default();
+    let outcome = |name: &str| {
+        files
+            .iter()
+            .find(|f| f["name"] == name)
+            .map(|f| f["outcome"].clone())
+    };
+    assert_eq!(
+        outcome("a-stranger.nvu"),
+        Some("update_untrusted".into()),
+        "{v}"
+    );
+    assert_eq!(
+        outcome("nuvol-x86_64-99.2.0.nvu"),
+        Some("applied".into()),
+        "{v}"
+    );
+    // Each file once: the next boot leaves them be.
+    reboot(&mut vm);
+    std::thread::sleep(Duration::from_secs(15));
+    let c = vm.console();
+    assert_eq!(
+        c.matches("from the boot partition").count(),
+        1,
+        "{}",
+        tail(&c)
+    );
+    assert_eq!(
+        c.matches("a-stranger.nvu refused").count(),
+        1,
+        "{}",
+        tail(&c)
+    );
+    let v = get_update(&vm);
+    assert_eq!(v["running_slot"], "A", "{v}");
     vm.power_off();
     eprintln!(
         "bench: update test took {:.1} s",

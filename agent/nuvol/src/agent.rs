@@ -352,6 +352,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 manage_net,
                 services.clone(),
             ));
+        } else {
+            tokio::spawn(crate::update::boot_dir_watch(update, services.clone()));
         }
         wait_for_stop().await;
         tracing::info!("stopping");

@@ -12,9 +12,18 @@ use std::time::Duration;
 use nuvol_bundle::PublicKey;
 use nuvol_update::artefact::{self, Policy, Version};
 use nuvol_update::slots::{self, BootFs};
-use nuvol_update::state::{self, Phase, Record, Start, MAX_TRIES};
+use nuvol_update::state::{self, BootFile, Phase, Record, Start, MAX_TRIES};
 use nuvol_update::Refusal;
 use serde_json::json;
+
+/// Where a human drops an update from a laptop: `update/*.nvu` on the
+/// boot partition.
+pub const BOOT_DIR: &str = "update";
+/// The boot partition's update files already handled (by SHA-256).
+const BOOT_FILES_STATE: &str = "update-files.json";
+/// Files looked at per boot, and outcomes remembered.
+const MAX_BOOT_FILES: usize = 8;
+const MAX_REMEMBERED: usize = 32;
 
 /// How long a trial may stay unhealthy before the agent reboots the box
 /// (the loader then boots the default slot: a rollback).
@@ -146,7 +155,90 @@ impl Updater {
             "max_tries": MAX_TRIES,
             "settle_s": self.settle.as_secs(),
             "trusted_keys": self.keys.len(),
+            "boot_files": self.boot_files(),
         })
+    }
+
+    fn boot_files_path(&self) -> PathBuf {
+        self.state_path.with_file_name(BOOT_FILES_STATE)
+    }
+
+    /// The outcomes of update files found on the boot partition.
+    fn boot_files(&self) -> Vec<BootFile> {
+        std::fs::read(self.boot_files_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Apply an update file a human put in `update/` on the boot
+    /// partition, each file once (known by its SHA-256, remembered on the
+    /// data partition; the file itself is never changed, nothing on FAT is
+    /// written for it). The newest acceptable one is written to the
+    /// inactive slot; returns its version when one was, so the caller
+    /// reboots to try it. Refusals are printed and shown with the update
+    /// state.
+    pub fn apply_boot_dir(&self, services: Vec<String>) -> Option<String> {
+        self.available()?;
+        let dir = self.boot.root.join(BOOT_DIR);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("nvu")) && p.is_file())
+            .collect();
+        files.sort();
+        files.truncate(MAX_BOOT_FILES);
+        let mut known = self.boot_files();
+        let mut applied = None;
+        for f in files {
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let Ok(sha) = sha256_file(&f) else { continue };
+            if known.iter().any(|k| k.sha256 == sha) {
+                continue;
+            }
+            let (outcome, message) = match self.apply(&f, false, services.clone()) {
+                Ok(v) => {
+                    applied = v["version"].as_str().map(str::to_string);
+                    (
+                        "applied".to_string(),
+                        format!(
+                            "update/{name}: {}",
+                            v["message"].as_str().unwrap_or("written")
+                        ),
+                    )
+                }
+                // On trial now: looked at again at a later start.
+                Err(Refusal::Busy(_)) => continue,
+                Err(e) => (e.code().to_string(), format!("update/{name} refused: {e}")),
+            };
+            eprintln!("nuvol: {message}");
+            known.push(BootFile {
+                name,
+                sha256: sha,
+                outcome,
+                message,
+            });
+            if known.len() > MAX_REMEMBERED {
+                known.remove(0);
+            }
+            if let Ok(b) = serde_json::to_vec_pretty(&known) {
+                if let Err(e) = nuvol_durable::write_atomic(
+                    &self.boot_files_path(),
+                    &b,
+                    nuvol_durable::Mode::Public,
+                ) {
+                    tracing::error!("recording the boot partition's update files: {e}");
+                }
+            }
+            if applied.is_some() {
+                break;
+            }
+        }
+        applied
     }
 
     /// A dashboard alert while an update was given up.
@@ -314,6 +406,36 @@ impl Updater {
         Ok(rec.version)
     }
 }
+
+fn sha256_file(p: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// At start (not on trial): after the services had time to start, apply
+/// an update file from the boot partition and reboot to try it.
+pub async fn boot_dir_watch(u: Arc<Updater>, svc: Option<crate::services::ServicesHandle>) {
+    if !u.boot.root.join(BOOT_DIR).is_dir() {
+        return;
+    }
+    // The services recorded with the update are the ones that run again
+    // after the trial boot: let them start first.
+    tokio::time::sleep(BOOT_DIR_DELAY).await;
+    let services = running_services(svc.as_ref());
+    let u2 = u.clone();
+    if let Ok(Some(v)) = tokio::task::spawn_blocking(move || u2.apply_boot_dir(services)).await {
+        eprintln!("nuvol: update {v} from the boot partition: rebooting to try it");
+        if let Err(e) = nuvol_api::ask_init_to_reboot() {
+            eprintln!("nuvol: update {v}: {e}; it is tried at the next boot");
+        }
+    }
+}
+
+/// How long after start the boot partition's `update/` is looked at.
+const BOOT_DIR_DELAY: Duration = Duration::from_secs(10);
 
 /// The services running now (condition "running").
 pub fn running_services(svc: Option<&crate::services::ServicesHandle>) -> Vec<String> {

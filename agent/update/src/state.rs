@@ -128,6 +128,16 @@ pub fn save(path: &Path, rec: &Record) -> std::io::Result<()> {
     nuvol_durable::write_atomic(path, &b, nuvol_durable::Mode::Public)
 }
 
+/// What became of an update file on the boot partition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootFile {
+    pub name: String,
+    pub sha256: String,
+    /// `applied`, or the refusal's code.
+    pub outcome: String,
+    pub message: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
