@@ -160,6 +160,8 @@ bench: deps-test image bundles
 	tests/bench/box.sh $(IMAGE) $(NUVOL_BIN) out/bundles
 	# The agent under attack: status and gossip RTT beside the quiet figures.
 	tests/bench/attack.sh $(NUVOL_BIN)
+	# OS updates: artefact size, apply time, trial boot beside a plain reboot.
+	tests/bench/update.sh $(IMAGE) $(NUVOL_BIN)
 	# The community: 4 boxes in two zones (overlay mesh, throughput, traffic),
 	# then gossip traffic at 50 agents in a network namespace.
 	tests/bench/community.sh $(IMAGE)
