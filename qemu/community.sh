@@ -17,10 +17,13 @@
 #   --net K          second octet of the testbed's addresses (default 71):
 #                    10.K.0.0/24 host<->router, 10.K.1.0/24 zone-a, 10.K.2.0/24 zone-b
 #   --no-overlay     boxes without [overlay] (gossip only)
+#   --one-zone       every box in zone-a (one LAN, no NAT between boxes)
 #   --block I:J      the router drops WireGuard packets between box I and box J
 #                    (they must relay through a super node); repeatable
 #   --serf           also run a Go `serf` agent in zone-a (10.K.1.5)
 #   --bundles DIR    trust DIR/dev.pub on every box (the recipes' development key)
+#   --update-key PUB trust PUB as OS publisher key on every box ([update]
+#                    trusted_keys); tried updates settle in 5 s (a test hook)
 #   --detach         return once every box is ready; `down` stops them
 #
 # The network: zone-a is routed; zone-b sits behind a router that NATs it
@@ -37,7 +40,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cmd=up
 case ${1:-} in up|down|kill|start|run) cmd=$1; shift ;; esac
 
-boxes=4 mem=192 dir=out/community net=71 overlay=1 serf=0 bundles="" detach=0
+boxes=4 mem=192 dir=out/community net=71 overlay=1 serf=0 bundles="" detach=0 update_key="" one_zone=0
 blocks=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -48,6 +51,8 @@ while [ $# -gt 0 ]; do
         --no-overlay) overlay=0; shift ;;
         --block) blocks+=("$2"); shift 2 ;;
         --serf) serf=1; shift ;;
+        --update-key) update_key=$2; shift 2 ;;
+        --one-zone) one_zone=1; shift ;;
         --bundles) bundles=$2; shift 2 ;;
         --detach) detach=1; shift ;;
         -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
@@ -67,7 +72,7 @@ if [ "$cmd" != up ]; then
 fi
 ns_r=nvc$net-r ns_a=nvc$net-a ns_b=nvc$net-b
 
-zone_of() { if [ "$1" -le $(((boxes + 1) / 2)) ]; then echo a; else echo b; fi; }
+zone_of() { if [ "$one_zone" = 1 ] || [ "$1" -le $(((boxes + 1) / 2)) ]; then echo a; else echo b; fi; }
 ip_of() { local z; z=$(zone_of "$1"); if [ "$z" = a ]; then echo "10.$net.1.$((10 + $1))"; else echo "10.$net.2.$((10 + $1))"; fi; }
 mac_of() { printf '52:54:00:%02x:00:%02x' "$net" "$1"; }
 first_of() { if [ "$1" = a ]; then echo 1; else echo $(((boxes + 1) / 2 + 1)); fi; }
@@ -199,6 +204,10 @@ token_sum=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
 off=$(( $(sfdisk --json "$image" | jq '.partitiontable.partitions[0].start') * 512 ))
 trust=""
 [ -n "$bundles" ] && [ -f "$bundles/dev.pub" ] && trust="trusted_keys = [\"$(grep -v '^untrusted' "$bundles/dev.pub" | head -1)\"]"
+update=""
+[ -n "$update_key" ] && update="update_settle_secs = 5
+[update]
+trusted_keys = [\"$(grep -v '^untrusted' "$update_key" | head -1)\"]"
 for n in $(seq 1 "$boxes"); do
     z=$(zone_of "$n")
     mkdir -p "$dir/box$n"
@@ -210,6 +219,7 @@ for n in $(seq 1 "$boxes"); do
     # Joins: the own zone's super node first, then the other zone's.
     other=$([ "$z" = a ] && echo b || echo a)
     join="\"$(ip_of "$(first_of "$z")")\", \"$(ip_of "$(first_of "$other")")\""
+    [ "$one_zone" = 1 ] && join="\"$(ip_of 1)\""
     cat > "$dir/box$n/nuvol.toml" <<EOF
 hostname = "box$n"
 [panel]
@@ -227,6 +237,7 @@ enabled = $([ "$overlay" = 1 ] && echo true || echo false)
 $trust
 [debug]
 test_hooks = true
+$update
 EOF
     MTOOLS_SKIP_CHECK=1 mcopy -o -i "$dir/box$n/disk.img@@$off" "$dir/box$n/nuvol.toml" ::nuvol.toml
 done

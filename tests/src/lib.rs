@@ -709,6 +709,30 @@ pub fn os_part(disk: &Path, name: &str, dst: &Path) {
     }
 }
 
+/// Sign `kernel` and `initrd` as OS update `version` for `arch` with
+/// `key` (`nuvol update build`), into `out`.
+pub fn update_artefact(
+    key: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    version: &str,
+    arch: &str,
+    out: &Path,
+) {
+    let st = Command::new(nuvol_bin())
+        .args(["update", "build", "--kernel"])
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(initrd)
+        .args(["--version", version, "--arch", arch, "-k"])
+        .arg(key)
+        .arg("-o")
+        .arg(out)
+        .status()
+        .expect("run nuvol update build");
+    assert!(st.success(), "nuvol update build {version}");
+}
+
 /// Copy a file off the image's boot partition (`src`, e.g. `A/bzImage`)
 /// to `dst` on the host, byte for byte.
 pub fn copy_from_boot(disk: &Path, src: &str, dst: &Path) {

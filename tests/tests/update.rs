@@ -29,8 +29,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nuvol_e2e::{
-    copy_from_boot, copy_to_boot, disk_copy, key_line, nuvol_bin, os_part, tail, write_config,
-    BootOptions, Scratch, TestKey, Vm,
+    copy_from_boot, copy_to_boot, disk_copy, key_line, os_part, tail, write_config, BootOptions,
+    Scratch, TestKey, Vm,
 };
 use serde_json::Value;
 
@@ -57,21 +57,6 @@ fn running(vm: &Vm, name: &str) -> bool {
             .any(|s| s["name"] == name && s["state"] == "running"),
         _ => false,
     }
-}
-
-fn build(key: &Path, kernel: &Path, initrd: &Path, version: &str, arch: &str, out: &Path) {
-    let st = Command::new(nuvol_bin())
-        .args(["update", "build", "--kernel"])
-        .arg(kernel)
-        .arg("--initrd")
-        .arg(initrd)
-        .args(["--version", version, "--arch", arch, "-k"])
-        .arg(key)
-        .arg("-o")
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(st.success(), "nuvol update build {version}");
 }
 
 fn sha(p: &Path) -> String {
@@ -135,11 +120,11 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     );
     let (k, i) = (d("bzImage"), d("initrd.img"));
     let good = d("nuvol-x86_64-99.0.0.nvu");
-    build(&key.secret, &k, &i, "99.0.0", "x86_64", &good);
+    nuvol_e2e::update_artefact(&key.secret, &k, &i, "99.0.0", "x86_64", &good);
     let foreign = d("foreign.nvu");
-    build(&other.secret, &k, &i, "99.0.0", "x86_64", &foreign);
+    nuvol_e2e::update_artefact(&other.secret, &k, &i, "99.0.0", "x86_64", &foreign);
     let arm = d("arm.nvu");
-    build(&key.secret, &k, &i, "99.0.0", "aarch64", &arm);
+    nuvol_e2e::update_artefact(&key.secret, &k, &i, "99.0.0", "aarch64", &arm);
     // The signature block zeroed: "not signed".
     let unsigned = d("unsigned.nvu");
     let mut b = std::fs::read(&good).unwrap();
@@ -252,7 +237,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     let garbage = d("garbage.img");
     std::fs::write(&garbage, vec![0x5au8; 64 * 1024]).unwrap();
     let bad = d("bad.nvu");
-    build(&key.secret, &k, &garbage, "99.1.0", "x86_64", &bad);
+    nuvol_e2e::update_artefact(&key.secret, &k, &garbage, "99.1.0", "x86_64", &bad);
     let (st, body) = upload(&vm, "/api/v1/update", &bad);
     assert_eq!(st, 200, "{body}");
     let v = get_update(&vm);
@@ -280,11 +265,11 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     // A laptop puts two files in update/: one by a stranger (refused,
     // remembered) and a newer good one, which supersedes the failing try.
     let newer = d("nuvol-x86_64-99.2.0.nvu");
-    build(&key.secret, &k, &i, "99.2.0", "x86_64", &newer);
+    nuvol_e2e::update_artefact(&key.secret, &k, &i, "99.2.0", "x86_64", &newer);
     let tiny = d("tiny");
     std::fs::write(&tiny, vec![1u8; 1024]).unwrap();
     let stranger = d("a-stranger.nvu");
-    build(&other.secret, &tiny, &tiny, "99.3.0", "x86_64", &stranger);
+    nuvol_e2e::update_artefact(&other.secret, &tiny, &tiny, "99.3.0", "x86_64", &stranger);
     copy_to_boot(&disk, &stranger, "update/a-stranger.nvu");
     copy_to_boot(&disk, &newer, "update/nuvol-x86_64-99.2.0.nvu");
     let mut vm = Vm::boot_opts(&disk, "bios", &dir.0, &BootOptions::default());

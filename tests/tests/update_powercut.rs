@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nuvol_e2e::{disk_copy, key_line, nuvol_bin, os_part, write_config, Scratch, TestKey, Vm};
+use nuvol_e2e::{disk_copy, key_line, os_part, write_config, Scratch, TestKey, Vm};
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -247,18 +247,14 @@ fn uefi_update_and_power_cuts_on_both_loaders() {
         ),
     );
     let good = d("nuvol-x86_64-99.0.0.nvu");
-    let st = Command::new(nuvol_bin())
-        .args(["update", "build", "--kernel"])
-        .arg(d("bzImage"))
-        .arg("--initrd")
-        .arg(d("initrd.img"))
-        .args(["--version", "99.0.0", "-k"])
-        .arg(&key.secret)
-        .arg("-o")
-        .arg(&good)
-        .status()
-        .unwrap();
-    assert!(st.success(), "nuvol update build");
+    nuvol_e2e::update_artefact(
+        &key.secret,
+        &d("bzImage"),
+        &d("initrd.img"),
+        "99.0.0",
+        "x86_64",
+        &good,
+    );
     let token = {
         let mut vm = Vm::boot(&template, "bios", &root.0);
         vm.wait_console(READY, 1, BOOT);

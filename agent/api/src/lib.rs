@@ -54,6 +54,7 @@ pub mod rate;
 use nuvol_human as human;
 mod io;
 pub mod metrics;
+pub mod os_share;
 mod pages;
 mod panel;
 pub mod parse;
@@ -127,6 +128,12 @@ pub trait Node: Send + Sync + 'static {
     fn update_upload_dir(&self) -> Option<std::path::PathBuf> {
         None
     }
+    /// The OS update artefact this box offers its peers (the one it runs,
+    /// its slot marked good): its file and description (version, arch,
+    /// size, sha256, key_id).
+    fn update_offer(&self) -> Option<(std::path::PathBuf, serde_json::Value)> {
+        None
+    }
     /// Check an uploaded artefact, write it to the inactive slot and arm
     /// its one-shot try (see [`update`]).
     fn update_apply(
@@ -188,7 +195,9 @@ pub fn is_public_with(method: &Method, path: &str, hooks: bool) -> bool {
 /// and the bundle share (signed bytes; a peer fetches them without TLS).
 pub fn plain_http_ok(method: &Method, path: &str) -> bool {
     matches!(*method, Method::GET | Method::HEAD)
-        && (matches!(path, "/" | "/api/v1/status" | "/api/v1/network") || share::owns(path))
+        && (matches!(path, "/" | "/api/v1/status" | "/api/v1/network")
+            || share::owns(path)
+            || os_share::owns(path))
 }
 
 /// Constant-time check of `Authorization: Bearer <admin token>`.
@@ -683,6 +692,8 @@ async fn dispatch(
     let method = req.method().clone();
     if share::owns(&path) {
         share::serve(ctx, &req).await
+    } else if os_share::owns(&path) {
+        os_share::serve(ctx, &req).await
     } else if let Some(r) = pages::handle(ctx, conn, principal.as_ref(), &req).await {
         r
     } else if path == "/api/v1/community/bundles" {
@@ -706,6 +717,10 @@ async fn dispatch(
         reset::handle(ctx, req).await
     } else if path == "/api/v1/update" && method == Method::POST {
         update::apply(ctx, req).await
+    } else if path == "/api/v1/update/offers" && method == Method::GET {
+        os_share::offers(ctx).await
+    } else if path == "/api/v1/update/fetch" && method == Method::POST {
+        os_share::fetch(ctx, req).await
     } else if path.starts_with("/api/v1/bundles")
         || path.starts_with("/api/v1/keys")
         || path == "/api/v1/storage"

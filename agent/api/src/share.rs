@@ -301,12 +301,9 @@ pub async fn serve(ctx: &Arc<Ctx>, req: &Request<Incoming>) -> Resp {
     else {
         return unknown();
     };
-    let Ok(permit) = ctx.share.downloads.clone().try_acquire_owned() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            &format!("at most {MAX_DOWNLOADS} downloads at once; try again shortly"),
-        );
+    let permit = match download_permit(&ctx.share) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let export = match crate::bulk::spawn(move || store.export(&name)).await {
         Ok(Ok(e)) => e,
@@ -321,28 +318,11 @@ pub async fn serve(ctx: &Arc<Ctx>, req: &Request<Incoming>) -> Resp {
     };
     let len = export.len;
     let name = export.bundle.name.clone();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    if *req.method() == Method::GET {
-        crate::bulk::spawn(move || {
-            let _permit = permit;
-            let mut r = export.into_reader();
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                match r.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if tx.blocking_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
-                            return; // the client went away
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("share: reading bundle: {e}");
-                        return; // the body ends short; the client sees a broken transfer
-                    }
-                }
-            }
-        });
-    }
+    let body = if *req.method() == Method::GET {
+        stream(Box::new(export.into_reader()), permit)
+    } else {
+        crate::full(Bytes::new())
+    };
     Response::builder()
         .header("content-type", "application/octet-stream")
         .header("content-length", len)
@@ -351,8 +331,47 @@ pub async fn serve(ctx: &Arc<Ctx>, req: &Request<Incoming>) -> Resp {
             format!("attachment; filename=\"{name}.nvb\""),
         )
         .header("cache-control", "no-store")
-        .body(crate::channel_body(rx))
+        .body(body)
         .unwrap_or_else(|_| Response::new(crate::full(Bytes::new())))
+}
+
+/// A download slot of the share ([`MAX_DOWNLOADS`] at once), or 503 `busy`.
+pub(crate) fn download_permit(share: &Share) -> Result<tokio::sync::OwnedSemaphorePermit, Resp> {
+    share.downloads.clone().try_acquire_owned().map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            &format!("at most {MAX_DOWNLOADS} downloads at once; try again shortly"),
+        )
+    })
+}
+
+/// A response body read from `r` on the blocking pool at low priority,
+/// holding its download slot until done.
+pub(crate) fn stream(
+    mut r: Box<dyn Read + Send>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> crate::Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    crate::bulk::spawn(move || {
+        let _permit = permit;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tx.blocking_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                        return; // the client went away
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("share: reading: {e}");
+                    return; // the body ends short; the client sees a broken transfer
+                }
+            }
+        }
+    });
+    crate::channel_body(rx)
 }
 
 /// A provider of shared bundles as the catalog lists it.

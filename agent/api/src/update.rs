@@ -19,20 +19,34 @@ pub fn refusal(r: &nuvol_update::Refusal) -> Resp {
     crate::error(status, r.code(), &r.to_string())
 }
 
-pub async fn apply(ctx: &Ctx, req: Request<Incoming>) -> Resp {
-    let allow_downgrade = parse::form_get(req.uri().query().unwrap_or(""), "allow_downgrade")
-        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on"));
-    // Refused before the body is read where there is nothing to update.
+/// Where an artefact is received, or 501 `update_unavailable` when this
+/// box cannot update (not booted from a nuvol slot).
+#[allow(clippy::result_large_err)] // a ready-made error response
+pub fn upload_dir(ctx: &Ctx) -> Result<std::path::PathBuf, Resp> {
     let status = ctx.node.update_status();
-    let dir = match ctx.node.update_upload_dir() {
-        Some(d) if status.as_ref().is_some_and(|s| s["available"] == true) => d,
+    match ctx.node.update_upload_dir() {
+        Some(d) if status.as_ref().is_some_and(|s| s["available"] == true) => Ok(d),
         _ => {
             let why = status
                 .as_ref()
                 .and_then(|s| s["message"].as_str().map(str::to_string))
                 .unwrap_or_else(|| "this agent cannot update its OS".into());
-            return error(StatusCode::NOT_IMPLEMENTED, "update_unavailable", &why);
+            Err(error(
+                StatusCode::NOT_IMPLEMENTED,
+                "update_unavailable",
+                &why,
+            ))
         }
+    }
+}
+
+pub async fn apply(ctx: &Ctx, req: Request<Incoming>) -> Resp {
+    let allow_downgrade = parse::form_get(req.uri().query().unwrap_or(""), "allow_downgrade")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on"));
+    // Refused before the body is read where there is nothing to update.
+    let dir = match upload_dir(ctx) {
+        Ok(d) => d,
+        Err(r) => return r,
     };
     let head = UploadHead::of(&req);
     let upload = match receive_max(

@@ -99,6 +99,9 @@ impl nuvol_api::Node for Node {
     fn update_status(&self) -> Option<serde_json::Value> {
         Some(self.update.status())
     }
+    fn update_offer(&self) -> Option<(PathBuf, serde_json::Value)> {
+        self.update.offer()
+    }
     fn update_upload_dir(&self) -> Option<PathBuf> {
         Some(self.update.upload_dir.clone())
     }
@@ -273,7 +276,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             loaded.config.hostname().to_string(),
             node_id,
             store.clone(),
-            loaded.config.bundles.share.then_some(local.port()),
+            // The share (bundles, and the OS update this box offers).
+            loaded
+                .config
+                .bundles
+                .share
+                .then(|| (local.port(), update.offer_file())),
             services.clone(),
             Some(args.state_dir.join(crate::discovery::KEYRING_FILE)),
         );

@@ -57,6 +57,8 @@ pub struct Announced {
 pub struct Installed {
     /// Bundle name and its announce entries, in store order.
     pub bundles: Vec<(String, Vec<Announce>)>,
+    /// The box offers its OS update artefact (the share serves it too).
+    pub os_offer: bool,
 }
 
 impl Installed {
@@ -71,6 +73,7 @@ impl Installed {
                     .filter(|b| b.state == "installed")
                     .map(|b| (b.name, b.manifest.announce))
                     .collect(),
+                os_offer: false,
             },
             Err(e) => {
                 tracing::warn!("discovery: cannot list bundles: {e}");
@@ -194,7 +197,8 @@ pub fn announced(
             });
         }
     }
-    if let (Some(port), false) = (share_port, installed.bundles.is_empty()) {
+    let shares = !installed.bundles.is_empty() || installed.os_offer;
+    if let (Some(port), true) = (share_port, shares) {
         let name = nuvol_api::share::SERVICE_NAME;
         out.push(Announced {
             gossip: LocalService {
@@ -338,6 +342,7 @@ pub async fn run(disc: Arc<Discovery>) {
             read_at = Some(Instant::now());
             known_names = names;
         }
+        installed.os_offer = disc.os_offer.as_ref().is_some_and(|p| p.exists());
         let want = announced(&installed, &disc.hostname, disc.share_port, |n| {
             up_set.contains(n)
         });
@@ -497,6 +502,7 @@ mod tests {
                 ),
                 ("down".into(), vec![entry("_http._tcp", 80, None, &[])]),
             ],
+            os_offer: false,
         };
         let a = announced(&installed, "box", Some(80), |n| n == "sync");
         let names: Vec<&str> = a.iter().map(|a| a.gossip.name.as_str()).collect();
@@ -533,6 +539,7 @@ mod tests {
                     entry("_ipp._tcp", 3, Some("Same"), &[]),
                 ],
             )],
+            os_offer: false,
         };
         let a = announced(&installed, &long, None, |_| true);
         let inst: Vec<&str> = a.iter().map(|a| a.mdns.instance.as_str()).collect();
@@ -545,6 +552,7 @@ mod tests {
                     entry("_http._tcp", 2, None, &[]),
                 ],
             )],
+            os_offer: false,
         };
         let a = announced(&installed, &long, None, |_| true);
         for x in &a {

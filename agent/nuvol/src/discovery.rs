@@ -42,6 +42,9 @@ pub struct Discovery {
     /// The panel port when `[bundles] share` is on (announced as
     /// `svc:nuvol.bundles`).
     pub(crate) share_port: Option<u16>,
+    /// The OS update artefact this box offers, when it has one (the share
+    /// is announced for it too).
+    pub(crate) os_offer: Option<PathBuf>,
     /// The mDNS responder/browser while it runs (taken on leave for goodbyes).
     mdns: Mutex<Option<Arc<nuvol_mdns::Mdns>>>,
     /// Wakes the announcer (bundles changed, gossip started, leaving).
@@ -222,16 +225,18 @@ pub fn spawn(
     hostname: String,
     node_id: String,
     store: Option<Arc<Store>>,
-    share_port: Option<u16>,
+    share: Option<(u16, PathBuf)>,
     services: Option<ServicesHandle>,
     keyring_file: Option<PathBuf>,
 ) -> Arc<Discovery> {
+    let (share_port, os_offer) = share.map_or((None, None), |(p, f)| (Some(p), Some(f)));
     let disc = Arc::new(Discovery {
         slot: OnceLock::new(),
         hostname: hostname.clone(),
         store,
         services,
         share_port,
+        os_offer,
         mdns: Mutex::new(None),
         poke: tokio::sync::Notify::new(),
         leaving: AtomicBool::new(false),

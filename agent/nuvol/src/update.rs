@@ -38,7 +38,15 @@ pub struct Updater {
     pub settle: Duration,
     lock: Mutex<()>,
     pub upload_dir: PathBuf,
+    /// SHA-256 of the offered artefact, by (length, mtime).
+    offer_sha: Mutex<Option<(u64, std::time::SystemTime, String)>>,
 }
+
+/// The artefact this box offers its peers: the one it runs, kept on the
+/// data partition once its slot was marked good (docs/boot.md, "Update").
+const OFFER_FILE: &str = "offer.nvu";
+/// The applied artefact while its slot is on trial.
+const PENDING_FILE: &str = "pending.nvu";
 
 fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -84,6 +92,7 @@ impl Updater {
             settle: Duration::from_secs(u64::from(cfg.debug.update_settle_secs())),
             lock: Mutex::new(()),
             upload_dir: state_dir.join("update-uploads"),
+            offer_sha: Mutex::new(None),
         }
     }
 
@@ -157,6 +166,72 @@ impl Updater {
             "trusted_keys": self.keys.len(),
             "boot_files": self.boot_files(),
         })
+    }
+
+    /// Where the offered and pending artefacts live (`/data/nuvol/os`).
+    fn os_dir(&self) -> PathBuf {
+        self.state_path.with_file_name("os")
+    }
+
+    /// Keep an applied artefact (linked from the upload when it is on the
+    /// data partition, else copied), to offer it once its slot is good.
+    fn keep(&self, file: &Path) -> std::io::Result<()> {
+        let dir = self.os_dir();
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join("pending.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        if std::fs::hard_link(file, &tmp).is_err() {
+            std::fs::copy(file, &tmp)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+        }
+        std::fs::rename(&tmp, dir.join(PENDING_FILE))?;
+        nuvol_durable::fsync_dir(&dir)
+    }
+
+    /// The kept artefact of a slot marked good becomes the offer.
+    fn promote(&self) -> std::io::Result<()> {
+        let dir = self.os_dir();
+        match std::fs::rename(dir.join(PENDING_FILE), dir.join(OFFER_FILE)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+            Ok(()) => nuvol_durable::fsync_dir(&dir),
+        }
+    }
+
+    /// Where the offered artefact is kept.
+    pub fn offer_file(&self) -> PathBuf {
+        self.os_dir().join(OFFER_FILE)
+    }
+
+    /// The artefact this box offers: the one of the version it runs, after
+    /// its slot was marked good. (path, its description for peers.)
+    pub fn offer(&self) -> Option<(PathBuf, serde_json::Value)> {
+        let rec = state::load(&self.state_path)?;
+        if rec.phase != Phase::Good || rec.version != self.running_version() {
+            return None;
+        }
+        let path = self.os_dir().join(OFFER_FILE);
+        let meta = std::fs::metadata(&path).ok()?;
+        let (len, mtime) = (meta.len(), meta.modified().ok()?);
+        let mut cache = self.offer_sha.lock().unwrap_or_else(|p| p.into_inner());
+        let sha = match cache.as_ref() {
+            Some((l, m, s)) if *l == len && *m == mtime => s.clone(),
+            _ => {
+                let s = sha256_file(&path).ok()?;
+                *cache = Some((len, mtime, s.clone()));
+                s
+            }
+        };
+        Some((
+            path,
+            json!({
+                "version": rec.version,
+                "arch": nuvol_update::ARCH,
+                "size": len,
+                "sha256": sha,
+                "key_id": rec.key_id,
+            }),
+        ))
     }
 
     fn boot_files_path(&self) -> PathBuf {
@@ -298,6 +373,10 @@ impl Updater {
             key_id: v.key_id.clone(),
             services,
         };
+        if let Err(e) = self.keep(file) {
+            // Only sharing with peers is lost.
+            tracing::warn!("keeping the artefact to offer it to peers: {e}");
+        }
         self.boot_rw(|| {
             // No try of a half-written slot: disarm first.
             self.boot
@@ -310,6 +389,9 @@ impl Updater {
             self.boot
                 .arm_try(Some(target))
                 .map_err(|e| Refusal::Failed(format!("arming the try: {e}")))
+        })
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(self.os_dir().join(PENDING_FILE));
         })?;
         eprintln!(
             "nuvol: update {} written to slot {target}; the next boot tries it once",
@@ -371,6 +453,7 @@ impl Updater {
             }
             Start::GaveUp => {
                 let _ = state::save(&self.state_path, &rec);
+                let _ = std::fs::remove_file(self.os_dir().join(PENDING_FILE));
                 let _ = self.boot_rw(|| {
                     self.boot
                         .arm_try(None)
@@ -399,6 +482,9 @@ impl Updater {
                 .set_default(running)
                 .map_err(|e| Refusal::Failed(format!("making slot {running} the default: {e}")))
         })?;
+        if let Err(e) = self.promote() {
+            tracing::warn!("offering the artefact to peers: {e}");
+        }
         rec.phase = Phase::Good;
         rec.reason = None;
         state::save(&self.state_path, &rec)

@@ -104,10 +104,18 @@ enum CtlCmd {
     },
     /// The box's OS slots and update state; with FILE, upload a signed
     /// `.nvu` update: written to the inactive slot, tried once at the next
-    /// reboot, made the default once it runs healthy.
+    /// reboot, made the default once it runs healthy. `--offers` lists the
+    /// updates other boxes offer, `--from NODE` fetches and applies one.
     Update {
         /// The update artefact (`nuvol-x86_64-VERSION.nvu`).
+        #[arg(conflicts_with_all = ["from", "offers"])]
         file: Option<std::path::PathBuf>,
+        /// Fetch the update NODE offers (checked here like an upload).
+        #[arg(long, value_name = "NODE", conflicts_with = "offers")]
+        from: Option<String>,
+        /// List the updates the community's boxes offer.
+        #[arg(long)]
+        offers: bool,
         /// Accept a version not newer than the running one.
         #[arg(long)]
         allow_downgrade: bool,
@@ -176,8 +184,18 @@ async fn main(args: CtlArgs) -> Result<(), Fail> {
         CtlCmd::Reset { yes } => system::reset(&c, json, yes).await,
         CtlCmd::Update {
             file,
+            from,
+            offers,
             allow_downgrade,
-        } => system::update(&c, json, file.as_deref(), allow_downgrade).await,
+        } => {
+            if offers {
+                system::update_offers(&c, json).await
+            } else if let Some(node) = from {
+                system::update_from(&c, json, &node, allow_downgrade).await
+            } else {
+                system::update(&c, json, file.as_deref(), allow_downgrade).await
+            }
+        }
         CtlCmd::HashPassword => Ok(()),
         CtlCmd::Settings { cmd } => settings::run(&c, json, cmd).await,
     }

@@ -192,6 +192,63 @@ pub(super) async fn update(
     Ok(())
 }
 
+/// `update --offers`: what the community's boxes offer.
+pub(super) async fn update_offers(c: &Client, json: bool) -> Result<(), Fail> {
+    let v = c
+        .json("GET", "/api/v1/update/offers", Payload::Empty, None)
+        .await?;
+    if json {
+        pretty(&v);
+        return Ok(());
+    }
+    let offers = v["offers"].as_array().cloned().unwrap_or_default();
+    if offers.is_empty() {
+        println!("no box offers an OS update");
+    }
+    for o in &offers {
+        println!(
+            "{}: {} ({}, {}){}",
+            o["node"].as_str().unwrap_or("?"),
+            o["version"].as_str().unwrap_or("?"),
+            o["arch"].as_str().unwrap_or("?"),
+            nuvol_human::bytes(o["size"].as_u64().unwrap_or(0)),
+            if o["newer"] == true { ", newer" } else { "" }
+        );
+    }
+    for e in v["errors"].as_array().into_iter().flatten() {
+        println!(
+            "{}: {}",
+            e["node"].as_str().unwrap_or("?"),
+            e["error"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+/// `update --from NODE`: fetch that box's update and apply it.
+pub(super) async fn update_from(
+    c: &Client,
+    json: bool,
+    node: &str,
+    allow_downgrade: bool,
+) -> Result<(), Fail> {
+    let path = if allow_downgrade {
+        "/api/v1/update/fetch?allow_downgrade=1"
+    } else {
+        "/api/v1/update/fetch"
+    };
+    let body = serde_json::json!({ "node": node }).to_string();
+    let v = c
+        .json("POST", path, Payload::Json(Some(body.into())), None)
+        .await?;
+    if json {
+        pretty(&v)
+    } else {
+        println!("{}", v["message"].as_str().unwrap_or("update written"));
+    }
+    Ok(())
+}
+
 /// The slots and the update state, for people.
 pub(super) fn print_update(v: &serde_json::Value) {
     let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
