@@ -91,9 +91,53 @@ fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let what = what.into();
     move |e| NetError::Netlink {
         what,
-        source: Box::new(e),
+        source: Box::new(NlError(e)),
     }
 }
+
+/// An rtnetlink error, worded as rtnetlink words it except for an unexpected
+/// reply, which is named by its header: rtnetlink's own `Display` dumps that
+/// reply with `{:?}`, and so links the `Debug` code of every route-netlink
+/// type into the binary (about 150 KB).
+pub struct NlError(pub rtnetlink::Error);
+
+impl std::fmt::Display for NlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use rtnetlink::Error as E;
+        match &self.0 {
+            E::UnexpectedMessage(m) => write!(
+                f,
+                "Received an unexpected message (type {}, flags {:#x}, sequence {}, {} bytes)",
+                m.header.message_type, m.header.flags, m.header.sequence_number, m.header.length
+            ),
+            E::NetlinkError(err) => write!(f, "Received a netlink error message {err}"),
+            E::RequestFailed => write!(f, "A netlink request failed"),
+            E::NamespaceError(err) => write!(f, "Namespace error {err}"),
+            E::InvalidHardwareAddress(addr) => write!(
+                f,
+                "Received a link message (RTM_GETLINK, RTM_NEWLINK, \
+                 RTM_SETLINK or RTMGETLINK) with an invalid hardware address \
+                 attribute: {addr:?}."
+            ),
+            E::InvalidIp(addr) => write!(f, "Failed to parse an IP address: {addr:?}"),
+            E::InvalidAddress(ip, mask) => write!(
+                f,
+                "Failed to parse a network address (IP and mask): {ip:?}/{mask:?}"
+            ),
+            E::InvalidNla(nla) => write!(f, "Attempting to set and Invalid NLA: {nla}"),
+        }
+    }
+}
+
+/// As `Display`: the derived `Debug` of rtnetlink's error would link what
+/// `Display` avoids.
+impl std::fmt::Debug for NlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NlError({:?})", self.to_string())
+    }
+}
+
+impl std::error::Error for NlError {}
 
 impl Kernel {
     pub fn new(handle: Handle, writes: Arc<AtomicU64>) -> Self {
