@@ -435,3 +435,41 @@ pub(crate) fn parse_route(m: &RouteMessage) -> Option<Route> {
         proto: u8::from(m.header.protocol),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::NlError;
+    use rtnetlink::packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+
+    #[test]
+    fn nl_error_words_errors_as_rtnetlink_does() {
+        use rtnetlink::Error as E;
+        let same = [
+            E::RequestFailed,
+            E::NamespaceError("no such netns".into()),
+            E::InvalidHardwareAddress(vec![1, 2, 3]),
+            E::InvalidIp(vec![10, 0]),
+            E::InvalidAddress(vec![10, 0, 0, 1], vec![255]),
+            E::InvalidNla("IFLA_MTU".into()),
+        ];
+        for e in same {
+            assert_eq!(NlError(e.clone()).to_string(), e.to_string());
+        }
+    }
+
+    #[test]
+    fn nl_error_names_an_unexpected_reply_by_its_header() {
+        // Non-exhaustive: built field by field.
+        let mut header = NetlinkHeader::default();
+        header.length = 32;
+        header.message_type = 16;
+        header.flags = 0x2;
+        header.sequence_number = 7;
+        let m = NetlinkMessage::new(header, NetlinkPayload::Noop);
+        let s = NlError(rtnetlink::Error::UnexpectedMessage(m)).to_string();
+        assert_eq!(
+            s,
+            "Received an unexpected message (type 16, flags 0x2, sequence 7, 32 bytes)"
+        );
+    }
+}
