@@ -13,7 +13,7 @@ use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
-use crate::kernel::{Kernel, KernelState};
+use crate::kernel::{Kernel, KernelState, NlError};
 use crate::nat::Forward;
 use crate::plan::LinkPlan;
 use crate::status::ContainerStatus;
@@ -40,6 +40,10 @@ pub(crate) struct Containers {
 
 fn cerr(e: impl std::fmt::Display) -> NetError {
     NetError::Container(e.to_string())
+}
+
+fn nlerr(e: rtnetlink::Error) -> NetError {
+    cerr(NlError(e))
 }
 
 /// The bridge's address: the subnet's first host.
@@ -203,7 +207,7 @@ impl Containers {
             .add(LinkBridge::new(BRIDGE).build())
             .execute()
             .await
-            .map_err(cerr)?;
+            .map_err(nlerr)?;
         let st = kernel.snapshot().await?;
         st.links
             .iter()
@@ -260,7 +264,7 @@ impl Containers {
             .add(msg)
             .execute()
             .await
-            .map_err(|e| cerr(format!("create veth {veth}: {e}")))?;
+            .map_err(|e| cerr(format!("create veth {veth}: {}", NlError(e))))?;
         let index = kernel
             .snapshot()
             .await?
@@ -306,7 +310,7 @@ impl Containers {
                 .del(l.index)
                 .execute()
                 .await
-                .map_err(cerr)?;
+                .map_err(nlerr)?;
         }
         tracing::info!(container = name, "container detached");
         Ok(())
@@ -347,11 +351,11 @@ async fn configure_inside(ns: File, address: Ipv4Net, gw: Ipv4Addr) -> Result<()
                     let task = tokio::spawn(conn);
                     let r = async {
                         let mut links = h.link().get().execute();
-                        while let Some(m) = links.try_next().await.map_err(cerr)? {
+                        while let Some(m) = links.try_next().await.map_err(nlerr)? {
                             let l = crate::kernel::parse_link(&m);
                             if l.loopback || l.name == "eth0" {
                                 let msg = LinkUnspec::new_with_index(l.index).up().build();
-                                h.link().set(msg).execute().await.map_err(cerr)?;
+                                h.link().set(msg).execute().await.map_err(nlerr)?;
                                 if l.name == "eth0" {
                                     h.address()
                                         .add(
@@ -361,12 +365,12 @@ async fn configure_inside(ns: File, address: Ipv4Net, gw: Ipv4Addr) -> Result<()
                                         )
                                         .execute()
                                         .await
-                                        .map_err(cerr)?;
+                                        .map_err(nlerr)?;
                                     let route = RouteMessageBuilder::<Ipv4Addr>::new()
                                         .gateway(gw)
                                         .output_interface(l.index)
                                         .build();
-                                    h.route().add(route).execute().await.map_err(cerr)?;
+                                    h.route().add(route).execute().await.map_err(nlerr)?;
                                 }
                             }
                         }

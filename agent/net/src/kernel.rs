@@ -91,9 +91,53 @@ fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let what = what.into();
     move |e| NetError::Netlink {
         what,
-        source: Box::new(e),
+        source: Box::new(NlError(e)),
     }
 }
+
+/// An rtnetlink error, worded as rtnetlink words it except for an unexpected
+/// reply, which is named by its header: rtnetlink's own `Display` dumps that
+/// reply with `{:?}`, and so links the `Debug` code of every route-netlink
+/// type into the binary (about 150 KB).
+pub struct NlError(pub rtnetlink::Error);
+
+impl std::fmt::Display for NlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use rtnetlink::Error as E;
+        match &self.0 {
+            E::UnexpectedMessage(m) => write!(
+                f,
+                "Received an unexpected message (type {}, flags {:#x}, sequence {}, {} bytes)",
+                m.header.message_type, m.header.flags, m.header.sequence_number, m.header.length
+            ),
+            E::NetlinkError(err) => write!(f, "Received a netlink error message {err}"),
+            E::RequestFailed => write!(f, "A netlink request failed"),
+            E::NamespaceError(err) => write!(f, "Namespace error {err}"),
+            E::InvalidHardwareAddress(addr) => write!(
+                f,
+                "Received a link message (RTM_GETLINK, RTM_NEWLINK, \
+                 RTM_SETLINK or RTMGETLINK) with an invalid hardware address \
+                 attribute: {addr:?}."
+            ),
+            E::InvalidIp(addr) => write!(f, "Failed to parse an IP address: {addr:?}"),
+            E::InvalidAddress(ip, mask) => write!(
+                f,
+                "Failed to parse a network address (IP and mask): {ip:?}/{mask:?}"
+            ),
+            E::InvalidNla(nla) => write!(f, "Attempting to set and Invalid NLA: {nla}"),
+        }
+    }
+}
+
+/// As `Display`: the derived `Debug` of rtnetlink's error would link what
+/// `Display` avoids.
+impl std::fmt::Debug for NlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NlError({:?})", self.to_string())
+    }
+}
+
+impl std::error::Error for NlError {}
 
 impl Kernel {
     pub fn new(handle: Handle, writes: Arc<AtomicU64>) -> Self {
@@ -390,4 +434,42 @@ pub(crate) fn parse_route(m: &RouteMessage) -> Option<Route> {
         metric,
         proto: u8::from(m.header.protocol),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NlError;
+    use rtnetlink::packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+
+    #[test]
+    fn nl_error_words_errors_as_rtnetlink_does() {
+        use rtnetlink::Error as E;
+        let same = [
+            E::RequestFailed,
+            E::NamespaceError("no such netns".into()),
+            E::InvalidHardwareAddress(vec![1, 2, 3]),
+            E::InvalidIp(vec![10, 0]),
+            E::InvalidAddress(vec![10, 0, 0, 1], vec![255]),
+            E::InvalidNla("IFLA_MTU".into()),
+        ];
+        for e in same {
+            assert_eq!(NlError(e.clone()).to_string(), e.to_string());
+        }
+    }
+
+    #[test]
+    fn nl_error_names_an_unexpected_reply_by_its_header() {
+        // Non-exhaustive: built field by field.
+        let mut header = NetlinkHeader::default();
+        header.length = 32;
+        header.message_type = 16;
+        header.flags = 0x2;
+        header.sequence_number = 7;
+        let m = NetlinkMessage::new(header, NetlinkPayload::Noop);
+        let s = NlError(rtnetlink::Error::UnexpectedMessage(m)).to_string();
+        assert_eq!(
+            s,
+            "Received an unexpected message (type 16, flags 0x2, sequence 7, 32 bytes)"
+        );
+    }
 }

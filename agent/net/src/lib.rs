@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 
 pub use container::{ContainerNet, BRIDGE};
 pub use dhcp::{DhcpState, Lease};
+pub use kernel::NlError;
 pub use status::{ContainerStatus, DhcpStatus, InterfaceStatus, NetworkStatus, RouteStatus};
 
 use kernel::{Addr, Kernel, KernelState};
@@ -48,7 +49,7 @@ pub enum NetError {
     Netlink {
         what: String,
         #[source]
-        source: Box<rtnetlink::Error>,
+        source: Box<kernel::NlError>,
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
