@@ -318,6 +318,56 @@ impl Vm {
         http_request(self.port, "POST", path, Some(&token), &[], &body)
     }
 
+    /// Ask for a reboot through the API (`POST /api/v1/system/reboot`,
+    /// retried for up to a minute until it answers 202).
+    pub fn ask_reboot(&self) {
+        let code = self.wait_for(
+            "POST /api/v1/system/reboot",
+            Duration::from_secs(60),
+            || {
+                self.http_admin("POST", "/api/v1/system/reboot")
+                    .ok()
+                    .map(|(c, _)| c)
+            },
+        );
+        assert_eq!(code, 202, "POST /api/v1/system/reboot");
+    }
+
+    /// Reboot through the API and wait (up to 240 s) for the next boot's
+    /// ready line; returns how long it took.
+    pub fn reboot_via_api(&mut self) -> Duration {
+        const READY: &str = "nuvol: ready: panel at";
+        let n = self.console().matches(READY).count();
+        let t = Instant::now();
+        self.ask_reboot();
+        self.wait_console(READY, n + 1, Duration::from_secs(240));
+        t.elapsed()
+    }
+
+    /// `GET /api/v1/update` as JSON, retried for up to a minute (the
+    /// forward right after a boot).
+    pub fn update_status(&self) -> serde_json::Value {
+        self.wait_for("GET /api/v1/update", Duration::from_secs(60), || match self
+            .http_admin("GET", "/api/v1/update")
+        {
+            Ok((200, body)) => serde_json::from_str(&body).ok(),
+            _ => None,
+        })
+    }
+
+    /// Whether the service `name` runs on the box.
+    pub fn service_running(&self, name: &str) -> bool {
+        match self.http_admin("GET", "/api/v1/local-services") {
+            Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .any(|s| s["name"] == name && s["state"] == "running"),
+            _ => false,
+        }
+    }
+
     /// Log in to the panel with the console's admin token as a browser
     /// does: (the session's `Cookie:` value, its CSRF token).
     pub fn login(&self) -> std::io::Result<(String, String)> {

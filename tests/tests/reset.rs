@@ -86,32 +86,9 @@ fn wait_provisioned(vm: &Vm) {
 /// Log in as a browser does and post the Settings page's factory reset
 /// form with its box ticked; returns the page the browser shows.
 fn panel_reset(vm: &Vm) -> String {
-    let token = vm.admin_token().unwrap();
     let form = ("Content-Type", "application/x-www-form-urlencoded");
-    let (code, text) = nuvol_e2e::http_request_full(
-        vm.port,
-        "POST",
-        "/login",
-        None,
-        &[form],
-        format!("secret={token}&next=%2Fsettings").as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(code, 303, "{text}");
-    let cookie = text
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("set-cookie")
-                .then(|| v.trim().split(';').next().unwrap_or("").to_string())
-        })
-        .expect("a session cookie");
+    let (cookie, csrf) = vm.login().expect("panel login");
     let ck = ("Cookie", cookie.as_str());
-    let (code, body) =
-        nuvol_e2e::http_request(vm.port, "GET", "/api/v1/session", None, &[ck], b"").unwrap();
-    assert_eq!(code, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    let csrf = v["csrf"].as_str().unwrap().to_string();
     let (code, settings) =
         nuvol_e2e::http_request(vm.port, "GET", "/settings", None, &[ck], b"").unwrap();
     assert_eq!(code, 200);

@@ -32,32 +32,9 @@ use nuvol_e2e::{
     copy_from_boot, copy_to_boot, disk_copy, key_line, os_part, tail, write_config, BootOptions,
     Scratch, TestKey, Vm,
 };
-use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(240);
 const READY: &str = "nuvol: ready: panel at";
-
-fn get_update(vm: &Vm) -> Value {
-    vm.wait_for("GET /api/v1/update", Duration::from_secs(60), || {
-        match vm.http_admin("GET", "/api/v1/update") {
-            Ok((200, body)) => serde_json::from_str(&body).ok(),
-            _ => None,
-        }
-    })
-}
-
-/// Whether the service `name` runs on the box.
-fn running(vm: &Vm, name: &str) -> bool {
-    match vm.http_admin("GET", "/api/v1/local-services") {
-        Ok((200, body)) => serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .any(|s| s["name"] == name && s["state"] == "running"),
-        _ => false,
-    }
-}
 
 fn sha(p: &Path) -> String {
     let out = Command::new("sha256sum").arg(p).output().unwrap();
@@ -74,26 +51,6 @@ fn upload(vm: &Vm, path: &str, file: &Path) -> (u16, String) {
     vm.wait_for(&format!("POST {path}"), Duration::from_secs(60), || {
         vm.upload_admin(path, file).ok()
     })
-}
-
-fn ask_reboot(vm: &Vm) {
-    let code = vm.wait_for(
-        "POST /api/v1/system/reboot",
-        Duration::from_secs(60),
-        || {
-            vm.http_admin("POST", "/api/v1/system/reboot")
-                .ok()
-                .map(|(c, _)| c)
-        },
-    );
-    assert_eq!(code, 202);
-}
-
-/// Reboot through the API and wait for the next ready line.
-fn reboot(vm: &mut Vm) {
-    let n = vm.console().matches(READY).count();
-    ask_reboot(vm);
-    vm.wait_console(READY, n + 1, BOOT);
 }
 
 #[test]
@@ -135,7 +92,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     // --- 1. refusals ---------------------------------------------------------
     let mut vm = Vm::boot_opts(&disk, "bios", &dir.0, &BootOptions::default());
     vm.wait_console(READY, 1, BOOT);
-    let v = get_update(&vm);
+    let v = vm.update_status();
     assert_eq!(v["running_slot"], "A", "{v}");
     assert_eq!(v["default_slot"], "A", "{v}");
     assert_eq!(v["available"], true, "{v}");
@@ -179,7 +136,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
         err.contains("update_wrong_arch") || err.contains("x86_64"),
         "{err}"
     );
-    let v = get_update(&vm);
+    let v = vm.update_status();
     assert!(v["update"].is_null(), "{v}");
     assert!(v["armed_try"].is_null(), "{v}");
     copy_from_boot(&disk, "B/initrd.img", &d("b-after"));
@@ -192,11 +149,11 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     let nvb = other.busybox_bundle(&dir.0, "sleeper", sleep);
     vm.ctl_ok(&["bundles", "install", nvb.to_str().unwrap()]);
     vm.wait_for("sleeper running", Duration::from_secs(60), || {
-        running(&vm, "sleeper").then_some(())
+        vm.service_running("sleeper").then_some(())
     });
     let out = vm.ctl_ok(&["update", good.to_str().unwrap()]);
     assert!(out.contains("written to slot B"), "{out}");
-    let v = get_update(&vm);
+    let v = vm.update_status();
     assert_eq!(v["update"]["phase"], "pending", "{v}");
     assert_eq!(
         v["update"]["services"],
@@ -206,8 +163,8 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     assert_eq!(v["armed_try"], "nuvol-B", "{v}");
     assert_eq!(v["slots"]["B"]["version"], "99.0.0", "{v}");
     assert_eq!(v["default_slot"], "A", "{v}");
-    reboot(&mut vm);
-    let v = get_update(&vm);
+    vm.reboot_via_api();
+    let v = vm.update_status();
     assert_eq!(v["running_slot"], "B", "{v}");
     assert_eq!(v["running_version"], "99.0.0", "{v}");
     assert!(
@@ -215,7 +172,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
         "the loader cleared the boot-once: {v}"
     );
     let v = vm.wait_for("marked good", Duration::from_secs(120), || {
-        let v = get_update(&vm);
+        let v = vm.update_status();
         (v["update"]["phase"] == "good").then_some(v)
     });
     assert_eq!(v["default_slot"], "B", "{v}");
@@ -229,8 +186,8 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
         out.contains("running slot B (99.0.0), default slot B"),
         "{out}"
     );
-    reboot(&mut vm);
-    let v = get_update(&vm);
+    vm.reboot_via_api();
+    let v = vm.update_status();
     assert_eq!(v["running_slot"], "B", "still B after a plain reboot: {v}");
 
     // --- 3. a bad update: the try panics, the box comes back by itself ------
@@ -240,18 +197,18 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     nuvol_e2e::update_artefact(&key.secret, &k, &garbage, "99.1.0", "x86_64", &bad);
     let (st, body) = upload(&vm, "/api/v1/update", &bad);
     assert_eq!(st, 200, "{body}");
-    let v = get_update(&vm);
+    let v = vm.update_status();
     assert_eq!(v["armed_try"], "nuvol-A", "{v}");
     let asked = Instant::now();
     let n = vm.console().matches(READY).count();
-    ask_reboot(&vm);
+    vm.ask_reboot();
     vm.wait_console("Kernel panic", 1, BOOT);
     vm.wait_console(READY, n + 1, BOOT);
     eprintln!(
         "bench: bad try to back in the good slot {:.1} s",
         asked.elapsed().as_secs_f64()
     );
-    let v = get_update(&vm);
+    let v = vm.update_status();
     assert_eq!(v["running_slot"], "B", "{v}");
     assert_eq!(v["default_slot"], "B", "{v}");
     assert_eq!(v["update"]["phase"], "pending", "{v}");
@@ -281,7 +238,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     let n = c.matches(READY).count();
     vm.wait_console(READY, n + 1, BOOT);
     let v = vm.wait_for("99.2.0 marked good", Duration::from_secs(120), || {
-        let v = get_update(&vm);
+        let v = vm.update_status();
         (v["update"]["phase"] == "good").then_some(v)
     });
     assert_eq!(v["running_slot"], "A", "{v}");
@@ -305,7 +262,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
         "{v}"
     );
     // Each file once: the next boot leaves them be.
-    reboot(&mut vm);
+    vm.reboot_via_api();
     std::thread::sleep(Duration::from_secs(15));
     let c = vm.console();
     assert_eq!(
@@ -320,7 +277,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
         "{}",
         tail(&c)
     );
-    let v = get_update(&vm);
+    let v = vm.update_status();
     assert_eq!(v["running_slot"], "A", "{v}");
     vm.power_off();
     eprintln!(

@@ -60,48 +60,15 @@ impl Rng {
     }
 }
 
-fn get_update(vm: &Vm) -> Value {
-    vm.wait_for("GET /api/v1/update", Duration::from_secs(60), || {
-        match vm.http_admin("GET", "/api/v1/update") {
-            Ok((200, body)) => serde_json::from_str(&body).ok(),
-            _ => None,
-        }
-    })
-}
-
-fn running(vm: &Vm, name: &str) -> bool {
-    match vm.http_admin("GET", "/api/v1/local-services") {
-        Ok((200, body)) => serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .any(|s| s["name"] == name && s["state"] == "running"),
-        _ => false,
-    }
-}
-
-fn ask_reboot(vm: &Vm) -> bool {
+/// One reboot request, not retried (the power may be cut meanwhile).
+fn try_reboot(vm: &Vm) -> bool {
     matches!(vm.http_admin("POST", "/api/v1/system/reboot"), Ok((202, _)))
-}
-
-/// Reboot through the API and wait for the next ready line.
-fn reboot(vm: &mut Vm) -> Duration {
-    let n = vm.console().matches(READY).count();
-    let t = Instant::now();
-    vm.wait_for(
-        "POST /api/v1/system/reboot",
-        Duration::from_secs(60),
-        || ask_reboot(vm).then_some(()),
-    );
-    vm.wait_console(READY, n + 1, BOOT);
-    t.elapsed()
 }
 
 fn wait_good(vm: &Vm) -> (Value, Duration) {
     let t = Instant::now();
     let v = vm.wait_for("marked good", Duration::from_secs(180), || {
-        let v = get_update(vm);
+        let v = vm.update_status();
         (v["update"]["phase"] == "good").then_some(v)
     });
     (v, t.elapsed())
@@ -170,7 +137,7 @@ fn run_with_cut(vm: &mut Vm, artefact: &Path, phase: &str, after: Duration) -> S
     if seen.applied && !dead(vm, &cut) {
         // Trial boot.
         let n = vm.console().matches(READY).count();
-        if ask_reboot(vm) && phase == "trial" {
+        if try_reboot(vm) && phase == "trial" {
             killer = Some(arm(&cut));
         }
         while !dead(vm, &cut) {
@@ -264,7 +231,7 @@ fn uefi_update_and_power_cuts_on_both_loaders() {
         let nvb = key.busybox_bundle(&root.0, "sleeper", sleep);
         vm.ctl_ok(&["bundles", "install", nvb.to_str().unwrap()]);
         vm.wait_for("sleeper running", Duration::from_secs(60), || {
-            running(&vm, "sleeper").then_some(())
+            vm.service_running("sleeper").then_some(())
         });
         let t = vm.admin_token().unwrap();
         vm.power_off();
@@ -276,22 +243,22 @@ fn uefi_update_and_power_cuts_on_both_loaders() {
         let (dir, disk) = fresh(&root.0, "uefi", &template);
         let mut vm = Vm::boot(&disk, "uefi", &dir);
         vm.wait_console(READY, 1, BOOT);
-        let v = get_update(&vm);
+        let v = vm.update_status();
         assert_eq!(v["loader"], "uefi", "{v}");
         assert_eq!(v["running_slot"], "A", "{v}");
         assert_eq!(v["default_slot"], "A", "{v}");
         vm.wait_for("sleeper running", Duration::from_secs(60), || {
-            running(&vm, "sleeper").then_some(())
+            vm.service_running("sleeper").then_some(())
         });
         let t = Instant::now();
         let out = vm.ctl_ok(&["update", good.to_str().unwrap()]);
         let apply = t.elapsed();
         assert!(out.contains("written to slot B"), "{out}");
-        let v = get_update(&vm);
+        let v = vm.update_status();
         assert_eq!(v["armed_try"], "nuvol-B.conf", "{v}");
         assert_eq!(v["update"]["phase"], "pending", "{v}");
-        let trial = reboot(&mut vm);
-        let v = get_update(&vm);
+        let trial = vm.reboot_via_api();
+        let v = vm.update_status();
         assert_eq!(v["running_slot"], "B", "{v}");
         assert!(
             v["armed_try"].is_null(),
@@ -304,8 +271,8 @@ fn uefi_update_and_power_cuts_on_both_loaders() {
             out.contains("running slot B (99.0.0), default slot B"),
             "{out}"
         );
-        let plain = reboot(&mut vm);
-        let v = get_update(&vm);
+        let plain = vm.reboot_via_api();
+        let v = vm.update_status();
         assert_eq!(v["running_slot"], "B", "UEFI stays in B: {v}");
         vm.power_off();
         eprintln!(
@@ -350,7 +317,7 @@ fn uefi_update_and_power_cuts_on_both_loaders() {
             Some(token.as_str()),
             "the data partition kept the admin token"
         );
-        let mut v = get_update(&vm);
+        let mut v = vm.update_status();
         let mut reboots = 0;
         while v["update"]["phase"] == "pending" {
             if v["running_slot"] == v["update"]["slot"] {
@@ -359,9 +326,9 @@ fn uefi_update_and_power_cuts_on_both_loaders() {
             }
             assert!(!v["armed_try"].is_null(), "a pending update is armed: {v}");
             assert!(reboots < 2, "still not in B after {reboots} reboots: {v}");
-            reboot(&mut vm);
+            vm.reboot_via_api();
             reboots += 1;
-            v = get_update(&vm);
+            v = vm.update_status();
         }
         if seen.applied {
             assert!(!v["update"].is_null(), "applied, yet no record: {v}");
@@ -382,7 +349,7 @@ fn uefi_update_and_power_cuts_on_both_loaders() {
             assert!(tries <= 2, "one cut spends at most one try: {v}");
         }
         vm.wait_for("sleeper running again", Duration::from_secs(60), || {
-            running(&vm, "sleeper").then_some(())
+            vm.service_running("sleeper").then_some(())
         });
         eprintln!(
             "power cut {}/{points}: ends in slot {} ({}, tries {}, {reboots} more reboots)",

@@ -70,19 +70,8 @@ pub fn owns(path: &str) -> bool {
 /// Serve `GET /share/v1/os` and `GET /share/v1/os.nvu`.
 pub async fn serve(ctx: &Ctx, req: &Request<Incoming>) -> Resp {
     let path = req.uri().path();
-    if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            &format!("{} is not allowed on {path}", req.method()),
-        );
-    }
-    if !ctx.node.share_bundles() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "sharing_off",
-            "this box does not share ([bundles] share = false)",
-        );
+    if let Some(r) = crate::share::refused(ctx, req) {
+        return r;
     }
     let node = ctx.node.clone();
     // The first request hashes the artefact (once per file).
@@ -355,24 +344,8 @@ pub async fn fetch(ctx: &Ctx, req: Request<Incoming>) -> Resp {
         );
     }
     tracing::info!(%node, version = %offer.version, "OS update fetched from a peer; checking");
-    let n = ctx.node.clone();
-    let r = tokio::task::spawn_blocking(move || {
-        let r = n.update_apply(upload.path(), allow_downgrade);
-        drop(upload);
-        r
-    })
-    .await
-    .unwrap_or_else(|e| Err(nuvol_update::Refusal::Failed(format!("update task: {e}"))));
-    match r {
-        Ok(mut v) => {
-            v["from"] = json!(node);
-            json(StatusCode::OK, &v)
-        }
-        Err(e) => {
-            tracing::warn!("update from {node} refused: {e}");
-            crate::update::refusal(&e)
-        }
-    }
+    let r = crate::update::apply_file(ctx, upload, allow_downgrade).await;
+    crate::update::answer(r, Some(&node))
 }
 
 #[cfg(test)]

@@ -255,19 +255,8 @@ async fn cached_index(ctx: &Arc<Ctx>, store: Arc<Store>) -> Result<Bytes, Resp> 
 /// Serve `GET /share/v1/bundles` and `GET /share/v1/bundles/NAME.nvb`.
 pub async fn serve(ctx: &Arc<Ctx>, req: &Request<Incoming>) -> Resp {
     let path = req.uri().path().trim_end_matches('/').to_string();
-    if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            &format!("{} is not allowed on {path}", req.method()),
-        );
-    }
-    if !ctx.node.share_bundles() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "sharing_off",
-            "this box does not share its bundles ([bundles] share = false)",
-        );
+    if let Some(r) = refused(ctx, req) {
+        return r;
     }
     let Some((store, _)) = ctx.node.bundle_store() else {
         return error(
@@ -333,6 +322,25 @@ pub async fn serve(ctx: &Arc<Ctx>, req: &Request<Incoming>) -> Resp {
         .header("cache-control", "no-store")
         .body(body)
         .unwrap_or_else(|_| Response::new(crate::full(Bytes::new())))
+}
+
+/// The share's answer before any work: 405 for anything but GET and
+/// HEAD, 404 `sharing_off` with `[bundles] share = false`.
+pub(crate) fn refused(ctx: &Ctx, req: &Request<Incoming>) -> Option<Resp> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Some(error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &format!("{} is not allowed on {}", req.method(), req.uri().path()),
+        ));
+    }
+    (!ctx.node.share_bundles()).then(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "sharing_off",
+            "this box does not share ([bundles] share = false)",
+        )
+    })
 }
 
 /// A download slot of the share ([`MAX_DOWNLOADS`] at once), or 503 `busy`.

@@ -60,16 +60,39 @@ pub async fn apply(ctx: &Ctx, req: Request<Incoming>) -> Resp {
         Ok(u) => u,
         Err(r) => return r,
     };
+    answer(apply_file(ctx, upload, allow_downgrade).await, None)
+}
+
+/// Check a received artefact and apply it (on the blocking pool); the
+/// file is removed after.
+pub(crate) async fn apply_file(
+    ctx: &Ctx,
+    upload: crate::bundles::Upload,
+    allow_downgrade: bool,
+) -> Result<serde_json::Value, nuvol_update::Refusal> {
     let node = ctx.node.clone();
-    let r = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let r = node.update_apply(upload.path(), allow_downgrade);
         drop(upload);
         r
     })
     .await
-    .unwrap_or_else(|e| Err(nuvol_update::Refusal::Failed(format!("update task: {e}"))));
+    .unwrap_or_else(|e| Err(nuvol_update::Refusal::Failed(format!("update task: {e}"))))
+}
+
+/// The answer to an applied update (with the node it came `from`) or its
+/// refusal.
+pub(crate) fn answer(
+    r: Result<serde_json::Value, nuvol_update::Refusal>,
+    from: Option<&str>,
+) -> Resp {
     match r {
-        Ok(v) => json(StatusCode::OK, &v),
+        Ok(mut v) => {
+            if let Some(n) = from {
+                v["from"] = serde_json::json!(n);
+            }
+            json(StatusCode::OK, &v)
+        }
         Err(e) => {
             tracing::warn!("update refused: {e}");
             refusal(&e)

@@ -319,14 +319,7 @@ impl BootFs {
         let fail = |e: io::Error| Refusal::Failed(format!("{}: {e}", p.name));
         let mut out = OpenOptions::new().write(true).open(dest).map_err(fail)?;
         let len = out.metadata().map_err(fail)?.len();
-        let got = hash_exact(src, p.size, Some(&mut out))
-            .map_err(|e| Refusal::Failed(format!("{}: {e}", p.name)))?;
-        if got != p.sha256 {
-            return Err(Refusal::Malformed(format!(
-                "{}: changed while it was copied",
-                p.name
-            )));
-        }
+        copy_part(src, p, &mut out)?;
         let zeros = vec![0u8; 64 * 1024];
         let mut at = p.size;
         while at < len {
@@ -346,14 +339,7 @@ impl BootFs {
         let tmp = dir.join(format!("{}.new", p.name));
         let mut write = || -> Result<(), Refusal> {
             let mut out = File::create(&tmp).map_err(|e| fail(&p.name, e))?;
-            let got = hash_exact(src, p.size, Some(&mut out))
-                .map_err(|e| Refusal::Failed(format!("{}: {e}", p.name)))?;
-            if got != p.sha256 {
-                return Err(Refusal::Malformed(format!(
-                    "{}: changed while it was copied",
-                    p.name
-                )));
-            }
+            copy_part(src, p, &mut out)?;
             out.flush().map_err(|e| fail(&p.name, e))?;
             out.sync_all().map_err(|e| fail(&p.name, e))?;
             self.step();
@@ -368,6 +354,19 @@ impl BootFs {
         }
         r
     }
+}
+
+/// Copy part `p` from `src` to `out`, checking its SHA-256 on the way.
+fn copy_part(src: &mut File, p: &Part, out: &mut File) -> Result<(), Refusal> {
+    let got = hash_exact(src, p.size, Some(out))
+        .map_err(|e| Refusal::Failed(format!("{}: {e}", p.name)))?;
+    if got != p.sha256 {
+        return Err(Refusal::Malformed(format!(
+            "{}: changed while it was copied",
+            p.name
+        )));
+    }
+    Ok(())
 }
 
 /// Ask the kernel to forget a file's cached pages (clean after fsync), so
