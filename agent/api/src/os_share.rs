@@ -64,12 +64,15 @@ impl OsOffer {
 
 /// Whether `path` is one of the public OS share routes.
 pub fn owns(path: &str) -> bool {
-    matches!(path, "/share/v1/os" | "/share/v1/os.nvu")
+    matches!(
+        path.trim_end_matches('/'),
+        "/share/v1/os" | "/share/v1/os.nvu"
+    )
 }
 
 /// Serve `GET /share/v1/os` and `GET /share/v1/os.nvu`.
 pub async fn serve(ctx: &Ctx, req: &Request<Incoming>) -> Resp {
-    let path = req.uri().path();
+    let path = req.uri().path().trim_end_matches('/');
     if let Some(r) = crate::share::refused(ctx, req) {
         return r;
     }
@@ -390,6 +393,7 @@ mod tests {
     #[test]
     fn owns_only_the_os_share() {
         assert!(owns("/share/v1/os") && owns("/share/v1/os.nvu"));
+        assert!(owns("/share/v1/os/"));
         assert!(!owns("/share/v1/bundles") && !owns("/share/v1/os/x"));
     }
 }

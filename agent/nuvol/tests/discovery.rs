@@ -573,6 +573,15 @@ fn scenario(tag: &str, key: Option<&str>) {
         }
     ));
     eprintln!("[{tag}] kill -9 detected by all in {:?}", t0.elapsed());
+    // The event reaches the stream's reader a moment after the status.
+    wait_for(
+        "the failed event on the stream",
+        Duration::from_secs(10),
+        || {
+            let t = stream2.text();
+            t.contains("event: failed") && t.contains(&n1_name)
+        },
+    );
     let t = stream2.text();
     assert!(t.contains("event: failed") && t.contains(&n1_name), "{t}");
     // every frame has an id; a client reconnecting with `since` (or

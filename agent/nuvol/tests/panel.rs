@@ -75,6 +75,11 @@ fn unauthenticated_walk_of_every_route() {
             // share's own 404, never 401.
             assert_eq!(r.code, 404, "public {m} {p}: {r:?}");
             assert!(r.body.contains("unknown_bundle"), "{r:?}");
+        } else if *public && p.starts_with("/share/v1/os") {
+            // Public, but this agent runs no update marked good: nothing
+            // to offer, the share's own 404, never 401.
+            assert_eq!(r.code, 404, "public {m} {p}: {r:?}");
+            assert!(r.body.contains("no_os_offer"), "{r:?}");
         } else if *public {
             assert!(
                 matches!(r.code, 200 | 303 | 401 | 503),
