@@ -249,8 +249,8 @@ impl Updater {
     /// Apply an update file a human put in `update/` on the boot
     /// partition, each file once (known by its SHA-256, remembered on the
     /// data partition; the file itself is never changed, nothing on FAT is
-    /// written for it). The newest acceptable one is written to the
-    /// inactive slot; returns its version when one was, so the caller
+    /// written for it). The first acceptable one in name order is written
+    /// to the inactive slot; returns its version when one was, so the caller
     /// reboots to try it. Refusals are printed and shown with the update
     /// state.
     pub fn apply_boot_dir(&self, services: Vec<String>) -> Option<String> {
