@@ -15,11 +15,12 @@ build_pkgs=(build-essential bc flex bison libelf-dev libssl-dev cpio zstd xz-uti
     systemd-boot-efi qemu-system-x86 ovmf seabios curl python3 file
     musl-tools squashfs-tools binutils busybox-static)
 pkgs=("${build_pkgs[@]}")
-# ARCH=arm64 (the Makefile exports ARCH): Debian's aarch64 cross gcc for
+# ARCH=arm64 (the Makefile exports ARCH): Debian's aarch64 cross gcc and
+# its C library headers (not pulled in without recommends) for
 # ring's C parts; the linker is rustup's rust-lld. The test suite builds the
 # arm64 binary too and runs it under qemu-user.
 if [ "${ARCH:-x86_64}" = arm64 ] || [ "${1:-build}" = test ]; then
-    pkgs+=(gcc-aarch64-linux-gnu qemu-user-static)
+    pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 fi
 if [ "${1:-build}" = test ]; then
     while IFS= read -r line; do
