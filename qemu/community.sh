@@ -24,6 +24,8 @@
 #   --bundles DIR    trust DIR/dev.pub on every box (the recipes' development key)
 #   --update-key PUB trust PUB as OS publisher key on every box ([update]
 #                    trusted_keys); tried updates settle in 5 s (a test hook)
+#   --update-policy P  with --update-key: [update] policy = P (notify, auto)
+#                    on every box, looking every 10 s (a test hook)
 #   --detach         return once every box is ready; `down` stops them
 #
 # The network: zone-a is routed; zone-b sits behind a router that NATs it
@@ -40,7 +42,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cmd=up
 case ${1:-} in up|down|kill|start|run) cmd=$1; shift ;; esac
 
-boxes=4 mem=192 dir=out/community net=71 overlay=1 serf=0 bundles="" detach=0 update_key="" one_zone=0
+boxes=4 mem=192 dir=out/community net=71 overlay=1 serf=0 bundles="" detach=0 update_key="" update_policy="" one_zone=0
 blocks=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -52,10 +54,11 @@ while [ $# -gt 0 ]; do
         --block) blocks+=("$2"); shift 2 ;;
         --serf) serf=1; shift ;;
         --update-key) update_key=$2; shift 2 ;;
+        --update-policy) update_policy=$2; shift 2 ;;
         --one-zone) one_zone=1; shift ;;
         --bundles) bundles=$2; shift 2 ;;
         --detach) detach=1; shift ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
         --*) echo "community.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -206,8 +209,10 @@ trust=""
 [ -n "$bundles" ] && [ -f "$bundles/dev.pub" ] && trust="trusted_keys = [\"$(grep -v '^untrusted' "$bundles/dev.pub" | head -1)\"]"
 update=""
 [ -n "$update_key" ] && update="update_settle_secs = 5
+$([ -n "$update_policy" ] && echo "update_check_secs = 10")
 [update]
-trusted_keys = [\"$(grep -v '^untrusted' "$update_key" | head -1)\"]"
+trusted_keys = [\"$(grep -v '^untrusted' "$update_key" | head -1)\"]
+$([ -n "$update_policy" ] && echo "policy = \"$update_policy\"")"
 for n in $(seq 1 "$boxes"); do
     z=$(zone_of "$n")
     mkdir -p "$dir/box$n"

@@ -11,6 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod community;
+pub mod host_http;
 
 /// The repository root (this crate lives in `tests/`).
 pub fn repo() -> PathBuf {

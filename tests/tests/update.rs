@@ -6,6 +6,13 @@
 //!    signature zeroed, and one for another architecture answer
 //!    `update_untrusted` / `update_wrong_arch`; no update is recorded, no
 //!    try armed, slot B's files on the disk unchanged.
+//!    The same artefacts from an attacker's `http://` server on the host
+//!    (`nuvol ctl update --url`, and the panel's URL form): the box reads
+//!    only the signed head before refusing a stranger's file or endless
+//!    garbage; a signed head whose parts are garbage is caught by the full
+//!    check; a file longer than its signed head, a server that stalls
+//!    (30 s of silence) or drips its head slower than the budget, and a 404
+//!    are refused with `index_mismatch` / `fetch_failed`.
 //! 2. With a service running (a bundle whose publisher is trusted for
 //!    bundles only: the same key's update artefact was refused in 1), the
 //!    image's own kernel and initramfs as version 99.0.0 through
@@ -14,7 +21,8 @@
 //!    over and the service runs again, and a second reboot comes up in B
 //!    again (now the default).
 //! 3. Version 99.1.0 whose initrd is garbage (signed, valid manifest),
-//!    uploaded through the API to slot A: the try boot panics, the kernel
+//!    downloaded by the box from the host's server (`POST
+//!    /api/v1/update/fetch {"url"}`) to slot A: the try boot panics, the kernel
 //!    reboots after 10 s, the loader boots the default (B) by itself, and
 //!    the API reports the failed try and the re-armed second one.
 //! 4. Powered off with that try still armed, a laptop puts two files in
@@ -28,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nuvol_e2e::host_http::{Answer, HostHttp};
 use nuvol_e2e::{
     copy_from_boot, copy_to_boot, disk_copy, key_line, os_part, tail, write_config, BootOptions,
     Scratch, TestKey, Vm,
@@ -136,6 +145,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
         err.contains("update_wrong_arch") || err.contains("x86_64"),
         "{err}"
     );
+    url_attacks(&vm, &session, &good, &foreign, &key.secret, &k, &i, &dir.0);
     let v = vm.update_status();
     assert!(v["update"].is_null(), "{v}");
     assert!(v["armed_try"].is_null(), "{v}");
@@ -195,8 +205,32 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     std::fs::write(&garbage, vec![0x5au8; 64 * 1024]).unwrap();
     let bad = d("bad.nvu");
     nuvol_e2e::update_artefact(&key.secret, &k, &garbage, "99.1.0", "x86_64", &bad);
-    let (st, body) = upload(&vm, "/api/v1/update", &bad);
+    let mirror = HostHttp::serve(vec![(
+        "/nuvol-x86_64-99.1.0.nvu",
+        Answer::File(std::fs::read(&bad).unwrap()),
+    )]);
+    let body = format!(
+        "{{\"url\": \"{}\"}}",
+        mirror.url("/nuvol-x86_64-99.1.0.nvu")
+    );
+    let (st, body) = vm.wait_for("POST /api/v1/update/fetch", Duration::from_secs(60), || {
+        nuvol_e2e::http_request(
+            vm.port,
+            "POST",
+            "/api/v1/update/fetch",
+            vm.admin_token().as_deref(),
+            &[],
+            body.as_bytes(),
+        )
+        .ok()
+    });
     assert_eq!(st, 200, "{body}");
+    assert!(
+        body.contains("nuvol-x86_64-99.1.0.nvu"),
+        "from the URL: {body}"
+    );
+    // Head first, then the whole file: two requests.
+    assert_eq!(mirror.hits("/nuvol-x86_64-99.1.0.nvu"), 2);
     let v = vm.update_status();
     assert_eq!(v["armed_try"], "nuvol-A", "{v}");
     let asked = Instant::now();
@@ -284,4 +318,129 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
         "bench: update test took {:.1} s",
         t0.elapsed().as_secs_f64()
     );
+}
+
+/// Step 1's downloads from a hostile server: every one refused with its
+/// code, nothing recorded or armed (the caller checks).
+#[allow(clippy::too_many_arguments)]
+fn url_attacks(
+    vm: &Vm,
+    session: &(String, String),
+    good: &Path,
+    foreign: &Path,
+    key: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    dir: &Path,
+) {
+    let good_bytes = std::fs::read(good).unwrap();
+    // A newer version whose parts do not match its signed manifest.
+    let newer = dir.join("newer.nvu");
+    nuvol_e2e::update_artefact(key, kernel, initrd, "99.5.0", "x86_64", &newer);
+    let mut forged = std::fs::read(&newer).unwrap();
+    let n = forged.len();
+    forged[n - 4096..].fill(0x33);
+    let mut longer = std::fs::read(&newer).unwrap();
+    longer.extend_from_slice(&[0u8; 65536]);
+    let head_len = {
+        let mlen = u32::from_le_bytes(good_bytes[12..16].try_into().unwrap()) as usize;
+        16 + mlen + 74
+    };
+    let server = HostHttp::serve(vec![
+        (
+            "/stranger.nvu",
+            Answer::File(std::fs::read(foreign).unwrap()),
+        ),
+        ("/endless.nvu", Answer::Endless),
+        ("/forged.nvu", Answer::File(forged)),
+        ("/longer.nvu", Answer::Stall(longer)),
+        (
+            "/stall.nvu",
+            Answer::Stall(std::fs::read(&newer).unwrap()[..head_len + 1000].to_vec()),
+        ),
+        (
+            "/drip.nvu",
+            Answer::Drip(good_bytes[..head_len].to_vec(), Duration::from_millis(500)),
+        ),
+    ]);
+    // The slow ones run meanwhile.
+    let slow: Vec<_> = ["/stall.nvu", "/drip.nvu"]
+        .into_iter()
+        .map(|p| {
+            let (url, port, token) = (server.url(p), vm.port, vm.admin_token());
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let body = format!("{{\"url\": \"{url}\"}}");
+                let r = nuvol_e2e::http_request(
+                    port,
+                    "POST",
+                    "/api/v1/update/fetch",
+                    token.as_deref(),
+                    &[],
+                    body.as_bytes(),
+                );
+                (url, r, t.elapsed())
+            })
+        })
+        .collect();
+    for (path, code) in [
+        ("/stranger.nvu", "update_untrusted"),
+        ("/endless.nvu", "update_malformed"),
+        ("/forged.nvu", "update_malformed"),
+        ("/longer.nvu", "index_mismatch"),
+        ("/missing.nvu", "fetch_failed"),
+    ] {
+        let t = Instant::now();
+        let (rc, out, err) = vm.ctl(&["update", "--url", &server.url(path)]);
+        eprintln!(
+            "--url {path}: {rc} {} ({:.1} s)",
+            err.trim(),
+            t.elapsed().as_secs_f64()
+        );
+        assert_ne!(rc, 0, "{out}");
+        assert!(err.contains(code), "{path}: {err}");
+    }
+    // Judged by the head: the stranger's and the endless file were read
+    // once each, not downloaded.
+    assert_eq!(server.hits("/stranger.nvu"), 1);
+    assert_eq!(server.hits("/endless.nvu"), 1);
+    // The panel's URL form, as a browser sends it.
+    let form = format!(
+        "url={}",
+        server
+            .url("/stranger.nvu")
+            .replace(':', "%3A")
+            .replace('/', "%2F")
+    );
+    let (st, page) = nuvol_e2e::http_request_full(
+        vm.port,
+        "POST",
+        &format!("/api/v1/update/fetch?csrf={}&back=/update", session.1),
+        None,
+        &[
+            ("Cookie", &session.0),
+            ("Accept", "text/html"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        form.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(st, 403, "{page}");
+    assert!(
+        page.contains("id=error") && page.contains("update_untrusted"),
+        "{page}"
+    );
+    for h in slow {
+        let (url, r, took) = h.join().unwrap();
+        let (st, body) = r.unwrap();
+        eprintln!("{url}: {st} after {:.1} s: {body}", took.as_secs_f64());
+        assert_eq!(st, 502, "{body}");
+        assert!(body.contains("fetch_failed"), "{body}");
+        if url.ends_with("/stall.nvu") {
+            assert!(body.contains("stalled"), "{body}");
+        } else {
+            assert!(body.contains("too slow"), "{body}");
+        }
+        assert!(took < Duration::from_secs(60), "{url}: {took:?}");
+    }
 }

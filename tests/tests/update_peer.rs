@@ -1,14 +1,17 @@
 //! OS updates between boxes (docs/boot.md, "Update"): two boxes of the
 //! community testbed (`qemu/community.sh --one-zone --no-overlay`: one
-//! LAN, gossip only), both trusting one OS publisher key.
+//! LAN, gossip only), both trusting one OS publisher key, both with
+//! `[update] policy = "auto"` (looking every 10 s, a test hook).
 //!
 //! 1. box1 gets the image's own OS as 99.0.0 through the API, reboots into
 //!    it and marks it good; it then offers the artefact on its share.
-//! 2. box2 lists that offer as newer (`GET /api/v1/update/offers`), fetches
-//!    and applies it (`POST /api/v1/update/fetch`, checked against box2's
-//!    own keys), reboots into it and marks it good; now box2 offers it too,
-//!    and box1 sees that offer as not newer.
-//! 3. Asking for a node that is no share provider is refused.
+//! 2. box2's policy finds that offer, fetches and applies it by itself
+//!    (checked against box2's own keys), reboots into it and marks it
+//!    good, with no human; now box2 offers it too, and box1 sees that
+//!    offer as not newer (and so does not take it).
+//! 3. Asking box2 by hand for box1's update (`POST /api/v1/update/fetch`)
+//!    downloads it and refuses it as not newer; a node that is no share
+//!    provider is refused.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -67,6 +70,8 @@ fn a_box_updates_from_its_peer() {
             "--no-overlay",
             "--update-key",
             pubfile.to_str().unwrap(),
+            "--update-policy",
+            "auto",
         ],
     );
 
@@ -94,32 +99,27 @@ fn a_box_updates_from_its_peer() {
     assert_eq!(st, 200, "{body}");
     assert!(body.contains("99.0.0"), "{body}");
 
-    // --- 2. box2 fetches it from box1 ---------------------------------------
+    // --- 2. box2's policy takes it from box1 by itself ----------------------
+    let t = Instant::now();
     let v = c.wait_for(
-        "box1's offer seen by box2",
-        Duration::from_secs(120),
+        "box2 runs 99.0.0 from box1, marked good",
+        Duration::from_secs(300),
         || {
-            let v = c.get(2, "/api/v1/update/offers");
-            offer(&v, "box1")
-                .filter(|o| o["version"] == "99.0.0" && o["newer"] == true)
-                .map(|_| v.clone())
+            let v = c.get(2, "/api/v1/update");
+            (v["update"]["phase"] == "good" && v["running_version"] == "99.0.0").then_some(v)
         },
     );
-    eprintln!("offers seen by box2: {v}");
-    let t = Instant::now();
-    let (st, body) = c
-        .http(2, "POST", "/api/v1/update/fetch", br#"{"node": "box1"}"#)
-        .unwrap();
-    assert_eq!(st, 200, "{body}");
-    assert!(body.contains("\"from\"") && body.contains("box1"), "{body}");
     eprintln!(
-        "bench: box2 fetched and applied box1's update in {:.1} s",
+        "bench: box2 updated itself from box1 in {:.1} s (policy auto, a look every 10 s)",
         t.elapsed().as_secs_f64()
     );
-    let v = c.get(2, "/api/v1/update");
-    assert_eq!(v["update"]["phase"], "pending", "{v}");
-    assert_eq!(v["slots"]["B"]["version"], "99.0.0", "{v}");
-    reboot_until_good(&c, 2, "99.0.0");
+    assert_eq!(v["policy"]["policy"], "auto", "{v}");
+    let log = c.console(2);
+    assert!(
+        log.contains("update 99.0.0 from box box1 applied: rebooting to try it"),
+        "{}",
+        nuvol_e2e::tail(&log)
+    );
     c.wait_for(
         "box2's offer seen by box1, not newer",
         Duration::from_secs(120),
@@ -131,7 +131,24 @@ fn a_box_updates_from_its_peer() {
         },
     );
 
-    // --- 3. refusals ---------------------------------------------------------
+    // box1 looked at box2's offer and left it: nothing newer.
+    c.wait_for(
+        "box1's policy found nothing newer",
+        Duration::from_secs(60),
+        || {
+            let v = c.get(1, "/api/v1/update");
+            (v["policy"]["last"]["action"] == "no newer update").then_some(())
+        },
+    );
+    let v = c.get(1, "/api/v1/update");
+    assert_eq!(v["running_slot"], "B", "box1 stays on its update: {v}");
+
+    // --- 3. by hand, and refusals -------------------------------------------
+    let (st, body) = c
+        .http(2, "POST", "/api/v1/update/fetch", br#"{"node": "box1"}"#)
+        .unwrap();
+    assert_eq!(st, 409, "{body}");
+    assert!(body.contains("update_not_newer"), "{body}");
     let (st, body) = c
         .http(2, "POST", "/api/v1/update/fetch", br#"{"node": "nobody"}"#)
         .unwrap();

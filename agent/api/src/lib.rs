@@ -54,10 +54,12 @@ pub mod rate;
 use nuvol_human as human;
 mod io;
 pub mod metrics;
+pub mod os_fetch;
 pub mod os_share;
 mod pages;
 mod panel;
 pub mod parse;
+pub mod peer_http;
 pub mod reset;
 pub mod routes;
 pub mod services;
@@ -142,6 +144,19 @@ pub trait Node: Send + Sync + 'static {
         allow_downgrade: bool,
     ) -> Result<serde_json::Value, nuvol_update::Refusal> {
         let _ = (file, allow_downgrade);
+        Err(nuvol_update::Refusal::Unavailable(
+            "this agent cannot update its OS".into(),
+        ))
+    }
+    /// Check the head of an artefact being downloaded (see
+    /// [`nuvol_update::artefact::verify_prefix`]) against this box's keys,
+    /// architecture and running version: (its version, the file's length).
+    fn update_check_head(
+        &self,
+        head: &[u8],
+        allow_downgrade: bool,
+    ) -> Result<(String, u64), nuvol_update::Refusal> {
+        let _ = (head, allow_downgrade);
         Err(nuvol_update::Refusal::Unavailable(
             "this agent cannot update its OS".into(),
         ))

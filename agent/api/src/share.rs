@@ -33,14 +33,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use nuvol_bundle::{BundleError, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::peer_http::{http_get, PeerError, Sink};
 use crate::{error, Ctx, Resp};
 
 /// The DNS-SD type nuvol boxes announce their share under.
@@ -414,131 +413,6 @@ pub fn providers(d: &nuvol_catalog::DiscoveryHandle) -> Vec<Provider> {
         }
     }
     out
-}
-
-/// Why a download from a peer failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PeerError {
-    #[error("{0}")]
-    Failed(String),
-    #[error("{0}")]
-    TooLarge(String),
-    /// Writing what came failed (disk full, ...).
-    #[error("writing: {0}")]
-    Write(std::io::Error),
-}
-
-/// Where a peer's answer goes.
-pub enum Sink<'a> {
-    /// Into memory (the caller bounds it with `max`).
-    Memory(&'a mut Vec<u8>),
-    /// Into a file written on the blocking pool.
-    File(&'a mut crate::filewrite::BlockingWriter),
-}
-
-impl Sink<'_> {
-    async fn put(&mut self, d: Bytes) -> Result<(), PeerError> {
-        match self {
-            Sink::Memory(v) => {
-                v.extend_from_slice(&d);
-                Ok(())
-            }
-            Sink::File(w) => w.write(d).await.map_err(PeerError::Write),
-        }
-    }
-}
-
-/// GET `path` from `addr:port` over plain HTTP/1.1, handing each body chunk
-/// to `sink`; at most `max` bytes; `timeout` for connecting and the answer's
-/// head, `idle` between body chunks.
-pub async fn http_get(
-    addr: IpAddr,
-    port: u16,
-    path: &str,
-    max: u64,
-    timeout: Duration,
-    idle: Duration,
-    sink: &mut Sink<'_>,
-) -> Result<(), PeerError> {
-    let f = |m: String| PeerError::Failed(m);
-    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((addr, port)))
-        .await
-        .map_err(|_| f("connect timed out".into()))?
-        .map_err(|e| f(format!("connect: {e}")))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| f(e.to_string()))?;
-    let conn_task = tokio::spawn(conn);
-    let host = match addr {
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-        IpAddr::V4(a) => format!("{a}:{port}"),
-    };
-    let result = async {
-        let req = Request::get(path)
-            .header(hyper::header::HOST, host)
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("nuvol/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(http_body_util::Empty::<Bytes>::new())
-            .map_err(|e| f(e.to_string()))?;
-        let resp = tokio::time::timeout(timeout, sender.send_request(req))
-            .await
-            .map_err(|_| f("no answer in time".into()))?
-            .map_err(|e| f(e.to_string()))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let mut body = resp.into_body();
-            let mut text = Vec::new();
-            while let Ok(Some(Ok(fr))) = tokio::time::timeout(timeout, body.frame()).await {
-                if let Ok(d) = fr.into_data() {
-                    text.extend_from_slice(&d);
-                }
-                if text.len() > 4096 {
-                    break;
-                }
-            }
-            let code = serde_json::from_slice::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["error"]["code"].as_str().map(str::to_string));
-            return Err(f(match code {
-                Some(c) => format!("the peer said {status} ({c})"),
-                None => format!("the peer said {status}"),
-            }));
-        }
-        let declared = resp
-            .headers()
-            .get(hyper::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Err(PeerError::TooLarge(format!(
-                "the answer is over the {max}-byte limit"
-            )));
-        }
-        let mut body = resp.into_body();
-        let mut got: u64 = 0;
-        loop {
-            let frame = tokio::time::timeout(idle, body.frame())
-                .await
-                .map_err(|_| f("transfer stalled".into()))?;
-            let Some(frame) = frame else { break };
-            let frame = frame.map_err(|e| f(e.to_string()))?;
-            if let Ok(data) = frame.into_data() {
-                got += data.len() as u64;
-                if got > max {
-                    return Err(PeerError::TooLarge(format!(
-                        "the answer is over the {max}-byte limit"
-                    )));
-                }
-                sink.put(data).await?;
-            }
-        }
-        Ok(())
-    }
-    .await;
-    conn_task.abort();
-    result
 }
 
 /// Ask one provider for its index.

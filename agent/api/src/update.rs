@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 
 use crate::bundles::{receive_max, UploadHead};
-use crate::{error, json, parse, Ctx, Resp};
+use crate::{json, parse, Ctx, Resp};
 
 /// An update's refusal as an API error.
 pub fn refusal(r: &nuvol_update::Refusal) -> Resp {
@@ -23,21 +23,7 @@ pub fn refusal(r: &nuvol_update::Refusal) -> Resp {
 /// box cannot update (not booted from a nuvol slot).
 #[allow(clippy::result_large_err)] // a ready-made error response
 pub fn upload_dir(ctx: &Ctx) -> Result<std::path::PathBuf, Resp> {
-    let status = ctx.node.update_status();
-    match ctx.node.update_upload_dir() {
-        Some(d) if status.as_ref().is_some_and(|s| s["available"] == true) => Ok(d),
-        _ => {
-            let why = status
-                .as_ref()
-                .and_then(|s| s["message"].as_str().map(str::to_string))
-                .unwrap_or_else(|| "this agent cannot update its OS".into());
-            Err(error(
-                StatusCode::NOT_IMPLEMENTED,
-                "update_unavailable",
-                &why,
-            ))
-        }
-    }
+    crate::os_fetch::upload_dir(ctx.node.as_ref()).map_err(|f| f.resp())
 }
 
 pub async fn apply(ctx: &Ctx, req: Request<Incoming>) -> Resp {
@@ -60,17 +46,17 @@ pub async fn apply(ctx: &Ctx, req: Request<Incoming>) -> Resp {
         Ok(u) => u,
         Err(r) => return r,
     };
-    answer(apply_file(ctx, upload, allow_downgrade).await, None)
+    answer(apply_file(&ctx.node, upload, allow_downgrade).await)
 }
 
 /// Check a received artefact and apply it (on the blocking pool); the
 /// file is removed after.
 pub(crate) async fn apply_file(
-    ctx: &Ctx,
+    node: &std::sync::Arc<dyn crate::Node>,
     upload: crate::bundles::Upload,
     allow_downgrade: bool,
 ) -> Result<serde_json::Value, nuvol_update::Refusal> {
-    let node = ctx.node.clone();
+    let node = node.clone();
     tokio::task::spawn_blocking(move || {
         let r = node.update_apply(upload.path(), allow_downgrade);
         drop(upload);
@@ -80,19 +66,10 @@ pub(crate) async fn apply_file(
     .unwrap_or_else(|e| Err(nuvol_update::Refusal::Failed(format!("update task: {e}"))))
 }
 
-/// The answer to an applied update (with the node it came `from`) or its
-/// refusal.
-pub(crate) fn answer(
-    r: Result<serde_json::Value, nuvol_update::Refusal>,
-    from: Option<&str>,
-) -> Resp {
+/// The answer to an applied update or its refusal.
+fn answer(r: Result<serde_json::Value, nuvol_update::Refusal>) -> Resp {
     match r {
-        Ok(mut v) => {
-            if let Some(n) = from {
-                v["from"] = serde_json::json!(n);
-            }
-            json(StatusCode::OK, &v)
-        }
+        Ok(v) => json(StatusCode::OK, &v),
         Err(e) => {
             tracing::warn!("update refused: {e}");
             refusal(&e)
@@ -113,4 +90,42 @@ pub fn state_line(v: &serde_json::Value) -> Option<String> {
             u["reason"].as_str(),
         )
     })
+}
+
+/// The `[update] policy` and its last look in one line.
+pub fn policy_line(v: &serde_json::Value) -> Option<String> {
+    let p = &v["policy"];
+    let policy = p["policy"].as_str()?;
+    let mut line = format!("update policy {policy}");
+    if let Some(w) = p["window"].as_str() {
+        line.push_str(&format!(" (window {w} UTC)"));
+    }
+    match p["last"]["action"].as_str() {
+        Some(a) => line.push_str(&format!(": {a}")),
+        None if policy != "manual" => line.push_str(": not looked yet"),
+        None => {}
+    }
+    Some(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_policy_reads_as_one_line() {
+        let v = json!({"policy": {"policy": "auto", "window": "02:00-05:00",
+            "last": {"action": "no newer update"}}});
+        assert_eq!(
+            policy_line(&v).unwrap(),
+            "update policy auto (window 02:00-05:00 UTC): no newer update"
+        );
+        let v = json!({"policy": {"policy": "notify", "window": null, "last": null}});
+        assert_eq!(
+            policy_line(&v).unwrap(),
+            "update policy notify: not looked yet"
+        );
+        assert_eq!(policy_line(&json!({})), None);
+    }
 }

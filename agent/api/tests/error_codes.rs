@@ -21,10 +21,10 @@ fn is_code(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
-/// Codes passed as literals to `error(StatusCode::X, "code", …)` and
-/// `error_with(…)`.
+/// Codes passed as literals to `error(StatusCode::X, "code", …)`,
+/// `error_with(…)` and `Fail::new(…)` (downloads, `os_fetch.rs`).
 fn call_codes(src: &str, out: &mut BTreeSet<String>) {
-    for call in ["error(", "error_with("] {
+    for call in ["error(", "error_with(", "Fail::new("] {
         for (at, _) in src.match_indices(call) {
             // A call, not a longer name ending in "error(".
             let before = src[..at].chars().next_back();

@@ -107,6 +107,26 @@ impl BundlesConfig {
     }
 }
 
+/// Check a `trusted_keys` list (`[bundles]`, `[update]`): at most
+/// [`MAX_BUNDLE_ENTRIES`] public key lines.
+pub(crate) fn validate_keys(keys: &[String]) -> Result<(), String> {
+    if keys.len() > MAX_BUNDLE_ENTRIES {
+        return Err(format!("at most {MAX_BUNDLE_ENTRIES} keys"));
+    }
+    for k in keys {
+        let ok = k.len() == 56
+            && k.starts_with("RW")
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+        if !ok {
+            return Err(format!(
+                "{k:?} is not an ed25519 public key line (56 base64 characters starting \"RW\")"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{Config, ConfigError};
@@ -167,46 +187,5 @@ allow_root = true
             Config::parse("[bundles]\nsurprise = 1\n", Path::new("nuvol.toml")),
             Err(ConfigError::Syntax { .. })
         ));
-    }
-}
-
-/// Check a `trusted_keys` list (`[bundles]`, `[update]`): at most
-/// [`MAX_BUNDLE_ENTRIES`] public key lines.
-pub(crate) fn validate_keys(keys: &[String]) -> Result<(), String> {
-    if keys.len() > MAX_BUNDLE_ENTRIES {
-        return Err(format!("at most {MAX_BUNDLE_ENTRIES} keys"));
-    }
-    for k in keys {
-        let ok = k.len() == 56
-            && k.starts_with("RW")
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
-        if !ok {
-            return Err(format!(
-                "{k:?} is not an ed25519 public key line (56 base64 characters starting \"RW\")"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// `[update]`: who may publish OS updates for this box.
-///
-/// ```toml
-/// [update]
-/// # OS publisher keys, trusted for updates only (not for bundles): the
-/// # base64 line of a signify/minisign/nuvol public key file.
-/// trusted_keys = ["RWQ..."]
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpdateConfig {
-    /// Base64 public keys (`"Ed" ‖ key id ‖ key`, 56 characters).
-    pub trusted_keys: Vec<String>,
-}
-
-impl UpdateConfig {
-    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
-        validate_keys(&self.trusted_keys).map_err(|m| ("update.trusted_keys".to_string(), m))
     }
 }

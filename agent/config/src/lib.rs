@@ -13,6 +13,7 @@ mod discovery;
 mod mesh;
 mod network;
 pub mod overlay;
+mod update;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -20,11 +21,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use admin::AdminConfig;
-pub use bundles::{BundleSource, BundlesConfig, UpdateConfig};
+pub use bundles::{BundleSource, BundlesConfig};
 pub use discovery::{DiscoveryConfig, GossipProfile, Role, DEFAULT_GOSSIP_PORT};
 pub use mesh::{OverlayConfig, DEFAULT_OVERLAY_PORT};
 pub use network::{InterfaceConfig, NetworkConfig, RouteConfig};
 pub use overlay::{SettingError, Settings, SETTINGS_FILE};
+pub use update::{UpdateConfig, UpdatePolicy, Window};
 
 /// Largest provisioning file accepted; anything bigger is not a config file.
 pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
@@ -71,6 +73,9 @@ pub struct DebugConfig {
     /// write of an OS update (slot files, record, try, default), so the
     /// power-cut test's cuts land between writes. Default: 0.
     pub update_step_pause_ms: u32,
+    /// With `test_hooks`: seconds between looks for newer OS updates
+    /// (`[update] policy` notify/auto) instead of `check_hours`.
+    pub update_check_secs: Option<u32>,
 }
 
 /// How long a tried OS slot must run healthy before it becomes the default.
@@ -83,6 +88,15 @@ impl DebugConfig {
         match self.update_settle_secs {
             Some(s) if self.test_hooks => s.clamp(1, 3600),
             _ => UPDATE_SETTLE_SECS,
+        }
+    }
+
+    /// Seconds between looks for newer OS updates: the test hook only
+    /// with `test_hooks` (at least 5 s), else `check_hours`.
+    pub fn update_check_secs(&self, check_hours: u32) -> u64 {
+        match self.update_check_secs {
+            Some(s) if self.test_hooks => u64::from(s.clamp(5, 86_400)),
+            _ => u64::from(check_hours.clamp(1, 168)) * 3600,
         }
     }
 

@@ -93,7 +93,7 @@ impl nuvol_api::Node for Node {
             .as_deref()
             .and_then(nuvol_reset::given_up_alert)
             .into_iter()
-            .chain(self.update.alert())
+            .chain(self.update.alerts())
             .collect()
     }
     fn update_status(&self) -> Option<serde_json::Value> {
@@ -112,6 +112,13 @@ impl nuvol_api::Node for Node {
     ) -> Result<serde_json::Value, nuvol_update::Refusal> {
         let running = crate::update::running_services(self.services.as_ref());
         self.update.apply(file, allow_downgrade, running)
+    }
+    fn update_check_head(
+        &self,
+        head: &[u8],
+        allow_downgrade: bool,
+    ) -> Result<(String, u64), nuvol_update::Refusal> {
+        self.update.check_head(head, allow_downgrade)
     }
     fn factory_reset(&self, test_pause_secs: u32) -> Result<bool, String> {
         let Some(dir) = self.reset_dir.as_deref().filter(|_| self.under_init) else {
@@ -353,6 +360,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             },
         ));
         announce_ready(local, manage_net).await;
+        // The policy looks in a trial boot too (nothing while the trial
+        // runs, then as usual once it is marked good).
+        tokio::spawn(crate::update_policy::watch(
+            update.clone(),
+            node.clone(),
+            update.policy.clone(),
+        ));
         if trial {
             tokio::spawn(crate::update::watch_trial(
                 update,

@@ -18,6 +18,7 @@ mod services;
 mod settings;
 mod smbios;
 mod update;
+mod update_policy;
 
 use clap::{Parser, Subcommand};
 

@@ -40,6 +40,9 @@ pub struct Updater {
     pub upload_dir: PathBuf,
     /// SHA-256 of the offered artefact, by (length, mtime).
     offer_sha: Mutex<Option<(u64, std::time::SystemTime, String)>>,
+    /// `[update] policy` and what its last look found.
+    pub policy: crate::update_policy::Settings,
+    look: Mutex<Option<crate::update_policy::Look>>,
 }
 
 /// The artefact this box offers its peers: the one it runs, kept on the
@@ -93,7 +96,28 @@ impl Updater {
             lock: Mutex::new(()),
             upload_dir: state_dir.join("update-uploads"),
             offer_sha: Mutex::new(None),
+            policy: crate::update_policy::Settings::from_config(cfg),
+            look: Mutex::new(None),
         }
+    }
+
+    /// Whether this box can update itself (booted from a slot under init).
+    pub fn can_update(&self) -> bool {
+        self.available().is_some()
+    }
+
+    /// The update record's file.
+    pub fn state_path(&self) -> &Path {
+        &self.state_path
+    }
+
+    /// Record the policy's last look.
+    pub fn set_look(&self, look: crate::update_policy::Look) {
+        *self.look.lock().unwrap_or_else(|p| p.into_inner()) = Some(look);
+    }
+
+    fn look(&self) -> Option<crate::update_policy::Look> {
+        self.look.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The running slot, when this box booted from one and can write its
@@ -165,6 +189,13 @@ impl Updater {
             "settle_s": self.settle.as_secs(),
             "trusted_keys": self.keys.len(),
             "boot_files": self.boot_files(),
+            "policy": {
+                "policy": self.policy.policy.as_str(),
+                "window": self.policy.window_text,
+                "url": self.policy.url,
+                "every_s": self.policy.every.as_secs(),
+                "last": self.look(),
+            },
         })
     }
 
@@ -316,11 +347,37 @@ impl Updater {
         applied
     }
 
-    /// A dashboard alert while an update was given up.
-    pub fn alert(&self) -> Option<String> {
-        state::load(&self.state_path)
+    /// Dashboard alerts: an update given up; a newer one found by the
+    /// policy and not applied (yet).
+    pub fn alerts(&self) -> Vec<String> {
+        let given_up = state::load(&self.state_path)
             .filter(|r| r.phase == Phase::Failed)
-            .and_then(|r| r.reason)
+            .and_then(|r| r.reason);
+        let found = self
+            .look()
+            .filter(|l| l.found.is_some())
+            .map(|l| format!("OS {}", l.action));
+        given_up.into_iter().chain(found).collect()
+    }
+
+    /// What this box checks an artefact against besides the keys.
+    fn policy(&self, allow_downgrade: bool) -> Result<Policy, Refusal> {
+        Ok(Policy {
+            arch: nuvol_update::ARCH.to_string(),
+            running: Version::parse(&self.running_version())
+                .or_else(|_| Version::parse("0"))
+                .map_err(Refusal::Failed)?,
+            allow_downgrade,
+        })
+    }
+
+    /// Judge a download by its head: (version, the file's length).
+    pub fn check_head(&self, head: &[u8], allow_downgrade: bool) -> Result<(String, u64), Refusal> {
+        if self.keys.is_empty() {
+            return Err(no_keys());
+        }
+        let (v, len) = artefact::verify_prefix(head, &self.keys, &self.policy(allow_downgrade)?)?;
+        Ok((v.manifest.version.to_string(), len))
     }
 
     /// Check `file` completely, write it to the inactive slot, read it
@@ -346,20 +403,10 @@ impl Updater {
             }
         }
         if self.keys.is_empty() {
-            return Err(Refusal::Untrusted(
-                "no OS publisher key is trusted: add one to [update] trusted_keys in nuvol.toml"
-                    .into(),
-            ));
+            return Err(no_keys());
         }
         let running_version = self.running_version();
-        let policy = Policy {
-            arch: nuvol_update::ARCH.to_string(),
-            running: Version::parse(&running_version)
-                .or_else(|_| Version::parse("0"))
-                .map_err(Refusal::Failed)?,
-            allow_downgrade,
-        };
-        let v = artefact::verify_file(file, &self.keys, &policy)?;
+        let v = artefact::verify_file(file, &self.keys, &self.policy(allow_downgrade)?)?;
         let target = slots::other(running);
         let rec = Record {
             phase: Phase::Pending,
@@ -491,6 +538,12 @@ impl Updater {
             .map_err(|e| Refusal::Failed(format!("recording the update: {e}")))?;
         Ok(rec.version)
     }
+}
+
+fn no_keys() -> Refusal {
+    Refusal::Untrusted(
+        "no OS publisher key is trusted: add one to [update] trusted_keys in nuvol.toml".into(),
+    )
 }
 
 fn sha256_file(p: &Path) -> std::io::Result<String> {

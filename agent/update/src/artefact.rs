@@ -398,15 +398,52 @@ pub fn verify_head(
     keys: &dyn KeyLookup,
     policy: &Policy,
 ) -> Result<Verified, Refusal> {
-    if len > MAX_ARTEFACT {
-        return Err(Refusal::TooBig(format!(
-            "the file is {len} bytes; update artefacts are at most {MAX_ARTEFACT}"
-        )));
+    check_head(r, Some(len), keys, policy).map(|(v, _)| v)
+}
+
+/// The first bytes of an artefact being downloaded (at least
+/// [`MAX_HEAD`] of them, or the whole file when it is shorter): check the
+/// head and the policy before the rest is fetched. Returns the verified
+/// manifest and the file's length it describes.
+pub fn verify_prefix(
+    head: &[u8],
+    keys: &dyn KeyLookup,
+    policy: &Policy,
+) -> Result<(Verified, u64), Refusal> {
+    check_head(&mut &head[..], None, keys, policy)
+}
+
+/// The longest head (header, manifest, signature block).
+pub const MAX_HEAD: usize = HEADER_LEN + MAX_MANIFEST + SIG_BLOCK_LEN;
+
+/// How many bytes the head takes, judged from the first ones (`prefix`):
+/// the header first, then the manifest length it gives (bounded by
+/// [`MAX_HEAD`]).
+pub fn head_len(prefix: &[u8]) -> usize {
+    if prefix.len() < HEADER_LEN {
+        return HEADER_LEN;
     }
-    if len < HEADER_LEN as u64 {
-        return Err(bad(format!(
-            "{len} bytes: shorter than the {HEADER_LEN}-byte header"
-        )));
+    let mlen = u32::from_le_bytes([prefix[12], prefix[13], prefix[14], prefix[15]]) as usize;
+    (HEADER_LEN + mlen.min(MAX_MANIFEST) + SIG_BLOCK_LEN).max(HEADER_LEN + 1)
+}
+
+fn check_head(
+    r: &mut impl Read,
+    len: Option<u64>,
+    keys: &dyn KeyLookup,
+    policy: &Policy,
+) -> Result<(Verified, u64), Refusal> {
+    if let Some(len) = len {
+        if len > MAX_ARTEFACT {
+            return Err(Refusal::TooBig(format!(
+                "the file is {len} bytes; update artefacts are at most {MAX_ARTEFACT}"
+            )));
+        }
+        if len < HEADER_LEN as u64 {
+            return Err(bad(format!(
+                "{len} bytes: shorter than the {HEADER_LEN}-byte header"
+            )));
+        }
     }
     let mut h = [0u8; HEADER_LEN];
     r.read_exact(&mut h)
@@ -429,9 +466,10 @@ pub fn verify_head(
             "manifest length {mlen} is out of bounds (1..={MAX_MANIFEST})"
         )));
     }
-    if (HEADER_LEN + mlen + SIG_BLOCK_LEN) as u64 > len {
+    if len.is_some_and(|len| (HEADER_LEN + mlen + SIG_BLOCK_LEN) as u64 > len) {
         return Err(bad(format!(
-            "truncated: {len} bytes cannot hold the {mlen}-byte manifest and the signature"
+            "truncated: {} bytes cannot hold the {mlen}-byte manifest and the signature",
+            len.unwrap_or(0)
         )));
     }
     let mut signed = h.to_vec();
@@ -466,16 +504,25 @@ pub fn verify_head(
         });
     }
     let (parts_offset, want) = Manifest::layout(mlen, &manifest.parts);
-    if want != len {
+    if len.is_some_and(|len| want != len) {
         return Err(bad(format!(
-            "the file is {len} bytes; its manifest describes {want}"
+            "the file is {} bytes; its manifest describes {want}",
+            len.unwrap_or(0)
         )));
     }
-    Ok(Verified {
-        manifest,
-        key_id: sig.key_id.to_string(),
-        parts_offset,
-    })
+    if want > MAX_ARTEFACT {
+        return Err(Refusal::TooBig(format!(
+            "its manifest describes {want} bytes; update artefacts are at most {MAX_ARTEFACT}"
+        )));
+    }
+    Ok((
+        Verified {
+            manifest,
+            key_id: sig.key_id.to_string(),
+            parts_offset,
+        },
+        want,
+    ))
 }
 
 /// Check an artefact file completely: head, policy, and every part's

@@ -55,21 +55,29 @@ pub(super) fn update(ctx: &Ctx, csrf: &str) -> String {
         );
     }
     let state = crate::update::state_line(&v).unwrap_or_else(|| "No update applied yet.".into());
+    let policy = crate::update::policy_line(&v).unwrap_or_default();
     let _ = write!(
         b,
-        "</table></div><p id=update-state>{}</p><p>{}</p>\
+        "</table></div><p id=update-state>{}</p><p>{}</p><p id=update-policy>{}</p>\
 <h2>Install an update</h2><form id=update-upload method=post enctype=multipart/form-data action=\"{}\">\
 <input type=file name=update accept=\".nvu\" required> <button>Upload, check and write to the other slot</button></form>\
 <p>A signed artefact (<code>nuvol-{}-VERSION.nvu</code>): checked against the OS publisher keys of \
 <code>[update] trusted_keys</code> before anything is written; then reboot to try it once. \
 From a shell: <code>nuvol ctl update FILE</code> (<code>--allow-downgrade</code> for an older version).</p>\
+<form id=update-url method=post action=\"{}\">\
+<input type=url name=url placeholder=\"http://mirror/nuvol-{}-VERSION.nvu\" required size=48> <button>Download, check and write</button></form>\
+<p>The box downloads it itself (plain <code>http://</code>: the signature is what is trusted) and checks its signed head before the rest. \
+Updates other boxes of the community offer: <code>nuvol ctl update --offers</code>, then <code>--from NODE</code>.</p>\
 <h2>Reboot</h2>{}",
         esc(&state),
         match &running {
             Some(s) => format!("Running from slot {}.", esc(s)),
             None => "Not booted from a nuvol slot (development host).".into(),
         },
+        esc(&policy),
         esc(&with_csrf("/api/v1/update", csrf, "/update")),
+        std::env::consts::ARCH,
+        esc(&with_csrf("/api/v1/update/fetch", csrf, "/update")),
         std::env::consts::ARCH,
         button("/api/v1/system/reboot", csrf, "/update", "Reboot now")
     );

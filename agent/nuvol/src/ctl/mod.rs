@@ -105,14 +105,19 @@ enum CtlCmd {
     /// The box's OS slots and update state; with FILE, upload a signed
     /// `.nvu` update: written to the inactive slot, tried once at the next
     /// reboot, made the default once it runs healthy. `--offers` lists the
-    /// updates other boxes offer, `--from NODE` fetches and applies one.
+    /// updates other boxes offer, `--from NODE` fetches and applies one,
+    /// `--url URL` downloads one from an http:// URL.
     Update {
         /// The update artefact (`nuvol-x86_64-VERSION.nvu`).
-        #[arg(conflicts_with_all = ["from", "offers"])]
+        #[arg(conflicts_with_all = ["from", "offers", "url"])]
         file: Option<std::path::PathBuf>,
         /// Fetch the update NODE offers (checked here like an upload).
-        #[arg(long, value_name = "NODE", conflicts_with = "offers")]
+        #[arg(long, value_name = "NODE", conflicts_with_all = ["offers", "url"])]
         from: Option<String>,
+        /// The box downloads the artefact at this http:// URL (its signed
+        /// head is checked before the rest is fetched).
+        #[arg(long, value_name = "URL", conflicts_with = "offers")]
+        url: Option<String>,
         /// List the updates the community's boxes offer.
         #[arg(long)]
         offers: bool,
@@ -185,13 +190,18 @@ async fn main(args: CtlArgs) -> Result<(), Fail> {
         CtlCmd::Update {
             file,
             from,
+            url,
             offers,
             allow_downgrade,
         } => {
             if offers {
                 system::update_offers(&c, json).await
             } else if let Some(node) = from {
-                system::update_from(&c, json, &node, allow_downgrade).await
+                let req = serde_json::json!({ "node": node });
+                system::update_fetch(&c, json, req, allow_downgrade).await
+            } else if let Some(url) = url {
+                let req = serde_json::json!({ "url": url });
+                system::update_fetch(&c, json, req, allow_downgrade).await
             } else {
                 system::update(&c, json, file.as_deref(), allow_downgrade).await
             }

@@ -225,11 +225,12 @@ pub(super) async fn update_offers(c: &Client, json: bool) -> Result<(), Fail> {
     Ok(())
 }
 
-/// `update --from NODE`: fetch that box's update and apply it.
-pub(super) async fn update_from(
+/// `update --from NODE` / `--url URL` (`req`: `{"node"}` or `{"url"}`):
+/// the box fetches that update and applies it.
+pub(super) async fn update_fetch(
     c: &Client,
     json: bool,
-    node: &str,
+    req: serde_json::Value,
     allow_downgrade: bool,
 ) -> Result<(), Fail> {
     let path = if allow_downgrade {
@@ -237,7 +238,7 @@ pub(super) async fn update_from(
     } else {
         "/api/v1/update/fetch"
     };
-    let body = serde_json::json!({ "node": node }).to_string();
+    let body = req.to_string();
     let v = c
         .json("POST", path, Payload::Json(Some(body.into())), None)
         .await?;
@@ -270,5 +271,8 @@ pub(super) fn print_update(v: &serde_json::Value) {
         println!("{line}");
     } else if let Some(m) = v["message"].as_str() {
         println!("{m}");
+    }
+    if let Some(line) = nuvol_api::update::policy_line(v) {
+        println!("{line}");
     }
 }

@@ -135,3 +135,29 @@ fn versions_compare_numerically() {
     assert!(Version::parse("1..2").is_err());
     assert!(Version::parse("1234567890").is_err());
 }
+
+#[test]
+fn a_download_is_judged_by_its_head_before_the_parts_come() {
+    let k = key();
+    let keys = vec![k.public()];
+    let a = build(b"kernel", b"initrd!", "0.2.0", "0.1.0", "x86_64", Some(&k)).unwrap();
+    let head_len = super::head_len(&a[..16]);
+    assert_eq!(super::head_len(&a[..3]), 16);
+    assert_eq!(super::head_len(&a[..head_len]), head_len);
+    assert_eq!(head_len, a.len() - 13);
+    // The head alone (what a download reads first) is enough, and says how
+    // long the whole file is.
+    let (v, len) = verify_prefix(&a[..head_len], &keys, &policy()).unwrap();
+    assert_eq!(len, a.len() as u64);
+    assert_eq!(v.manifest.version.to_string(), "0.2.0");
+    // Everything the head decides is decided there.
+    let other = key();
+    let foreign = build(b"k", b"i", "0.2.0", "0.1.0", "x86_64", Some(&other)).unwrap();
+    let code = |b: &[u8]| verify_prefix(b, &keys, &policy()).unwrap_err().code();
+    assert_eq!(code(&foreign), "update_untrusted");
+    let old = build(b"k", b"i", "0.1.0", "0.1.0", "x86_64", Some(&k)).unwrap();
+    assert_eq!(code(&old), "update_not_newer");
+    assert_eq!(code(b"<html>not found</html>"), "update_malformed");
+    assert_eq!(code(&a[..20]), "update_malformed");
+    assert_eq!(code(b""), "update_malformed");
+}
