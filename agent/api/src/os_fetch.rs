@@ -26,7 +26,7 @@ use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::peer_http::{get_url, http_get, HttpUrl, PeerError, Sink};
+use crate::peer_http::{get_url, http_get, Budget, HttpUrl, PeerError, Sink};
 use crate::share::{providers, Provider};
 use crate::{error, Node, Resp};
 use nuvol_update::artefact::{Version, MAX_ARTEFACT, MAX_HEAD};
@@ -38,6 +38,15 @@ pub const MAX_OFFER_BYTES: u64 = 4096;
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest silence while downloading an artefact.
 pub const DOWNLOAD_IDLE: Duration = Duration::from_secs(30);
+
+/// The budget of downloading a whole artefact of `size` bytes.
+fn download(size: u64) -> Budget {
+    Budget {
+        max: size,
+        timeout: OFFER_TIMEOUT * 3,
+        idle: DOWNLOAD_IDLE,
+    }
+}
 
 /// Why getting an update failed: an API error (status, stable code,
 /// message).
@@ -115,9 +124,7 @@ pub async fn ask(p: &Provider) -> Result<Option<OsOffer>, String> {
         p.addr,
         p.port,
         "/share/v1/os",
-        MAX_OFFER_BYTES,
-        OFFER_TIMEOUT,
-        OFFER_TIMEOUT,
+        Budget::small(MAX_OFFER_BYTES, OFFER_TIMEOUT),
         &mut Sink::Memory(&mut buf),
     )
     .await
@@ -323,9 +330,7 @@ pub async fn fetch_from_peer(
         p.addr,
         p.port,
         "/share/v1/os.nvu",
-        offer.size,
-        OFFER_TIMEOUT * 3,
-        DOWNLOAD_IDLE,
+        download(offer.size),
         &mut Sink::File(&mut w),
     )
     .await;
@@ -358,9 +363,7 @@ pub async fn probe_url(
     let mut head = Vec::new();
     get_url(
         &u,
-        MAX_HEAD as u64,
-        OFFER_TIMEOUT,
-        OFFER_TIMEOUT,
+        Budget::small(MAX_HEAD as u64, OFFER_TIMEOUT),
         &mut Sink::Head(&mut head, nuvol_update::artefact::head_len),
     )
     .await
@@ -381,14 +384,7 @@ pub async fn fetch_from_url(
         HttpUrl::parse(url).map_err(|m| Fail::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
     let upload = prepare(&dir, size)?;
     let mut w = crate::filewrite::BlockingWriter::create(upload.path(), true);
-    let r = get_url(
-        &u,
-        size,
-        OFFER_TIMEOUT * 3,
-        DOWNLOAD_IDLE,
-        &mut Sink::File(&mut w),
-    )
-    .await;
+    let r = get_url(&u, download(size), &mut Sink::File(&mut w)).await;
     let (bytes, _) = finish(url, size, r, w).await?;
     if bytes != size {
         return Err(Fail::new(

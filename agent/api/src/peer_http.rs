@@ -17,6 +17,34 @@ use hyper_util::rt::TokioIo;
 /// Slowest average a transfer may have (bytes per second).
 pub const MIN_RATE: u64 = 16 * 1024;
 
+/// What one GET may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Most bytes of the body.
+    pub max: u64,
+    /// To connect, and for the answer's head.
+    pub timeout: Duration,
+    /// Longest silence between body chunks.
+    pub idle: Duration,
+}
+
+impl Budget {
+    /// A small answer (a description, an index, a head): `timeout` for
+    /// everything.
+    pub fn small(max: u64, timeout: Duration) -> Budget {
+        Budget {
+            max,
+            timeout,
+            idle: timeout,
+        }
+    }
+
+    /// The whole transfer's deadline (see the module).
+    pub fn deadline(&self) -> Duration {
+        self.timeout + self.idle + Duration::from_secs(self.max / MIN_RATE)
+    }
+}
+
 /// Why a GET failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -74,25 +102,14 @@ pub async fn http_get(
     addr: IpAddr,
     port: u16,
     path: &str,
-    max: u64,
-    timeout: Duration,
-    idle: Duration,
+    budget: Budget,
     sink: &mut Sink<'_>,
 ) -> Result<(), PeerError> {
     let host = match addr {
         IpAddr::V6(a) => format!("[{a}]:{port}"),
         IpAddr::V4(a) => format!("{a}:{port}"),
     };
-    get(
-        SocketAddr::new(addr, port),
-        &host,
-        path,
-        max,
-        timeout,
-        idle,
-        sink,
-    )
-    .await
+    get(SocketAddr::new(addr, port), &host, path, budget, sink).await
 }
 
 /// An `http://host[:port]/path` URL taken apart.
@@ -153,16 +170,10 @@ impl HttpUrl {
 
 /// GET an `http://` URL (the host resolved within `timeout`), with the
 /// budget of [`http_get`].
-pub async fn get_url(
-    url: &HttpUrl,
-    max: u64,
-    timeout: Duration,
-    idle: Duration,
-    sink: &mut Sink<'_>,
-) -> Result<(), PeerError> {
+pub async fn get_url(url: &HttpUrl, budget: Budget, sink: &mut Sink<'_>) -> Result<(), PeerError> {
     let f = |m: String| PeerError::Failed(m);
     let addr = tokio::time::timeout(
-        timeout,
+        budget.timeout,
         tokio::net::lookup_host((url.host.as_str(), url.port)),
     )
     .await
@@ -170,34 +181,22 @@ pub async fn get_url(
     .map_err(|e| f(format!("{}: {e}", url.host)))?
     .next()
     .ok_or_else(|| f(format!("{}: no address", url.host)))?;
-    get(addr, &url.authority, &url.path, max, timeout, idle, sink).await
-}
-
-/// The whole transfer's deadline for at most `max` bytes.
-pub fn deadline(max: u64, timeout: Duration, idle: Duration) -> Duration {
-    timeout + idle + Duration::from_secs(max / MIN_RATE)
+    get(addr, &url.authority, &url.path, budget, sink).await
 }
 
 async fn get(
     addr: SocketAddr,
     host: &str,
     path: &str,
-    max: u64,
-    timeout: Duration,
-    idle: Duration,
+    b: Budget,
     sink: &mut Sink<'_>,
 ) -> Result<(), PeerError> {
-    match tokio::time::timeout(
-        deadline(max, timeout, idle),
-        get_inner(addr, host, path, max, timeout, idle, sink),
-    )
-    .await
-    {
+    match tokio::time::timeout(b.deadline(), get_inner(addr, host, path, b, sink)).await {
         Ok(r) => r,
         Err(_) => Err(PeerError::Failed(format!(
             "too slow: {} bytes at most must come in {} s (at least {} KiB/s)",
-            max,
-            deadline(max, timeout, idle).as_secs(),
+            b.max,
+            b.deadline().as_secs(),
             MIN_RATE / 1024
         ))),
     }
@@ -207,11 +206,10 @@ async fn get_inner(
     addr: SocketAddr,
     host: &str,
     path: &str,
-    max: u64,
-    timeout: Duration,
-    idle: Duration,
+    b: Budget,
     sink: &mut Sink<'_>,
 ) -> Result<(), PeerError> {
+    let Budget { max, timeout, idle } = b;
     let f = |m: String| PeerError::Failed(m);
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
@@ -321,7 +319,12 @@ mod tests {
     #[test]
     fn the_deadline_grows_with_the_size_at_the_minimum_rate() {
         let s = Duration::from_secs;
-        assert_eq!(deadline(4096, s(3), s(3)), s(6));
-        assert_eq!(deadline(8 << 20, s(9), s(30)), s(39 + 512));
+        assert_eq!(Budget::small(4096, s(3)).deadline(), s(6));
+        let b = Budget {
+            max: 8 << 20,
+            timeout: s(9),
+            idle: s(30),
+        };
+        assert_eq!(b.deadline(), s(39 + 512));
     }
 }

@@ -39,7 +39,7 @@ use nuvol_bundle::{BundleError, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::peer_http::{http_get, PeerError, Sink};
+use crate::peer_http::{http_get, Budget, PeerError, Sink};
 use crate::{error, Ctx, Resp};
 
 /// The DNS-SD type nuvol boxes announce their share under.
@@ -422,9 +422,7 @@ async fn fetch_index(p: &Provider) -> Result<Vec<IndexEntry>, String> {
         p.addr,
         p.port,
         "/share/v1/bundles",
-        MAX_INDEX_BYTES as u64,
-        INDEX_TIMEOUT,
-        INDEX_TIMEOUT,
+        Budget::small(MAX_INDEX_BYTES as u64, INDEX_TIMEOUT),
         &mut Sink::Memory(&mut buf),
     )
     .await
@@ -668,9 +666,11 @@ pub async fn fetch(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
         p.addr,
         p.port,
         &path,
-        entry.size,
-        INDEX_TIMEOUT * 3,
-        DOWNLOAD_IDLE,
+        Budget {
+            max: entry.size,
+            timeout: INDEX_TIMEOUT * 3,
+            idle: DOWNLOAD_IDLE,
+        },
         &mut Sink::File(&mut w),
     )
     .await;
