@@ -3,8 +3,10 @@
 //!
 //! 1. Enter pressed while PID 1 offers the shell at boot: busybox `sh` on
 //!    ttyS0 runs commands (`nuvol rescue` shows the slot and the agent),
-//!    the agent still comes up and the panel answers, and `reboot` (busybox:
-//!    SIGTERM to PID 1) in the shell reboots the box in order.
+//!    the agent still comes up and the panel answers; `nuvol rescue slot
+//!    try B` arms a one-shot try the API shows, `slot default B` makes B
+//!    the default with no try left; `reboot` (busybox: SIGTERM to PID 1)
+//!    in the shell reboots the box in order, and it comes up in slot B.
 //! 2. An agent that fails its first three starts (`[debug] fail_starts`):
 //!    the shell opens by itself, the agent is still retried and comes up,
 //!    and `kill -USR2 1` in the shell powers the box off.
@@ -48,7 +50,10 @@ fn run(vm: &mut Vm, line: &str, want: &str) {
 #[test]
 fn enter_at_boot_opens_a_shell_beside_the_agent_and_its_reboot_works() {
     let dir = Scratch::new("rescue-key");
-    let mut vm = boot(&dir, "hostname = \"e2e-rescue\"\n");
+    let mut vm = boot(
+        &dir,
+        "hostname = \"e2e-rescue\"\n[panel]\nallow_plain_http = true\n",
+    );
     let t = vm.wait_console(
         "press Enter within 10 s for a rescue shell on ttyS0",
         1,
@@ -74,6 +79,28 @@ fn enter_at_boot_opens_a_shell_beside_the_agent_and_its_reboot_works() {
     eprintln!("agent ready at {t:?}");
     vm.wait_http("/", Duration::from_secs(60));
     run(&mut vm, "nuvol rescue", "agent: running (pid");
+    // Choosing the slot offline, as the banner offers.
+    run(
+        &mut vm,
+        "nuvol rescue slot try B",
+        "the next boot tries slot B once",
+    );
+    let v = vm.update_status();
+    assert_eq!(v["armed_try"], "nuvol-B", "{v}");
+    run(
+        &mut vm,
+        "nuvol rescue slot default b",
+        "slot B is the default",
+    );
+    run(
+        &mut vm,
+        "nuvol rescue",
+        "A/B slots: running A, default B, armed try none",
+    );
+    let v = vm.update_status();
+    assert_eq!(v["default_slot"], "B", "{v}");
+    assert!(v["armed_try"].is_null(), "{v}");
+    run(&mut vm, "nuvol rescue slot default C", "a slot is A or B");
     let c = vm.console();
     let session = &c[c.find(SHELL).unwrap_or(0)..];
     eprintln!("the shell session so far:\n{}", tail(session));
@@ -83,8 +110,12 @@ fn enter_at_boot_opens_a_shell_beside_the_agent_and_its_reboot_works() {
     let c = vm.console();
     assert!(c.contains("stopping agent"), "{}", tail(&c));
     assert!(!c.contains("did not stop"), "{}", tail(&c));
-    // The box comes back (and offers the shell again).
+    // The box comes back (and offers the shell again), now in slot B.
     vm.wait_console("press Enter within 10 s", 2, BOOT);
+    vm.wait_console(READY, 2, BOOT);
+    let v = vm.update_status();
+    assert_eq!(v["running_slot"], "B", "{v}");
+    assert_eq!(v["default_slot"], "B", "{v}");
 }
 
 #[test]

@@ -145,7 +145,8 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
         err.contains("update_wrong_arch") || err.contains("x86_64"),
         "{err}"
     );
-    url_attacks(&vm, &session, &good, &foreign, &key.secret, &k, &i, &dir.0);
+    // The stalling and dripping servers are answered meanwhile.
+    let slow = url_attacks(&vm, &session, &good, &foreign, &key.secret, &k, &i, &dir.0);
     let v = vm.update_status();
     assert!(v["update"].is_null(), "{v}");
     assert!(v["armed_try"].is_null(), "{v}");
@@ -173,6 +174,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     assert_eq!(v["armed_try"], "nuvol-B", "{v}");
     assert_eq!(v["slots"]["B"]["version"], "99.0.0", "{v}");
     assert_eq!(v["default_slot"], "A", "{v}");
+    slow_refused(slow);
     vm.reboot_via_api();
     let v = vm.update_status();
     assert_eq!(v["running_slot"], "B", "{v}");
@@ -320,8 +322,12 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     );
 }
 
+/// A download from a slow server: (URL, the box's answer, how long it took).
+type Slow = std::thread::JoinHandle<(String, std::io::Result<(u16, String)>, Duration)>;
+
 /// Step 1's downloads from a hostile server: every one refused with its
-/// code, nothing recorded or armed (the caller checks).
+/// code, nothing recorded or armed (the caller checks). The two slow ones
+/// (30 s of silence, a dripping head) are returned still running.
 #[allow(clippy::too_many_arguments)]
 fn url_attacks(
     vm: &Vm,
@@ -332,7 +338,7 @@ fn url_attacks(
     kernel: &Path,
     initrd: &Path,
     dir: &Path,
-) {
+) -> Vec<Slow> {
     let good_bytes = std::fs::read(good).unwrap();
     // A newer version whose parts do not match its signed manifest.
     let newer = dir.join("newer.nvu");
@@ -430,6 +436,11 @@ fn url_attacks(
         page.contains("id=error") && page.contains("update_untrusted"),
         "{page}"
     );
+    slow
+}
+
+/// The slow downloads ended refused, each by its budget.
+fn slow_refused(slow: Vec<Slow>) {
     for h in slow {
         let (url, r, took) = h.join().unwrap();
         let (st, body) = r.unwrap();

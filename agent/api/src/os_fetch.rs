@@ -227,7 +227,14 @@ pub fn upload_dir(node: &dyn Node) -> Result<std::path::PathBuf, Fail> {
 
 /// A file in `dir` to download into, after checking that `size` fits.
 fn prepare(dir: &std::path::Path, size: u64) -> Result<crate::bundles::Upload, Fail> {
-    let local = |e: String| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "io_error", e);
+    // Creates `dir` when missing, so its room can be measured.
+    let upload = crate::bundles::new_upload(dir).map_err(|_| {
+        Fail::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "io_error",
+            format!("{}: cannot create a file", dir.display()),
+        )
+    })?;
     if let Err(e) = nuvol_bundle::space::ensure(dir, nuvol_bundle::space::needed_to_receive(size)) {
         return Err(Fail::new(
             StatusCode::INSUFFICIENT_STORAGE,
@@ -235,8 +242,7 @@ fn prepare(dir: &std::path::Path, size: u64) -> Result<crate::bundles::Upload, F
             e.to_string(),
         ));
     }
-    crate::bundles::new_upload(dir)
-        .map_err(|_| local(format!("{}: cannot create a file", dir.display())))
+    Ok(upload)
 }
 
 /// Download into `w` what `get` fetches; at most `size` bytes. Returns

@@ -39,8 +39,13 @@ pub const HELP: &str = "  nuvol rescue         status: slot, boot count, agent, 
   touch /data/factory-reset && sync && reboot
                        factory reset (the data partition is wiped at the next boot)
   exit                 close this shell (not reopened unless asked again)
-  A/B slots: an OS update's tried slot is marked good by the agent itself;
-                       no rescue command for it (docs/boot.md, Update).
+  nuvol rescue slot default A|B
+                       boot that slot from now on, no try armed (marks an update
+                       on trial there good, or gives up the other slot's update)
+  nuvol rescue slot try A|B
+                       boot that slot once, at the next boot only
+  nuvol rescue slot disarm
+                       remove an armed try
 ";
 
 /// Whether the kernel command line asks for the shell: `nuvol.rescue`

@@ -5,6 +5,7 @@ mod announce;
 mod api_setup;
 mod bundles;
 mod cmd_bundle;
+mod cmd_rescue;
 mod cmd_update;
 mod ctl;
 mod discovery;
@@ -41,8 +42,8 @@ enum Verb {
     Update(cmd_update::UpdateArgs),
     /// Drive a box's API: status, members, services, bundles, keys, logs, reboot, factory reset.
     Ctl(ctl::CtlArgs),
-    /// On the box (rescue shell): slot, boot count, agent, factory reset, and the offline commands.
-    Rescue,
+    /// On the box (rescue shell): slot, boot count, agent, factory reset, the offline commands; `rescue slot` chooses the A/B slot that boots.
+    Rescue(cmd_rescue::RescueArgs),
     /// Print the version.
     Version,
 }
@@ -58,10 +59,7 @@ fn main() -> anyhow::Result<()> {
         Verb::Bundle(args) => cmd_bundle::run(args),
         Verb::Update(args) => cmd_update::run(args),
         Verb::Ctl(args) => ctl::run(args),
-        Verb::Rescue => {
-            print!("{}", nuvol_init::rescue_status());
-            Ok(())
-        }
+        Verb::Rescue(args) => cmd_rescue::run(args),
         Verb::Version => {
             println!("nuvol {}", env!("CARGO_PKG_VERSION"));
             Ok(())

@@ -515,6 +515,73 @@ impl Updater {
         }
     }
 
+    /// Rescue shell: make `slot` the default, no try left armed. An
+    /// update pending in that slot is marked good; one pending elsewhere,
+    /// or a good one in the other slot, is recorded as given up by hand
+    /// (so the policy does not take that version again). Returns what was
+    /// done, for people.
+    pub fn rescue_default(&self, slot: char) -> Result<String, Refusal> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.boot_rw(|| {
+            self.boot
+                .arm_try(None)
+                .map_err(|e| Refusal::Failed(format!("disarming the try: {e}")))?;
+            self.boot
+                .set_default(slot)
+                .map_err(|e| Refusal::Failed(format!("making slot {slot} the default: {e}")))
+        })?;
+        let mut said = format!("slot {slot} is the default; no try is armed");
+        if let Some(mut rec) = state::load(&self.state_path) {
+            let here = rec.slot.starts_with(slot);
+            let change = match rec.phase {
+                Phase::Pending if here => {
+                    if let Err(e) = self.promote() {
+                        tracing::warn!("offering the artefact to peers: {e}");
+                    }
+                    rec.phase = Phase::Good;
+                    rec.reason = Some("marked good by hand in the rescue shell".into());
+                    true
+                }
+                Phase::Pending | Phase::Good if !here => {
+                    let _ = std::fs::remove_file(self.os_dir().join(PENDING_FILE));
+                    rec.phase = Phase::Failed;
+                    rec.reason = Some(format!(
+                        "update {} given up by hand in the rescue shell: slot {slot} made the default",
+                        rec.version
+                    ));
+                    true
+                }
+                _ => false,
+            };
+            if change {
+                state::save(&self.state_path, &rec)
+                    .map_err(|e| Refusal::Failed(format!("recording the update: {e}")))?;
+                said.push_str(&format!(
+                    "; update {}: {}",
+                    rec.version,
+                    rec.reason.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        Ok(said)
+    }
+
+    /// Rescue shell: arm a one-shot try of `slot` (`None`: disarm).
+    pub fn rescue_try(&self, slot: Option<char>) -> Result<String, Refusal> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.boot_rw(|| {
+            self.boot
+                .arm_try(slot)
+                .map_err(|e| Refusal::Failed(format!("arming the try: {e}")))
+        })?;
+        Ok(match slot {
+            Some(s) => {
+                format!("the next boot tries slot {s} once; the one after boots the default again")
+            }
+            None => "no try is armed".into(),
+        })
+    }
+
     /// Make the running (tried) slot the default and record it.
     fn mark_good(&self) -> Result<String, Refusal> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());

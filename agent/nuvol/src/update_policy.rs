@@ -111,13 +111,18 @@ pub async fn watch(u: Arc<Updater>, node: Arc<dyn Node>, settings: Settings) {
     }
     tokio::time::sleep(settings.every.min(FIRST_LOOK)).await;
     let mut refused: HashSet<(String, Source)> = HashSet::new();
+    let mut said = String::new();
     loop {
         let (look, reboot) = look_once(&u, &node, &settings, &mut refused).await;
-        eprintln!(
-            "nuvol: update policy {}: {}",
-            settings.policy.as_str(),
-            look.action
-        );
+        // The console hears of changes, not of every look.
+        if look.action != said {
+            eprintln!(
+                "nuvol: update policy {}: {}",
+                settings.policy.as_str(),
+                look.action
+            );
+            said = look.action.clone();
+        }
         u.set_look(look);
         if reboot {
             if let Err(e) = nuvol_api::ask_init_to_reboot() {
@@ -226,7 +231,11 @@ async fn look_once(
             (look, true)
         }
         Err(f) => {
-            refused.insert(key);
+            // What the artefact or its source is does not change by
+            // asking again; the network or the disk may.
+            if f.code.starts_with("update_") || f.code == "index_mismatch" {
+                refused.insert(key);
+            }
             look.action = format!("update {version} from {source} could not be applied: {f}");
             (look, false)
         }

@@ -171,11 +171,12 @@ impl Client {
         let st = resp.status();
         if st == hyper::StatusCode::UNAUTHORIZED || st == hyper::StatusCode::FORBIDDEN {
             let (code, msg) = error_code_text(resp).await;
-            // A bundle the box refuses (its key is not trusted) is the box's
-            // answer, not a credential problem.
-            if matches!(
+            // Only the credential codes are a credential problem; anything
+            // else (a bundle or update whose key is not trusted) is the
+            // box's answer.
+            if !matches!(
                 code.as_str(),
-                "unknown_key" | "revoked_key" | "bad_signature"
+                "unauthorized" | "wrong_credential" | "csrf" | ""
             ) {
                 return Err(Fail(BOX_ERROR, format!("{st}: {code}: {msg}")));
             }
