@@ -7,6 +7,10 @@
 //! index does not match its file) is caught with `index_mismatch`; an
 //! untrusted publisher is refused before install; CSRF on the panel's form;
 //! the panel section; `nuvol ctl bundles available / install --from`.
+//! Three Go serf nodes whose shares lie about the OS update they offer (a
+//! description past 4 KiB, one dripped slower than its budget, one that
+//! describes nothing sane) are each listed with their error by
+//! `GET /api/v1/update/offers`, never as an offer, asked at once.
 //! Needs root (the store loop-mounts images) and mksquashfs, serf.
 
 mod common;
@@ -115,6 +119,73 @@ fn lying_peer(index: String, file: Vec<u8>) -> u16 {
         }
     });
     port
+}
+
+/// A peer that lies about the OS update it offers (`/share/v1/os`):
+/// `big` sends a description past the 4 KiB budget, `drip` sends a good
+/// one a byte every 300 ms, `bad` a well-formed JSON that describes
+/// nothing sane.
+fn os_liar(kind: &'static str) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut req = Vec::new();
+                let mut b = [0u8; 1];
+                while !req.ends_with(b"\r\n\r\n") && req.len() < 8192 {
+                    match s.read(&mut b) {
+                        Ok(1) => req.push(b[0]),
+                        _ => return,
+                    }
+                }
+                let good = format!(
+                    "{{\"version\": \"99.0.0\", \"arch\": \"x86_64\", \"size\": 1000, \"sha256\": \"{}\"}}",
+                    "ab".repeat(32)
+                );
+                let body = match kind {
+                    "big" => format!("{{\"pad\": \"{}\"}}", "x".repeat(8192)),
+                    "bad" => {
+                        r#"{"version": "99.0.0", "arch": "x86_64", "size": 0, "sha256": "zz"}"#
+                            .to_string()
+                    }
+                    _ => good,
+                };
+                let _ = write!(s, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                if kind == "drip" {
+                    for x in body.bytes() {
+                        if s.write_all(&[x]).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                } else {
+                    let _ = s.write_all(body.as_bytes());
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A Go `serf agent` named `name` announcing a share on `port` (the
+/// service tag a nuvol box would send) and joining gossip at `join`.
+fn serf_sharing(name: &str, port: u16, join: u16, dir: &std::path::Path) -> Serf {
+    Serf(
+        Command::new("serf")
+            .arg("agent")
+            .arg(format!("-node={name}"))
+            .arg(format!("-bind=127.0.0.1:{}", free_port()))
+            .arg(format!("-rpc-addr=127.0.0.1:{}", free_port()))
+            .arg("-tag")
+            .arg(format!("svc:nuvol.bundles=_nuvol-bundles._tcp:{port}"))
+            .arg(format!("-join=127.0.0.1:{join}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("serf-{name}.log"))).unwrap())
+            .spawn()
+            .expect("serf is installed (tests/apt-packages.txt)"),
+    )
 }
 
 struct Serf(std::process::Child);
@@ -391,20 +462,7 @@ fn community_bundles_offer_fetch_review_install() {
     short["size"] = Value::from(web_bytes.len() as u64 - 1);
     let fake = lying_peer(Value::from(vec![lie, short]).to_string(), web_bytes.clone());
     let serf_dir = Agent::fresh_dir("community-serf");
-    let serf = Serf(
-        Command::new("serf")
-            .arg("agent")
-            .arg("-node=liar")
-            .arg(format!("-bind=127.0.0.1:{}", free_port()))
-            .arg(format!("-rpc-addr=127.0.0.1:{}", free_port()))
-            .arg("-tag")
-            .arg(format!("svc:nuvol.bundles=_nuvol-bundles._tcp:{fake}"))
-            .arg(format!("-join=127.0.0.1:{gb}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(serf_dir.join("serf.log")).unwrap())
-            .spawn()
-            .expect("serf is installed (tests/apt-packages.txt)"),
-    );
+    let serf = serf_sharing("liar", fake, gb, &serf_dir);
     wait_list(&b, "B lists the liar", |v| {
         offered(v, "liar", "web").is_some()
     });
@@ -429,6 +487,52 @@ fn community_bundles_offer_fetch_review_install() {
         "{r:?}"
     );
     drop(serf);
+
+    // Peers that lie about the OS update they offer: each is listed with
+    // its error, within the description's budget (4 KiB, 3 s to connect
+    // and answer, 6 s in all), none as an offer.
+    let liars: Vec<Serf> = ["big", "drip", "bad"]
+        .into_iter()
+        .map(|k| serf_sharing(&format!("os-{k}"), os_liar(k), gb, &serf_dir))
+        .collect();
+    let t_offers = Instant::now();
+    let v = loop {
+        let r = b.bearer("GET", "/api/v1/update/offers", b"");
+        assert_eq!(r.code, 200, "{r:?}");
+        let v = r.json();
+        let listed = |n: &str| {
+            v["errors"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e["node"] == n))
+        };
+        if ["os-big", "os-drip", "os-bad"].into_iter().all(listed) {
+            break v;
+        }
+        assert!(t_offers.elapsed() < Duration::from_secs(60), "{v:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("OS offers with three liars: {v:#}");
+    assert!(v["offers"].as_array().is_some_and(Vec::is_empty), "{v:#}");
+    let err = |n: &str| {
+        v["errors"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["node"] == n))
+            .and_then(|e| e["error"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(err("os-big").contains("limit"), "{v:#}");
+    assert!(err("os-drip").contains("too slow"), "{v:#}");
+    assert!(err("os-bad").contains("malformed"), "{v:#}");
+    let t = Instant::now();
+    let r = b.bearer("GET", "/api/v1/update/offers", b"");
+    assert_eq!(r.code, 200, "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "the liars are asked at once, each within its budget: {:?}",
+        t.elapsed()
+    );
+    drop(liars);
 
     // nuvol ctl: available (table and JSON) and install --from.
     let ctl = |args: &[&str], stdin: &str| {
