@@ -1,11 +1,20 @@
 //! `nuvol.toml`, the provisioning file on the boot partition.
 //!
 //! Every key is optional: an empty file (or no file at all) gives a box that
-//! takes DHCP on every wired NIC and serves its panel on port 80. Unknown keys
-//! are errors, so a typo is reported instead of silently ignored. A file that
+//! takes DHCP on every wired NIC and serves its panel on port 80. A file that
 //! does not parse never stops the box: [`load_or_default`] falls back to the
 //! defaults and returns the problem (file, line, column, message) so the agent
 //! can show it on the console and on the status page.
+//!
+//! **Versions.** The format has a number, [`FORMAT`]; a file may say which it
+//! was written for (`format = N`, top level). New formats only add keys, never
+//! rename one or change its type. [`Config::parse`] is strict (an unknown key
+//! is an error, so a typo is reported). At boot, [`load_or_default`] reads
+//! leniently: a key this nuvol does not know is skipped and reported
+//! ([`Loaded::skipped`]), everything else applies. So a box that an OS
+//! update rolled back to an older nuvol keeps its network and credentials
+//! even when the file already uses keys of the newer one, and a typo costs
+//! one key, not the whole file.
 
 mod admin;
 mod bundles;
@@ -28,6 +37,12 @@ pub use network::{InterfaceConfig, NetworkConfig, RouteConfig};
 pub use overlay::{SettingError, Settings, SETTINGS_FILE};
 pub use update::{UpdateConfig, UpdatePolicy, Window};
 
+/// The `nuvol.toml` format this nuvol reads (see the module's "Versions").
+pub const FORMAT: u32 = 1;
+
+/// Most unknown keys skipped before the file counts as not a config file.
+const MAX_SKIPPED: usize = 64;
+
 /// Largest provisioning file accepted; anything bigger is not a config file.
 pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
 
@@ -35,6 +50,8 @@ pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The format the file was written for (default: 1, the first).
+    pub format: Option<u32>,
     /// Host name of the box. Default: `nuvol`.
     pub hostname: Option<String>,
     /// The web panel and JSON API.
@@ -168,8 +185,68 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Read and parse a provisioning file.
+    /// Parse like [`Config::parse`], but skip the keys this nuvol does not
+    /// know (returned as messages, in file order of discovery) instead of
+    /// refusing the file. Other errors (syntax, types, values) still refuse
+    /// it.
+    pub fn parse_skipping(text: &str, path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
+        let strict = Config::parse(text, path);
+        let unknown = |e: &ConfigError| matches!(e, ConfigError::Syntax { message, .. } if message.starts_with("unknown field"));
+        match strict {
+            Ok(c) => return Ok((c, Vec::new())),
+            Err(e) if !unknown(&e) => return Err(e),
+            Err(_) => {}
+        }
+        let Ok(mut table) = toml::from_str::<toml::Table>(text) else {
+            return strict.map(|c| (c, Vec::new()));
+        };
+        let declared = table
+            .get("format")
+            .and_then(toml::Value::as_integer)
+            .filter(|f| *f > i64::from(FORMAT));
+        let mut skipped = Vec::new();
+        loop {
+            let value = toml::Value::Table(table.clone());
+            match serde_path_to_error::deserialize::<_, Config>(value) {
+                Ok(cfg) => {
+                    cfg.validate()
+                        .map_err(|(key, message)| ConfigError::Invalid {
+                            path: path.to_path_buf(),
+                            key,
+                            message,
+                        })?;
+                    return Ok((cfg, skipped));
+                }
+                Err(e) if e.inner().to_string().starts_with("unknown field") => {
+                    let key = e.path().to_string();
+                    if skipped.len() >= MAX_SKIPPED || !remove_path(&mut table, e.path()) {
+                        return strict.map(|c| (c, Vec::new()));
+                    }
+                    let why = match declared {
+                        Some(f) => format!(
+                            "the file is for nuvol.toml format {f}; this nuvol {} reads format {FORMAT}",
+                            env!("CARGO_PKG_VERSION")
+                        ),
+                        None => "a typo, or a key of a newer nuvol".to_string(),
+                    };
+                    skipped.push(format!(
+                        "{}: key `{key}` is not known to this nuvol ({why}): skipped",
+                        path.display()
+                    ));
+                }
+                Err(_) => return strict.map(|c| (c, Vec::new())),
+            }
+        }
+    }
+
+    /// Read and parse a provisioning file (strictly).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_skipping(path, false).map(|(c, _)| c)
+    }
+
+    /// Read and parse a provisioning file; `skip`: leniently
+    /// ([`Config::parse_skipping`]).
+    pub fn load_skipping(path: &Path, skip: bool) -> Result<(Config, Vec<String>), ConfigError> {
         let io = |source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
@@ -191,11 +268,21 @@ impl Config {
                 e.utf8_error().valid_up_to()
             ),
         })?;
-        Config::parse(&text, path)
+        if skip {
+            Config::parse_skipping(&text, path)
+        } else {
+            Config::parse(&text, path).map(|c| (c, Vec::new()))
+        }
     }
 
     /// Checks that serde cannot express. Returns the dotted key and the problem.
     fn validate(&self) -> Result<(), (String, String)> {
+        if self.format == Some(0) {
+            return Err((
+                "format".into(),
+                format!("formats count from 1 (this nuvol reads {FORMAT})"),
+            ));
+        }
         if let Some(h) = &self.hostname {
             validate_hostname(h).map_err(|m| ("hostname".to_string(), m))?;
         }
@@ -281,6 +368,9 @@ pub struct Loaded {
     pub problem: Option<String>,
     /// False when no file existed (defaults in force, nothing wrong).
     pub found: bool,
+    /// Keys of the file this nuvol does not know, skipped (the rest is in
+    /// force): one message each.
+    pub skipped: Vec<String>,
 }
 
 impl fmt::Display for Loaded {
@@ -296,12 +386,13 @@ impl fmt::Display for Loaded {
 /// Load the provisioning file; a missing file means defaults, a bad one means
 /// defaults plus a problem. Never fails: the box must boot regardless.
 pub fn load_or_default(path: &Path) -> Loaded {
-    match Config::load(path) {
-        Ok(config) => Loaded {
+    match Config::load_skipping(path, true) {
+        Ok((config, skipped)) => Loaded {
             config,
             path: path.to_path_buf(),
             problem: None,
             found: true,
+            skipped,
         },
         Err(ConfigError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Loaded {
@@ -309,6 +400,7 @@ pub fn load_or_default(path: &Path) -> Loaded {
                 path: path.to_path_buf(),
                 problem: None,
                 found: false,
+                skipped: Vec::new(),
             }
         }
         Err(e) => Loaded {
@@ -316,7 +408,43 @@ pub fn load_or_default(path: &Path) -> Loaded {
             path: path.to_path_buf(),
             problem: Some(e.to_string()),
             found: true,
+            skipped: Vec::new(),
         },
+    }
+}
+
+/// Remove the key at `path` (table keys, array indexes) from `table`.
+/// False when there is no such key.
+fn remove_path(table: &mut toml::Table, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segs: Vec<&Segment> = path.iter().collect();
+    let Some((Segment::Map { key: last }, init)) = segs.split_last() else {
+        return false;
+    };
+    let mut v: &mut toml::Value = match init.first() {
+        Some(Segment::Map { key }) => match table.get_mut(key.as_str()) {
+            Some(v) => v,
+            None => return false,
+        },
+        Some(_) => return false,
+        None => return table.remove(last.as_str()).is_some(),
+    };
+    for seg in &init[1..] {
+        v = match (seg, v) {
+            (Segment::Map { key }, toml::Value::Table(t)) => match t.get_mut(key.as_str()) {
+                Some(x) => x,
+                None => return false,
+            },
+            (Segment::Seq { index }, toml::Value::Array(a)) => match a.get_mut(*index) {
+                Some(x) => x,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match v {
+        toml::Value::Table(t) => t.remove(last.as_str()).is_some(),
+        _ => false,
     }
 }
 
@@ -334,6 +462,84 @@ mod tests {
 
     fn p() -> &'static Path {
         Path::new("/boot/nuvol.toml")
+    }
+
+    /// What a box provisioned for this format needs to keep across an OS
+    /// update and its rollback: a static address, its credentials.
+    const KEEP: &str = "hostname = \"roof-1\"\n\
+        [network]\n\
+        [[network.interface]]\n\
+        name = \"eth0\"\n\
+        addresses = [\"10.1.2.3/24\"]\n\
+        [admin]\n\
+        api_keys = [\"sha256:0000000000000000000000000000000000000000000000000000000000000000\"]\n";
+
+    #[test]
+    fn a_rollback_keeps_the_file_of_a_newer_format() {
+        // Written for a newer nuvol: a key in a known section, a key in an
+        // array of tables, a whole new section.
+        let keep = KEEP.replace(
+            "addresses = [\"10.1.2.3/24\"]\n",
+            "addresses = [\"10.1.2.3/24\"]\nfuture_in_interface = 1\n",
+        );
+        let newer =
+            format!("format = 2\n{keep}[update]\nfuture_policy = \"x\"\n[future]\nthing = true\n");
+        // Strict parsing refuses it (that is what a typo looks like)...
+        assert!(matches!(
+            Config::parse(&newer, p()),
+            Err(ConfigError::Syntax { .. })
+        ));
+        // ...the boot reads it, skipping what it does not know.
+        let (c, skipped) = Config::parse_skipping(&newer, p()).unwrap();
+        assert_eq!(c.hostname.as_deref(), Some("roof-1"));
+        assert_eq!(c.network.interfaces[0].addresses.len(), 1);
+        assert!(c.admin.provisioned());
+        assert_eq!(skipped.len(), 3, "{skipped:#?}");
+        for key in [
+            "network.interface[0].future_in_interface",
+            "update.future_policy",
+            "future",
+        ] {
+            assert!(
+                skipped
+                    .iter()
+                    .any(|s| s.contains(&format!("`{key}`")) && s.contains("format 2")),
+                "{key}: {skipped:#?}"
+            );
+        }
+        // The file of this format (or an older one, without `format`)
+        // reads strictly, with nothing skipped: the update direction.
+        let (c, skipped) = Config::parse_skipping(KEEP, p()).unwrap();
+        assert!(skipped.is_empty() && c.format.is_none());
+        assert_eq!(Config::parse(KEEP, p()).unwrap(), c);
+    }
+
+    #[test]
+    fn a_typo_costs_one_key_not_the_file() {
+        let text = format!("{KEEP}[update]\npolcy = \"auto\"\n");
+        let (c, skipped) = Config::parse_skipping(&text, p()).unwrap();
+        assert_eq!(c.hostname.as_deref(), Some("roof-1"));
+        assert_eq!(skipped.len(), 1, "{skipped:#?}");
+        assert!(skipped[0].contains("`update.polcy`") && skipped[0].contains("typo"));
+        // Wrong types and values still refuse the file (safe defaults).
+        for bad in [
+            "[panel]\nport = \"x\"\n",
+            "format = 0\n",
+            "[panel]\nport = 0\nbogus = 1\n",
+        ] {
+            assert!(Config::parse_skipping(bad, p()).is_err(), "{bad}");
+        }
+        // At most 64 unknown keys: past that it is not a config file.
+        let many: String = (0..65).map(|i| format!("k{i} = 1\n")).collect();
+        assert!(Config::parse_skipping(&many, p()).is_err());
+        let dir = std::env::temp_dir().join(format!("nuvol-config-skip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("nuvol.toml");
+        std::fs::write(&f, &text).unwrap();
+        let l = load_or_default(&f);
+        assert!(l.problem.is_none() && l.skipped.len() == 1, "{l:?}");
+        assert_eq!(l.config.hostname.as_deref(), Some("roof-1"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -57,6 +57,8 @@ struct Node {
     bundles_generation: std::sync::atomic::AtomicU64,
     overlay: Option<crate::overlay::StatusSlot>,
     update: Arc<crate::update::Updater>,
+    /// Keys of nuvol.toml this nuvol does not know (skipped): alerts.
+    config_skipped: Vec<String>,
 }
 
 impl nuvol_api::Node for Node {
@@ -94,6 +96,7 @@ impl nuvol_api::Node for Node {
             .and_then(nuvol_reset::given_up_alert)
             .into_iter()
             .chain(self.update.alerts())
+            .chain(self.config_skipped.iter().cloned())
             .collect()
     }
     fn update_status(&self) -> Option<serde_json::Value> {
@@ -175,6 +178,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         None => tracing::info!("{loaded}"),
     }
+    for s in &loaded.skipped {
+        eprintln!("nuvol: CONFIG: {s}");
+    }
     let (loaded, settings) = crate::settings::overlay(loaded, &args.state_dir);
     let run_dir = std::env::var_os("NUVOL_RUN_DIR")
         .map_or_else(|| PathBuf::from("/run/nuvol"), PathBuf::from);
@@ -203,6 +209,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         path: loaded.path.display().to_string(),
         found: loaded.found,
         problem: loaded.problem.clone(),
+        skipped: loaded.skipped.clone(),
     };
     let admin_token = match crate::bundles::admin_token(&args.state_dir) {
         // [admin] credentials replace the console token.
@@ -315,6 +322,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             bundles_generation: std::sync::atomic::AtomicU64::new(0),
             overlay,
             update: update.clone(),
+            config_skipped: loaded.skipped.clone(),
         });
         if let Some(store) = store {
             let config_dir = args

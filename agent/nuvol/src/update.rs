@@ -409,6 +409,8 @@ impl Updater {
         let v = artefact::verify_file(file, &self.keys, &self.policy(allow_downgrade)?)?;
         let target = slots::other(running);
         let rec = Record {
+            format: state::RECORD_FORMAT,
+            extra: Default::default(),
             phase: Phase::Pending,
             version: v.manifest.version.to_string(),
             slot: target.to_string(),

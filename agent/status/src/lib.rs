@@ -61,6 +61,9 @@ pub struct ConfigState {
     /// Set when the file was bad and safe defaults are in force: names the
     /// file, line and problem.
     pub problem: Option<String>,
+    /// Keys of the file this nuvol does not know, skipped (the rest is in
+    /// force).
+    pub skipped: Vec<String>,
 }
 
 /// Collects status; keeps sysinfo's state between calls (cheap refreshes).
@@ -235,6 +238,7 @@ mod tests {
                 path: "/boot/nuvol.toml".into(),
                 found: false,
                 problem: None,
+                skipped: Vec::new(),
             },
         );
         let s = c.collect();

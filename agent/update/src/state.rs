@@ -14,6 +14,14 @@
 //!   fell back to the default). The reason is recorded and the try armed
 //!   again, up to [`MAX_TRIES`] tries in all; then the update is given up
 //!   (`failed`, "update X rolled back after 3 tries").
+//!
+//! **Versions.** The record outlives the OS that wrote it: after an update
+//! the new agent reads the old one's record, after a rollback the old
+//! agent reads the new one's. So fields are only ever added, with a
+//! default when missing (a record of an older agent reads as before), and
+//! fields this agent does not know are kept as they are when it rewrites
+//! the record (`extra`), with the record's `format` number: a newer agent
+//! finds its fields again after the box went back and forth.
 
 use std::path::Path;
 
@@ -23,6 +31,12 @@ use serde::{Deserialize, Serialize};
 pub const MAX_TRIES: u32 = 3;
 /// The record's file name in the state directory.
 pub const STATE_FILE: &str = "update.json";
+/// The record format this agent writes (records without one are 1).
+pub const RECORD_FORMAT: u32 = 1;
+
+fn first_format() -> u32 {
+    1
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,6 +51,9 @@ pub enum Phase {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// The format it was written in (see the module's "Versions").
+    #[serde(default = "first_format")]
+    pub format: u32,
     pub phase: Phase,
     /// The update's OS version.
     pub version: String,
@@ -59,6 +76,9 @@ pub struct Record {
     /// healthy only once they run again.
     #[serde(default)]
     pub services: Vec<String>,
+    /// Fields of a newer agent's format, kept as they are.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The services of `wanted` not in `running`, for the trial's health check.
@@ -144,6 +164,8 @@ mod tests {
 
     fn pending() -> Record {
         Record {
+            format: RECORD_FORMAT,
+            extra: Default::default(),
             phase: Phase::Pending,
             version: "0.2.0".into(),
             slot: "B".into(),
@@ -201,5 +223,40 @@ mod tests {
         assert_eq!(load(&p).unwrap(), pending());
         std::fs::write(&p, b"{garbage").unwrap();
         assert!(load(&p).is_none());
+    }
+
+    #[test]
+    fn records_of_older_and_newer_agents_are_read_and_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(STATE_FILE);
+        // Update: the first agents wrote no format, key_id nor services.
+        std::fs::write(
+            &p,
+            br#"{"phase": "pending", "version": "0.2.0", "slot": "B", "from_slot": "A",
+                "from_version": "0.1.0", "tries": 1, "armed_boot": "boot-1", "reason": null}"#,
+        )
+        .unwrap();
+        let r = load(&p).unwrap();
+        assert_eq!((r.format, r.tries, r.key_id.as_str()), (1, 1, ""));
+        assert!(r.services.is_empty() && r.extra.is_empty());
+        // Rollback: a newer agent's record, with fields this one does not
+        // know, is read, changed and written back with them intact.
+        std::fs::write(
+            &p,
+            br#"{"format": 2, "phase": "pending", "version": "0.3.0", "slot": "B",
+                "from_slot": "A", "from_version": "0.2.0", "tries": 2, "armed_boot": "b",
+                "reason": null, "key_id": "k", "services": ["web"],
+                "health": {"checks": ["etcd"]}, "channel": "stable"}"#,
+        )
+        .unwrap();
+        let mut r = load(&p).unwrap();
+        assert_eq!(r.format, 2);
+        assert_eq!(at_start(&mut r, 'A', "c"), Start::Rearm);
+        save(&p, &r).unwrap();
+        let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(raw["format"], 2);
+        assert_eq!(raw["tries"], 3);
+        assert_eq!(raw["health"]["checks"][0], "etcd");
+        assert_eq!(raw["channel"], "stable");
     }
 }
