@@ -1,6 +1,9 @@
 //! Signed A/B OS update on the booted image, BIOS (SeaBIOS) path
 //! (docs/boot.md, "Update"). One disk, reused across boots:
 //!
+//! 0. The box's nuvol.toml is written for a newer format (`format = 2`, a
+//!    key this nuvol does not know), as a rollback leaves it: that key is
+//!    skipped and shown, the rest applies.
 //! 1. Refusals, before anything touches the boot partition: an artefact
 //!    signed by a key not in `[update] trusted_keys`, one with its
 //!    signature zeroed, and one for another architecture answer
@@ -78,7 +81,9 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     write_config(
         &disk,
         &format!(
-            "hostname = \"e2e-update\"\n[panel]\nallow_plain_http = true\n\
+            // Written for a newer nuvol (format 2, a key this one does not
+            // know), as after a rollback: that key is skipped, the rest applies.
+            "format = 2\nroof_camera = true\nhostname = \"e2e-update\"\n[panel]\nallow_plain_http = true\n\
              [debug]\ntest_hooks = true\nupdate_settle_secs = 5\n\
              [update]\ntrusted_keys = [\"{}\"]\n",
             key_line(&key.public)
@@ -105,6 +110,20 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     assert_eq!(v["running_slot"], "A", "{v}");
     assert_eq!(v["default_slot"], "A", "{v}");
     assert_eq!(v["available"], true, "{v}");
+    let (_, status) = vm.http("GET", "/api/v1/status").unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(status["config"]["problem"].is_null(), "{status}");
+    let skipped = status["config"]["skipped"].to_string();
+    assert!(
+        skipped.contains("`roof_camera`") && skipped.contains("format 2"),
+        "{status}"
+    );
+    assert_eq!(status["hostname"], "e2e-update", "{status}");
+    assert!(
+        vm.console().contains("nuvol: CONFIG: "),
+        "{}",
+        tail(&vm.console())
+    );
     for (file, status, code) in [
         (&foreign, 403, "update_untrusted"),
         (&unsigned, 403, "update_untrusted"),

@@ -186,56 +186,76 @@ impl Config {
     }
 
     /// Parse like [`Config::parse`], but skip the keys this nuvol does not
-    /// know (returned as messages, in file order of discovery) instead of
-    /// refusing the file. Other errors (syntax, types, values) still refuse
-    /// it.
+    /// know (returned as messages, in the order found) instead of refusing
+    /// the file. Other errors (syntax, types, values) still refuse it.
+    ///
+    /// Each round parses strictly; an unknown key's line tells its table
+    /// (the header above it), the key is removed from the file's table and
+    /// the rest written back and parsed again. A key whose place cannot be
+    /// told that way (an inline table, a quoted dotted key) refuses the file
+    /// as before.
     pub fn parse_skipping(text: &str, path: &Path) -> Result<(Config, Vec<String>), ConfigError> {
-        let strict = Config::parse(text, path);
-        let unknown = |e: &ConfigError| matches!(e, ConfigError::Syntax { message, .. } if message.starts_with("unknown field"));
-        match strict {
-            Ok(c) => return Ok((c, Vec::new())),
-            Err(e) if !unknown(&e) => return Err(e),
-            Err(_) => {}
-        }
-        let Ok(mut table) = toml::from_str::<toml::Table>(text) else {
-            return strict.map(|c| (c, Vec::new()));
-        };
-        let declared = table
-            .get("format")
-            .and_then(toml::Value::as_integer)
+        let declared = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("format").and_then(toml::Value::as_integer))
             .filter(|f| *f > i64::from(FORMAT));
+        let mut cur = text.to_string();
         let mut skipped = Vec::new();
         loop {
-            let value = toml::Value::Table(table.clone());
-            match serde_path_to_error::deserialize::<_, Config>(value) {
-                Ok(cfg) => {
-                    cfg.validate()
-                        .map_err(|(key, message)| ConfigError::Invalid {
-                            path: path.to_path_buf(),
-                            key,
-                            message,
-                        })?;
-                    return Ok((cfg, skipped));
-                }
-                Err(e) if e.inner().to_string().starts_with("unknown field") => {
-                    let key = e.path().to_string();
-                    if skipped.len() >= MAX_SKIPPED || !remove_path(&mut table, e.path()) {
-                        return strict.map(|c| (c, Vec::new()));
-                    }
-                    let why = match declared {
-                        Some(f) => format!(
-                            "the file is for nuvol.toml format {f}; this nuvol {} reads format {FORMAT}",
-                            env!("CARGO_PKG_VERSION")
-                        ),
-                        None => "a typo, or a key of a newer nuvol".to_string(),
-                    };
-                    skipped.push(format!(
-                        "{}: key `{key}` is not known to this nuvol ({why}): skipped",
-                        path.display()
-                    ));
-                }
-                Err(_) => return strict.map(|c| (c, Vec::new())),
+            let err = match Config::parse(&cur, path) {
+                Ok(c) => return Ok((c, skipped)),
+                Err(e) => e,
+            };
+            let first = cur == text;
+            // Lines of a rewritten file are not the user's: no line then.
+            let plain = |e: ConfigError| match e {
+                ConfigError::Syntax { path, message, .. } if !first => ConfigError::Syntax {
+                    path,
+                    line: 0,
+                    column: 0,
+                    message,
+                },
+                e => e,
+            };
+            let ConfigError::Syntax { line, message, .. } = &err else {
+                return Err(plain(err));
+            };
+            let field = message
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next());
+            let (Some(field), true) = (field, skipped.len() < MAX_SKIPPED) else {
+                return Err(plain(err));
+            };
+            let Some(at) = key_at(&cur, *line, field) else {
+                return Err(plain(err));
+            };
+            let Ok(mut table) = cur.parse::<toml::Table>() else {
+                return Err(plain(err));
+            };
+            if !remove_key(&mut table, &at) {
+                return Err(plain(err));
             }
+            let Ok(rest) = toml::to_string(&table) else {
+                return Err(plain(err));
+            };
+            let why = match declared {
+                Some(f) => format!(
+                    "the file is for nuvol.toml format {f}; this nuvol {} reads format {FORMAT}",
+                    env!("CARGO_PKG_VERSION")
+                ),
+                None => "a typo, or a key of a newer nuvol".to_string(),
+            };
+            let place = if first {
+                format!("{}:{line}", path.display())
+            } else {
+                path.display().to_string()
+            };
+            skipped.push(format!(
+                "{place}: key `{}` is not known to this nuvol ({why}): skipped",
+                key_name(&at)
+            ));
+            cur = rest;
         }
     }
 
@@ -413,39 +433,109 @@ pub fn load_or_default(path: &Path) -> Loaded {
     }
 }
 
-/// Remove the key at `path` (table keys, array indexes) from `table`.
-/// False when there is no such key.
-fn remove_path(table: &mut toml::Table, path: &serde_path_to_error::Path) -> bool {
-    use serde_path_to_error::Segment;
-    let segs: Vec<&Segment> = path.iter().collect();
-    let Some((Segment::Map { key: last }, init)) = segs.split_last() else {
+/// One step of a key's place: a table key, or an index in an array of
+/// tables.
+#[derive(Debug, Clone, PartialEq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// The dotted name of a key's place (`network.interface[0].mtu`).
+fn key_name(at: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in at {
+        match seg {
+            Seg::Key(k) if s.is_empty() => s.push_str(k),
+            Seg::Key(k) => {
+                s.push('.');
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// The dotted parts of a bare key or header name; `None` for quoted ones.
+fn bare_parts(name: &str) -> Option<Vec<String>> {
+    name.split('.')
+        .map(|p| {
+            let p = p.trim();
+            (!p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+            .then(|| p.to_string())
+        })
+        .collect()
+}
+
+/// A header line's name and whether it is an array of tables.
+fn header(line: &str) -> Option<(String, bool)> {
+    let l = line.trim();
+    let l = l.split('#').next()?.trim();
+    if let Some(n) = l.strip_prefix("[[").and_then(|x| x.strip_suffix("]]")) {
+        return Some((n.trim().to_string(), true));
+    }
+    let n = l.strip_prefix('[')?.strip_suffix(']')?;
+    Some((n.trim().to_string(), false))
+}
+
+/// Where the unknown key `field` reported at `line` (1-based) sits: the
+/// table of the nearest header above (the n-th of an array of tables), then
+/// the key's own dotted parts; or a header line itself.
+fn key_at(text: &str, line: usize, field: &str) -> Option<Vec<Seg>> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = *lines.get(line.checked_sub(1)?)?;
+    let mut at = Vec::new();
+    if let Some((name, _)) = header(here) {
+        // A whole unknown table: `[future]`, `[update.future]`.
+        at.extend(bare_parts(&name)?.into_iter().map(Seg::Key));
+    } else {
+        let above = (0..line - 1)
+            .rev()
+            .find_map(|i| header(lines[i]).map(|h| (i, h)));
+        if let Some((i, (name, array))) = above {
+            at.extend(bare_parts(&name)?.into_iter().map(Seg::Key));
+            if array {
+                let n = lines[..=i]
+                    .iter()
+                    .filter(|l| header(l) == Some((name.clone(), true)))
+                    .count();
+                at.push(Seg::Index(n.checked_sub(1)?));
+            }
+        }
+        let (key, _) = here.split_once('=')?;
+        at.extend(bare_parts(key)?.into_iter().map(Seg::Key));
+    }
+    (at.last() == Some(&Seg::Key(field.to_string()))).then_some(at)
+}
+
+/// Remove the key at `at` from `table`; false when there is none.
+fn remove_key(table: &mut toml::Table, at: &[Seg]) -> bool {
+    let Some((Seg::Key(last), init)) = at.split_last() else {
         return false;
     };
-    let mut v: &mut toml::Value = match init.first() {
-        Some(Segment::Map { key }) => match table.get_mut(key.as_str()) {
-            Some(v) => v,
-            None => return false,
-        },
-        Some(_) => return false,
-        None => return table.remove(last.as_str()).is_some(),
-    };
-    for seg in &init[1..] {
-        v = match (seg, v) {
-            (Segment::Map { key }, toml::Value::Table(t)) => match t.get_mut(key.as_str()) {
-                Some(x) => x,
-                None => return false,
-            },
-            (Segment::Seq { index }, toml::Value::Array(a)) => match a.get_mut(*index) {
-                Some(x) => x,
-                None => return false,
-            },
-            _ => return false,
+    let mut t = table;
+    let mut i = 0;
+    while i < init.len() {
+        let Seg::Key(k) = &init[i] else {
+            return false;
         };
+        let v = match (t.get_mut(k), init.get(i + 1)) {
+            (Some(toml::Value::Array(a)), Some(Seg::Index(n))) => {
+                i += 1;
+                a.get_mut(*n)
+            }
+            (v, _) => v,
+        };
+        let Some(toml::Value::Table(next)) = v else {
+            return false;
+        };
+        t = next;
+        i += 1;
     }
-    match v {
-        toml::Value::Table(t) => t.remove(last.as_str()).is_some(),
-        _ => false,
-    }
+    t.remove(last).is_some()
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
