@@ -34,6 +34,10 @@
 //!    stranger's file as refused, writes 99.2.0 to slot A (superseding the
 //!    failing update), reboots itself, and A is marked good. The next boot
 //!    applies neither file again.
+//! 5. Version 99.4.0 whose agent cannot start in its slot (the test hook
+//!    `[debug] fail_starts` for slot B only): PID 1 sees its third quick
+//!    failure in the trial boot, reboots into the default slot A, and the
+//!    API and the panel's Update page say why.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -78,17 +82,17 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     os_part(&disk, "bzImage", &d("bzImage"));
     os_part(&disk, "initrd.img", &d("initrd.img"));
     copy_from_boot(&disk, "B/initrd.img", &d("b-before"));
-    write_config(
-        &disk,
-        &format!(
+    let config = |debug: &str| {
+        format!(
             // Written for a newer nuvol (format 2, a key this one does not
             // know), as after a rollback: that key is skipped, the rest applies.
             "format = 2\nroof_camera = true\nhostname = \"e2e-update\"\n[panel]\nallow_plain_http = true\n\
-             [debug]\ntest_hooks = true\nupdate_settle_secs = 5\n\
+             [debug]\ntest_hooks = true\nupdate_settle_secs = 5\n{debug}\
              [update]\ntrusted_keys = [\"{}\"]\n",
             key_line(&key.public)
-        ),
-    );
+        )
+    };
+    write_config(&disk, &config(""));
     let (k, i) = (d("bzImage"), d("initrd.img"));
     let good = d("nuvol-x86_64-99.0.0.nvu");
     nuvol_e2e::update_artefact(&key.secret, &k, &i, "99.0.0", "x86_64", &good);
@@ -334,6 +338,51 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     );
     let v = vm.update_status();
     assert_eq!(v["running_slot"], "A", "{v}");
+    vm.power_off();
+
+    // --- 5. an update whose agent cannot start: PID 1 ends the trial ------
+    // (The test hook makes every agent start fail, in slot B only.)
+    write_config(
+        &disk,
+        &config("fail_starts = 99\nfail_starts_slot = \"B\"\n"),
+    );
+    let mut vm = Vm::boot_opts(&disk, "bios", &dir.0, &BootOptions::default());
+    vm.wait_console(READY, 1, BOOT);
+    let broken = d("nuvol-x86_64-99.4.0.nvu");
+    nuvol_e2e::update_artefact(&key.secret, &k, &i, "99.4.0", "x86_64", &broken);
+    let out = vm.ctl_ok(&["update", broken.to_str().unwrap()]);
+    assert!(out.contains("written to slot B"), "{out}");
+    let asked = Instant::now();
+    vm.ask_reboot();
+    vm.wait_console(
+        "its agent failed to start 3 times in a row: rebooting into the default slot A",
+        1,
+        BOOT,
+    );
+    vm.wait_console(READY, 2, BOOT);
+    eprintln!(
+        "bench: trial with a failing agent to back in the good slot {:.1} s",
+        asked.elapsed().as_secs_f64()
+    );
+    let v = vm.update_status();
+    assert_eq!(v["running_slot"], "A", "{v}");
+    assert_eq!(v["default_slot"], "A", "{v}");
+    assert_eq!(v["update"]["version"], "99.4.0", "{v}");
+    assert_eq!(v["update"]["tries"], 2, "{v}");
+    let reason = v["update"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("its agent failed to start 3 times"), "{v}");
+    // The panel says why.
+    let session = vm.wait_for("panel login", Duration::from_secs(60), || vm.login().ok());
+    let (_, page) = nuvol_e2e::http_request_full(
+        vm.port,
+        "GET",
+        "/update",
+        None,
+        &[("Cookie", &session.0)],
+        b"",
+    )
+    .unwrap();
+    assert!(page.contains("its agent failed to start 3 times"), "{page}");
     vm.power_off();
     eprintln!(
         "bench: update test took {:.1} s",

@@ -83,6 +83,9 @@ pub struct DebugConfig {
     /// starts of each boot (counted in the run directory), so PID 1's
     /// rescue shell after three failed starts can be tested. Default: 0.
     pub fail_starts: u32,
+    /// With `fail_starts`: fail only when running from this A/B slot, so
+    /// an update's trial can be made to fail while the old slot works.
+    pub fail_starts_slot: Option<String>,
     /// With `test_hooks`: seconds a tried OS slot runs healthy before it
     /// is marked good (default: [`UPDATE_SETTLE_SECS`]).
     pub update_settle_secs: Option<u32>,

@@ -37,6 +37,7 @@ mod rescue;
 mod reset;
 mod rootfs;
 mod supervise;
+pub mod trial;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

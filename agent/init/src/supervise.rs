@@ -153,6 +153,10 @@ struct Init<'a> {
     failures: FailStreak,
     agent_starts: u32,
     last_exit: String,
+    /// This boot runs a slot the loader booted once (see [`crate::trial`]).
+    trial: Option<crate::trial::Trial>,
+    /// Why the trial must end now (a reboot into the default slot).
+    end_trial: Option<String>,
 }
 
 impl Init<'_> {
@@ -185,9 +189,41 @@ impl Init<'_> {
     /// failure in a row opens the rescue shell.
     fn agent_failed(&mut self, ran: Duration) {
         if self.failures.record(ran >= self.backoff.healthy_after) {
-            self.open_rescue("the agent failed to start 3 times in a row; it is still retried");
+            match &self.trial {
+                // On trial the old slot is where a human should land: back
+                // to it, no rescue shell here.
+                Some(t) => {
+                    self.end_trial = Some(format!(
+                        "slot {} was on trial and its agent failed to start 3 times in a row",
+                        t.slot
+                    ))
+                }
+                None => self
+                    .open_rescue("the agent failed to start 3 times in a row; it is still retried"),
+            }
         }
         self.write_status();
+    }
+
+    /// A trial that has to end: the agent failed, or it ran too long
+    /// without becoming the default (not while a human's shell is open).
+    fn trial_over(&mut self) -> Option<String> {
+        let t = self.trial.as_mut()?;
+        if !t.still_on() {
+            say!("slot {} is the default now: its trial is over", t.slot);
+            self.trial = None;
+            return None;
+        }
+        if let Some(why) = self.end_trial.take() {
+            return Some(why);
+        }
+        (t.over_time() && self.shells.is_empty()).then(|| {
+            format!(
+                "slot {} was on trial and did not become the default within {} minutes",
+                t.slot,
+                crate::trial::TRIAL_LIMIT.as_secs() / 60
+            )
+        })
     }
 
     fn start_agent(&mut self) {
@@ -403,6 +439,14 @@ impl Init<'_> {
             say!("power button pressed");
             halt = Some(Halt::PowerOff);
         }
+        if halt.is_none() {
+            if let Some(why) = self.trial_over() {
+                let default = self.trial.as_ref().map_or('?', |t| t.default);
+                say!("{why}: rebooting into the default slot {default}");
+                crate::trial::leave_note(&self.layout.state_dir, &why);
+                halt = Some(Halt::Reboot);
+            }
+        }
         if let Some(w) = &mut self.watch {
             let pressed = w.pressed();
             let over = Instant::now() >= w.until;
@@ -489,7 +533,21 @@ pub fn main_loop(exe: &Path, layout: &Layout) -> (Halt, Watchdog) {
         failures: FailStreak::default(),
         agent_starts: 0,
         last_exit: String::new(),
+        trial: None,
+        end_trial: None,
     };
+    init.trial = crate::trial::Trial::detect(
+        &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+        &layout.boot_mount,
+    );
+    if let Some(t) = &init.trial {
+        say!(
+            "slot {} is on trial (the default is {}): it must become the default within {} minutes",
+            t.slot,
+            t.default,
+            crate::trial::TRIAL_LIMIT.as_secs() / 60
+        );
+    }
     // The agent starts first, the rescue shell only opens (or is offered)
     // beside it: nothing waits for a human.
     let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

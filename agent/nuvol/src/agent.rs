@@ -185,7 +185,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let run_dir = std::env::var_os("NUVOL_RUN_DIR")
         .map_or_else(|| PathBuf::from("/run/nuvol"), PathBuf::from);
     let fail = loaded.config.debug.fail_starts;
-    if loaded.config.debug.test_hooks && fail > 0 {
+    let in_slot = loaded
+        .config
+        .debug
+        .fail_starts_slot
+        .as_deref()
+        .is_none_or(|want| {
+            std::fs::read_to_string("/proc/cmdline")
+                .unwrap_or_default()
+                .split_whitespace()
+                .any(|w| w == format!("nuvol.slot={want}"))
+        });
+    if loaded.config.debug.test_hooks && fail > 0 && in_slot {
         // Test hook: fail the first `fail_starts` starts of this boot.
         let f = run_dir.join("debug-failed-starts");
         let n: u32 = std::fs::read_to_string(&f)

@@ -467,7 +467,16 @@ impl Updater {
         let Some(mut rec) = state::load(&self.state_path) else {
             return false;
         };
-        match state::at_start(&mut rec, running, &boot_id()) {
+        let start = state::at_start(&mut rec, running, &boot_id());
+        // Why PID 1 ended the last trial, when it did.
+        let note = self
+            .state_path
+            .parent()
+            .and_then(nuvol_init::trial::take_note);
+        if let (Some(n), Start::Rearm | Start::GaveUp) = (&note, &start) {
+            rec.reason = rec.reason.take().map(|r| format!("{r}; {n}"));
+        }
+        match start {
             Start::Idle | Start::Waiting => false,
             Start::Trial => {
                 eprintln!(
