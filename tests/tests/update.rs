@@ -38,6 +38,11 @@
 //!    `[debug] fail_starts` for slot B only): PID 1 sees its third quick
 //!    failure in the trial boot, reboots into the default slot A, and the
 //!    API and the panel's Update page say why.
+//! 6. The same update, its network never configured in slot B (test hook
+//!    `no_network_slot`, trial unhealthy limit 10 s): the try armed again
+//!    is taken at power-on, the agent reboots out of it, and the third try
+//!    ends the same way: the update is given up after 3 tries, A stays the
+//!    default with nothing armed, and the dashboard says so.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -383,6 +388,53 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     )
     .unwrap();
     assert!(page.contains("its agent failed to start 3 times"), "{page}");
+    vm.power_off();
+
+    // --- 6. its network never comes up: the agent ends the trial; given up
+    // The try armed again in step 5 is taken at this power-on; the agent
+    // starts now, but slot B leaves the network unconfigured (test hook).
+    write_config(
+        &disk,
+        &config("no_network_slot = \"B\"\nupdate_unhealthy_secs = 10\n"),
+    );
+    let mut vm = Vm::boot_opts(&disk, "bios", &dir.0, &BootOptions::default());
+    let unhealthy = "stayed unhealthy for 10 s after settling";
+    vm.wait_console(unhealthy, 1, BOOT);
+    let n = vm.console().matches(READY).count();
+    vm.wait_console(READY, n + 1, BOOT);
+    let v = vm.update_status();
+    assert_eq!(v["running_slot"], "A", "{v}");
+    assert_eq!(v["update"]["tries"], 3, "the last try: {v}");
+    assert_eq!(v["armed_try"], "nuvol-B", "{v}");
+    let reason = v["update"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(unhealthy), "{v}");
+    // The third try ends the same way: given up, A stays, nothing armed.
+    let n = vm.console().matches(READY).count();
+    vm.ask_reboot();
+    vm.wait_console(unhealthy, 2, BOOT);
+    vm.wait_console(READY, n + 2, BOOT);
+    let v = vm.update_status();
+    assert_eq!(v["update"]["phase"], "failed", "{v}");
+    let reason = v["update"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("rolled back after 3 tries") && reason.contains(unhealthy),
+        "{v}"
+    );
+    assert_eq!(v["running_slot"], "A", "{v}");
+    assert_eq!(v["default_slot"], "A", "{v}");
+    assert!(v["armed_try"].is_null(), "{v}");
+    // The dashboard says so.
+    let session = vm.wait_for("panel login", Duration::from_secs(60), || vm.login().ok());
+    let (_, page) = nuvol_e2e::http_request_full(
+        vm.port,
+        "GET",
+        "/dashboard",
+        None,
+        &[("Cookie", &session.0)],
+        b"",
+    )
+    .unwrap();
+    assert!(page.contains("rolled back after 3 tries"), "{page}");
     vm.power_off();
     eprintln!(
         "bench: update test took {:.1} s",

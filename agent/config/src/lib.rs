@@ -86,6 +86,12 @@ pub struct DebugConfig {
     /// With `fail_starts`: fail only when running from this A/B slot, so
     /// an update's trial can be made to fail while the old slot works.
     pub fail_starts_slot: Option<String>,
+    /// With `test_hooks`: the agent leaves the network unconfigured when
+    /// running from this A/B slot (an update whose network never comes up).
+    pub no_network_slot: Option<String>,
+    /// With `test_hooks`: seconds an OS update's trial may stay unhealthy
+    /// after its settling time before the agent reboots (default 600).
+    pub update_unhealthy_secs: Option<u32>,
     /// With `test_hooks`: seconds a tried OS slot runs healthy before it
     /// is marked good (default: [`UPDATE_SETTLE_SECS`]).
     pub update_settle_secs: Option<u32>,
@@ -109,6 +115,16 @@ impl DebugConfig {
             Some(s) if self.test_hooks => s.clamp(1, 3600),
             _ => UPDATE_SETTLE_SECS,
         }
+    }
+
+    /// How long an OS update's trial may stay unhealthy after settling
+    /// (the test hook only with `test_hooks`).
+    pub fn update_unhealthy(&self) -> std::time::Duration {
+        let s = match self.update_unhealthy_secs {
+            Some(s) if self.test_hooks => s.clamp(5, 3600),
+            _ => 600,
+        };
+        std::time::Duration::from_secs(u64::from(s))
     }
 
     /// Seconds between looks for newer OS updates: the test hook only

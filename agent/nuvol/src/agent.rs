@@ -190,12 +190,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         .debug
         .fail_starts_slot
         .as_deref()
-        .is_none_or(|want| {
-            std::fs::read_to_string("/proc/cmdline")
-                .unwrap_or_default()
-                .split_whitespace()
-                .any(|w| w == format!("nuvol.slot={want}"))
-        });
+        .is_none_or(running_in);
     if loaded.config.debug.test_hooks && fail > 0 && in_slot {
         // Test hook: fail the first `fail_starts` starts of this boot.
         let f = run_dir.join("debug-failed-starts");
@@ -271,7 +266,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let listener =
             crate::api_setup::bind(listen).with_context(|| format!("listen on {listen}"))?;
         let local = listener.local_addr().context("local address")?;
-        let net = if manage_net {
+        let no_net = loaded.config.debug.test_hooks
+            && loaded
+                .config
+                .debug
+                .no_network_slot
+                .as_deref()
+                .is_some_and(running_in);
+        if no_net {
+            eprintln!("nuvol: test hook [debug] no_network_slot: the network is left unconfigured");
+        }
+        let net = if manage_net && !no_net {
             Some(
                 crate::net::start(
                     &loaded.config.network,
@@ -378,7 +383,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 let _ = stop_rx.wait_for(|s| *s).await;
             },
         ));
-        announce_ready(local, manage_net).await;
+        announce_ready(local, net.is_some()).await;
         // The policy looks in a trial boot too (nothing while the trial
         // runs, then as usual once it is marked good).
         tokio::spawn(crate::update_policy::watch(
@@ -419,6 +424,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Whether this boot runs from A/B slot `slot` (`nuvol.slot=` on the
+/// kernel command line), for the test hooks limited to one slot.
+fn running_in(slot: &str) -> bool {
+    std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|w| w.strip_prefix("nuvol.slot=") == Some(slot))
 }
 
 /// Most file descriptors the agent asks for (the soft `RLIMIT_NOFILE`),

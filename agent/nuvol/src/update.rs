@@ -25,10 +25,6 @@ const BOOT_FILES_STATE: &str = "update-files.json";
 const MAX_BOOT_FILES: usize = 8;
 const MAX_REMEMBERED: usize = 32;
 
-/// How long a trial may stay unhealthy before the agent reboots the box
-/// (the loader then boots the default slot: a rollback).
-const UNHEALTHY_LIMIT: Duration = Duration::from_secs(600);
-
 pub struct Updater {
     boot: BootFs,
     state_path: PathBuf,
@@ -36,6 +32,10 @@ pub struct Updater {
     running: Option<char>,
     under_init: bool,
     pub settle: Duration,
+    /// How long a trial may stay unhealthy after settling before the agent
+    /// reboots the box (the loader then boots the default slot: a
+    /// rollback). 10 minutes; a test hook shortens it.
+    pub unhealthy: Duration,
     lock: Mutex<()>,
     pub upload_dir: PathBuf,
     /// SHA-256 of the offered artefact, by (length, mtime).
@@ -93,6 +93,7 @@ impl Updater {
             running: slots::slot_from_cmdline(&cmdline),
             under_init,
             settle: Duration::from_secs(u64::from(cfg.debug.update_settle_secs())),
+            unhealthy: cfg.debug.update_unhealthy(),
             lock: Mutex::new(()),
             upload_dir: state_dir.join("update-uploads"),
             offer_sha: Mutex::new(None),
@@ -702,7 +703,7 @@ fn healthy(
 }
 
 /// Watch a trial: after the settling time, once healthy, mark it good;
-/// unhealthy for [`UNHEALTHY_LIMIT`] after that, reboot (back to the
+/// unhealthy for [`Updater::unhealthy`] after that, reboot (back to the
 /// default slot).
 pub async fn watch_trial(
     u: Arc<Updater>,
@@ -735,8 +736,16 @@ pub async fn watch_trial(
                 }
                 return;
             }
-            Err(e) if start.elapsed() >= UNHEALTHY_LIMIT => {
-                eprintln!("nuvol: update: trial unhealthy for {} s ({e}): rebooting into the default slot", UNHEALTHY_LIMIT.as_secs());
+            Err(e) if start.elapsed() >= u.unhealthy => {
+                let why = format!(
+                    "slot {} was on trial and stayed unhealthy for {} s after settling: {e}",
+                    u.running.map(String::from).unwrap_or_default(),
+                    u.unhealthy.as_secs()
+                );
+                eprintln!("nuvol: update: {why}: rebooting into the default slot");
+                if let Some(dir) = u.state_path.parent() {
+                    nuvol_init::trial::leave_note(dir, &why);
+                }
                 let _ = nuvol_api::ask_init_to_reboot();
                 return;
             }
