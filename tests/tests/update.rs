@@ -34,7 +34,8 @@
 //!    stranger's file as refused, writes 99.2.0 to slot A (superseding the
 //!    failing update), reboots itself, and A is marked good. The next boot
 //!    applies neither file again.
-//! 5. Version 99.4.0 whose agent cannot start in its slot (the test hook
+//! 5. 99.0.0 again is refused as a downgrade. Version 99.4.0 whose agent
+//!    cannot start in its slot (the test hook
 //!    `[debug] fail_starts` for slot B only): PID 1 sees its third quick
 //!    failure in the trial boot, reboots into the default slot A, and the
 //!    API and the panel's Update page say why.
@@ -353,6 +354,10 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     );
     let mut vm = Vm::boot_opts(&disk, "bios", &dir.0, &BootOptions::default());
     vm.wait_console(READY, 1, BOOT);
+    // No silent downgrade: 99.0.0 while 99.2.0 runs.
+    let (rc, _, err) = vm.ctl(&["update", good.to_str().unwrap()]);
+    assert_ne!(rc, 0);
+    assert!(err.contains("update_not_newer"), "{err}");
     let broken = d("nuvol-x86_64-99.4.0.nvu");
     nuvol_e2e::update_artefact(&key.secret, &k, &i, "99.4.0", "x86_64", &broken);
     let out = vm.ctl_ok(&["update", broken.to_str().unwrap()]);
