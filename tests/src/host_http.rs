@@ -72,15 +72,9 @@ fn answer(
     hits: &Mutex<HashMap<String, usize>>,
 ) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut req = Vec::new();
-    let mut b = [0u8; 1];
-    while !req.ends_with(b"\r\n\r\n") && req.len() < 8192 {
-        match s.read(&mut b) {
-            Ok(1) => req.push(b[0]),
-            _ => return,
-        }
-    }
-    let line = String::from_utf8_lossy(&req).to_string();
+    let Some(line) = nuvol_testkit::read_request_head(&mut s) else {
+        return;
+    };
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     if let Ok(mut h) = hits.lock() {
         *h.entry(path.clone()).or_default() += 1;

@@ -409,6 +409,14 @@ impl Vm {
         Ok((cookie, csrf))
     }
 
+    /// A panel page as a browser logged in with `session` gets it (the
+    /// whole answer, headers included).
+    pub fn panel_page(&self, session: &(String, String), path: &str) -> String {
+        http_request_full(self.port, "GET", path, None, &[("Cookie", &session.0)], b"")
+            .map(|(_, page)| page)
+            .unwrap_or_default()
+    }
+
     /// Submit a panel upload form as a browser does: `file` as the form
     /// field `field` (multipart), the session's cookie, CSRF and `back` in
     /// the action's query. Returns (status, the whole answer).

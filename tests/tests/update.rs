@@ -150,15 +150,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     }
     // The same through the panel's form, as a browser sends it.
     let session = vm.wait_for("panel login", Duration::from_secs(60), || vm.login().ok());
-    let (_, page) = nuvol_e2e::http_request_full(
-        vm.port,
-        "GET",
-        "/update",
-        None,
-        &[("Cookie", &session.0)],
-        b"",
-    )
-    .unwrap();
+    let page = vm.panel_page(&session, "/update");
     assert!(page.contains("id=update-upload"), "{page}");
     let (st, page) = vm
         .form_upload(&session, "/api/v1/update", "/update", "update", &foreign)
@@ -383,15 +375,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     assert!(reason.contains("its agent failed to start 3 times"), "{v}");
     // The panel says why.
     let session = vm.wait_for("panel login", Duration::from_secs(60), || vm.login().ok());
-    let (_, page) = nuvol_e2e::http_request_full(
-        vm.port,
-        "GET",
-        "/update",
-        None,
-        &[("Cookie", &session.0)],
-        b"",
-    )
-    .unwrap();
+    let page = vm.panel_page(&session, "/update");
     assert!(page.contains("its agent failed to start 3 times"), "{page}");
     vm.power_off();
 
@@ -430,15 +414,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     assert!(v["armed_try"].is_null(), "{v}");
     // The dashboard says so.
     let session = vm.wait_for("panel login", Duration::from_secs(60), || vm.login().ok());
-    let (_, page) = nuvol_e2e::http_request_full(
-        vm.port,
-        "GET",
-        "/dashboard",
-        None,
-        &[("Cookie", &session.0)],
-        b"",
-    )
-    .unwrap();
+    let page = vm.panel_page(&session, "/dashboard");
     assert!(page.contains("rolled back after 3 tries"), "{page}");
     vm.power_off();
     eprintln!(

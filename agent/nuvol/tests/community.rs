@@ -96,15 +96,7 @@ fn lying_peer(index: String, file: Vec<u8>) -> u16 {
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
-            let mut req = Vec::new();
-            let mut b = [0u8; 1];
-            while !req.ends_with(b"\r\n\r\n") && req.len() < 8192 {
-                match s.read(&mut b) {
-                    Ok(1) => req.push(b[0]),
-                    _ => break,
-                }
-            }
-            let line = String::from_utf8_lossy(&req).to_string();
+            let line = nuvol_testkit::read_request_head(&mut s).unwrap_or_default();
             let body: &[u8] = if line.starts_with("GET /share/v1/bundles ") {
                 index.as_bytes()
             } else {
@@ -132,13 +124,8 @@ fn os_liar(kind: &'static str) -> u16 {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
             std::thread::spawn(move || {
-                let mut req = Vec::new();
-                let mut b = [0u8; 1];
-                while !req.ends_with(b"\r\n\r\n") && req.len() < 8192 {
-                    match s.read(&mut b) {
-                        Ok(1) => req.push(b[0]),
-                        _ => return,
-                    }
+                if nuvol_testkit::read_request_head(&mut s).is_none() {
+                    return;
                 }
                 let good = format!(
                     "{{\"version\": \"99.0.0\", \"arch\": \"x86_64\", \"size\": 1000, \"sha256\": \"{}\"}}",

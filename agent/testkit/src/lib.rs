@@ -164,6 +164,21 @@ pub fn debug_login_url(base: &str, token: &str, next: &str) -> String {
     format!("{base}/api/v1/debug/login?token={token}&next={enc}")
 }
 
+/// Read an HTTP request's head (up to the blank line, at most 8 KiB) from
+/// a fake server's connection, byte by byte so nothing of a body is taken;
+/// `None` when the client went away first.
+pub fn read_request_head(s: &mut impl std::io::Read) -> Option<String> {
+    let mut req = Vec::new();
+    let mut b = [0u8; 1];
+    while !req.ends_with(b"\r\n\r\n") && req.len() < 8192 {
+        match s.read(&mut b) {
+            Ok(1) => req.push(b[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&req).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
