@@ -161,7 +161,12 @@ fn bios_boot_status_restart_poweroff_and_persistence() {
 fn uefi_boot_with_bad_config_uses_defaults_and_says_why() {
     let dir = Scratch::new("uefi");
     let disk = disk_copy(&dir.0, 64);
-    write_config(&disk, "hostname = \"e2e-uefi\"\n\nhostnmae = \"typo\"\n");
+    // A value of the wrong type refuses the file (an unknown key would
+    // only be skipped, see update.rs).
+    write_config(
+        &disk,
+        "hostname = \"e2e-uefi\"\n[panel]\nport = \"eighty\"\n",
+    );
 
     // HTTPS forwarded to a host port as `make qemu` does: the guest learns
     // the public port from the SMBIOS OEM string run.sh passes.
@@ -171,7 +176,7 @@ fn uefi_boot_with_bad_config_uses_defaults_and_says_why() {
     eprintln!("uefi: ready after {:.1} s", t.as_secs_f64());
     let c = vm.console();
     assert!(
-        c.contains("CONFIG PROBLEM: /boot/nuvol.toml:3:1:") && c.contains("hostnmae"),
+        c.contains("CONFIG PROBLEM: /boot/nuvol.toml:3:") && c.contains("eighty"),
         "{}",
         nuvol_e2e::tail(&c)
     );
@@ -179,12 +184,12 @@ fn uefi_boot_with_bad_config_uses_defaults_and_says_why() {
     assert_eq!(st["hostname"], "nuvol", "defaults in force");
     let problem = st["config"]["problem"].as_str().unwrap();
     assert!(
-        problem.contains("/boot/nuvol.toml:3:1") && problem.contains("hostnmae"),
+        problem.contains("/boot/nuvol.toml:3:") && problem.contains("eighty"),
         "{problem}"
     );
     let (_, page) = vm.http("GET", "/").unwrap();
     assert!(
-        page.contains("config-problem") && page.contains("nuvol.toml:3:1"),
+        page.contains("config-problem") && page.contains("nuvol.toml:3:"),
         "{page}"
     );
     // Plain HTTP redirects everything private to HTTPS, at the forwarded port.

@@ -46,6 +46,9 @@ pub fn status_page(s: &Status) -> String {
     if let Some(p) = &s.config.problem {
         let _ = write!(h, "<div class=warn id=config-problem><strong>Provisioning file problem:</strong> {}</div>", esc(p));
     }
+    for k in &s.config.skipped {
+        let _ = write!(h, "<div class=warn id=config-skipped>{}</div>", esc(k));
+    }
     let _ = write!(
         h,
         "<h2>Health</h2><table id=health><tr><th>Load</th><td>{:.2} {:.2} {:.2}</td></tr>\

@@ -67,13 +67,70 @@ fn unknown_routes_and_methods_get_json_errors() {
 
 #[test]
 fn bad_config_is_reported_with_line_and_defaults_apply() {
-    let a = Agent::start("bad", "[panel]\nport = 80\ncolour = \"blue\"\n", false);
+    let a = Agent::start(
+        "bad",
+        &format!(
+            "[panel]\nallow_plain_http = \"blue\"\n{}",
+            gossip_as("gone")
+        ),
+        false,
+    );
     let (_, _, body) = a.req("GET", "/api/v1/status");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let p = v["config"]["problem"].as_str().unwrap();
-    assert!(p.contains("nuvol.toml:3:1") && p.contains("colour"), "{p}");
+    let p = v["config"]["problem"].as_str().unwrap_or_default();
+    assert!(p.contains("nuvol.toml:2:") && p.contains("blue"), "{v}");
+    // Defaults in force: never the file's gossip name.
+    wait_console(&a, "nuvol: ready");
+    std::thread::sleep(Duration::from_secs(2));
+    let c = a.console();
+    assert!(!c.contains("gossip as gone"), "{c}");
     let (_, _, page) = a.req("GET", "/");
-    assert!(page.contains("id=config-problem") && page.contains("colour"));
+    assert!(page.contains("id=config-problem") && page.contains("blue"));
+}
+
+#[test]
+fn an_unknown_key_is_skipped_and_shown_and_the_rest_applies() {
+    let a = Agent::start(
+        "skip",
+        &format!("{}[panel]\ncolour = \"blue\"\n", gossip_as("kept")),
+        false,
+    );
+    let (_, _, body) = a.req("GET", "/api/v1/status");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["config"]["problem"].is_null(), "{v}");
+    let s = v["config"]["skipped"][0].as_str().unwrap_or_default();
+    assert!(
+        s.contains("nuvol.toml:6") && s.contains("`panel.colour`"),
+        "{v}"
+    );
+    // The rest of the file applies.
+    let c = wait_console(&a, "gossip as ");
+    assert!(c.contains("gossip as kept"), "{c}");
+    let (_, _, page) = a.req("GET", "/");
+    assert!(page.contains("id=config-skipped") && page.contains("panel.colour"));
+    assert!(a.console().contains("nuvol: CONFIG: "), "{}", a.console());
+}
+
+/// `[discovery]` lines gossiping as `name` on a port of its own (the
+/// tests run side by side), 4 lines.
+fn gossip_as(name: &str) -> String {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0);
+    format!("[discovery]\nbind = \"127.0.0.1\"\nport = {port}\nnode_name = \"{name}\"\n")
+}
+
+/// The agent's console once it holds `what` (10 s at most).
+fn wait_console(a: &Agent, what: &str) -> String {
+    let t = Instant::now();
+    loop {
+        let c = a.console();
+        if c.contains(what) || t.elapsed() > Duration::from_secs(10) {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
