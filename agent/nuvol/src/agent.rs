@@ -397,6 +397,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 local.port(),
                 manage_net,
                 services.clone(),
+                loaded.config.discovery.enabled.then(|| discovery.clone()),
             ));
         } else {
             tokio::spawn(crate::update::boot_dir_watch(update, services.clone()));

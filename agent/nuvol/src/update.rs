@@ -670,7 +670,8 @@ pub fn running_services(svc: Option<&crate::services::ServicesHandle>) -> Vec<St
 
 /// The health checks of a trial: the panel answers on `port`, when the
 /// agent manages the network an interface other than `lo` has an
-/// address, and the services that ran when the update was applied run.
+/// address, and the services that ran when the update was applied run
+/// (and, checked by the caller, discovery started when configured).
 fn healthy(
     port: u16,
     network: bool,
@@ -710,6 +711,7 @@ pub async fn watch_trial(
     port: u16,
     network: bool,
     svc: Option<crate::services::ServicesHandle>,
+    discovery: Option<Arc<crate::discovery::Discovery>>,
 ) {
     tokio::time::sleep(u.settle).await;
     let start = tokio::time::Instant::now();
@@ -718,9 +720,13 @@ pub async fn watch_trial(
         .unwrap_or_default();
     loop {
         let (w, s) = (wanted.clone(), svc.clone());
-        let r = tokio::task::spawn_blocking(move || healthy(port, network, &w, s.as_ref()))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+        let r = if discovery.as_ref().is_some_and(|d| d.handle().is_none()) {
+            Err("discovery: gossip has not started".to_string())
+        } else {
+            tokio::task::spawn_blocking(move || healthy(port, network, &w, s.as_ref()))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        };
         match r {
             Ok(()) => {
                 let u2 = u.clone();
