@@ -46,6 +46,18 @@ fn meshed(ov: &Value) -> bool {
         })
 }
 
+/// `node via handshake-age` for each peer, for a failing mesh's log.
+fn peers_line(ov: &Value) -> String {
+    match ov["peers"].as_array() {
+        None => format!("no peers: {ov}"),
+        Some(ps) => ps
+            .iter()
+            .map(|p| format!("{}>{}@{}", p["node"], p["via"], p["handshake_age_s"]))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
 fn member_status(c: &Community, n: usize, name: &str) -> Option<String> {
     let v = c.get(n, "/api/v1/members");
     v.as_array()
@@ -71,10 +83,17 @@ fn community_overlay_across_zones_nat_and_relay() {
     );
 
     // --- the mesh ----------------------------------------------------------
+    let mut polls = 0u32;
     let t = c.wait_for("full overlay mesh", Duration::from_secs(480), || {
-        (1..=N)
-            .all(|n| meshed(&overlay(&c, n)))
-            .then(|| c.started.elapsed())
+        let ovs: Vec<Value> = (1..=N).map(|n| overlay(&c, n)).collect();
+        polls += 1;
+        if polls.is_multiple_of(30) {
+            // A mesh that does not form says which pair is missing.
+            for (i, ov) in ovs.iter().enumerate() {
+                eprintln!("mesh poll {polls}: box{} {}", i + 1, peers_line(ov));
+            }
+        }
+        ovs.iter().all(meshed).then(|| c.started.elapsed())
     });
     eprintln!(
         "bench: seconds from cold boots to a full mesh: {:.1}",

@@ -28,6 +28,8 @@ pub const SERVICES_QUERY: &str = "nuvol-services";
 pub const KEYRING_FILE: &str = "gossip-keyring.json";
 /// Longest wait between two attempts to join the seeds.
 pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How often seeds that are not members are tried again after the join.
+pub const SEED_RECHECK: Duration = Duration::from_secs(30);
 /// How long to wait for an address to announce when bound to 0.0.0.0.
 const ADDRESS_WAIT: Duration = Duration::from_secs(60);
 
@@ -421,7 +423,10 @@ async fn background(d: DiscoveryHandle, cfg: DiscoveryConfig) {
     let seeds = cfg.join_addrs();
     if !seeds.is_empty() {
         let d = d.clone();
-        tokio::spawn(async move { join_with_backoff(&d, &seeds).await });
+        tokio::spawn(async move {
+            join_with_backoff(&d, &seeds).await;
+            rejoin_missing_seeds(&d, &seeds).await;
+        });
     }
     let mut events = d.events();
     loop {
@@ -485,6 +490,42 @@ async fn join_with_backoff(d: &DiscoveryHandle, seeds: &[SocketAddr]) {
     }
 }
 
+/// Seeds that are not alive members are tried again every [`SEED_RECHECK`]:
+/// two halves of a community that formed apart (a NATed zone whose super
+/// node came up before the other zone's, so each joined only itself) find
+/// each other without a restart, as do boxes cut off by a long outage.
+async fn rejoin_missing_seeds(d: &DiscoveryHandle, seeds: &[SocketAddr]) {
+    loop {
+        tokio::time::sleep(SEED_RECHECK).await;
+        let missing = missing_seeds(&d.gossip().members(), d.gossip().name(), seeds);
+        if missing.is_empty() {
+            continue;
+        }
+        match d.gossip().join(&missing).await {
+            Ok(n) => tracing::info!("discovery: rejoined {n} seeds that were not members"),
+            Err(e) => tracing::debug!("discovery: seeds still away: {e}"),
+        }
+    }
+}
+
+/// The seeds that are neither ourselves nor an alive member.
+fn missing_seeds(
+    members: &[nuvol_gossip::Member],
+    me: &str,
+    seeds: &[SocketAddr],
+) -> Vec<SocketAddr> {
+    let present: Vec<SocketAddr> = members
+        .iter()
+        .filter(|m| m.name == me || m.status == nuvol_gossip::Status::Alive)
+        .map(|m| m.addr)
+        .collect();
+    seeds
+        .iter()
+        .filter(|s| !present.contains(s))
+        .copied()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,6 +537,39 @@ mod tests {
             port,
             description: format!("{name} on box"),
         }
+    }
+
+    #[test]
+    fn seeds_that_are_not_alive_members_are_tried_again() {
+        let m = |name: &str, addr: &str, status| nuvol_gossip::Member {
+            name: name.into(),
+            addr: addr.parse().expect("addr"),
+            tags: BTreeMap::new(),
+            status,
+            health: nuvol_gossip::Health::Alive,
+            hops: None,
+            loss: None,
+            rtt: None,
+            rtt_estimate: None,
+            coordinate: None,
+            vsn: [0; 6],
+        };
+        let seeds: Vec<SocketAddr> = ["10.0.1.11:7946", "10.0.2.13:7946", "10.0.2.14:7946"]
+            .iter()
+            .map(|s| s.parse().expect("seed"))
+            .collect();
+        // box3 is us, box4 our zone's member; box1 (the other zone) is missing.
+        let members = vec![
+            m("box3", "10.0.2.13:7946", nuvol_gossip::Status::Alive),
+            m("box4", "10.0.2.14:7946", nuvol_gossip::Status::Alive),
+        ];
+        assert_eq!(missing_seeds(&members, "box3", &seeds), vec![seeds[0]]);
+        // A failed member is tried again; once every seed is alive, nothing.
+        let mut all = members.clone();
+        all.push(m("box1", "10.0.1.11:7946", nuvol_gossip::Status::Failed));
+        assert_eq!(missing_seeds(&all, "box3", &seeds), vec![seeds[0]]);
+        all[2].status = nuvol_gossip::Status::Alive;
+        assert!(missing_seeds(&all, "box3", &seeds).is_empty());
     }
 
     #[test]
