@@ -1,26 +1,34 @@
 #!/usr/bin/env bash
-# Build (or fetch from cache) the nuvol x86_64 kernel.
+# Build (or fetch from cache) the nuvol kernel for one architecture.
 #
-#   image/kernel.sh OUT_BZIMAGE FRAGMENT...
+#   image/kernel.sh ARCH OUT_KERNEL FRAGMENT...
 #
-# The kernel comes from Debian's linux-source-6.1 tarball and the config
-# fragments under kernel-config/. It is cached under $NUVOL_CACHE/kernel/KEY,
-# where KEY hashes the source package version, the fragments and this script,
-# so an unchanged kernel is never rebuilt (a cold build takes ~15 min on 2 cores).
+# ARCH is x86_64 (a bzImage) or arm64 (vmlinuz.efi: an EFI zboot image,
+# cross-built with Debian's aarch64 gcc). The kernel comes from Debian's
+# linux-source-6.1 tarball and the config fragments under kernel-config/. It is
+# cached under $NUVOL_CACHE/kernel/KEY, where KEY hashes the architecture, the
+# source package version, the fragments and this script, so an unchanged kernel
+# is never rebuilt (a cold build takes ~15 min on 2 cores for x86_64, ~NN min
+# for arm64).
 set -euo pipefail
 
-out=$1; shift
+arch=$1 out=$2; shift 2
+case "$arch" in
+    x86_64) karch=x86_64 cross= target=bzImage built=arch/x86/boot/bzImage ;;
+    arm64) karch=arm64 cross=aarch64-linux-gnu- target=vmlinuz.efi built=arch/arm64/boot/vmlinuz.efi ;;
+    *) echo "kernel.sh: no kernel for ARCH=$arch (x86_64 or arm64)" >&2; exit 2 ;;
+esac
 [ $# -gt 0 ] || { echo "kernel.sh: no config fragments given" >&2; exit 2; }
 cache=${NUVOL_CACHE:-/var/cache/nuvol}
 tarball=/usr/src/linux-source-6.1.tar.xz
 [ -f "$tarball" ] || { echo "kernel.sh: $tarball missing (apt-get install linux-source-6.1)" >&2; exit 1; }
 
 srcver=$(dpkg-query -W -f='${Version}' linux-source-6.1)
-key=$( { echo "linux-source-6.1 $srcver"; cat "$0"; for f in "$@"; do echo "== $(basename "$f")"; cat "$f"; done; } | sha256sum | cut -c1-16)
+key=$( { echo "linux-source-6.1 $srcver $arch"; cat "$0"; for f in "$@"; do echo "== $(basename "$f")"; cat "$f"; done; } | sha256sum | cut -c1-16)
 dest=$cache/kernel/$key
 
-if [ ! -f "$dest/bzImage" ]; then
-    echo "kernel.sh: building kernel $key (linux-source $srcver; cold build ~15 min)" >&2
+if [ ! -f "$dest/kernel" ]; then
+    echo "kernel.sh: building the $arch kernel $key (linux-source $srcver; cold build ~15 min)" >&2
     src=$cache/src/linux-$srcver
     if [ ! -f "$src/.nuvol-extracted" ]; then
         rm -rf "$src"; mkdir -p "$src"
@@ -30,10 +38,10 @@ if [ ! -f "$dest/bzImage" ]; then
     build=$cache/build/$key
     mkdir -p "$build"
     export KBUILD_BUILD_TIMESTAMP="nuvol $key" KBUILD_BUILD_USER=nuvol KBUILD_BUILD_HOST=nuvol KBUILD_BUILD_VERSION=1
-    make -s -C "$src" O="$build" ARCH=x86_64 tinyconfig >/dev/null
+    make -s -C "$src" O="$build" ARCH=$karch CROSS_COMPILE=$cross tinyconfig >/dev/null
     cat "$@" > "$build/nuvol.fragment"
     (cd "$build" && "$src/scripts/kconfig/merge_config.sh" -m -O "$build" "$build/.config" "$build/nuvol.fragment" >/dev/null)
-    make -s -C "$src" O="$build" ARCH=x86_64 olddefconfig >/dev/null
+    make -s -C "$src" O="$build" ARCH=$karch CROSS_COMPILE=$cross olddefconfig >/dev/null
     # merge_config.sh drops options whose dependencies are unmet, silently: check every one.
     missing=0
     while IFS= read -r line; do
@@ -43,17 +51,17 @@ if [ ! -f "$dest/bzImage" ]; then
         if [ "$have" != "$want" ]; then echo "kernel.sh: $opt wanted $want, got '${have:-unset}'" >&2; missing=1; fi
     done < "$build/nuvol.fragment"
     [ $missing = 0 ] || { echo "kernel.sh: config fragments not satisfied; fix kernel-config/" >&2; exit 1; }
-    make -C "$src" O="$build" ARCH=x86_64 -j"$(nproc)" bzImage >"$build/build.log" 2>&1 \
+    make -C "$src" O="$build" ARCH=$karch CROSS_COMPILE=$cross -j"$(nproc)" $target >"$build/build.log" 2>&1 \
         || { tail -40 "$build/build.log" >&2; exit 1; }
     tmp=$cache/kernel/.tmp-$key-$$
     rm -rf "$tmp"; mkdir -p "$tmp"
-    cp "$build/arch/x86/boot/bzImage" "$tmp/bzImage"
+    cp "$build/$built" "$tmp/kernel"
     cp "$build/.config" "$tmp/config"
-    sync -f "$tmp/bzImage"
+    sync -f "$tmp/kernel"
     rm -rf "$dest"; mv "$tmp" "$dest"
     rm -rf "$build"
 fi
 mkdir -p "$(dirname "$out")"
-cp "$dest/bzImage" "$out.tmp" && mv "$out.tmp" "$out"
-cp "$dest/config" "$(dirname "$out")/kernel.config"
+cp "$dest/kernel" "$out.tmp" && mv "$out.tmp" "$out"
+cp "$dest/config" "$out.config"
 echo "kernel.sh: $out ($key)" >&2
