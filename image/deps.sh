@@ -20,7 +20,15 @@ pkgs=("${build_pkgs[@]}")
 # ring's C parts; the linker is rustup's rust-lld. The test suite builds the
 # arm64 binary too and runs it under qemu-user.
 if [ "${ARCH:-x86_64}" = arm64 ] || [ "${1:-build}" = test ]; then
-    pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
+    pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static qemu-system-arm qemu-efi-aarch64)
+    # The arm64 image takes Debian's arm64 busybox-static and systemd-boot
+    # (image/foreign.sh): apt must know the architecture's packages.
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+        SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+        echo "deps: adding the arm64 architecture to apt (packages are downloaded, not installed)" >&2
+        $SUDO dpkg --add-architecture arm64
+        $SUDO apt-get update -q >/dev/null
+    fi
 fi
 if [ "${1:-build}" = test ]; then
     while IFS= read -r line; do

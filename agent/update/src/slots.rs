@@ -120,29 +120,46 @@ impl BootFs {
         }
     }
 
+    /// Whether the partition boots through syslinux too (the x86 images);
+    /// the arm64 images have systemd-boot alone.
+    pub fn has_syslinux(&self) -> bool {
+        self.root.join(SYSLINUX_CFG).is_file()
+    }
+
     /// Whether this looks like a nuvol boot partition with both slots.
     pub fn has_slots(&self) -> bool {
-        self.root.join(SYSLINUX_CFG).is_file()
-            && self.root.join(LDLINUX_SYS).is_file()
-            && self.root.join("A").is_dir()
-            && self.root.join("B").is_dir()
+        let loaders = if self.has_syslinux() {
+            self.root.join(LDLINUX_SYS).is_file()
+        } else {
+            self.root.join(LOADER_CONF).is_file()
+        };
+        loaders && self.root.join("A").is_dir() && self.root.join("B").is_dir()
     }
 
-    /// The slot syslinux boots by default.
+    /// The slot booted by default: syslinux's default where the image has
+    /// syslinux (BIOS boxes follow it, and it is written first), else
+    /// systemd-boot's.
     pub fn default_slot(&self) -> io::Result<char> {
-        let text = std::fs::read(self.root.join(SYSLINUX_CFG))?;
-        letter_at(&text, CFG_NEEDLE)
+        let (file, needle) = if self.has_syslinux() {
+            (SYSLINUX_CFG, CFG_NEEDLE)
+        } else {
+            (LOADER_CONF, LOADER_NEEDLE)
+        };
+        let text = std::fs::read(self.root.join(file))?;
+        letter_at(&text, needle)
             .map(|at| text[at] as char)
-            .ok_or_else(|| io::Error::other("syslinux.cfg: no \"DEFAULT nuvol-A/B\" line"))
+            .ok_or_else(|| io::Error::other(format!("{file}: no default nuvol-A/B line")))
     }
 
-    /// Make `slot` the default of both loaders: one byte rewritten in
+    /// Make `slot` the default of the loaders: one byte rewritten in
     /// place in each file, then fsynced (syslinux first: BIOS boxes are
     /// the ones tested; a cut between the two leaves UEFI on the old slot).
+    /// An image without syslinux has only `loader.conf`, which must be there.
     pub fn set_default(&self, slot: char) -> io::Result<()> {
+        let syslinux = self.has_syslinux();
         for (file, needle, must) in [
-            (SYSLINUX_CFG, CFG_NEEDLE, true),
-            (LOADER_CONF, LOADER_NEEDLE, false),
+            (SYSLINUX_CFG, CFG_NEEDLE, syslinux),
+            (LOADER_CONF, LOADER_NEEDLE, !syslinux),
         ] {
             let p = self.root.join(file);
             let f = match OpenOptions::new().read(true).write(true).open(&p) {
@@ -432,6 +449,27 @@ mod tests {
         );
         b.set_default('A').unwrap();
         assert_eq!(std::fs::read(d.path().join(SYSLINUX_CFG)).unwrap(), before);
+    }
+
+    #[test]
+    fn a_partition_without_syslinux_keeps_its_default_in_loader_conf() {
+        // The arm64 images: systemd-boot alone.
+        let (d, _) = boot();
+        std::fs::remove_dir_all(d.path().join("syslinux")).unwrap();
+        let b = BootFs::uefi(d.path(), d.path());
+        assert!(!b.has_syslinux());
+        assert!(b.has_slots());
+        assert_eq!(b.default_slot().unwrap(), 'A');
+        b.set_default('B').unwrap();
+        assert_eq!(b.default_slot().unwrap(), 'B');
+        assert_eq!(
+            std::fs::read_to_string(d.path().join(LOADER_CONF)).unwrap(),
+            "default nuvol-B.conf\ntimeout 0\n"
+        );
+        assert!(!d.path().join(SYSLINUX_CFG).exists(), "nothing made up");
+        std::fs::remove_file(d.path().join(LOADER_CONF)).unwrap();
+        assert!(!b.has_slots());
+        assert!(b.set_default('A').is_err(), "no loader.conf: an error");
     }
 
     #[test]
