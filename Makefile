@@ -5,7 +5,8 @@
 #                (qemu/community.sh; Ctrl-C stops it)
 #   make qemu-reset  forget that box (the next `make qemu` starts from a fresh copy)
 #   make image   out/nuvol-x86_64.img, ready to dd onto a USB stick
-#   make update-artefact  out/nuvol-x86_64-VERSION.nvu: the image's OS as a signed update (dev key)
+#                (ARCH=arm64: out/nuvol-arm64.img; every target takes ARCH)
+#   make update-artefact  out/nuvol-ARCH-VERSION.nvu: the image's OS as a signed update (dev key)
 #   make test    every test (what .ci/run calls); sweeps as a seeded sample
 #   make test-full  make test with the whole sweeps (40 update power cuts)
 #   make bench   benchmarks, printed as ratios against their peers
@@ -25,16 +26,20 @@ export CARGO_TARGET_DIR ?= $(NUVOL_CACHE)/target
 export CARGO_INCREMENTAL ?= 0
 export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-# ARCH=x86_64 (default) or arm64. For arm64 only the static binary is built
-# so far (`make nuvol size ARCH=arm64`): ring's C parts with Debian's
-# aarch64 cross gcc, linked by rust-lld (self-contained musl). The arm64
-# image and kernel are not built yet.
+# ARCH=x86_64 (default) or arm64: the binary, kernel and image of that
+# architecture (out/nuvol-ARCH.img). arm64: ring's C parts with Debian's
+# aarch64 cross gcc, linked by rust-lld (self-contained musl); the kernel
+# cross-built with the same gcc.
 ARCH ?= x86_64
 export ARCH
 ifeq ($(ARCH),x86_64)
 TARGET := x86_64-unknown-linux-musl
+KERNEL := out/bzImage
+KERNEL_FRAGMENTS := kernel-config/common.config kernel-config/qemu.config kernel-config/x86.config kernel-config/atom.config
 else ifeq ($(ARCH),arm64)
 TARGET := aarch64-unknown-linux-musl
+KERNEL := out/arm64/vmlinuz.efi
+KERNEL_FRAGMENTS := kernel-config/common.config kernel-config/qemu.config kernel-config/arm64.config kernel-config/arm64-boards.config
 export CC_aarch64_unknown_linux_musl := aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_musl := aarch64-linux-gnu-ar
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER := rust-lld
@@ -47,8 +52,7 @@ RUSTFLAGS_IMAGE := --remap-path-prefix=$(CURDIR)=/nuvol --remap-path-prefix=$(HO
 NUVOL_BIN := $(CARGO_TARGET_DIR)/$(TARGET)/release/nuvol
 # out/nuvol is the x86_64 one (the image's); other architectures' carry the name.
 BIN_SUFFIX := $(if $(filter x86_64,$(ARCH)),,-$(ARCH))
-KERNEL_FRAGMENTS := kernel-config/common.config kernel-config/qemu.config kernel-config/atom.config
-IMAGE := out/nuvol-x86_64.img
+IMAGE := out/nuvol-$(ARCH).img
 # A command to run the image step under, e.g. "faketime -f +2d" (the
 # reproducibility test moves the clock to show it does not leak into images;
 # it sets NO_FAKE_STAT=1 so files keep their real times, as on another day).
@@ -58,13 +62,18 @@ PORT ?= 8080
 HTTPS_PORT ?= 8443
 # The `make qemu` box: a sparse copy of the image, as big as a USB stick.
 DISK ?= 4G
-QEMU_BOX := out/qemu
+QEMU_BOX := out/qemu$(BIN_SUFFIX)
+# The recipes, built for ARCH; signed by a nuvol that runs on this host.
+BUNDLES := out/bundles$(BIN_SUFFIX)
+HOST_NUVOL := $(CARGO_TARGET_DIR)/x86_64-unknown-linux-musl/release/nuvol
+# The architecture as nuvol names it (bundles, updates): Rust's name.
+RUST_ARCH := $(if $(filter arm64,$(ARCH)),aarch64,x86_64)
 # Host ports forwarded to the recipes' service ports (web, etcd client,
 # Syncthing GUI): host:guest.
 FORWARD ?= 18080:8080 12379:2379 18384:8384
 
 UPDATE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-UPDATE_ARTEFACT := out/nuvol-x86_64-$(UPDATE_VERSION).nvu
+UPDATE_ARTEFACT := out/nuvol-$(ARCH)-$(UPDATE_VERSION).nvu
 
 .PHONY: update-artefact deps deps-test nuvol kernel image qemu community qemu-reset test test-full test-unit test-e2e fuzz-short lint size size-arm64 bench bundles clean
 
@@ -80,28 +89,27 @@ nuvol: deps
 	@mkdir -p out && install -m 0755 $(NUVOL_BIN) out/nuvol$(BIN_SUFFIX).tmp && mv out/nuvol$(BIN_SUFFIX).tmp out/nuvol$(BIN_SUFFIX)
 
 # What exists only for x86_64 so far says so, rather than build the wrong thing.
-X86_ONLY = @[ "$(ARCH)" = x86_64 ] || { echo "make $@: not built for ARCH=$(ARCH) yet; only the static binary is (make nuvol size ARCH=$(ARCH))" >&2; exit 2; }
+X86_ONLY = @[ "$(ARCH)" = x86_64 ] || { echo "make $@: not built for ARCH=$(ARCH) yet; the binary, kernel and image are (make image ARCH=$(ARCH))" >&2; exit 2; }
 
 kernel: deps
-	$(X86_ONLY)
-	image/kernel.sh out/bzImage $(KERNEL_FRAGMENTS)
+	image/kernel.sh $(ARCH) $(KERNEL) $(KERNEL_FRAGMENTS)
 
 image: nuvol kernel
-	$(X86_ONLY)
-	$(IMAGE_WRAPPER) image/build.sh $(NUVOL_BIN) out/bzImage $(IMAGE)
+	$(IMAGE_WRAPPER) image/build.sh $(ARCH) $(NUVOL_BIN) $(KERNEL) $(IMAGE)
 
 # The image's kernel and initramfs as a signed OS update (docs/boot.md,
 # "Update"), signed with the development key `make bundles` uses. Same
 # inputs, same bytes (ed25519 signatures are deterministic).
 update-artefact: image
-	@test -f $(NUVOL_CACHE)/dev-key/dev.sec || $(NUVOL_BIN) bundle keygen -o $(NUVOL_CACHE)/dev-key/dev \
+	@[ "$(ARCH)" = x86_64 ] || $(MAKE) --no-print-directory nuvol ARCH=x86_64
+	@test -f $(NUVOL_CACHE)/dev-key/dev.sec || $(HOST_NUVOL) bundle keygen -o $(NUVOL_CACHE)/dev-key/dev \
 		-c "DEVELOPMENT ONLY nuvol recipes key, never trust in production"
-	$(NUVOL_BIN) update build --kernel out/bzImage --initrd out/initrd.img --version $(UPDATE_VERSION) \
-		-k $(NUVOL_CACHE)/dev-key/dev.sec -o $(UPDATE_ARTEFACT)
-	$(NUVOL_BIN) update verify $(UPDATE_ARTEFACT) -p $(NUVOL_CACHE)/dev-key/dev.pub
+	$(HOST_NUVOL) update build --kernel $(KERNEL) --initrd $(dir $(KERNEL))initrd.img --version $(UPDATE_VERSION) \
+		--arch $(RUST_ARCH) -k $(NUVOL_CACHE)/dev-key/dev.sec -o $(UPDATE_ARTEFACT)
+	$(HOST_NUVOL) update verify $(UPDATE_ARTEFACT) -p $(NUVOL_CACHE)/dev-key/dev.pub
 
 qemu: image bundles
-	qemu/box.sh --dir $(QEMU_BOX) --disk $(DISK) --nuvol out/nuvol --bundles out/bundles \
+	qemu/box.sh --dir $(QEMU_BOX) --disk $(DISK) --nuvol $(HOST_NUVOL) --bundles $(BUNDLES) \
 		--firmware $(FIRMWARE) --port $(PORT) --https-port $(HTTPS_PORT) \
 		$(foreach f,$(FORWARD),--forward $(f)) $(IMAGE)
 
@@ -123,12 +131,15 @@ test-unit: deps-test
 	cargo test --workspace --exclude nuvol-e2e --locked
 
 # The suite boots copies only: the release image must come out unchanged.
+# The arm64 image and recipes are built too (tests/tests/arm64.rs).
 test-e2e: deps-test image bundles
-	@sha256sum $(IMAGE) > out/image.sha256
+	$(MAKE) --no-print-directory image bundles ARCH=arm64
+	@sha256sum $(IMAGE) out/nuvol-arm64.img > out/image.sha256
 	NUVOL_IMAGE=$(CURDIR)/$(IMAGE) NUVOL_BIN=$(NUVOL_BIN) NUVOL_BUNDLES=$(CURDIR)/out/bundles \
+		NUVOL_IMAGE_ARM64=$(CURDIR)/out/nuvol-arm64.img NUVOL_BUNDLES_ARM64=$(CURDIR)/out/bundles-arm64 \
 		cargo test -p nuvol-e2e --locked -- --test-threads=1
-	@sha256sum --quiet -c out/image.sha256 || { echo "FAIL: the boots of the suite changed $(IMAGE)" >&2; exit 1; }
-	@echo "release image unchanged after the suite's boots: $$(cut -c1-16 out/image.sha256)"
+	@sha256sum --quiet -c out/image.sha256 || { echo "FAIL: the boots of the suite changed a release image" >&2; exit 1; }
+	@echo "release images unchanged after the suite's boots: $$(cut -c1-16 out/image.sha256 | tr "\n" " ")"
 
 # The product's budget: the static nuvol with every feature <= 8 MiB.
 size: nuvol
@@ -147,8 +158,8 @@ test-full:
 	$(MAKE) --no-print-directory test NUVOL_POWERCUT_POINTS=40
 
 bundles: deps nuvol
-	$(X86_ONLY)
-	NUVOL=$(NUVOL_BIN) recipes/build-all.sh out/bundles
+	@[ "$(ARCH)" = x86_64 ] || $(MAKE) --no-print-directory nuvol ARCH=x86_64
+	BUNDLE_ARCH=$(RUST_ARCH) NUVOL=$(HOST_NUVOL) recipes/build-all.sh $(BUNDLES)
 
 fuzz-short: deps-test
 	FUZZ_TARGET_DIR=$(NUVOL_CACHE)/fuzz-target fuzz/run-short.sh

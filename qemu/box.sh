@@ -76,8 +76,13 @@ else
         echo "nuvol: $box keeps the state and the OS of an earlier image; 'make qemu-reset' starts over from the new $image" >&2
     fi
 fi
+case $(basename "$image") in
+    *arm64*) arch=arm64 firmware=uefi vars_template=/usr/share/AAVMF/AAVMF_VARS.fd ;;
+    *) arch=x86_64 vars_template=/usr/share/OVMF/OVMF_VARS_4M.fd ;;
+esac
+pass+=(--arch "$arch")
 if [ "$firmware" = uefi ]; then
-    [ -f "$dir/ovmf-vars.fd" ] || cp /usr/share/OVMF/OVMF_VARS_4M.fd "$dir/ovmf-vars.fd"
+    [ -f "$dir/ovmf-vars.fd" ] || cp "$vars_template" "$dir/ovmf-vars.fd"
     pass+=(--vars "$dir/ovmf-vars.fd")
 fi
 

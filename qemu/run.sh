@@ -2,6 +2,9 @@
 # Boot a nuvol disk image in QEMU.
 #
 #   qemu/run.sh [options] IMAGE
+#     --arch x86_64|arm64    the image's architecture; default from its name
+#                            (nuvol-arm64.img), else x86_64. arm64 boots
+#                            qemu-system-aarch64 -M virt with edk2 (UEFI only)
 #     --firmware bios|uefi   SeaBIOS (default) or OVMF
 #     --port N               host port forwarded to the guest's panel (port 80); default 8080
 #     --https-port N         host port forwarded to the guest's HTTPS panel (443); default none
@@ -30,10 +33,11 @@
 # otherwise TCG. Set QEMU_ACCEL=kvm|tcg to force one.
 set -euo pipefail
 
-firmware=bios port=8080 https_port="" qmp="" serial="" serial_socket="" mem=512 smp=2 vars="" kernel="" initrd="" append=""
+arch="" firmware=bios port=8080 https_port="" qmp="" serial="" serial_socket="" mem=512 smp=2 vars="" kernel="" initrd="" append=""
 forwards="" log="" tap="" mac="" drives=()
 while [ $# -gt 1 ]; do
     case $1 in
+        --arch) arch=$2; shift 2 ;;
         --firmware) firmware=$2; shift 2 ;;
         --port) port=$2; shift 2 ;;
         --https-port) https_port=$2; shift 2 ;;
@@ -57,12 +61,28 @@ while [ $# -gt 1 ]; do
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-[ $# -eq 1 ] || { sed -n '2,30p' "$0" >&2; exit 2; }
+[ $# -eq 1 ] || { sed -n '2,33p' "$0" >&2; exit 2; }
 image=$1
 [ -f "$image" ] || { echo "run.sh: no image at $image (run 'make image')" >&2; exit 1; }
+if [ -z "$arch" ]; then
+    case $(basename "$image") in *arm64*) arch=arm64 ;; *) arch=x86_64 ;; esac
+fi
 
-accel=${QEMU_ACCEL:-$("$(dirname "$0")/probe-kvm.sh")}
-args=(-machine q35 -accel "$accel" -m "$mem" -smp "$smp" -nographic -no-user-config -nodefaults)
+case $arch in
+    x86_64)
+        accel=${QEMU_ACCEL:-$("$(dirname "$0")/probe-kvm.sh")}
+        qemu=qemu-system-x86_64
+        args=(-machine q35) ;;
+    arm64)
+        # No KVM for another architecture: TCG. A Cortex-A53, the core of
+        # most arm64 routers (RK3328, BCM2837); edk2 has no BIOS mode.
+        accel=tcg qemu=qemu-system-aarch64 firmware=uefi
+        # acpi=off: edk2 then hands the kernel QEMU's device tree, as U-Boot
+        # does on the boards (the kernel has no ACPI for arm64).
+        args=(-machine virt,acpi=off -cpu cortex-a53) ;;
+    *) echo "run.sh: --arch must be x86_64 or arm64" >&2; exit 2 ;;
+esac
+args+=(-accel "$accel" -m "$mem" -smp "$smp" -nographic -no-user-config -nodefaults)
 if [ ${#drives[@]} -eq 0 ]; then
     args+=(-drive "file=$image,if=virtio,format=raw,cache=unsafe")
 else
@@ -83,18 +103,24 @@ if [ -n "$tap" ]; then
 else
     args+=(-netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:80${https_port:+,hostfwd=tcp:127.0.0.1:$https_port-:443}$forwards")
 fi
-[ "$accel" = kvm ] && args+=(-cpu host) || args+=(-cpu qemu64)
+if [ "$arch" = x86_64 ]; then
+    [ "$accel" = kvm ] && args+=(-cpu host) || args+=(-cpu qemu64)
+fi
 # Tell the guest which host port reaches its HTTPS panel, so plain-HTTP
 # redirects point there ([panel] public_https_port in nuvol.toml wins).
 [ -n "$https_port" ] && args+=(-smbios "type=11,value=nuvol:panel.public_https_port=$https_port")
 case $firmware in
     bios) ;;
     uefi)
-        code=/usr/share/OVMF/OVMF_CODE_4M.fd
+        if [ "$arch" = arm64 ]; then
+            code=/usr/share/AAVMF/AAVMF_CODE.fd vars_template=/usr/share/AAVMF/AAVMF_VARS.fd
+        else
+            code=/usr/share/OVMF/OVMF_CODE_4M.fd vars_template=/usr/share/OVMF/OVMF_VARS_4M.fd
+        fi
         if [ -z "$vars" ]; then
             vars=$(mktemp "${TMPDIR:-/tmp}/nuvol-ovmf-vars.XXXXXX")
             trap 'rm -f "$vars"' EXIT
-            cp /usr/share/OVMF/OVMF_VARS_4M.fd "$vars"
+            cp "$vars_template" "$vars"
         fi
         args+=(-drive "if=pflash,format=raw,unit=0,readonly=on,file=$code"
                -drive "if=pflash,format=raw,unit=1,file=$vars") ;;
@@ -109,9 +135,9 @@ elif [ -n "$serial" ]; then
     args+=(-serial "file:$serial" -monitor none)
 elif [ -n "$log" ]; then
     args+=(-chardev "stdio,id=con,mux=on,logfile=$log" -serial chardev:con -mon chardev=con,mode=readline)
-    echo "nuvol: booting $image ($firmware, $accel); panel will be at http://127.0.0.1:$port/ — quit with Ctrl-a x" >&2
+    echo "nuvol: booting $image ($arch, $firmware, $accel); panel will be at http://127.0.0.1:$port/ — quit with Ctrl-a x" >&2
 else
     args+=(-serial mon:stdio)
-    echo "nuvol: booting $image ($firmware, $accel); panel will be at http://127.0.0.1:$port/ — quit with Ctrl-a x" >&2
+    echo "nuvol: booting $image ($arch, $firmware, $accel); panel will be at http://127.0.0.1:$port/ — quit with Ctrl-a x" >&2
 fi
-exec qemu-system-x86_64 "${args[@]}"
+exec "$qemu" "${args[@]}"

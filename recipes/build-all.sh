@@ -7,6 +7,9 @@
 # $NUVOL_CACHE/dev-key (default ~/.cache/nuvol/dev-key); OUTDIR/dev.pub is
 # its public half. Never trust that key on a production box.
 # NUVOL=/path/to/nuvol picks the binary; default: `cargo run -p nuvol`.
+# BUNDLE_ARCH=x86_64 (default) or aarch64: the architecture the bundles are
+# built for, from Debian's packages for it; written into each signed
+# manifest, so a box of another architecture refuses the bundle.
 set -eu
 [ $# -ge 1 ] || { echo "usage: $0 OUTDIR [RECIPE...]" >&2; exit 2; }
 OUT=$(realpath -m "$1")
@@ -16,7 +19,13 @@ CACHE=${NUVOL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nuvol}
 DEB_CACHE="$CACHE/debs"
 : "${CA_CERTIFICATES_VERSION:=20250419~deb12u2}"
 : "${LIBC6_VERSION:=2.36-9+deb12u14}"
-export DEB_CACHE CA_CERTIFICATES_VERSION LIBC6_VERSION
+BUNDLE_ARCH=${BUNDLE_ARCH:-x86_64}
+case "$BUNDLE_ARCH" in
+    x86_64) DEB_ARCH=amd64 ;;
+    aarch64) DEB_ARCH=arm64 ;;
+    *) echo "$0: BUNDLE_ARCH=$BUNDLE_ARCH: x86_64 or aarch64" >&2; exit 2 ;;
+esac
+export DEB_CACHE DEB_ARCH CA_CERTIFICATES_VERSION LIBC6_VERSION
 
 nuvol() {
     if [ -n "${NUVOL:-}" ]; then
@@ -49,7 +58,7 @@ for r in "$@"; do
     echo "== $r"
     RECIPE_DIR="$HERE/$r"
     . "$RECIPE_DIR/rootfs.sh"
-    nuvol bundle build -m "$RECIPE_DIR/manifest.toml" -r "$ROOTFS" -o "$OUT/$r.nvb" -k "$KEY.sec"
+    nuvol bundle build -m "$RECIPE_DIR/manifest.toml" -r "$ROOTFS" -o "$OUT/$r.nvb" -k "$KEY.sec" --arch "$BUNDLE_ARCH"
     nuvol bundle verify "$OUT/$r.nvb" -p "$OUT/dev.pub"
     rm -rf "$WORK"
     trap - EXIT INT TERM

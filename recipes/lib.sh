@@ -2,28 +2,33 @@
 # Everything fetched is pinned (PKG=VERSION) and authenticated by apt
 # (signed Release -> Packages -> .deb SHA-256).
 
-# fetch_deb PKG=VERSION -> prints the path of the cached .deb
+# The .deb of PKG=VERSION in the cache for DEB_ARCH (amd64, arm64) or
+# Architecture: all, if there.
+cached_deb() {
+    find "$DEB_CACHE" -maxdepth 1 -name "${1%%=*}_*.deb" 2>/dev/null | while read -r f; do
+        v=$(dpkg-deb -f "$f" Version)
+        a=$(dpkg-deb -f "$f" Architecture)
+        [ "${1%%=*}=$v" = "$1" ] && { [ "$a" = "$DEB_ARCH" ] || [ "$a" = all ]; } && echo "$f"
+    done | head -n1
+}
+
+# fetch_deb PKG=VERSION -> prints the path of the cached .deb for DEB_ARCH
 fetch_deb() {
     spec=$1
     pkg=${spec%%=*}
-    dir="$DEB_CACHE"
-    mkdir -p "$dir"
+    mkdir -p "$DEB_CACHE"
     # apt-get download names files pkg_version_arch.deb with ':' escaped.
-    found=$(find "$dir" -maxdepth 1 -name "${pkg}_*.deb" 2>/dev/null | while read -r f; do
-        v=$(dpkg-deb -f "$f" Version)
-        [ "$pkg=$v" = "$spec" ] && echo "$f"
-    done | head -n1)
+    found=$(cached_deb "$spec")
     if [ -z "$found" ]; then
+        # PKG:ARCH=VERSION; an Architecture: all package answers to any ARCH.
+        want="$pkg:$DEB_ARCH=${spec#*=}"
         # A machine whose package lists are missing or stale: refresh once.
-        (cd "$dir" && apt-get download -q "$spec" >&2) ||
-            { apt-get update -q >/dev/null 2>&1 || true; (cd "$dir" && apt-get download -q "$spec" >&2); } || {
-            echo "recipe: cannot download $spec (version moved on? see recipes/README.md)" >&2
+        (cd "$DEB_CACHE" && apt-get download -q "$want" >&2) ||
+            { apt-get update -q >/dev/null 2>&1 || true; (cd "$DEB_CACHE" && apt-get download -q "$want" >&2); } || {
+            echo "recipe: cannot download $want (version moved on? see recipes/README.md)" >&2
             return 1
         }
-        found=$(find "$dir" -maxdepth 1 -name "${pkg}_*.deb" | while read -r f; do
-            v=$(dpkg-deb -f "$f" Version)
-            [ "$pkg=$v" = "$spec" ] && echo "$f"
-        done | head -n1)
+        found=$(cached_deb "$spec")
     fi
     echo "$found"
 }
