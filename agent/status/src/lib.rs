@@ -15,6 +15,8 @@ pub use identity::{Identity, IdentityError};
 pub struct Status {
     pub hostname: String,
     pub version: String,
+    /// The CPU architecture nuvol runs on: `x86_64`, `aarch64`.
+    pub arch: String,
     pub node_id: String,
     pub boot_count: u64,
     pub uptime_s: u64,
@@ -123,6 +125,7 @@ impl Collector {
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             version: self.version.clone(),
+            arch: std::env::consts::ARCH.to_string(),
             node_id: self.identity.node_id.clone(),
             boot_count: self.identity.boot_count,
             uptime_s: sysinfo::System::uptime().unwrap_or_default(),

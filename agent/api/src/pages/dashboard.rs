@@ -97,8 +97,9 @@ pub(super) fn dashboard(ctx: &Ctx) -> String {
     );
     let _ = write!(
         b,
-        "</div><p>nuvol {} · node <code>{}</code> · boot {} · sparklines: last hour, one sample every 30 s</p>",
+        "</div><p>nuvol {} ({}) · node <code>{}</code> · boot {} · sparklines: last hour, one sample every 30 s</p>",
         esc(&s.version),
+        esc(&s.arch),
         esc(&s.node_id),
         s.boot_count
     );

@@ -17,7 +17,7 @@ pub(super) async fn status(c: &Client, json: bool) -> Result<(), Fail> {
     } else {
         let u = v["uptime_s"].as_u64().unwrap_or(0);
         println!("host     {}", cell(&v["hostname"]));
-        println!("version  {}", cell(&v["version"]));
+        println!("version  {} ({})", cell(&v["version"]), cell(&v["arch"]));
         println!("node     {}", cell(&v["node_id"]));
         println!(
             "uptime   {}d {}h {}m",
