@@ -66,6 +66,7 @@ fn bundle_error(e: &BundleError) -> Resp {
         | BundleError::SameImage { .. }
         | BundleError::PublisherChanged { .. }
         | BundleError::NoPrevious(_) => StatusCode::CONFLICT,
+        BundleError::WrongArch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         BundleError::Io { .. }
         | BundleError::State(_)
         | BundleError::Keyring(_)

@@ -140,7 +140,37 @@ pub fn build(
     out: &Path,
     key: Option<&SecretKey>,
 ) -> Result<Head, BundleError> {
-    let bytes = read_manifest_file(manifest_path)?;
+    build_for(manifest_path, None, rootfs, fs, out, key)
+}
+
+/// [`build`], declaring the architecture `arch` in the signed manifest
+/// (`arch = "…"` put first in the file's text, which is otherwise signed as
+/// written). A manifest that already names another architecture is refused.
+pub fn build_for(
+    manifest_path: &Path,
+    arch: Option<&str>,
+    rootfs: &Path,
+    fs: ImageType,
+    out: &Path,
+    key: Option<&SecretKey>,
+) -> Result<Head, BundleError> {
+    let mut bytes = read_manifest_file(manifest_path)?;
+    if let Some(a) = arch {
+        match Manifest::parse(&bytes)?.arch {
+            Some(have) if have == a => {}
+            Some(have) => {
+                return Err(BundleError::ManifestInvalid {
+                    field: "arch".into(),
+                    message: format!("the manifest says {have:?}, the build asks for {a:?}"),
+                })
+            }
+            None => {
+                let mut b = format!("arch = {a:?}\n").into_bytes();
+                b.extend_from_slice(&bytes);
+                bytes = b;
+            }
+        }
+    }
     let manifest = Manifest::parse(&bytes)?;
     let declared = Policy {
         allow_setuid: manifest.privileges.setuid,

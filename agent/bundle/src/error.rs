@@ -51,6 +51,12 @@ pub enum BundleError {
     DigestMismatch { expected: String, actual: String },
     #[error("manifest: {0}")]
     Manifest(String),
+    #[error("bundle {name:?} is built for {bundle}; this box is {host}")]
+    WrongArch {
+        name: String,
+        bundle: String,
+        host: String,
+    },
     #[error("manifest field `{field}`: {message}")]
     ManifestInvalid { field: String, message: String },
     #[error("path traversal: {0:?}")]
@@ -148,6 +154,7 @@ impl BundleError {
             BadSignature(_) => "bad_signature",
             DigestMismatch { .. } => "digest_mismatch",
             Manifest(_) | ManifestInvalid { .. } => "bad_manifest",
+            WrongArch { .. } => "wrong_arch",
             PathTraversal(_)
             | SymlinkEscape { .. }
             | DeviceNode(_)

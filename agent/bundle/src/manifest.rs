@@ -24,6 +24,11 @@ pub struct Manifest {
     pub publisher: String,
     #[serde(default)]
     pub description: String,
+    /// The CPU architecture its programs are built for (one of [`ARCHES`],
+    /// Rust's names). `None`: not declared (arch-independent content, or a
+    /// bundle signed before the field existed), installable anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
     /// How to start the service.
     pub run: Run,
     #[serde(default)]
@@ -320,7 +325,24 @@ fn check_label(field: &str, s: &str) -> Result<(), BundleError> {
     }
 }
 
+/// The architectures a bundle may declare: `std::env::consts::ARCH` of the
+/// boxes nuvol runs on.
+pub const ARCHES: [&str; 3] = ["x86_64", "aarch64", "arm"];
+
 impl Manifest {
+    /// Refuse a bundle built for another architecture than `here` (a box's
+    /// `std::env::consts::ARCH`); one that declares none passes.
+    pub fn check_arch(&self, here: &str) -> Result<(), BundleError> {
+        match &self.arch {
+            Some(a) if a != here => Err(BundleError::WrongArch {
+                name: self.name.clone(),
+                bundle: a.clone(),
+                host: here.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Parse and validate manifest bytes.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, BundleError> {
         if bytes.len() > crate::format::MAX_MANIFEST_LEN as usize {
@@ -352,6 +374,14 @@ impl Manifest {
         }
         if self.description.len() > 4 * MAX_STR {
             return Err(invalid("description", "too long"));
+        }
+        if let Some(a) = &self.arch {
+            if !ARCHES.contains(&a.as_str()) {
+                return Err(invalid(
+                    "arch",
+                    format!("{a:?} is not one of {}", ARCHES.join(", ")),
+                ));
+            }
         }
         let r = &self.run;
         if r.command.is_empty() || r.command.len() > MAX_LIST {

@@ -545,6 +545,7 @@ impl Store {
         };
         crash_point("copied");
         let m = &verified.manifest;
+        m.check_arch(std::env::consts::ARCH)?;
         m.check_policy(&self.opts.policy)?;
         let name = m.name.clone();
         let digest = verified.digest_hex();

@@ -570,3 +570,77 @@ fn a_store_that_fills_up_during_an_install_says_so_and_keeps_nothing() {
         "insufficient_storage"
     );
 }
+
+/// A bundle built for another architecture is refused after its signature
+/// is checked and before anything lands in the store; the same rootfs built
+/// for this box's architecture, or declaring none, installs.
+#[test]
+fn a_bundle_for_another_architecture_is_refused_and_leaves_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let root = t.path().join("root");
+    make_rootfs(&root, "arch");
+    let mf = t.path().join("m.toml");
+    fs::write(&mf, manifest_text("web", "1.0", "")).unwrap();
+    let here = std::env::consts::ARCH;
+    let other = if here == "aarch64" {
+        "x86_64"
+    } else {
+        "aarch64"
+    };
+    let build = |arch: Option<&str>, file: &str| {
+        let out = t.path().join(file);
+        nuvol_bundle::build::build_for(&mf, arch, &root, ImageType::Squashfs, &out, Some(&key))
+            .unwrap();
+        out
+    };
+    let foreign = build(Some(other), "foreign.nvb");
+    let native = build(Some(here), "native.nvb");
+    let data = t.path().join("data");
+    let store = Store::open_with(&data, opts()).unwrap();
+    store.keyring().add(&key.public(), "k").unwrap();
+
+    let e = store.install(&foreign).unwrap_err();
+    assert_eq!(e.code(), "wrong_arch", "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(other) && msg.contains(here), "{msg}");
+    assert!(entries(&data.join("bundles/tmp")).is_empty());
+    assert!(entries(&data.join("bundles/installed")).is_empty());
+
+    let b = store.install(&native).unwrap();
+    assert_eq!(b.version, "1.0");
+    let (_, head) = nuvol_bundle::verify::read_head(&native).unwrap();
+    let m = nuvol_bundle::Manifest::parse(&head.manifest_bytes).unwrap();
+    assert_eq!(m.arch.as_deref(), Some(here), "signed into the manifest");
+}
+
+#[test]
+fn build_refuses_an_arch_the_manifest_contradicts_or_does_not_know() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    make_rootfs(&root, "arch");
+    let out = t.path().join("b.nvb");
+    let mf = t.path().join("m.toml");
+    fs::write(&mf, manifest_text("web", "1.0", "")).unwrap();
+    let e =
+        nuvol_bundle::build::build_for(&mf, Some("sparc"), &root, ImageType::Squashfs, &out, None)
+            .unwrap_err();
+    assert!(
+        e.to_string().contains("arch") && e.to_string().contains("sparc"),
+        "{e}"
+    );
+    // The manifest's own arch, contradicted by the build.
+    fs::write(
+        &mf,
+        format!("arch = \"arm\"\n{}", manifest_text("web", "1.0", "")),
+    )
+    .unwrap();
+    let e =
+        nuvol_bundle::build::build_for(&mf, Some("x86_64"), &root, ImageType::Squashfs, &out, None)
+            .unwrap_err();
+    assert!(e.to_string().contains("\"arm\""), "{e}");
+    assert!(!out.exists(), "nothing written");
+    // Agreeing with it is fine; a manifest without one builds as before.
+    nuvol_bundle::build::build_for(&mf, Some("arm"), &root, ImageType::Squashfs, &out, None)
+        .unwrap();
+}

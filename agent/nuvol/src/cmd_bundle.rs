@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use nuvol_bundle::build::{build, set_signature, sign_file};
+use nuvol_bundle::build::{build_for, set_signature, sign_file};
 use nuvol_bundle::format::hex;
 use nuvol_bundle::keys::{PublicKey, SecretKey, SignatureBlock, MAX_KEY_FILE_BYTES};
 use nuvol_bundle::verify::{read_head, verify_file, KeyLookup};
@@ -41,6 +41,12 @@ enum BundleCmd {
         out: PathBuf,
         #[arg(short = 't', long, value_enum, default_value = "squashfs")]
         image_type: FsArg,
+        /// The CPU architecture the rootfs's programs are built for
+        /// (x86_64, aarch64, arm), written into the signed manifest: a box
+        /// of another architecture refuses the bundle. Default: the
+        /// manifest's own `arch`, if any.
+        #[arg(long)]
+        arch: Option<String>,
         /// Sign with this secret key (signify `-n` or minisign `-W` format).
         #[arg(short, long)]
         key: Option<PathBuf>,
@@ -165,13 +171,14 @@ pub fn run(args: BundleArgs) -> anyhow::Result<()> {
             out,
             image_type,
             key,
+            arch,
         } => {
             let key = key.as_deref().map(load_secret).transpose()?;
             let fs = match image_type {
                 FsArg::Squashfs => ImageType::Squashfs,
                 FsArg::Erofs => ImageType::Erofs,
             };
-            let head = build(&manifest, &rootfs, fs, &out, key.as_ref())?;
+            let head = build_for(&manifest, arch.as_deref(), &rootfs, fs, &out, key.as_ref())?;
             println!(
                 "built {} ({} image, {} bytes, sha256 {}){}",
                 out.display(),
@@ -248,10 +255,11 @@ pub fn run(args: BundleArgs) -> anyhow::Result<()> {
             let v = verify_file(&bundle, keys.as_ref(), None)
                 .with_context(|| format!("{}: REJECTED", bundle.display()))?;
             println!(
-                "{}: OK {} {} signed by {} sha256 {}",
+                "{}: OK {} {} for {} signed by {} sha256 {}",
                 bundle.display(),
                 v.manifest.name,
                 v.manifest.version,
+                v.manifest.arch.as_deref().unwrap_or("any architecture"),
                 v.key_id,
                 v.digest_hex()
             );
@@ -316,6 +324,7 @@ pub fn run(args: BundleArgs) -> anyhow::Result<()> {
                         println!("name        {}", m.name);
                         println!("version     {}", m.version);
                         println!("publisher   {}", m.publisher);
+                        println!("arch        {}", m.arch.as_deref().unwrap_or("any"));
                         println!("command     {:?}", m.run.command);
                         for p in &m.ports {
                             println!("port        {} {}/{:?}", p.name, p.port, p.protocol);
