@@ -22,6 +22,9 @@
 #                    (they must relay through a super node); repeatable
 #   --serf           also run a Go `serf` agent in zone-a (10.K.1.5)
 #   --bundles DIR    trust DIR/dev.pub on every box (the recipes' development key)
+#   --arm64 N        box N boots the arm64 image given by --arm64-image
+#                    (qemu-system-aarch64 -M virt, edk2); repeatable
+#   --arm64-image IMG  the arm64 image for --arm64 boxes
 #   --update-key PUB trust PUB as OS publisher key on every box ([update]
 #                    trusted_keys); tried updates settle in 5 s (a test hook)
 #   --update-policy P  with --update-key: [update] policy = P (notify, auto)
@@ -43,7 +46,7 @@ cmd=up
 case ${1:-} in up|down|kill|start|run) cmd=$1; shift ;; esac
 
 boxes=4 mem=192 dir=out/community net=71 overlay=1 serf=0 bundles="" detach=0 update_key="" update_policy="" one_zone=0
-blocks=()
+blocks=() arm64_boxes=() arm64_image=""
 while [ $# -gt 0 ]; do
     case $1 in
         --boxes) boxes=$2; shift 2 ;;
@@ -57,8 +60,10 @@ while [ $# -gt 0 ]; do
         --update-policy) update_policy=$2; shift 2 ;;
         --one-zone) one_zone=1; shift ;;
         --bundles) bundles=$2; shift 2 ;;
+        --arm64) arm64_boxes+=("$2"); shift 2 ;;
+        --arm64-image) arm64_image=$(realpath "$2"); shift 2 ;;
         --detach) detach=1; shift ;;
-        -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
         --*) echo "community.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -88,7 +93,8 @@ boot_box() { # N
         ip netns exec "$ns" ip link set "tap$n" master br0 up
     }
     : > "$dir/box$n/serial.log"
-    ip netns exec "$ns" setsid "$here/run.sh" --tap "tap$n" --mac "$(mac_of "$n")" --mem "$mem" --smp 1 \
+    ip netns exec "$ns" setsid "$here/run.sh" --arch "$(cat "$dir/box$n/arch")" \
+        --tap "tap$n" --mac "$(mac_of "$n")" --mem "$mem" --smp 1 \
         --serial "$dir/box$n/serial.log" --qmp "$dir/box$n/qmp.sock" "$dir/box$n/disk.img" \
         >"$dir/box$n/qemu.log" 2>&1 &
     echo $! > "$dir/box$n/pid"
@@ -128,7 +134,7 @@ case $cmd in
     run) z=${1:?namespace r, a or b}; shift; exec ip netns exec "nvc$net-$z" "$@" ;;
 esac
 
-[ $# -eq 1 ] || { sed -n '2,36p' "$0" >&2; exit 2; }
+[ $# -eq 1 ] || { sed -n '2,41p' "$0" >&2; exit 2; }
 image=$(realpath "$1")
 [ -f "$image" ] || { echo "community.sh: no image at $image (run 'make image')" >&2; exit 1; }
 [[ $boxes =~ ^[0-9]+$ ]] && [ "$boxes" -ge 2 ] && [ "$boxes" -le 40 ] ||
@@ -204,7 +210,10 @@ in_r dnsmasq --conf-file=/dev/null --port=0 --bind-interfaces --interface=ra --i
 key=$(head -c 32 /dev/urandom | base64)
 token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 token_sum=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
-off=$(( $(sfdisk --json "$image" | jq '.partitiontable.partitions[0].start') * 512 ))
+if [ ${#arm64_boxes[@]} -gt 0 ]; then
+    [ -f "$arm64_image" ] || { echo "community.sh: --arm64 needs --arm64-image IMG (make image ARCH=arm64)" >&2; exit 2; }
+fi
+is_arm64() { local b; for b in "${arm64_boxes[@]:-}"; do [ "$b" = "$1" ] && return 0; done; return 1; }
 trust=""
 [ -n "$bundles" ] && [ -f "$bundles/dev.pub" ] && trust="trusted_keys = [\"$(grep -v '^untrusted' "$bundles/dev.pub" | head -1)\"]"
 update=""
@@ -217,7 +226,11 @@ for n in $(seq 1 "$boxes"); do
     z=$(zone_of "$n")
     mkdir -p "$dir/box$n"
     rm -f "$dir/box$n/disk.img"
-    cp --sparse=always "$image" "$dir/box$n/disk.img"
+    img=$image arch=x86_64
+    if is_arm64 "$n"; then img=$arm64_image arch=arm64; fi
+    echo "$arch" > "$dir/box$n/arch"
+    cp --sparse=always "$img" "$dir/box$n/disk.img"
+    off=$(( $(sfdisk --json "$img" | jq '.partitiontable.partitions[0].start') * 512 ))
     truncate -s 2G "$dir/box$n/disk.img"
     role=ordinary-node
     [ "$n" = "$(first_of "$z")" ] && role=super-node
@@ -276,7 +289,7 @@ t_ready=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
         z=$(zone_of "$n")
         role=ordinary-node; [ "$n" = "$(first_of "$z")" ] && role=super-node
         sep=,; [ "$n" = "$boxes" ] && sep=
-        echo "    {\"name\": \"box$n\", \"zone\": \"zone-$z\", \"role\": \"$role\", \"ip\": \"$(ip_of "$n")\", \"url\": \"http://$(ip_of "$n")/\", \"dir\": \"$dir/box$n\"}$sep"
+        echo "    {\"name\": \"box$n\", \"arch\": \"$(cat "$dir/box$n/arch")\", \"zone\": \"zone-$z\", \"role\": \"$role\", \"ip\": \"$(ip_of "$n")\", \"url\": \"http://$(ip_of "$n")/\", \"dir\": \"$dir/box$n\"}$sep"
     done
     echo "  ]"
     echo "}"

@@ -34,6 +34,19 @@ pub fn image() -> PathBuf {
     p
 }
 
+/// The arm64 image: `$NUVOL_IMAGE_ARM64` or `out/nuvol-arm64.img`.
+pub fn image_arm64() -> PathBuf {
+    let p = std::env::var_os("NUVOL_IMAGE_ARM64")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("out/nuvol-arm64.img"));
+    assert!(
+        p.exists(),
+        "no image at {} — run `make image ARCH=arm64` (or `make test`)",
+        p.display()
+    );
+    p
+}
+
 /// A scratch directory removed on drop.
 pub struct Scratch(pub PathBuf);
 impl Scratch {
@@ -52,8 +65,13 @@ impl Drop for Scratch {
 
 /// Copy the image and grow the copy to `mib` MiB (a "bigger USB stick").
 pub fn disk_copy(dir: &Path, mib: u64) -> PathBuf {
+    disk_copy_of(&image(), dir, mib)
+}
+
+/// [`disk_copy`] of another image (e.g. [`image_arm64`]).
+pub fn disk_copy_of(image: &Path, dir: &Path, mib: u64) -> PathBuf {
     let d = dir.join("disk.img");
-    fs::copy(image(), &d).unwrap();
+    fs::copy(image, &d).unwrap();
     fs::OpenOptions::new()
         .write(true)
         .open(&d)
@@ -113,6 +131,9 @@ pub struct BootOptions {
     /// Be able to type on the serial console ([`Vm::type_console`]); the
     /// console is still logged to [`Vm::serial`].
     pub serial_input: bool,
+    /// The image's architecture (`qemu/run.sh --arch`): `None` is x86_64;
+    /// `Some("arm64")` boots `qemu-system-aarch64 -M virt` with edk2.
+    pub arch: Option<&'static str>,
 }
 
 pub struct Vm {
@@ -153,6 +174,11 @@ impl Vm {
     ) -> Vm {
         let https = opts.https.then(free_port);
         let fwd: Vec<(u16, u16)> = opts.forwards.iter().map(|g| (free_port(), *g)).collect();
+        let mut run_args = run_args.to_vec();
+        if let Some(a) = opts.arch {
+            run_args.extend([std::ffi::OsStr::new("--arch"), std::ffi::OsStr::new(a)]);
+        }
+        let run_args = &run_args[..];
         if !opts.serial_input {
             return Vm::boot_full(disk, firmware, dir, https, &fwd, run_args);
         }
@@ -215,9 +241,17 @@ impl Vm {
         ];
         if firmware == "uefi" {
             // The variable store persists across boots of this disk, like NVRAM.
+            let arm64 = run_args
+                .windows(2)
+                .any(|w| w[0] == "--arch" && w[1] == "arm64");
+            let template = if arm64 {
+                "/usr/share/AAVMF/AAVMF_VARS.fd"
+            } else {
+                "/usr/share/OVMF/OVMF_VARS_4M.fd"
+            };
             let vars = dir.join("ovmf-vars.fd");
             if !vars.exists() {
-                fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+                fs::copy(template, &vars).unwrap();
             }
             args.extend(["--vars".into(), vars.into()]);
         }
@@ -337,11 +371,16 @@ impl Vm {
     /// Reboot through the API and wait (up to 240 s) for the next boot's
     /// ready line; returns how long it took.
     pub fn reboot_via_api(&mut self) -> Duration {
+        self.reboot_via_api_within(Duration::from_secs(240))
+    }
+
+    /// [`Vm::reboot_via_api`], waiting up to `timeout` (arm64 under TCG).
+    pub fn reboot_via_api_within(&mut self, timeout: Duration) -> Duration {
         const READY: &str = "nuvol: ready: panel at";
         let n = self.console().matches(READY).count();
         let t = Instant::now();
         self.ask_reboot();
-        self.wait_console(READY, n + 1, Duration::from_secs(240));
+        self.wait_console(READY, n + 1, timeout);
         t.elapsed()
     }
 

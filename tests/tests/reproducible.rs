@@ -1,11 +1,11 @@
 //! Two `make image` runs of the same source, in different directories, with
 //! fresh cargo target dirs and the clock moved two days on for the image
-//! step, give byte-identical images. (The kernel comes from the shared content-keyed cache in both; its
+//! step, give byte-identical images, for x86_64 and for arm64. (The kernel comes from the shared content-keyed cache in both; its
 //! own build is pinned by KBUILD_BUILD_TIMESTAMP/USER/HOST in image/kernel.sh.)
 
 use std::process::Command;
 
-use nuvol_e2e::{image, repo, Scratch};
+use nuvol_e2e::{image, image_arm64, repo, Scratch};
 
 fn sha256(p: &std::path::Path) -> String {
     let out = Command::new("sha256sum").arg(p).output().unwrap();
@@ -18,7 +18,6 @@ fn sha256(p: &std::path::Path) -> String {
 
 #[test]
 fn image_is_reproducible_across_directories_and_days() {
-    let first = image();
     let dir = Scratch::new("repro");
     let src = dir.0.join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -64,22 +63,25 @@ fn image_is_reproducible_across_directories_and_days() {
     });
     // The clock moves two days on for the image step (libfaketime cannot
     // wrap rustc, which hangs under it; rustc embeds no time anyway).
-    let st = Command::new("make")
-        .args(["-s", "image", "IMAGE_WRAPPER=faketime -f +2d"])
-        .current_dir(&src)
-        .env("SOURCE_DATE_EPOCH", &epoch)
-        // Move only the clock: files keep their real (fresh) times.
-        .env("NO_FAKE_STAT", "1")
-        .env("CARGO_TARGET_DIR", dir.0.join("target"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "second make image failed");
-    let second = src.join("out/nuvol-x86_64.img");
-    assert_eq!(
-        sha256(&first),
-        sha256(&second),
-        "images differ: {} vs {}",
-        first.display(),
-        second.display()
-    );
+    for (arch, first) in [("x86_64", image()), ("arm64", image_arm64())] {
+        let st = Command::new("make")
+            .args(["-s", "image", "IMAGE_WRAPPER=faketime -f +2d"])
+            .arg(format!("ARCH={arch}"))
+            .current_dir(&src)
+            .env("SOURCE_DATE_EPOCH", &epoch)
+            // Move only the clock: files keep their real (fresh) times.
+            .env("NO_FAKE_STAT", "1")
+            .env("CARGO_TARGET_DIR", dir.0.join("target"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "second make image ARCH={arch} failed");
+        let second = src.join(format!("out/nuvol-{arch}.img"));
+        assert_eq!(
+            sha256(&first),
+            sha256(&second),
+            "{arch} images differ: {} vs {}",
+            first.display(),
+            second.display()
+        );
+    }
 }
