@@ -165,6 +165,7 @@ fuzz-short: deps-test
 	FUZZ_TARGET_DIR=$(NUVOL_CACHE)/fuzz-target fuzz/run-short.sh
 
 bench: deps-test image bundles
+	$(MAKE) --no-print-directory image ARCH=arm64
 	NUVOL_BENCH_SYNCTHING=$(CURDIR)/out/bundles/syncthing.nvb cargo bench --workspace --locked
 	NUVOL_IMAGE=$(CURDIR)/$(IMAGE) tests/bench/boot.sh
 	# The panel bench on this host, then on the booted box beside it.

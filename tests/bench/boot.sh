@@ -4,6 +4,8 @@
 #   from the panel (median of $RUNS) under SeaBIOS and OVMF; agent RSS after
 #   boot; and the same boot-to-HTTP figure for a minimal Debian 12 with
 #   systemd serving one static page (debootstrap, same QEMU flags, same run).
+#   The arm64 image's sizes and boot-to-HTTP (qemu-system-aarch64 -M virt,
+#   edk2, TCG) beside x86's, when out/nuvol-arm64.img exists.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 image=${NUVOL_IMAGE:-$here/out/nuvol-x86_64.img}
@@ -106,4 +108,16 @@ if ref=$(debian_ref) && BOOT_DISK=$ref/disk.img && deb=$(series "Debian 12 + sys
     echo "  ratio Debian/nuvol (OVMF):    $(awk -v d="$deb" -v n="$uefi" 'BEGIN { printf "%.1fx", d / n }') faster" >&2
 else
     echo "  Debian reference could not be built or booted (see above)" >&2
+fi
+
+arm_image=${NUVOL_IMAGE_ARM64:-$here/out/nuvol-arm64.img}
+if [ -f "$arm_image" ]; then
+    echo "== arm64 (qemu-system-aarch64 -M virt, Cortex-A53, TCG) ==" >&2
+    arm_bin=${CARGO_TARGET_DIR:-$cache/target}/aarch64-unknown-linux-musl/release/nuvol
+    echo "  image: $(mib "$(stat -c %s "$arm_image")") MiB; kernel (vmlinuz.efi): $(mib "$(stat -c %s out/arm64/vmlinuz.efi)") MiB; initramfs: $(mib "$(stat -c %s out/arm64/initrd.img)") MiB" >&2
+    [ -f "$arm_bin" ] && echo "  nuvol binary: $(mib "$(stat -c %s "$arm_bin")") MiB (x86_64: $(mib "$(stat -c %s "$bin")") MiB; target <= 8)" >&2
+    BOOT_DISK=$arm_image
+    if arm=$(series "nuvol arm64 edk2 boot-to-HTTP" --arch arm64); then
+        echo "  ratio arm64/x86 (OVMF) boot-to-HTTP: $(awk -v a="$arm" -v x="$uefi" 'BEGIN { printf "%.1fx", a / x }') (TCG emulates every arm64 instruction)" >&2
+    fi
 fi
