@@ -32,6 +32,11 @@ export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 
 # cross-built with the same gcc.
 ARCH ?= x86_64
 export ARCH
+# How any aarch64 build is made (the arm64 binary, its unit tests under
+# qemu-user): ring's C parts with Debian's cross gcc, linked by rust-lld.
+export CC_aarch64_unknown_linux_musl := aarch64-linux-gnu-gcc
+export AR_aarch64_unknown_linux_musl := aarch64-linux-gnu-ar
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER := rust-lld
 ifeq ($(ARCH),x86_64)
 TARGET := x86_64-unknown-linux-musl
 KERNEL := out/bzImage
@@ -40,9 +45,6 @@ else ifeq ($(ARCH),arm64)
 TARGET := aarch64-unknown-linux-musl
 KERNEL := out/arm64/vmlinuz.efi
 KERNEL_FRAGMENTS := kernel-config/common.config kernel-config/qemu.config kernel-config/arm64.config kernel-config/arm64-boards.config
-export CC_aarch64_unknown_linux_musl := aarch64-linux-gnu-gcc
-export AR_aarch64_unknown_linux_musl := aarch64-linux-gnu-ar
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER := rust-lld
 else
 $(error ARCH=$(ARCH): nuvol builds for ARCH=x86_64 or ARCH=arm64)
 endif
@@ -75,7 +77,7 @@ FORWARD ?= 18080:8080 12379:2379 18384:8384
 UPDATE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 UPDATE_ARTEFACT := out/nuvol-$(ARCH)-$(UPDATE_VERSION).nvu
 
-.PHONY: update-artefact deps deps-test nuvol kernel image qemu community qemu-reset test test-full test-unit test-e2e fuzz-short lint size size-arm64 bench bundles clean
+.PHONY: update-artefact deps deps-test nuvol kernel image qemu community qemu-reset test test-full test-unit test-unit-arm64 test-e2e fuzz-short lint size size-arm64 bench bundles clean
 
 deps:
 	@image/deps.sh build
@@ -150,7 +152,16 @@ size-arm64: nuvol
 	$(MAKE) --no-print-directory size ARCH=arm64
 	tests/arm64-smoke.sh $(CARGO_TARGET_DIR)/aarch64-unknown-linux-musl/release/nuvol $(NUVOL_BIN)
 
-test: lint size size-arm64 test-unit test-e2e fuzz-short
+# The crates whose unit tests also run for aarch64, under qemu-user
+# (tests/README.md says why not the others).
+ARM64_USER_CRATES := nuvol-bundle nuvol-catalog nuvol-config nuvol-disk nuvol-durable \
+	nuvol-gossip nuvol-human nuvol-init nuvol-mdns nuvol-net nuvol-rawnl nuvol-reset \
+	nuvol-status nuvol-supervisor nuvol-testkit nuvol-update
+test-unit-arm64: deps-test
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64-static \
+		cargo test --locked --target aarch64-unknown-linux-musl $(ARM64_USER_CRATES:%=-p %) --lib
+
+test: lint size size-arm64 test-unit test-unit-arm64 test-e2e fuzz-short
 
 # The same with the whole sweeps: OS-update power cuts at 40 points, 20 per
 # loader (make test cuts at 3, seeded and printed; NUVOL_SEED replays).

@@ -3,8 +3,8 @@
 # prints its version, makes a signing key, verifies a bundle the x86_64
 # binary built and signed with that key, and refuses the same bundle with
 # one byte changed. Proves the cross build (ring's C parts, rust-lld, musl)
-# and the signature and digest code on aarch64; the arm64 image does not
-# exist yet.
+# and the signature and digest code on aarch64 before any image is built
+# (the arm64 image itself boots in tests/tests/arm64.rs).
 #
 #   tests/arm64-smoke.sh ARM64_NUVOL X86_64_NUVOL
 set -euo pipefail
