@@ -13,7 +13,8 @@
 //!   makes B the default in `loader.conf`;
 //! - the power button powers it off cleanly;
 //! - an x86_64 box and an arm64 box on one LAN find each other through
-//!   gossip and list each other's services.
+//!   gossip and list each other's services; each sees the other's bundle
+//!   as built for another architecture and a fetch of it is refused.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -217,4 +218,30 @@ fn an_x86_box_and_an_arm64_box_see_each_other_and_their_services() {
             },
         );
     }
+    // The bundle share: box1 sees box2's web as built for aarch64, not for
+    // it, and a fetch is refused before anything is downloaded.
+    let offer = c.wait_for(
+        "box2's web in box1's community bundles",
+        Duration::from_secs(120),
+        || {
+            let v = c.get(1, "/api/v1/community/bundles?refresh=1");
+            v["bundles"]
+                .as_array()?
+                .iter()
+                .find(|b| b["node"] == "box2" && b["name"] == "web")
+                .cloned()
+        },
+    );
+    assert_eq!(offer["arch"], "aarch64", "{offer}");
+    assert_eq!(offer["runs_here"], false, "{offer}");
+    let (code, body) = c
+        .http(
+            1,
+            "POST",
+            "/api/v1/bundles/fetch",
+            br#"{"node": "box2", "name": "web"}"#,
+        )
+        .unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("wrong_arch"), "{body}");
 }

@@ -80,6 +80,11 @@ pub struct IndexEntry {
     pub sha256: String,
     /// Size of the `.nvb` file in bytes.
     pub size: u64,
+    /// The architecture its manifest declares (`None`: any). A peer's word,
+    /// used only to skip a download this box would refuse; the installing
+    /// store reads the signed manifest itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
 }
 
 fn is_hex(s: &str, n: usize) -> bool {
@@ -98,6 +103,17 @@ impl IndexEntry {
             && is_hex(&self.sha256, 64)
             && self.size > 0
             && self.size <= crate::bundles::MAX_UPLOAD
+            && self
+                .arch
+                .as_deref()
+                .is_none_or(|a| nuvol_bundle::manifest::ARCHES.contains(&a))
+    }
+
+    /// Whether this box can run it (by the peer's word: see [`IndexEntry::arch`]).
+    fn runs_here(&self) -> bool {
+        self.arch
+            .as_deref()
+            .is_none_or(|a| a == std::env::consts::ARCH)
     }
 }
 
@@ -203,6 +219,7 @@ pub fn index(store: &Store, share: &Share) -> Result<Vec<IndexEntry>, BundleErro
             digest: b.digest,
             sha256: sha,
             size,
+            arch: b.manifest.arch,
         });
     }
     Ok(out)
@@ -539,6 +556,8 @@ pub async fn community(ctx: &Ctx, refresh: bool) -> Result<serde_json::Value, Re
                         "digest": e.digest,
                         "sha256": e.sha256,
                         "size": e.size,
+                        "arch": e.arch,
+                        "runs_here": e.runs_here(),
                         "installed_version": installed.get(&e.name),
                         "trusted": is_trusted,
                         "age_s": o.at.elapsed().as_secs(),
@@ -646,6 +665,20 @@ pub async fn fetch(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
             &format!("{} does not offer {}", p.node, want.name),
         );
     };
+    // Built for another architecture (as the index says; the store checks
+    // the signed manifest anyway): refuse before downloading it.
+    if let Some(a) = entry.arch.as_deref().filter(|_| !entry.runs_here()) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "wrong_arch",
+            &format!(
+                "{} offers {} built for {a}; this box is {}",
+                p.node,
+                want.name,
+                std::env::consts::ARCH
+            ),
+        );
+    }
     // Into the upload directory, like an upload; removed unless kept as pending.
     let upload = match crate::bundles::new_upload(&dir) {
         Ok(u) => u,
@@ -747,6 +780,7 @@ mod tests {
             digest: "a".repeat(64),
             sha256: "b".repeat(64),
             size: 4096,
+            arch: None,
         }
     }
 
@@ -771,9 +805,40 @@ mod tests {
                 version: String::new(),
                 ..entry()
             },
+            IndexEntry {
+                arch: Some("sparc".into()),
+                ..entry()
+            },
         ] {
             assert!(!bad.sane(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_entry_for_another_architecture_does_not_run_here() {
+        let here = std::env::consts::ARCH;
+        let other = if here == "aarch64" {
+            "x86_64"
+        } else {
+            "aarch64"
+        };
+        assert!(entry().runs_here(), "no arch: any");
+        let e = IndexEntry {
+            arch: Some(here.into()),
+            ..entry()
+        };
+        assert!(e.sane() && e.runs_here());
+        let e = IndexEntry {
+            arch: Some(other.into()),
+            ..entry()
+        };
+        assert!(e.sane() && !e.runs_here());
+        // Older peers leave the field out; this box's index does too for a
+        // bundle without one, so the JSON stays what it was.
+        let json = serde_json::to_string(&entry()).unwrap();
+        assert!(!json.contains("arch"), "{json}");
+        let back: IndexEntry = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, entry());
     }
 
     #[test]

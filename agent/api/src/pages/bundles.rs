@@ -26,7 +26,15 @@ async fn community_bundles(ctx: &Ctx, csrf: &str, refresh: bool) -> String {
         b,
         "<p>Bundles other nuvol boxes offer. Fetching downloads the signed file and checks it against this box's trusted keys; you see publisher and signature before anything is installed. <a id=community-refresh href=\"/bundles?refresh=1#from-community\">Check again</a></p>"
     );
-    let rows = v["bundles"].as_array().cloned().unwrap_or_default();
+    // What this box cannot run (built for another architecture) is listed
+    // only in the API: nothing to fetch here.
+    let rows: Vec<Value> = v["bundles"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["runs_here"] != false)
+        .collect();
     b.push_str("<div class=wrap><table id=community-bundles><tr><th>Bundle</th><th>Version</th><th>Node</th><th>Publisher (key)</th><th>Trusted</th><th>Here</th><th></th></tr>");
     if rows.is_empty() {
         b.push_str("<tr><td colspan=7>No other box offers bundles right now.</td></tr>");

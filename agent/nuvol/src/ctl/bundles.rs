@@ -117,6 +117,7 @@ async fn available(c: &Client, json: bool, refresh: bool) -> Result<(), Fail> {
                     "node",
                     "name",
                     "version",
+                    "arch",
                     "publisher",
                     "trusted",
                     "installed_version",
