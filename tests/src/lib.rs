@@ -23,25 +23,26 @@ pub fn repo() -> PathBuf {
 
 /// The image under test: `$NUVOL_IMAGE` or `out/nuvol-x86_64.img`.
 pub fn image() -> PathBuf {
-    let p = std::env::var_os("NUVOL_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("out/nuvol-x86_64.img"));
-    assert!(
-        p.exists(),
-        "no image at {} — run `make image` (or `make test`)",
-        p.display()
-    );
-    p
+    image_from("NUVOL_IMAGE", "out/nuvol-x86_64.img", "make image")
 }
 
 /// The arm64 image: `$NUVOL_IMAGE_ARM64` or `out/nuvol-arm64.img`.
 pub fn image_arm64() -> PathBuf {
-    let p = std::env::var_os("NUVOL_IMAGE_ARM64")
+    image_from(
+        "NUVOL_IMAGE_ARM64",
+        "out/nuvol-arm64.img",
+        "make image ARCH=arm64",
+    )
+}
+
+/// `$var`, else `default` in the repository; it must exist (`make` builds it).
+fn image_from(var: &str, default: &str, make: &str) -> PathBuf {
+    let p = std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("out/nuvol-arm64.img"));
+        .unwrap_or_else(|| repo().join(default));
     assert!(
         p.exists(),
-        "no image at {} — run `make image ARCH=arm64` (or `make test`)",
+        "no image at {} — run `{make}` (or `make test`)",
         p.display()
     );
     p
