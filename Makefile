@@ -90,9 +90,6 @@ nuvol: deps
 	@file $(NUVOL_BIN) | grep -q 'static' || { echo "nuvol is not a static binary" >&2; exit 1; }
 	@mkdir -p out && install -m 0755 $(NUVOL_BIN) out/nuvol$(BIN_SUFFIX).tmp && mv out/nuvol$(BIN_SUFFIX).tmp out/nuvol$(BIN_SUFFIX)
 
-# What exists only for x86_64 so far says so, rather than build the wrong thing.
-X86_ONLY = @[ "$(ARCH)" = x86_64 ] || { echo "make $@: not built for ARCH=$(ARCH) yet; the binary, kernel and image are (make image ARCH=$(ARCH))" >&2; exit 2; }
-
 kernel: deps
 	image/kernel.sh $(ARCH) $(KERNEL) $(KERNEL_FRAGMENTS)
 

@@ -25,7 +25,7 @@ dest=$cache/foreign/$arch/$key
 if [ ! -f "$dest/.complete" ]; then
     tmp=$cache/foreign/$arch/.tmp-$$
     rm -rf "$tmp"; mkdir -p "$tmp/debs" "$tmp/root"
-    (cd "$tmp/debs" && apt-get download -q "${specs[@]}" >&2 2>/dev/null) || {
+    (cd "$tmp/debs" && apt-get download -q "${specs[@]}" >/dev/null) || {
         echo "foreign.sh: cannot download ${specs[*]}" >&2; rm -rf "$tmp"; exit 1; }
     for d in "$tmp"/debs/*.deb; do dpkg-deb -x "$d" "$tmp/root"; done
     printf '%s\n' "${specs[@]}" > "$tmp/root/.complete"

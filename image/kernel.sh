@@ -8,7 +8,7 @@
 # linux-source-6.1 tarball and the config fragments under kernel-config/. It is
 # cached under $NUVOL_CACHE/kernel/KEY, where KEY hashes the architecture, the
 # source package version, the fragments and this script, so an unchanged kernel
-# is never rebuilt (a cold build takes ~15 min on 2 cores for x86_64, ~NN min
+# is never rebuilt (a cold build takes ~15 min on 2 cores for x86_64, ~8 min
 # for arm64).
 set -euo pipefail
 
