@@ -105,7 +105,7 @@ update-artefact: image
 		-c "DEVELOPMENT ONLY nuvol recipes key, never trust in production"
 	$(HOST_NUVOL) update build --kernel $(KERNEL) --initrd $(dir $(KERNEL))initrd.img --version $(UPDATE_VERSION) \
 		--arch $(RUST_ARCH) -k $(NUVOL_CACHE)/dev-key/dev.sec -o $(UPDATE_ARTEFACT)
-	$(HOST_NUVOL) update verify $(UPDATE_ARTEFACT) -p $(NUVOL_CACHE)/dev-key/dev.pub
+	$(HOST_NUVOL) update verify $(UPDATE_ARTEFACT) --arch $(RUST_ARCH) -p $(NUVOL_CACHE)/dev-key/dev.pub
 
 qemu: image bundles
 	qemu/box.sh --dir $(QEMU_BOX) --disk $(DISK) --nuvol $(HOST_NUVOL) --bundles $(BUNDLES) \
