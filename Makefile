@@ -25,6 +25,8 @@ export CARGO_TARGET_DIR ?= $(NUVOL_CACHE)/target
 # every run builds a new commit; off unless the caller sets it.
 export CARGO_INCREMENTAL ?= 0
 export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+# Seconds of fuzzing per target in make test (make test-full: 60).
+FUZZ_SECS ?= 10
 
 # ARCH=x86_64 (default) or arm64: the binary, kernel and image of that
 # architecture (out/nuvol-ARCH.img). arm64: ring's C parts with Debian's
@@ -161,16 +163,19 @@ test-unit-arm64: deps-test
 test: lint size size-arm64 test-unit test-unit-arm64 test-e2e fuzz-short
 
 # The same with the whole sweeps: OS-update power cuts at 40 points, 20 per
-# loader (make test cuts at 3, seeded and printed; NUVOL_SEED replays).
+# loader (make test cuts at 3, seeded and printed; NUVOL_SEED replays), the
+# arm64 image's reproducibility too (make test: x86_64 only), fuzzing 60 s
+# per target (make test: 10 s).
 test-full:
-	$(MAKE) --no-print-directory test NUVOL_POWERCUT_POINTS=40
+	$(MAKE) --no-print-directory test NUVOL_POWERCUT_POINTS=40 \
+		NUVOL_REPRO_ARCHES="x86_64 arm64" FUZZ_SECS=60
 
 bundles: deps nuvol
 	@[ "$(ARCH)" = x86_64 ] || $(MAKE) --no-print-directory nuvol ARCH=x86_64
 	BUNDLE_ARCH=$(RUST_ARCH) NUVOL=$(HOST_NUVOL) recipes/build-all.sh $(BUNDLES)
 
 fuzz-short: deps-test
-	FUZZ_TARGET_DIR=$(NUVOL_CACHE)/fuzz-target fuzz/run-short.sh
+	FUZZ_TARGET_DIR=$(NUVOL_CACHE)/fuzz-target fuzz/run-short.sh $(FUZZ_SECS)
 
 bench: deps-test image bundles
 	$(MAKE) --no-print-directory image ARCH=arm64

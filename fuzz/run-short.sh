@@ -1,5 +1,6 @@
 #!/bin/sh
-# Short fuzz run of every target (default 20 s each), for `make test`.
+# Short fuzz run of every target (default 20 s each; `make test` passes 10,
+# `make test-full` 60).
 #   fuzz/run-short.sh [SECONDS]
 # Installs what it needs (nightly toolchain, cargo-fuzz) only if missing.
 # New inputs go to a temporary directory; the committed seed corpus under
