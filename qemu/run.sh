@@ -25,6 +25,9 @@
 #     --drive FILE           attach FILE as another virtio disk, enumerated before IMAGE
 #                            (the guest's vda) while the firmware still boots IMAGE;
 #                            repeatable (a second stick plugged in)
+#     --usb                  an xHCI controller (QMP id `xhci`) to plug USB sticks into
+#                            while the box runs (QMP blockdev-add + device_add usb-storage)
+#     --usb-stick FILE       with --usb implied: FILE plugged in as a USB stick at power-on
 #     --vars FILE            OVMF variable store to use (default: a temporary copy)
 #     --kernel K --initrd I --append CMDLINE
 #                            boot a kernel directly (benchmarks' Debian reference)
@@ -34,7 +37,7 @@
 set -euo pipefail
 
 arch="" firmware=bios port=8080 https_port="" qmp="" serial="" serial_socket="" mem=512 smp=2 vars="" kernel="" initrd="" append=""
-forwards="" log="" tap="" mac="" drives=()
+forwards="" log="" tap="" mac="" drives=() usb="" sticks=()
 while [ $# -gt 1 ]; do
     case $1 in
         --arch) arch=$2; shift 2 ;;
@@ -54,6 +57,9 @@ while [ $# -gt 1 ]; do
         --drive) [ -f "$2" ] || { echo "run.sh: --drive: no file $2" >&2; exit 2; }
             drives+=("$2"); shift 2 ;;
         --smp) smp=$2; shift 2 ;;
+        --usb) usb=1; shift ;;
+        --usb-stick) [ -f "$2" ] || { echo "run.sh: --usb-stick: no file $2" >&2; exit 2; }
+            usb=1; sticks+=("$2"); shift 2 ;;
         --vars) vars=$2; shift 2 ;;
         --kernel) kernel=$2; shift 2 ;;
         --initrd) initrd=$2; shift 2 ;;
@@ -61,7 +67,7 @@ while [ $# -gt 1 ]; do
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-[ $# -eq 1 ] || { sed -n '2,33p' "$0" >&2; exit 2; }
+[ $# -eq 1 ] || { sed -n '2,36p' "$0" >&2; exit 2; }
 image=$1
 [ -f "$image" ] || { echo "run.sh: no image at $image (run 'make image')" >&2; exit 1; }
 if [ -z "$arch" ]; then
@@ -94,6 +100,13 @@ else
     done
     args+=(-drive "file=$image,if=none,id=boot,format=raw,cache=unsafe"
            -device "virtio-blk-pci,drive=boot,bootindex=0")
+fi
+if [ -n "$usb" ]; then
+    args+=(-device qemu-xhci,id=xhci)
+    for i in "${!sticks[@]}"; do
+        args+=(-drive "file=${sticks[$i]},if=none,id=stick$i,format=raw,cache=unsafe"
+               -device "usb-storage,bus=xhci.0,drive=stick$i")
+    done
 fi
 args+=(-device "virtio-net-pci,netdev=n0,romfile=${mac:+,mac=$mac}"
       -device i6300esb -watchdog-action reset

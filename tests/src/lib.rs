@@ -603,6 +603,12 @@ impl Vm {
 
     /// Send one QMP command (after the capabilities handshake).
     pub fn qmp(&self, command: &str) {
+        self.qmp_json(&format!(r#"{{"execute":"{command}"}}"#));
+    }
+
+    /// Send one QMP request given as JSON, e.g. with `arguments`; panics
+    /// unless QEMU answers `return`.
+    pub fn qmp_json(&self, request: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         let s = loop {
             match UnixStream::connect(&self.qmp) {
@@ -621,13 +627,16 @@ impl Vm {
         writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#).unwrap();
         line.clear();
         r.read_line(&mut line).unwrap();
-        writeln!(w, r#"{{"execute":"{command}"}}"#).unwrap();
-        line.clear();
-        r.read_line(&mut line).unwrap();
-        assert!(
-            line.contains("return") || line.contains("event"),
-            "qmp {command}: {line}"
-        );
+        writeln!(w, "{request}").unwrap();
+        // Events may come before the answer.
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if !line.contains("\"event\"") {
+                break;
+            }
+        }
+        assert!(line.contains("\"return\""), "qmp {request}: {line}");
     }
 
     /// QEMU's process id (to cut the power from another thread).
@@ -830,6 +839,63 @@ pub fn update_artefact(
         .status()
         .expect("run nuvol update build");
     assert!(st.success(), "nuvol update build {version}");
+}
+
+/// A USB stick as a laptop leaves it: an MBR with one FAT partition from
+/// 1 MiB on, holding `files` (name on the stick, e.g. `update/x.nvu`;
+/// host file).
+pub fn fat_stick(path: &Path, mib: u64, files: &[(&str, &Path)]) {
+    let part = path.with_extension("part");
+    let _ = fs::remove_file(&part);
+    let st = Command::new("mkfs.vfat")
+        .args(["-C", "-n", "STICK"])
+        .arg(&part)
+        .arg(((mib - 1) * 1024).to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfs.vfat");
+    let img = format!("{}", part.display());
+    for (name, src) in files {
+        if let Some((dir, _)) = name.rsplit_once('/') {
+            let _ = Command::new("mmd")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .args(["-D", "s", "-i", &img, &format!("::{dir}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let st = Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-i", &img])
+            .arg(src)
+            .arg(format!("::{name}"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "mcopy {name} onto the stick");
+    }
+    let stick = fs::File::create(path).unwrap();
+    stick.set_len(mib * 1024 * 1024).unwrap();
+    drop(stick);
+    let mut sf = Command::new("sfdisk")
+        .args(["-q", "--label", "dos"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    sf.stdin
+        .take()
+        .unwrap()
+        .write_all(b"start=2048, type=c\n")
+        .unwrap();
+    assert!(sf.wait().unwrap().success(), "sfdisk on the stick");
+    let st = Command::new("dd")
+        .arg(format!("if={}", part.display()))
+        .arg(format!("of={}", path.display()))
+        .args(["bs=1M", "seek=1", "conv=notrunc", "status=none"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "dd the FAT onto the stick");
+    let _ = fs::remove_file(&part);
 }
 
 /// Copy a file off the image's boot partition (`src`, e.g. `A/bzImage`)

@@ -14,11 +14,13 @@
 mod bind;
 pub mod gpt;
 pub mod loopdev;
+mod other;
 
 pub use bind::{
     loader_partuuid, normalize_partuuid, partuuid_from_cmdline, select, Binding, BindingSource,
     Selection, LOADER_DEVICE_PARTUUID,
 };
+pub use other::{other_volumes, Volume, MAX_VOLUMES};
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;

@@ -393,15 +393,19 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         ));
         if trial {
             tokio::spawn(crate::update::watch_trial(
-                update,
+                update.clone(),
                 local.port(),
                 manage_net,
                 services.clone(),
                 loaded.config.discovery.enabled.then(|| discovery.clone()),
             ));
         } else {
-            tokio::spawn(crate::update::boot_dir_watch(update, services.clone()));
+            tokio::spawn(crate::update::boot_dir_watch(
+                update.clone(),
+                services.clone(),
+            ));
         }
+        tokio::spawn(crate::update_stick::stick_watch(update, services.clone()));
         wait_for_stop().await;
         tracing::info!("stopping");
         let _ = stop_tx.send(true);

@@ -20,6 +20,7 @@ mod settings;
 mod smbios;
 mod update;
 mod update_policy;
+mod update_stick;
 
 use clap::{Parser, Subcommand};
 

@@ -23,6 +23,9 @@ pub const BOOT_DIR: &str = "update";
 const BOOT_FILES_STATE: &str = "update-files.json";
 /// Files looked at per boot, and outcomes remembered.
 const MAX_BOOT_FILES: usize = 8;
+/// Directory entries read from such a folder at most (a stranger's stick
+/// may hold a folder of a million names).
+const MAX_DIR_ENTRIES: usize = 1024;
 const MAX_REMEMBERED: usize = 32;
 
 pub struct Updater {
@@ -50,6 +53,15 @@ pub struct Updater {
 const OFFER_FILE: &str = "offer.nvu";
 /// The applied artefact while its slot is on trial.
 const PENDING_FILE: &str = "pending.nvu";
+
+/// What [`Updater::apply_dir`] did with a folder of update files.
+#[derive(Debug, Default)]
+pub struct DirOutcome {
+    /// The version written to the inactive slot.
+    pub applied: Option<String>,
+    /// A file was put off because this boot is on trial.
+    pub busy: bool,
+}
 
 fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -123,9 +135,19 @@ impl Updater {
 
     /// The running slot, when this box booted from one and can write its
     /// boot partition.
-    fn available(&self) -> Option<char> {
+    pub(crate) fn available(&self) -> Option<char> {
         self.running
             .filter(|_| self.under_init && self.boot.has_slots())
+    }
+
+    /// Whether the running slot is an update on trial (no other update is
+    /// taken meanwhile: `update_busy`).
+    pub(crate) fn on_trial(&self) -> bool {
+        let Some(running) = self.running else {
+            return false;
+        };
+        state::load(&self.state_path)
+            .is_some_and(|r| r.phase == Phase::Pending && r.slot.starts_with(running))
     }
 
     fn running_version(&self) -> String {
@@ -279,17 +301,32 @@ impl Updater {
     }
 
     /// Apply an update file a human put in `update/` on the boot
-    /// partition, each file once (known by its SHA-256, remembered on the
-    /// data partition; the file itself is never changed, nothing on FAT is
-    /// written for it). The first acceptable one in name order is written
-    /// to the inactive slot; returns its version when one was, so the caller
-    /// reboots to try it. Refusals are printed and shown with the update
-    /// state.
+    /// partition (see [`Updater::apply_dir`]); returns the version written.
     pub fn apply_boot_dir(&self, services: Vec<String>) -> Option<String> {
         self.available()?;
-        let dir = self.boot.root.join(BOOT_DIR);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .ok()?
+        self.apply_dir(&self.boot.root.join(BOOT_DIR), None, services)
+            .applied
+    }
+
+    /// Apply an update file from `dir`: `update/` on the boot partition
+    /// (`stick` is `None`) or on a USB stick's volume (`Some("sda1")`).
+    /// Each file once (known by its SHA-256, remembered on the data
+    /// partition; the file itself is never changed, nothing is written
+    /// where it lies). The first acceptable one in name order is written
+    /// to the inactive slot, and its version returned so the caller
+    /// reboots to try it. Refusals are printed and shown with the update
+    /// state. `busy` when a file was put off because this boot is itself
+    /// on trial: the caller looks again later.
+    pub fn apply_dir(&self, dir: &Path, stick: Option<&str>, services: Vec<String>) -> DirOutcome {
+        let mut out = DirOutcome::default();
+        if self.available().is_none() {
+            return out;
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return out;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .take(MAX_DIR_ENTRIES)
             .filter_map(|e| e.ok())
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("nvu")) && p.is_file())
@@ -297,30 +334,38 @@ impl Updater {
         files.sort();
         files.truncate(MAX_BOOT_FILES);
         let mut known = self.boot_files();
-        let mut applied = None;
         for f in files {
-            let name = f
+            let file = f
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            // Remembered as the file's name on the boot partition, as
+            // `sda1:update/NAME` from a stick; shown with its folder.
+            let (name, shown) = match stick {
+                None => (file.clone(), format!("{BOOT_DIR}/{file}")),
+                Some(v) => {
+                    let n = format!("{v}:{BOOT_DIR}/{file}");
+                    (n.clone(), n)
+                }
+            };
             let Ok(sha) = sha256_file(&f) else { continue };
             if known.iter().any(|k| k.sha256 == sha) {
                 continue;
             }
             let (outcome, message) = match self.apply(&f, false, services.clone()) {
                 Ok(v) => {
-                    applied = v["version"].as_str().map(str::to_string);
+                    out.applied = v["version"].as_str().map(str::to_string);
                     (
                         "applied".to_string(),
-                        format!(
-                            "update/{name}: {}",
-                            v["message"].as_str().unwrap_or("written")
-                        ),
+                        format!("{shown}: {}", v["message"].as_str().unwrap_or("written")),
                     )
                 }
                 // On trial now: looked at again at a later start.
-                Err(Refusal::Busy(_)) => continue,
-                Err(e) => (e.code().to_string(), format!("update/{name} refused: {e}")),
+                Err(Refusal::Busy(_)) => {
+                    out.busy = true;
+                    continue;
+                }
+                Err(e) => (e.code().to_string(), format!("{shown} refused: {e}")),
             };
             eprintln!("nuvol: {message}");
             known.push(BootFile {
@@ -338,14 +383,14 @@ impl Updater {
                     &b,
                     nuvol_durable::Mode::Public,
                 ) {
-                    tracing::error!("recording the boot partition's update files: {e}");
+                    tracing::error!("recording the update files seen: {e}");
                 }
             }
-            if applied.is_some() {
+            if out.applied.is_some() {
                 break;
             }
         }
-        applied
+        out
     }
 
     /// Dashboard alerts: an update given up; a newer one found by the
@@ -653,7 +698,7 @@ pub async fn boot_dir_watch(u: Arc<Updater>, svc: Option<crate::services::Servic
 }
 
 /// How long after start the boot partition's `update/` is looked at.
-const BOOT_DIR_DELAY: Duration = Duration::from_secs(10);
+pub const BOOT_DIR_DELAY: Duration = Duration::from_secs(10);
 
 /// The services running now (condition "running").
 pub fn running_services(svc: Option<&crate::services::ServicesHandle>) -> Vec<String> {
