@@ -42,6 +42,16 @@ pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 pub const MAX_LIMITED_IPS: usize = 1024;
 /// File (under the state directory) with the API tokens' hashes.
 pub const TOKENS_FILE: &str = "api-tokens.json";
+/// The format of the token entries this agent writes.
+///
+/// The file stays a bare JSON array of tokens, each with its `format`:
+/// agents before formats read exactly an array (anything else left them
+/// with no tokens, and the next token made replaced the file), so after a
+/// rollback to one of them the tokens must still be an array. They skip
+/// fields they do not know in an entry, so the number sits there.
+pub const TOKENS_FORMAT: u32 = 1;
+/// Largest token file read (64 tokens take about 10 KiB).
+const TOKENS_FILE_MAX: u64 = 1 << 20;
 
 /// Errors of the token store.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +102,10 @@ pub enum Principal {
     Session { csrf: String },
 }
 
+/// One API token in the file: a newer agent's fields and format are
+/// kept when this one rewrites the file.
+type StoredToken = nuvol_durable::json::Entry<TokenInfo>;
+
 /// One API token as listed (never the secret).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenInfo {
@@ -136,7 +150,8 @@ pub struct Auth {
     password_hash: Mutex<Option<String>>,
     settings: AdminSettings,
     tokens_path: Option<PathBuf>,
-    tokens: Mutex<Vec<TokenInfo>>,
+    /// As in the file: each with its format and a newer agent's fields.
+    tokens: Mutex<Vec<StoredToken>>,
     /// SHA-256 of API keys already verified against an argon2 entry.
     key_cache: Mutex<Vec<[u8; 32]>>,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
@@ -204,16 +219,7 @@ impl Auth {
     ) -> Auth {
         let provisioned = settings.password_hash.is_some() || !settings.api_keys.is_empty();
         let tokens_path = state_dir.map(|d| d.join(TOKENS_FILE));
-        let tokens = tokens_path
-            .as_deref()
-            .and_then(|p| std::fs::read(p).ok())
-            .filter(|b| b.len() <= 1 << 20)
-            .and_then(|b| serde_json::from_slice::<Vec<TokenInfo>>(&b).ok())
-            .map(|mut v| {
-                v.truncate(MAX_TOKENS);
-                v
-            })
-            .unwrap_or_default();
+        let tokens = tokens_path.as_deref().map(load_tokens).unwrap_or_default();
         Auth {
             admin_token: Mutex::new(if provisioned { None } else { admin_token }),
             password_hash: Mutex::new(settings.password_hash.clone()),
@@ -260,8 +266,8 @@ impl Auth {
         if let Some(rest) = got.strip_prefix("nvt.") {
             let id = rest.split('.').next().unwrap_or("");
             let tokens = lock(&self.tokens);
-            if let Some(t) = tokens.iter().find(|t| t.id == id) {
-                return ct_eq(t.hash.as_bytes(), hex(&h).as_bytes());
+            if let Some(t) = tokens.iter().find(|t| t.value.id == id) {
+                return ct_eq(t.value.hash.as_bytes(), hex(&h).as_bytes());
             }
             return false;
         }
@@ -442,7 +448,7 @@ impl Auth {
             .iter()
             .map(|t| TokenInfo {
                 hash: String::new(),
-                ..t.clone()
+                ..t.value.clone()
             })
             .collect()
     }
@@ -466,7 +472,7 @@ impl Auth {
             hash: hex(&sha(&secret)),
         };
         let mut next = tokens.clone();
-        next.push(info.clone());
+        next.push(StoredToken::new(TOKENS_FORMAT, info.clone()));
         self.save(&next)?;
         *tokens = next;
         Ok((
@@ -481,7 +487,11 @@ impl Auth {
     /// Revoke the API token `id`.
     pub fn revoke_token(&self, id: &str) -> Result<(), AuthError> {
         let mut tokens = lock(&self.tokens);
-        let next: Vec<TokenInfo> = tokens.iter().filter(|t| t.id != id).cloned().collect();
+        let next: Vec<StoredToken> = tokens
+            .iter()
+            .filter(|t| t.value.id != id)
+            .cloned()
+            .collect();
         if next.len() == tokens.len() {
             return Err(AuthError::NoSuchToken(id.to_string()));
         }
@@ -490,17 +500,30 @@ impl Auth {
         Ok(())
     }
 
-    fn save(&self, tokens: &[TokenInfo]) -> Result<(), AuthError> {
+    fn save(&self, tokens: &[StoredToken]) -> Result<(), AuthError> {
         let Some(path) = &self.tokens_path else {
             return Ok(());
         };
-        let bytes = serde_json::to_vec_pretty(tokens).unwrap_or_default();
-        nuvol_durable::write_atomic(path, &bytes, nuvol_durable::Mode::Private).map_err(|source| {
+        nuvol_durable::json::write(path, tokens, nuvol_durable::Mode::Private).map_err(|source| {
             AuthError::Io {
                 path: path.display().to_string(),
                 source,
             }
         })
+    }
+}
+
+/// The tokens in `path`: none without the file. One that cannot be read is
+/// moved aside (`api-tokens.json.bad`, logged) rather than replaced by the
+/// next token made. All are kept, even beyond [`MAX_TOKENS`] (a newer
+/// agent may allow more): the limit only stops new ones.
+fn load_tokens(path: &Path) -> Vec<StoredToken> {
+    match nuvol_durable::json::read(path, TOKENS_FILE_MAX) {
+        Ok(t) => t.unwrap_or_default(),
+        Err(e) => {
+            tracing::error!("API tokens: {e}; starting without tokens");
+            Vec::new()
+        }
     }
 }
 
@@ -659,6 +682,86 @@ mod tests {
         assert!(!b.check_bearer(&secret));
         assert!(b.revoke_token(&info.id).is_err());
         assert!(matches!(b.create_token(" "), Err(AuthError::BadName)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn token_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nuvol-auth-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const SECRET_A: &str = "nvt.aaaaaaaaaaaa.0123";
+    const SECRET_B: &str = "nvt.bbbbbbbbbbbb.4567";
+
+    #[test]
+    fn tokens_of_older_and_newer_agents_are_read_and_kept() {
+        let dir = token_dir("formats");
+        let path = dir.join(TOKENS_FILE);
+        // Update: an older agent's file, a bare array without formats.
+        let file = serde_json::json!([
+            {"id": "aaaaaaaaaaaa", "name": "laptop", "created": 1, "hash": hex(&sha(SECRET_A))}
+        ]);
+        std::fs::write(&path, file.to_string()).unwrap();
+        let a = Auth::new(None, AdminSettings::default(), Some(&dir));
+        assert!(a.check_bearer(SECRET_A));
+        assert_eq!(a.list_tokens()[0].name, "laptop");
+        // Rollback: a newer agent's entry (format 2, a field this agent
+        // does not know) works and survives this agent's rewrite.
+        let file = serde_json::json!([
+            {"id": "aaaaaaaaaaaa", "name": "laptop", "created": 1, "hash": hex(&sha(SECRET_A))},
+            {"format": 2, "id": "bbbbbbbbbbbb", "name": "ci", "created": 2,
+             "hash": hex(&sha(SECRET_B)), "scopes": ["read"]}
+        ]);
+        std::fs::write(&path, file.to_string()).unwrap();
+        let b = Auth::new(None, AdminSettings::default(), Some(&dir));
+        assert!(b.check_bearer(SECRET_A) && b.check_bearer(SECRET_B));
+        let (made, _) = b.create_token("new").unwrap();
+        let raw: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let list = raw.as_array().expect("still a bare array");
+        assert_eq!(list.len(), 3);
+        assert_eq!(list[0]["format"], 1);
+        assert_eq!(list[1]["format"], 2);
+        assert_eq!(list[1]["scopes"], serde_json::json!(["read"]));
+        assert_eq!(list[1]["name"], "ci");
+        assert_eq!(list[2]["format"], TOKENS_FORMAT);
+        assert_eq!(list[2]["id"], made.id.as_str());
+        // The API shows neither the format nor a newer agent's fields.
+        let shown = serde_json::to_value(b.list_tokens()).unwrap();
+        assert_eq!(
+            shown[1],
+            serde_json::json!({"id": "bbbbbbbbbbbb", "name": "ci", "created": 2})
+        );
+        // What the agents before formats read (`Vec<TokenInfo>`) is intact.
+        let old: Vec<TokenInfo> = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(old.len(), 3);
+        assert_eq!(
+            (old[1].id.as_str(), old[1].hash.as_str()),
+            ("bbbbbbbbbbbb", hex(&sha(SECRET_B)).as_str())
+        );
+        b.revoke_token(&made.id).unwrap();
+        let c = Auth::new(None, AdminSettings::default(), Some(&dir));
+        assert!(c.check_bearer(SECRET_A) && c.check_bearer(SECRET_B));
+        assert_eq!(c.list_tokens().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_token_file_is_kept_aside_not_replaced() {
+        let dir = token_dir("bad");
+        let path = dir.join(TOKENS_FILE);
+        std::fs::write(&path, b"[{\"id\": \"aaaaaaaaaaaa\", ").unwrap();
+        let a = Auth::new(None, AdminSettings::default(), Some(&dir));
+        assert!(a.list_tokens().is_empty());
+        let (_, secret) = a.create_token("new").unwrap();
+        assert_eq!(
+            std::fs::read(dir.join("api-tokens.json.bad")).unwrap(),
+            b"[{\"id\": \"aaaaaaaaaaaa\", "
+        );
+        let b = Auth::new(None, AdminSettings::default(), Some(&dir));
+        assert!(b.check_bearer(&secret));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,10 +1,19 @@
 //! Trusted publisher keys and the revocation list, persisted atomically in
 //! `<data>/bundles/keyring.json`.
+//!
+//! **Versions** (docs/boot.md, "Versions across an update and its
+//! rollback"): the file has a `format` number, 1 when absent, and keeps
+//! the fields of a newer agent's format (at the top and in each key) when
+//! this agent rewrites it. Format 1 is written as no `format` key: the
+//! agents released before formats refuse a keyring with a top-level key
+//! they do not know (and then verify no bundle), so the top level gains no
+//! key while a rollback to one of them is possible; keys may gain fields.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use nuvol_durable::json::{first_format, is_first_format, Extra};
 use serde::{Deserialize, Serialize};
 
 use crate::error::BundleError;
@@ -14,6 +23,8 @@ use crate::verify::KeyLookup;
 
 /// Largest keyring file read.
 pub const MAX_KEYRING_BYTES: u64 = 1 << 20;
+/// The keyring format this agent writes (see the module's "Versions").
+pub const KEYRING_FORMAT: u32 = 1;
 
 /// One trusted key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +36,9 @@ pub struct TrustedKey {
     pub comment: String,
     /// Unix seconds.
     pub added_at: u64,
+    /// Fields of a newer agent's format, kept as they are.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// One revoked key id (kept even after the key is removed).
@@ -33,16 +47,36 @@ pub struct RevokedKey {
     pub key_id: String,
     pub reason: String,
     pub revoked_at: u64,
+    /// Fields of a newer agent's format, kept as they are.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// The file's contents.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyringData {
+    /// The format it was written in; 1 is written as none (see the
+    /// module's "Versions").
+    #[serde(default = "first_format", skip_serializing_if = "is_first_format")]
+    pub format: u32,
     #[serde(default)]
     pub trusted: Vec<TrustedKey>,
     #[serde(default)]
     pub revoked: Vec<RevokedKey>,
+    /// Fields of a newer agent's format, kept as they are.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl Default for KeyringData {
+    fn default() -> Self {
+        KeyringData {
+            format: KEYRING_FORMAT,
+            trusted: Vec::new(),
+            revoked: Vec::new(),
+            extra: Extra::new(),
+        }
+    }
 }
 
 /// Handle on the keyring file. Cheap to clone; every call re-reads the file
@@ -137,12 +171,20 @@ impl Keyring {
         if d.revoked.iter().any(|r| r.key_id == id) {
             return Err(BundleError::KeyIsRevoked(id));
         }
+        // A key added again keeps what a newer agent noted about it.
+        let extra = d
+            .trusted
+            .iter()
+            .find(|t| t.key_id == id)
+            .map(|t| t.extra.clone())
+            .unwrap_or_default();
         d.trusted.retain(|t| t.key_id != id);
         d.trusted.push(TrustedKey {
             key_id: id,
             public_key: key.to_base64(),
             comment: comment.chars().take(256).collect(),
             added_at: now(),
+            extra,
         });
         self.save(&d)
     }
@@ -184,6 +226,7 @@ impl Keyring {
                 key_id: s,
                 reason: reason.chars().take(256).collect(),
                 revoked_at: now(),
+                extra: Extra::new(),
             });
         }
         self.save(&d)
@@ -266,5 +309,97 @@ mod comment_tests {
             comment_of(&format!("untrusted comment: {}\n", "x".repeat(999)), "").len(),
             256
         );
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+    use crate::keys::SecretKey;
+    use serde_json::json;
+
+    /// What the agents released before formats read: an unknown top-level
+    /// key is refused there.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct ReleasedKeyring {
+        #[serde(default)]
+        trusted: Vec<serde_json::Value>,
+        #[serde(default)]
+        revoked: Vec<serde_json::Value>,
+    }
+
+    fn key() -> PublicKey {
+        SecretKey::generate().unwrap().public()
+    }
+
+    fn raw(p: &Path) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn keyrings_of_older_and_newer_agents_are_read_and_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("keyring.json");
+        let (a, b, c) = (key(), key(), key());
+        // Update: an older agent's keyring, no format.
+        let old = json!({
+            "trusted": [{"key_id": a.key_id.to_string(), "public_key": a.to_base64(),
+                         "comment": "a", "added_at": 1}],
+            "revoked": []
+        });
+        std::fs::write(&p, old.to_string()).unwrap();
+        let kr = Keyring::at(&p);
+        let data = kr.load().unwrap();
+        assert_eq!((data.format, data.trusted.len()), (1, 1));
+        assert!(data.extra.is_empty() && data.trusted[0].extra.is_empty());
+        assert_eq!(kr.lookup(&a.key_id).unwrap(), a);
+        kr.add(&b, "b").unwrap();
+        // Format 1 is written as none: a released agent still reads it.
+        let written = raw(&p);
+        assert!(written.get("format").is_none(), "{written}");
+        let released: ReleasedKeyring = serde_json::from_value(written).unwrap();
+        assert_eq!(released.trusted.len(), 2);
+        // Rollback: a newer agent's keyring, with fields at the top and in
+        // the keys, is read, changed and written back with them intact.
+        let new = json!({
+            "format": 2,
+            "trusted": [{"key_id": a.key_id.to_string(), "public_key": a.to_base64(),
+                         "comment": "a", "added_at": 1, "scope": ["web"]}],
+            "revoked": [{"key_id": "0123456789ABCDEF", "reason": "leaked",
+                         "revoked_at": 2, "by": "admin"}],
+            "pins": {"web": "3f"}
+        });
+        std::fs::write(&p, new.to_string()).unwrap();
+        assert_eq!(kr.lookup(&a.key_id).unwrap(), a);
+        assert!(kr
+            .is_revoked(&KeyId::parse_hex("0123456789ABCDEF").unwrap())
+            .unwrap());
+        kr.add(&b, "b").unwrap();
+        kr.add(&a, "a again").unwrap();
+        kr.revoke(&c.key_id, "lost").unwrap();
+        let written = raw(&p);
+        assert_eq!(written["format"], 2);
+        assert_eq!(written["pins"], json!({"web": "3f"}));
+        let trusted = written["trusted"].as_array().unwrap();
+        assert_eq!(trusted.len(), 2);
+        assert_eq!(trusted[1]["comment"], "a again");
+        assert_eq!(trusted[1]["scope"], json!(["web"]));
+        assert!(trusted[0].get("scope").is_none());
+        assert_eq!(written["revoked"][0]["by"], "admin");
+        assert_eq!(written["revoked"][1]["reason"], "lost");
+        assert_eq!(kr.lookup(&b.key_id).unwrap(), b);
+    }
+
+    #[test]
+    fn an_unreadable_keyring_is_an_error_and_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("keyring.json");
+        std::fs::write(&p, b"{\"trusted\": [").unwrap();
+        let kr = Keyring::at(&p);
+        let e = kr.add(&key(), "x").unwrap_err().to_string();
+        assert!(e.contains("keyring.json") && e.contains("EOF"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"{\"trusted\": [");
     }
 }

@@ -15,6 +15,16 @@
 //! to. A power cut at any instant therefore leaves the old or the new
 //! version installed, never neither.
 //!
+//! **Versions** (docs/boot.md, "Versions across an update and its
+//! rollback"): `state.json` and `meta.json` have a `format` number, 1 when
+//! absent; a missing field reads as its default. `state.json` keeps the
+//! fields of a newer agent's format, and its number, through installs and
+//! rollbacks; its format 1 is written as no `format` key, because the
+//! agents released before formats refuse a `state.json` with a key they do
+//! not know (the bundle is then broken there), so it gains no key while a
+//! rollback to one of them is possible. `meta.json` is written once per
+//! version and never rewritten.
+//!
 //! Faults stay with their bundle: one whose files cannot be read or make
 //! no sense (a garbled `state.json`, a truncated head or image, a missing
 //! `meta.json`) is reported by [`Store::list`] as a [`BrokenBundle`] naming
@@ -25,6 +35,7 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use nuvol_durable::json::{first_format, is_first_format, Extra};
 use serde::{Deserialize, Serialize};
 
 use crate::error::BundleError;
@@ -125,20 +136,44 @@ pub struct PreviousVersion {
     pub digest: String,
 }
 
+/// The format of `state.json` and `meta.json` this agent writes.
+const STATE_FORMAT: u32 = 1;
+
 /// Per-version record written at install.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct VersionMeta {
+    #[serde(default = "first_format")]
+    format: u32,
     key_id: String,
     digest: String,
     verified_at: u64,
     image_type: ImageType,
 }
 
+/// The committed state of one bundle (`state.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct State {
+    /// Written only when not 1 (see the module's "Versions").
+    #[serde(default = "first_format", skip_serializing_if = "is_first_format")]
+    format: u32,
     current: String,
     previous: Option<String>,
+    /// Fields of a newer agent's format, kept as they are.
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+impl State {
+    /// The next state after `old` (`None`: a first install), keeping its
+    /// format and a newer agent's fields.
+    fn next(old: Option<&State>, current: String, previous: Option<String>) -> State {
+        State {
+            format: old.map_or(STATE_FORMAT, |o| o.format),
+            current,
+            previous,
+            extra: old.map(|o| o.extra.clone()).unwrap_or_default(),
+        }
+    }
 }
 
 /// Store options.
@@ -590,6 +625,7 @@ impl Store {
         // 2. Stage head + meta.
         fs::write(stage.join("head"), verified.head.to_bytes()).map_err(BundleError::io(stage))?;
         let meta = VersionMeta {
+            format: STATE_FORMAT,
             key_id: verified.key_id.to_string(),
             digest: digest.clone(),
             verified_at: now(),
@@ -624,10 +660,11 @@ impl Store {
             fsync_dir(&self.tmp())?;
         }
         crash_point("moved");
-        let st = State {
-            current: digest.clone(),
-            previous: old.as_ref().map(|o| o.current.clone()),
-        };
+        let st = State::next(
+            old.as_ref(),
+            digest.clone(),
+            old.as_ref().map(|o| o.current.clone()),
+        );
         let committed = (|| {
             // 5. Volumes exist before the version that needs them is current.
             for v in &m.volumes {
@@ -684,10 +721,7 @@ impl Store {
             )),
             e => e,
         })?;
-        let new = State {
-            current: prev,
-            previous: Some(st.current),
-        };
+        let new = State::next(Some(&st), prev, Some(st.current.clone()));
         self.write_state(name, &new, "rollback-")?;
         self.describe(name, &new.current, new.previous.as_deref())
     }

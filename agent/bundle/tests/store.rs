@@ -103,6 +103,87 @@ fn install_upgrade_rollback_remove() {
     assert!(store.list().unwrap().bundles.is_empty());
 }
 
+/// `state.json` and `meta.json` as older and newer agents write them (see
+/// the store's "Versions").
+#[test]
+fn state_files_of_older_and_newer_agents_are_read_and_kept() {
+    /// What the agents released before formats read: an unknown key is
+    /// refused there.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct ReleasedState {
+        current: String,
+        previous: Option<String>,
+    }
+    let raw = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
+    };
+    let t = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let v1 = make_bundle(t.path(), &key, "web", "1.0");
+    let v2 = make_bundle(t.path(), &key, "web", "2.0");
+    let data = t.path().join("data");
+    let store = Store::open_with(&data, opts()).unwrap();
+    store.keyring().add(&key.public(), "k").unwrap();
+    let a = store.install(&v1).unwrap();
+    let dir = data.join("bundles/installed/web");
+    let state = dir.join("state.json");
+    let meta = dir.join(&a.digest).join("meta.json");
+    // This agent's files: format 1, which state.json says by having none,
+    // so the released agents still read it.
+    let st: ReleasedState = serde_json::from_value(raw(&state)).unwrap();
+    assert_eq!(
+        (st.current.as_str(), st.previous),
+        (a.digest.as_str(), None)
+    );
+    assert_eq!(raw(&meta)["format"], 1);
+    // Update: an older agent's meta.json, without a format.
+    let mut m = raw(&meta);
+    m.as_object_mut().unwrap().remove("format");
+    fs::write(&meta, m.to_string()).unwrap();
+    assert_eq!(store.get("web").unwrap().digest, a.digest);
+    // Rollback: a newer agent's files, format 2 and fields this one does
+    // not know, are read; state.json keeps them through an upgrade and a
+    // rollback.
+    m["format"] = 2.into();
+    m["sbom"] = "sbom.spdx".into();
+    fs::write(&meta, m.to_string()).unwrap();
+    fs::write(
+        &state,
+        serde_json::json!({"format": 2, "current": a.digest, "previous": null,
+                           "pinned": true, "channel": {"name": "stable"}})
+        .to_string(),
+    )
+    .unwrap();
+    let got = store.get("web").unwrap();
+    assert_eq!(
+        (got.version.as_str(), got.verified_at),
+        ("1.0", a.verified_at)
+    );
+    let b = store.install(&v2).unwrap();
+    assert_eq!(b.previous.unwrap().version, "1.0");
+    let s = raw(&state);
+    assert_eq!(
+        (s["format"].as_u64(), s["pinned"].as_bool()),
+        (Some(2), Some(true))
+    );
+    assert_eq!(s["channel"]["name"], "stable");
+    assert_eq!(
+        (s["current"].as_str(), s["previous"].as_str()),
+        (Some(b.digest.as_str()), Some(a.digest.as_str()))
+    );
+    let r = store.rollback("web").unwrap();
+    assert_eq!(r.version, "1.0");
+    let s = raw(&state);
+    assert_eq!(
+        (s["format"].as_u64(), s["pinned"].as_bool()),
+        (Some(2), Some(true))
+    );
+    assert_eq!(s["current"].as_str(), Some(a.digest.as_str()));
+    assert_eq!(raw(&meta)["sbom"], "sbom.spdx");
+}
+
 #[test]
 fn revocation_and_publisher_pinning() {
     let t = tempfile::tempdir().unwrap();

@@ -4,12 +4,17 @@
 //! it over the target and fsyncs the directory, so after a power cut the
 //! path holds the old bytes or the new ones, never a mix or nothing. On
 //! error the temp file is removed and the target is untouched.
+//!
+//! [`json`] reads and writes the JSON state files that older and newer
+//! agents share across an OS update and its rollback.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub mod json;
 
 /// Who may read the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nuvol_bundle::PublicKey;
+use nuvol_durable::json::Entry;
 use nuvol_update::artefact::{self, Policy, Version};
 use nuvol_update::slots::{self, BootFs};
 use nuvol_update::state::{self, BootFile, Phase, Record, Start, MAX_TRIES};
@@ -211,7 +212,7 @@ impl Updater {
             "max_tries": MAX_TRIES,
             "settle_s": self.settle.as_secs(),
             "trusted_keys": self.keys.len(),
-            "boot_files": self.boot_files(),
+            "boot_files": self.boot_files().into_iter().map(|f| f.value).collect::<Vec<_>>(),
             "policy": {
                 "policy": self.policy.policy.as_str(),
                 "window": self.policy.window_text,
@@ -293,11 +294,11 @@ impl Updater {
     }
 
     /// The outcomes of update files found on the boot partition.
-    fn boot_files(&self) -> Vec<BootFile> {
-        std::fs::read(self.boot_files_path())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+    fn boot_files(&self) -> Vec<Entry<BootFile>> {
+        state::load_boot_files(&self.boot_files_path()).unwrap_or_else(|e| {
+            tracing::error!("update files of the boot partition: {e}; starting a new list");
+            Vec::new()
+        })
     }
 
     /// Apply an update file a human put in `update/` on the boot
@@ -349,7 +350,7 @@ impl Updater {
                 }
             };
             let Ok(sha) = sha256_file(&f) else { continue };
-            if known.iter().any(|k| k.sha256 == sha) {
+            if known.iter().any(|k| k.value.sha256 == sha) {
                 continue;
             }
             let (outcome, message) = match self.apply(&f, false, services.clone()) {
@@ -368,23 +369,20 @@ impl Updater {
                 Err(e) => (e.code().to_string(), format!("{shown} refused: {e}")),
             };
             eprintln!("nuvol: {message}");
-            known.push(BootFile {
-                name,
-                sha256: sha,
-                outcome,
-                message,
-            });
+            known.push(Entry::new(
+                state::BOOT_FILES_FORMAT,
+                BootFile {
+                    name,
+                    sha256: sha,
+                    outcome,
+                    message,
+                },
+            ));
             if known.len() > MAX_REMEMBERED {
                 known.remove(0);
             }
-            if let Ok(b) = serde_json::to_vec_pretty(&known) {
-                if let Err(e) = nuvol_durable::write_atomic(
-                    &self.boot_files_path(),
-                    &b,
-                    nuvol_durable::Mode::Public,
-                ) {
-                    tracing::error!("recording the update files seen: {e}");
-                }
+            if let Err(e) = state::save_boot_files(&self.boot_files_path(), &known) {
+                tracing::error!("recording the update files seen: {e}");
             }
             if out.applied.is_some() {
                 break;

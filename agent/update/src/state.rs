@@ -25,6 +25,7 @@
 
 use std::path::Path;
 
+use nuvol_durable::json::{self, Entry, ReadError};
 use serde::{Deserialize, Serialize};
 
 /// Tries of one update, the first included.
@@ -149,13 +150,34 @@ pub fn save(path: &Path, rec: &Record) -> std::io::Result<()> {
 }
 
 /// What became of an update file on the boot partition.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BootFile {
     pub name: String,
     pub sha256: String,
     /// `applied`, or the refusal's code.
     pub outcome: String,
     pub message: String,
+}
+
+/// The format of the boot files' entries this agent writes.
+///
+/// Their file (`update-files.json`) stays a bare JSON array, each entry
+/// with its `format` and a newer agent's fields: agents before formats
+/// read exactly an array of [`BootFile`] (anything else made them forget
+/// every file, and look at each again), and skip fields they do not know in
+/// an entry.
+pub const BOOT_FILES_FORMAT: u32 = 1;
+/// Largest boot files' file read.
+const BOOT_FILES_MAX: u64 = 1 << 20;
+
+/// The boot files handled so far, oldest first: none without the file. One
+/// that cannot be read is moved aside (`NAME.bad`; the error says so).
+pub fn load_boot_files(path: &Path) -> Result<Vec<Entry<BootFile>>, ReadError> {
+    Ok(json::read(path, BOOT_FILES_MAX)?.unwrap_or_default())
+}
+
+pub fn save_boot_files(path: &Path, files: &[Entry<BootFile>]) -> std::io::Result<()> {
+    json::write(path, files, nuvol_durable::Mode::Public)
 }
 
 #[cfg(test)]
@@ -258,5 +280,74 @@ mod tests {
         assert_eq!(raw["tries"], 3);
         assert_eq!(raw["health"]["checks"][0], "etcd");
         assert_eq!(raw["channel"], "stable");
+    }
+
+    fn boot_file(name: &str) -> BootFile {
+        BootFile {
+            name: name.into(),
+            sha256: format!("sha-{name}"),
+            outcome: "applied".into(),
+            message: format!("update/{name}: written"),
+        }
+    }
+
+    #[test]
+    fn boot_files_of_older_and_newer_agents_are_read_and_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("update-files.json");
+        assert!(load_boot_files(&p).unwrap().is_empty());
+        // Update: an older agent's list, without formats.
+        std::fs::write(
+            &p,
+            br#"[{"name": "a.nvu", "sha256": "sha-a.nvu", "outcome": "applied",
+                  "message": "update/a.nvu: written"}]"#,
+        )
+        .unwrap();
+        let old = load_boot_files(&p).unwrap();
+        assert_eq!(old, [Entry::new(1, boot_file("a.nvu"))]);
+        // Rollback: a newer agent's entry, format 2 and a field this one
+        // does not know, is read and written back with them.
+        std::fs::write(
+            &p,
+            br#"[{"name": "a.nvu", "sha256": "sha-a.nvu", "outcome": "applied",
+                  "message": "update/a.nvu: written"},
+                 {"format": 2, "name": "b.nvu", "sha256": "sha-b.nvu", "outcome": "bad_signature",
+                  "message": "update/b.nvu refused", "signer": "k2"}]"#,
+        )
+        .unwrap();
+        let mut files = load_boot_files(&p).unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(
+            (files[1].format, files[1].value.outcome.as_str()),
+            (2, "bad_signature")
+        );
+        files.push(Entry::new(BOOT_FILES_FORMAT, boot_file("c.nvu")));
+        save_boot_files(&p, &files).unwrap();
+        let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(raw[0]["format"], 1);
+        assert_eq!(raw[1]["format"], 2);
+        assert_eq!(raw[1]["signer"], "k2");
+        assert_eq!(raw[2]["sha256"], "sha-c.nvu");
+        // Still what the agents before formats read.
+        let released: Vec<BootFile> = serde_json::from_value(raw).unwrap();
+        assert_eq!(released[2], boot_file("c.nvu"));
+        assert_eq!(released[1].sha256, "sha-b.nvu");
+    }
+
+    #[test]
+    fn unreadable_boot_files_are_kept_aside() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("update-files.json");
+        std::fs::write(&p, b"[{\"name\": 3}]").unwrap();
+        let e = load_boot_files(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("update-files.json: cannot be read (invalid type"),
+            "{e}"
+        );
+        assert!(load_boot_files(&p).unwrap().is_empty());
+        assert_eq!(
+            std::fs::read(d.path().join("update-files.json.bad")).unwrap(),
+            b"[{\"name\": 3}]"
+        );
     }
 }

@@ -248,6 +248,7 @@ mod tests {
             public_key: "RWQBI0VniavN7+7ZtUa8NfjRHx3V2e9a".into(),
             comment: "recipes <dev>".into(),
             added_at: 1_796_381_700,
+            extra: Default::default(),
         };
         let h = keys_html(&[k]);
         assert!(h.contains("<td>2026-12-04 10:55 UTC</td>"), "{h}");
@@ -260,6 +261,7 @@ mod tests {
             key_id: "0123456789abcdef".into(),
             reason: "leaked".into(),
             revoked_at: 1_796_381_700,
+            extra: Default::default(),
         }]);
         assert!(
             r.contains("<td>leaked</td><td>2026-12-04 10:55 UTC</td>"),
