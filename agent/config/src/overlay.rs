@@ -82,50 +82,66 @@ pub fn known_key(key: &str) -> bool {
 }
 
 /// `[discovery]` keys of the overlay.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DiscoverySettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// Keys a newer agent wrote that this one does not know: kept as they
+    /// are, so a rollback and the next save lose none of them.
+    #[serde(flatten, skip_serializing_if = "toml::Table::is_empty")]
+    pub extra: toml::Table,
 }
 
 /// `[panel]` keys of the overlay.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PanelSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_plain_http: Option<bool>,
+    /// Keys a newer agent wrote that this one does not know: kept as they
+    /// are, so a rollback and the next save lose none of them.
+    #[serde(flatten, skip_serializing_if = "toml::Table::is_empty")]
+    pub extra: toml::Table,
 }
 
 /// `[overlay]` keys of the settings file (the community's WireGuard
 /// overlay, not this file).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OverlaySettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// Keys a newer agent wrote that this one does not know: kept as they
+    /// are, so a rollback and the next save lose none of them.
+    #[serde(flatten, skip_serializing_if = "toml::Table::is_empty")]
+    pub extra: toml::Table,
 }
 
 impl OverlaySettings {
     fn is_unset(&self) -> bool {
-        self.enabled.is_none()
+        self.enabled.is_none() && self.extra.is_empty()
     }
 }
 
 /// `[admin]` keys of the overlay.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AdminSettings {
     /// argon2 PHC string of the admin password set through the API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password_hash: Option<String>,
+    /// Keys a newer agent wrote that this one does not know: kept as they
+    /// are, so a rollback and the next save lose none of them.
+    #[serde(flatten, skip_serializing_if = "toml::Table::is_empty")]
+    pub extra: toml::Table,
 }
 
 /// The overlay file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -134,6 +150,10 @@ pub struct Settings {
     pub admin: AdminSettings,
     #[serde(skip_serializing_if = "OverlaySettings::is_unset")]
     pub overlay: OverlaySettings,
+    /// Keys a newer agent wrote that this one does not know: kept as they
+    /// are, so a rollback and the next save lose none of them.
+    #[serde(flatten, skip_serializing_if = "toml::Table::is_empty")]
+    pub extra: toml::Table,
 }
 
 /// What went wrong with a setting or the overlay file.
@@ -464,7 +484,7 @@ mod tests {
         assert_eq!(Settings::load(&path).unwrap(), s);
         s.set("panel.allow_plain_http", None).unwrap();
         assert!(!s.sets("panel.allow_plain_http"));
-        std::fs::write(&path, "[panel]\nport = 8\n").unwrap();
+        std::fs::write(&path, "[panel]\nallow_plain_http = 8\n").unwrap();
         assert_eq!(
             Settings::load(&path).unwrap_err().code(),
             "bad_settings_file"
@@ -499,6 +519,51 @@ mod tests {
         let k = KEYS.iter().find(|k| k.key == "overlay.enabled").unwrap();
         assert_eq!(k.applies, "restart");
         assert!(keys_in_file("[overlay]\nenabled = true\n").contains("overlay.enabled"));
+    }
+
+    /// After an update the newer agent may have written keys this one does
+    /// not know; after a rollback this agent reads them. They must neither
+    /// cost the keys it knows nor be lost when it saves the overlay.
+    #[test]
+    fn settings_of_a_newer_agent_are_read_and_kept() {
+        let dir = std::env::temp_dir().join(format!("nuvol-overlay-new-{}", std::process::id()));
+        let path = dir.join(SETTINGS_FILE);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            &path,
+            "hostname = \"roof\"\ntimezone = \"Europe/Madrid\"\n\
+             [discovery]\nzone = \"north\"\nweight = 3\n\
+             [panel]\nallow_plain_http = true\ntheme = \"dark\"\n\
+             [mesh]\nmtu = 1380\n",
+        )
+        .unwrap();
+        let mut s = Settings::load(&path).unwrap();
+        assert_eq!(s.hostname.as_deref(), Some("roof"));
+        assert_eq!(s.discovery.zone.as_deref(), Some("north"));
+        assert_eq!(s.panel.allow_plain_http, Some(true));
+        let c = s.apply(&Config::default());
+        assert_eq!(c.discovery.zone.as_deref(), Some("north"));
+        // A change through this agent keeps every unknown key.
+        s.set("discovery.role", Some("super-node")).unwrap();
+        s.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let back: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(back["timezone"].as_str(), Some("Europe/Madrid"), "{text}");
+        assert_eq!(back["discovery"]["weight"].as_integer(), Some(3), "{text}");
+        assert_eq!(
+            back["discovery"]["role"].as_str(),
+            Some("super-node"),
+            "{text}"
+        );
+        assert_eq!(back["panel"]["theme"].as_str(), Some("dark"), "{text}");
+        assert_eq!(back["mesh"]["mtu"].as_integer(), Some(1380), "{text}");
+        assert_eq!(Settings::load(&path).unwrap(), s);
+        // An older agent's file (fewer keys) reads as before.
+        std::fs::write(&path, "[panel]\nallow_plain_http = false\n").unwrap();
+        let s = Settings::load(&path).unwrap();
+        assert_eq!(s.panel.allow_plain_http, Some(false));
+        assert!(s.extra.is_empty() && s.discovery.zone.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
