@@ -136,12 +136,17 @@ pub fn at_start(rec: &mut Record, running_slot: char, boot_id: &str) -> Start {
     }
 }
 
+/// The update record; `None` when there is none. One that cannot be read
+/// is set aside as `update.json.bad` (said on the console once) rather
+/// than overwritten by the next update.
 pub fn load(path: &Path) -> Option<Record> {
-    let b = std::fs::read(path).ok()?;
-    if b.len() > 64 * 1024 {
-        return None;
+    match nuvol_durable::json::read(path, 64 * 1024) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nuvol: update record: {e}");
+            None
+        }
     }
-    serde_json::from_slice(&b).ok()
 }
 
 pub fn save(path: &Path, rec: &Record) -> std::io::Result<()> {
@@ -245,6 +250,20 @@ mod tests {
         assert_eq!(load(&p).unwrap(), pending());
         std::fs::write(&p, b"{garbage").unwrap();
         assert!(load(&p).is_none());
+    }
+
+    #[test]
+    fn an_unreadable_record_is_set_aside_not_overwritten() {
+        let dir = std::env::temp_dir().join(format!("nuvol-state-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("update.json");
+        std::fs::write(&p, b"{\"phase\": \"pend").unwrap();
+        assert!(load(&p).is_none());
+        assert!(!p.exists());
+        let bad = std::fs::read(dir.join("update.json.bad")).unwrap();
+        assert_eq!(bad, b"{\"phase\": \"pend");
+        assert!(load(&p).is_none(), "no record now, and no error");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
