@@ -466,6 +466,8 @@ impl Updater {
             key_id: v.key_id.clone(),
             services,
         };
+        // Refused before the boot partition is touched.
+        self.boot.fits(target, &v)?;
         if let Err(e) = self.keep(file) {
             // Only sharing with peers is lost.
             tracing::warn!("keeping the artefact to offer it to peers: {e}");

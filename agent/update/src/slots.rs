@@ -226,77 +226,71 @@ impl BootFs {
         (!s.is_empty()).then_some(s)
     }
 
+    /// Whether `v` fits slot `slot` as the image laid it out: every part
+    /// no bigger than its slot file, the version shorter than its padded
+    /// file. An update never allocates on the boot partition (a power cut
+    /// while FAT allocates or frees can leave a chain that the kernel
+    /// later finds broken and sets the whole partition read-only), so one
+    /// that does not fit is refused before anything is written:
+    /// `update_too_big`, and the box needs a newer image flashed.
+    pub fn fits(&self, slot: char, v: &Verified) -> Result<(), Refusal> {
+        let dir = self.root.join(slot.to_string());
+        let room = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+        for p in &v.manifest.parts {
+            if room(&p.name) < p.size {
+                return Err(Refusal::TooBig(format!(
+                    "{} is {} bytes; slot {slot} holds {} for it, and an update never allocates on the boot partition: flash a newer image",
+                    p.name,
+                    p.size,
+                    room(&p.name)
+                )));
+            }
+        }
+        let vlen = room(VERSION_FILE);
+        if vlen <= v.manifest.version.to_string().len() as u64 || vlen > 4096 {
+            return Err(Refusal::TooBig(format!(
+                "version {:?} does not fit slot {slot}'s {vlen}-byte version file: flash a newer image",
+                v.manifest.version
+            )));
+        }
+        Ok(())
+    }
+
     /// Write a verified artefact's parts into `slot` (never the running
     /// one: the caller's business), then its version, then read every part
     /// back from the disk and compare its SHA-256.
     ///
-    /// A slot file at least as big as its part (the image makes them a
-    /// fixed, zero-padded size) is **overwritten in place**: the part, then
-    /// zeros to the file's end, fsynced. Nothing is allocated or freed on
-    /// FAT, so a power cut leaves a torn file in a slot nothing boots, never
-    /// a broken file system. Only a part bigger than its file is written
-    /// beside it (`.new`, fsync, rename), which allocates.
+    /// Each slot file is at least as big as its part ([`BootFs::fits`],
+    /// checked again here): it is **overwritten in place**, the part, then
+    /// zeros to the file's end, fsynced; the version likewise, padded with
+    /// newlines. Nothing is allocated or freed on FAT, so a power cut
+    /// leaves a torn file in a slot nothing boots, never a broken file
+    /// system.
     pub fn write_slot(&self, slot: char, artefact: &Path, v: &Verified) -> Result<(), Refusal> {
+        self.fits(slot, v)?;
         let dir = self.root.join(slot.to_string());
         let fail = |what: &str, e: io::Error| Refusal::Failed(format!("{what}: {e}"));
         let room = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
-        let grow: Vec<&Part> = v
-            .manifest
-            .parts
-            .iter()
-            .filter(|p| room(&p.name) < p.size)
-            .collect();
-        if !grow.is_empty() {
-            let need: u64 = grow.iter().map(|p| p.size).sum::<u64>() + 64 * 1024;
-            let free = free_bytes(&self.root).map_err(|e| fail("boot partition", e))?;
-            if free < need {
-                // Not room for the new parts beside the old ones: the old
-                // ones of this (inactive, not default) slot go first.
-                let old: u64 = grow.iter().map(|p| room(&p.name)).sum();
-                if free + old < need {
-                    return Err(Refusal::TooBig(format!(
-                        "the update needs {need} bytes on the boot partition; {} are free with slot {slot}'s old files removed",
-                        free + old
-                    )));
-                }
-                for p in &grow {
-                    let _ = std::fs::remove_file(dir.join(&p.name));
-                }
-                nuvol_durable::fsync_dir(&dir).map_err(|e| fail("slot directory", e))?;
-            }
-        }
         let mut src = File::open(artefact).map_err(|e| fail("artefact", e))?;
         let mut off = v.parts_offset;
         for p in &v.manifest.parts {
             use std::io::{Seek, SeekFrom};
             src.seek(SeekFrom::Start(off))
                 .map_err(|e| fail("artefact", e))?;
-            let dest = dir.join(&p.name);
-            let r = if room(&p.name) >= p.size {
-                self.overwrite(&dest, &mut src, p)
-            } else {
-                self.replace(&dir, &dest, &mut src, p)
-            };
-            r?;
+            self.overwrite(&dir.join(&p.name), &mut src, p)?;
             off += p.size;
         }
         let version = format!("{}\n", v.manifest.version);
         let vpath = dir.join(VERSION_FILE);
-        let vlen = room(VERSION_FILE);
-        if vlen > version.len() as u64 && vlen <= 4096 {
-            // Newline-padded to the file's fixed size, in place.
-            let mut b = version.into_bytes();
-            b.resize(vlen as usize, b'\n');
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&vpath)
-                .map_err(|e| fail("version", e))?;
-            f.write_all_at(&b, 0).map_err(|e| fail("version", e))?;
-            f.sync_all().map_err(|e| fail("version", e))?;
-        } else {
-            nuvol_durable::write_atomic(&vpath, version.as_bytes(), nuvol_durable::Mode::Private)
-                .map_err(|e| fail("version", e))?;
-        }
+        // Newline-padded to the file's fixed size, in place.
+        let mut b = version.into_bytes();
+        b.resize(room(VERSION_FILE) as usize, b'\n');
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&vpath)
+            .map_err(|e| fail("version", e))?;
+        f.write_all_at(&b, 0).map_err(|e| fail("version", e))?;
+        f.sync_all().map_err(|e| fail("version", e))?;
         self.step();
         // Read back what the disk holds, not the page cache: the part, and
         // zeros after it.
@@ -349,28 +343,6 @@ impl BootFs {
         self.step();
         Ok(())
     }
-
-    /// Write the part beside `dest` and rename it over (allocates on FAT).
-    fn replace(&self, dir: &Path, dest: &Path, src: &mut File, p: &Part) -> Result<(), Refusal> {
-        let fail = |what: &str, e: io::Error| Refusal::Failed(format!("{what}: {e}"));
-        let tmp = dir.join(format!("{}.new", p.name));
-        let mut write = || -> Result<(), Refusal> {
-            let mut out = File::create(&tmp).map_err(|e| fail(&p.name, e))?;
-            copy_part(src, p, &mut out)?;
-            out.flush().map_err(|e| fail(&p.name, e))?;
-            out.sync_all().map_err(|e| fail(&p.name, e))?;
-            self.step();
-            std::fs::rename(&tmp, dest).map_err(|e| fail(&p.name, e))?;
-            nuvol_durable::fsync_dir(dir).map_err(|e| fail("slot directory", e))?;
-            self.step();
-            Ok(())
-        };
-        let r = write();
-        if r.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        r
-    }
 }
 
 /// Copy part `p` from `src` to `out`, checking its SHA-256 on the way.
@@ -394,12 +366,6 @@ fn drop_cache(f: &File) {
     unsafe {
         libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
     }
-}
-
-fn free_bytes(p: &Path) -> io::Result<u64> {
-    nuvol_bundle::space::space(p)
-        .map(|s| s.free_bytes)
-        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 #[cfg(test)]
@@ -494,7 +460,7 @@ mod tests {
 
     /// A slot's padded files are overwritten in place (same inode, same
     /// length, zeros after the part); a part bigger than its file is
-    /// written beside it and renamed.
+    /// refused before anything is written.
     #[test]
     fn padded_slot_files_are_overwritten_in_place() {
         use std::os::unix::fs::MetadataExt;
@@ -502,6 +468,7 @@ mod tests {
         let slot = d.path().join("B");
         std::fs::write(slot.join("bzImage"), vec![0x11u8; 4096]).unwrap();
         std::fs::write(slot.join("initrd.img"), vec![0x22u8; 8]).unwrap();
+        let initrd_before = std::fs::read(slot.join("initrd.img")).unwrap();
         std::fs::write(
             slot.join(VERSION_FILE),
             "0.1.0\n".to_string() + &"\n".repeat(58),
@@ -527,17 +494,30 @@ mod tests {
             allow_downgrade: false,
         };
         let v = crate::artefact::verify_file(&file, &vec![key.public()], &policy).unwrap();
+        // The initrd (15 bytes) outgrows its 8-byte file: refused, nothing
+        // written, not even the kernel that would fit.
+        let e = b.write_slot('B', &file, &v).unwrap_err();
+        assert_eq!(e.code(), "update_too_big", "{e}");
+        assert!(e.to_string().contains("initrd.img is 15 bytes"), "{e}");
+        assert_eq!(
+            std::fs::read(slot.join("bzImage")).unwrap(),
+            vec![0x11u8; 4096]
+        );
+        assert_eq!(
+            std::fs::read(slot.join("initrd.img")).unwrap(),
+            initrd_before
+        );
+        std::fs::write(slot.join("initrd.img"), vec![0x22u8; 32]).unwrap();
         b.write_slot('B', &file, &v).unwrap();
         let k = std::fs::read(slot.join("bzImage")).unwrap();
         assert_eq!(k.len(), 4096);
         assert_eq!(&k[..6], b"kernel");
         assert!(k[6..].iter().all(|b| *b == 0));
         assert_eq!(ino("bzImage"), k_ino, "in place");
-        assert_eq!(
-            std::fs::read(slot.join("initrd.img")).unwrap(),
-            b"a bigger initrd"
-        );
-        assert!(!slot.join("initrd.img.new").exists());
+        let i = std::fs::read(slot.join("initrd.img")).unwrap();
+        assert_eq!(i.len(), 32);
+        assert_eq!(&i[..15], b"a bigger initrd");
+        assert!(i[15..].iter().all(|b| *b == 0));
         assert_eq!(
             std::fs::metadata(slot.join(VERSION_FILE)).unwrap().len(),
             64
