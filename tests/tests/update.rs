@@ -7,7 +7,8 @@
 //! 1. Refusals, before anything touches the boot partition: an artefact
 //!    signed by a key not in `[update] trusted_keys`, one with its
 //!    signature zeroed, and one for another architecture answer
-//!    `update_untrusted` / `update_wrong_arch`; no update is recorded, no
+//!    `update_untrusted` / `update_wrong_arch`, and one whose initramfs
+//!    outgrew its slot file `update_too_big`; no update is recorded, no
 //!    try armed, slot B's files on the disk unchanged.
 //!    The same artefacts from an attacker's `http://` server on the host
 //!    (`nuvol ctl update --url`, and the panel's URL form): the box reads
@@ -112,6 +113,14 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     let mlen = u32::from_le_bytes(b[12..16].try_into().unwrap()) as usize;
     b[16 + mlen..16 + mlen + 74].fill(0);
     std::fs::write(&unsigned, &b).unwrap();
+    // An initramfs grown past its 8 MiB slot file: it would have to be
+    // allocated on FAT, so it is refused before anything is written.
+    let fat = d("fat-initrd.img");
+    let mut big = std::fs::read(&i).unwrap();
+    big.resize(9 << 20, 0x5a);
+    std::fs::write(&fat, &big).unwrap();
+    let too_big = d("too-big.nvu");
+    nuvol_e2e::update_artefact(&key.secret, &k, &fat, "99.0.0", "x86_64", &too_big);
 
     // --- 1. refusals ---------------------------------------------------------
     let mut vm = Vm::boot_opts(&disk, "bios", &dir.0, &BootOptions::default());
@@ -138,6 +147,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
         (&foreign, 403, "update_untrusted"),
         (&unsigned, 403, "update_untrusted"),
         (&arm, 422, "update_wrong_arch"),
+        (&too_big, 413, "update_too_big"),
     ] {
         let (st, body) = upload(&vm, "/api/v1/update", file);
         eprintln!(
