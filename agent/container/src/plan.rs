@@ -254,10 +254,13 @@ impl Plan {
     /// Wait for the go byte: `Ok(true)` released, `Ok(false)` EOF,
     /// `Err(ETIMEDOUT)` after `start_timeout_ms`, `Err(errno)` otherwise.
     unsafe fn wait_for_start(&self) -> Result<bool, i32> {
+        // time_t and c_long are 32 bits on 32-bit ARM: widen before scaling,
+        // or the product overflows after 24 days of uptime.
+        #[allow(clippy::useless_conversion)]
         let now_ms = || {
             let mut ts: libc::timespec = std::mem::zeroed();
             libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-            ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+            i64::from(ts.tv_sec) * 1000 + i64::from(ts.tv_nsec) / 1_000_000
         };
         let deadline = now_ms().saturating_add(self.start_timeout_ms);
         loop {
