@@ -79,10 +79,13 @@ FORWARD ?= 18080:8080 12379:2379 18384:8384
 UPDATE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 UPDATE_ARTEFACT := out/nuvol-$(ARCH)-$(UPDATE_VERSION).nvu
 
-.PHONY: update-artefact deps deps-test nuvol kernel image qemu community qemu-reset test test-full test-unit test-unit-arm64 test-e2e fuzz-short lint size size-arm64 bench bundles clean
+.PHONY: update-artefact deps deps-lint deps-test nuvol kernel image qemu community qemu-reset test test-full test-unit test-unit-arm64 test-e2e fuzz-short lint size size-arm64 bench bundles clean
 
 deps:
 	@image/deps.sh build
+
+deps-lint:
+	@image/deps.sh lint
 
 deps-test:
 	@image/deps.sh test
@@ -122,11 +125,17 @@ qemu-reset:
 	rm -rf $(QEMU_BOX)
 	@echo "the next 'make qemu' boots a fresh copy of $(IMAGE)"
 
-lint: deps
+lint: deps-lint
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	# Every library must build for the box's target (musl types differ: ioctl numbers, ...).
 	cargo check --workspace --exclude nuvol-e2e --lib --bins --locked --target $(TARGET)
+	# And for 32-bit ARM, the road to ARM images: c_ulong, c_long, usize and
+	# time_t are 32 bits there. Checked against glibc's armv7 std, as
+	# musleabihf's cannot be downloaded here; those types are the same on both.
+	CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc \
+		CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc \
+		cargo check --workspace --exclude nuvol-e2e --lib --bins --locked --target armv7-unknown-linux-gnueabihf
 
 test-unit: deps-test
 	cargo test --workspace --exclude nuvol-e2e --locked

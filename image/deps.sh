@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what building and testing nuvol needs, idempotently.
 #   image/deps.sh build   packages to build the kernel and the image, Rust targets
+#   image/deps.sh lint    also the 32-bit ARM toolchain `make lint` checks against
 #   image/deps.sh test    also what the test suite needs (tests/apt-packages.txt)
 # Only runs apt-get when a package is missing, so a second run takes a second.
 set -euo pipefail
@@ -30,6 +31,14 @@ if [ "${ARCH:-x86_64}" = arm64 ] || [ "${1:-build}" = test ]; then
         $SUDO apt-get update -q >/dev/null
     fi
 fi
+# `make lint` (which `make test` runs) checks that the workspace builds for
+# 32-bit ARM (armv7-unknown-linux-gnueabihf), the road to ARM images:
+# Debian's armhf cross gcc and headers for ring's C parts.
+armv7=
+if [ "${1:-build}" = lint ] || [ "${1:-build}" = test ]; then
+    armv7=armv7-unknown-linux-gnueabihf
+    pkgs+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
+fi
 if [ "${1:-build}" = test ]; then
     while IFS= read -r line; do
         line=${line%%#*}; line=${line//[[:space:]]/}
@@ -50,8 +59,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 command -v cargo >/dev/null || { echo "deps: cargo not found; nuvol builds with rustup's toolchain (see rust-toolchain.toml)" >&2; exit 1; }
-# rust-toolchain.toml pins the toolchain; make sure it and the musl target are there.
+# rust-toolchain.toml pins the toolchain; make sure it and the musl target are
+# there (and armv7's std for the lint: musleabihf's is not downloadable here).
 installed=$(rustup target list --installed 2>/dev/null || true)
-for t in x86_64-unknown-linux-musl $( { [ "${ARCH:-x86_64}" = arm64 ] || [ "${1:-build}" = test ]; } && echo aarch64-unknown-linux-musl); do
+for t in x86_64-unknown-linux-musl $( { [ "${ARCH:-x86_64}" = arm64 ] || [ "${1:-build}" = test ]; } && echo aarch64-unknown-linux-musl) $armv7; do
     grep -qx "$t" <<<"$installed" || rustup target add "$t" >&2
 done

@@ -73,7 +73,10 @@ impl Limits {
     /// half of the quarter (at most [`MAX_CONNECTIONS`]) for talking
     /// connections, the rest (at most [`MAX_WAITING`]) for waiting ones.
     pub fn for_fd_limit(fd_limit: u64) -> Limits {
-        let budget = (fd_limit / FD_SHARE).max(16) as usize;
+        // Saturating: a 32-bit usize cannot hold every u64 limit.
+        let budget = usize::try_from(fd_limit / FD_SHARE)
+            .unwrap_or(usize::MAX)
+            .max(16);
         let total = (budget / 2).clamp(8, MAX_CONNECTIONS);
         let waiting = (budget - total).clamp(8, MAX_WAITING);
         Limits {
@@ -487,6 +490,9 @@ mod tests {
         let l = Limits::for_fd_limit(4096);
         assert_eq!((l.total, l.waiting), (256, 768));
         assert_eq!(Limits::for_fd_limit(65536), Limits::default());
+        // A limit a 32-bit usize cannot hold saturates, it does not wrap.
+        assert_eq!(Limits::for_fd_limit(1 << 34), Limits::default());
+        assert_eq!(Limits::for_fd_limit(u64::MAX), Limits::default());
         let l = Limits::for_fd_limit(0);
         assert_eq!((l.total, l.waiting, l.per_addr), (8, 8, 8));
     }

@@ -79,10 +79,12 @@ impl Sink<'_> {
             }
             Sink::File(w) => w.write(d).await.map_err(PeerError::Write).map(|()| true),
             Sink::Head(v, needed) => {
+                // Saturating: a 32-bit usize cannot hold every u64 budget.
+                let max = usize::try_from(max).unwrap_or(usize::MAX);
                 let mut d = &d[..];
                 // Byte by byte while the need grows with what came.
                 while !d.is_empty() {
-                    let want = needed(v).min(max as usize);
+                    let want = needed(v).min(max);
                     if v.len() >= want {
                         break;
                     }
@@ -90,7 +92,7 @@ impl Sink<'_> {
                     v.extend_from_slice(&d[..take]);
                     d = &d[take..];
                 }
-                Ok(v.len() < needed(v).min(max as usize))
+                Ok(v.len() < needed(v).min(max))
             }
         }
     }

@@ -32,6 +32,9 @@ pub(crate) struct CloneArgs {
     pub set_tid_size: u64,
     pub cgroup: u64,
 }
+// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2): u64 fields
+// only, pointers included, so 88 bytes on 32-bit ARM too.
+const _: () = assert!(std::mem::size_of::<CloneArgs>() == 88);
 
 impl CloneArgs {
     /// `clone3` arguments for a child that signals SIGCHLD, with its pidfd

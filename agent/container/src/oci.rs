@@ -45,8 +45,8 @@ pub struct OciBundle {
     pub warnings: Vec<String>,
 }
 
-fn mount_flags(opts: &[String]) -> (u64, bool, String) {
-    let mut flags = 0u64;
+fn mount_flags(opts: &[String]) -> (libc::c_ulong, bool, String) {
+    let mut flags: libc::c_ulong = 0;
     let mut bind = false;
     let mut data: Vec<&str> = Vec::new();
     for o in opts {

@@ -100,6 +100,23 @@ pub(crate) const STEP_PDEATHSIG: u32 = u32::MAX - 1;
 pub(crate) const STEP_CLOSE_FDS: u32 = u32::MAX - 2;
 pub(crate) const STEP_WAIT: u32 = u32::MAX - 3;
 
+// The calls that take 32-bit ids. On 32-bit ARM `setgroups`, `setresgid`
+// and `setresuid` are the legacy 16-bit-id calls: they would keep only the
+// low 16 bits of a uid (100000 becomes 34464) and read the group list as an
+// array of u16. Their 32-bit-id versions carry a `32` suffix there.
+#[cfg(target_arch = "arm")]
+const SYS_SETGROUPS: libc::c_long = libc::SYS_setgroups32;
+#[cfg(target_arch = "arm")]
+const SYS_SETRESGID: libc::c_long = libc::SYS_setresgid32;
+#[cfg(target_arch = "arm")]
+const SYS_SETRESUID: libc::c_long = libc::SYS_setresuid32;
+#[cfg(not(target_arch = "arm"))]
+const SYS_SETGROUPS: libc::c_long = libc::SYS_setgroups;
+#[cfg(not(target_arch = "arm"))]
+const SYS_SETRESGID: libc::c_long = libc::SYS_setresgid;
+#[cfg(not(target_arch = "arm"))]
+const SYS_SETRESUID: libc::c_long = libc::SYS_setresuid;
+
 pub(crate) fn cstr(s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| ContainerError::InvalidSpec(format!("{s:?} contains a NUL byte")))
 }
@@ -254,10 +271,13 @@ impl Plan {
     /// Wait for the go byte: `Ok(true)` released, `Ok(false)` EOF,
     /// `Err(ETIMEDOUT)` after `start_timeout_ms`, `Err(errno)` otherwise.
     unsafe fn wait_for_start(&self) -> Result<bool, i32> {
+        // time_t and c_long are 32 bits on 32-bit ARM: widen before scaling,
+        // or the product overflows after 24 days of uptime.
+        #[allow(clippy::useless_conversion)]
         let now_ms = || {
             let mut ts: libc::timespec = std::mem::zeroed();
             libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-            ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+            i64::from(ts.tv_sec) * 1000 + i64::from(ts.tv_nsec) / 1_000_000
         };
         let deadline = now_ms().saturating_add(self.start_timeout_ms);
         loop {
@@ -486,14 +506,14 @@ impl Plan {
             }
             Op::KeepCaps => ok(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) as libc::c_long),
             Op::SetIds { uid, gid } => {
-                let r = libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr());
+                let r = libc::syscall(SYS_SETGROUPS, self.groups.len(), self.groups.as_ptr());
                 if r < 0 {
                     return errno();
                 }
-                if libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) < 0 {
+                if libc::syscall(SYS_SETRESGID, *gid, *gid, *gid) < 0 {
                     return errno();
                 }
-                ok(libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid))
+                ok(libc::syscall(SYS_SETRESUID, *uid, *uid, *uid))
             }
             Op::Capset { keep } => {
                 #[repr(C)]

@@ -20,6 +20,15 @@
 //!
 //! The filter is plain classic BPF built here (a list of comparisons), for
 //! x86_64, aarch64 and 32-bit arm.
+//!
+//! 32-bit ARM has system calls of its own: `mmap2`, `fstatat64`,
+//! `fcntl64`, the 32-bit-id `setresuid32` & co beside the 16-bit-id
+//! originals, and (since Linux 5.1) a `*_time64` twin of every call that
+//! takes a `time_t`, which musl 1.2+ and glibc with 64-bit time call
+//! instead of the old one. Being a deny-list, the filter allows all of
+//! those without naming them; but where a denied call has such a twin,
+//! the twin is denied too (`clock_settime64`, `clock_adjtime64`), or the
+//! libc's own choice would walk around the rule.
 
 use crate::error::{ContainerError, Result};
 
@@ -80,7 +89,11 @@ fn arch_denied() -> Vec<(&'static str, libc::c_long)> {
         ("_sysctl", libc::SYS__sysctl),
     ];
     #[cfg(target_arch = "arm")]
-    return vec![("uselib", libc::SYS_uselib)];
+    return vec![
+        ("uselib", libc::SYS_uselib),
+        ("clock_settime64", SYS_CLOCK_SETTIME64),
+        ("clock_adjtime64", SYS_CLOCK_ADJTIME64),
+    ];
     #[allow(unreachable_code)]
     Vec::new()
 }
@@ -104,6 +117,13 @@ const SYS_KEXEC_FILE_LOAD: libc::c_long = 294;
 const SYS_KEXEC_FILE_LOAD: libc::c_long = 401;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm")))]
 const SYS_KEXEC_FILE_LOAD: libc::c_long = -1;
+
+/// The 64-bit-time twins of `clock_settime` and `clock_adjtime` on 32-bit
+/// ARM (arch/arm/tools/syscall.tbl; the libc crate lacks them there).
+#[cfg(target_arch = "arm")]
+const SYS_CLOCK_SETTIME64: libc::c_long = 404;
+#[cfg(target_arch = "arm")]
+const SYS_CLOCK_ADJTIME64: libc::c_long = 405;
 
 /// Every `CLONE_NEW*` flag `clone` takes (`CLONE_NEWTIME` is `clone3`/`unshare` only).
 pub const NAMESPACE_FLAGS: u32 = (libc::CLONE_NEWNS
@@ -257,6 +277,17 @@ mod tests {
             }
         }
         assert_eq!(prog.last().unwrap().code, BPF_RET_K);
+    }
+
+    /// A libc with 64-bit time sets the clock through the `*_time64`
+    /// calls: denying only the old ones would leave the clock settable.
+    #[cfg(target_arch = "arm")]
+    #[test]
+    fn arm_denies_the_time64_twins() {
+        let denied = denied_syscalls();
+        for (name, nr) in [("clock_settime64", 404), ("clock_adjtime64", 405)] {
+            assert!(denied.contains(&(name, nr)), "{name} not denied");
+        }
     }
 
     /// Install the filter in a forked child (no_new_privs, as an unprivileged

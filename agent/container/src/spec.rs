@@ -54,8 +54,10 @@ pub struct Mount {
     pub fstype: String,
     /// Source: a host path for binds, a free label otherwise.
     pub source: String,
-    /// `MS_*` flags (for binds: applied by a remount after the bind).
-    pub flags: u64,
+    /// `MS_*` flags (for binds: applied by a remount after the bind), as
+    /// mount(2) takes them: an `unsigned long`, 32 bits on 32-bit ARM
+    /// (every `MS_*` flag fits there).
+    pub flags: libc::c_ulong,
     /// Filesystem-specific options (`mode=755,size=64k`).
     pub data: String,
 }
@@ -153,7 +155,7 @@ pub fn parse_capability(name: &str) -> Result<caps::Capability> {
 /// The default mounts of a nuvol container: /proc, a minimal /dev, /sys and
 /// the cgroup filesystem read-only.
 pub fn default_mounts() -> Vec<Mount> {
-    let m = |destination: &str, fstype: &str, flags: u64, data: &str| Mount {
+    let m = |destination: &str, fstype: &str, flags: libc::c_ulong, data: &str| Mount {
         destination: destination.into(),
         fstype: fstype.into(),
         source: fstype.into(),

@@ -70,18 +70,21 @@ fn namespaces_are_refused_and_fork_and_threads_work() {
     });
     let (st, out) = run(&s, &cg, tmp.path());
     assert_eq!(st, ExitStatus::Exited(0), "{out}");
-    for want in [
+    let mut wants = vec![
         "unshare(CLONE_NEWUSER): EPERM",
         "clone(CLONE_NEWUSER): EPERM",
         "clone(CLONE_NEWNET): EPERM",
-        "clone(CLONE_NEWUSER|CLONE_NEWNS) on another arg0 word: EPERM",
         "clone3(CLONE_NEWUSER): ENOSYS",
         "clone3(): ENOSYS",
         "fork: ok",
         "thread: ok",
         "busybox-unshare: refused",
         "busybox-fork: ok",
-    ] {
+    ];
+    if cfg!(target_pointer_width = "64") {
+        wants.push("clone(CLONE_NEWUSER|CLONE_NEWNS) on another arg0 word: EPERM");
+    }
+    for want in wants {
         assert!(out.contains(want), "no {want:?} in:\n{out}");
     }
 }
@@ -139,7 +142,9 @@ fn ns_probe() {
         errno(clone(libc::CLONE_NEWNET as libc::c_ulong))
     );
     // The kernel reads only the low 32 bits of clone's flags: junk above
-    // them must not hide a namespace flag from the filter.
+    // them must not hide a namespace flag from the filter. (A 32-bit
+    // register has no bits above them.)
+    #[cfg(target_pointer_width = "64")]
     println!(
         "clone(CLONE_NEWUSER|CLONE_NEWNS) on another arg0 word: {}",
         errno(clone(

@@ -201,12 +201,22 @@ pub fn sector_size(f: &File) -> Result<u64, DiskError> {
     Ok(ss as u64)
 }
 
-const BLKGETSIZE64: libc::Ioctl = 0x8008_1272u32 as libc::Ioctl;
+/// `_IOR(0x12, 114, size_t)`: the size in the number is `size_t`'s (the
+/// kernel header's mistake, kept for ABI), so it is 0x80041272 on 32-bit
+/// ARM and 0x80081272 on 64-bit; the kernel writes a u64 either way.
+const BLKGETSIZE64: libc::Ioctl = libc::_IOR::<libc::size_t>(0x12, 114);
 const BLKSSZGET: libc::Ioctl = 0x1268;
 const BLKPG: libc::Ioctl = 0x1269;
 const BLKPG_RESIZE_PARTITION: libc::c_int = 3;
 /// `_IOW('f', 16, __u64)`
-const EXT4_IOC_RESIZE_FS: libc::Ioctl = 0x4008_6610u32 as libc::Ioctl;
+const EXT4_IOC_RESIZE_FS: libc::Ioctl = libc::_IOW::<u64>(b'f' as u32, 16);
+
+// What the kernel headers give, checked on every target this builds for.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(BLKGETSIZE64 == 0x8008_1272u32 as libc::Ioctl);
+#[cfg(target_pointer_width = "32")]
+const _: () = assert!(BLKGETSIZE64 == 0x8004_1272u32 as libc::Ioctl);
+const _: () = assert!(EXT4_IOC_RESIZE_FS == 0x4008_6610u32 as libc::Ioctl);
 
 #[repr(C)]
 struct BlkpgIoctlArg {
@@ -224,6 +234,8 @@ struct BlkpgPartition {
     devname: [u8; 64],
     volname: [u8; 64],
 }
+// `long long` is 8-aligned on 32-bit ARM too: the same 152 bytes.
+const _: () = assert!(std::mem::size_of::<BlkpgPartition>() == 152);
 
 /// Tell the kernel that partition `pno` of `disk` now spans the given bytes.
 pub fn kernel_resize_partition(

@@ -37,6 +37,9 @@ struct LoopConfig {
     info: LoopInfo64,
     reserved: [u64; 8],
 }
+// Fixed-width fields only: the same layout on 32- and 64-bit.
+const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
+const _: () = assert!(std::mem::size_of::<LoopConfig>() == 304);
 
 /// A loop device attached read-only with autoclear: the kernel detaches it
 /// once this handle is dropped and the last mount of it is gone.

@@ -94,7 +94,7 @@ pub const NO_USER_NAMESPACES: (&str, &str) = ("/proc/sys/user/max_user_namespace
 /// The hard `RLIMIT_NOFILE` PID 1 passes on (the kernel starts it at 4096):
 /// the agent raises its soft limit up to this, and sizes its connection
 /// budget from it (docs/api.md, "Connections").
-pub const FD_CEILING: u64 = 65536;
+pub const FD_CEILING: libc::rlim_t = 65536;
 
 /// Raise the hard fd limit to [`FD_CEILING`], keeping the soft one (1024):
 /// every process of the box inherits both; only the agent raises its soft

@@ -104,6 +104,8 @@ pub struct Watchdog(Option<File>);
 
 impl Watchdog {
     const TIMEOUT_S: libc::c_int = 30;
+    /// `WDIOC_SETTIMEOUT`: `_IOWR('W', 6, int)`, the same number on every word size.
+    const WDIOC_SETTIMEOUT: libc::Ioctl = libc::_IOWR::<libc::c_int>(b'W' as u32, 6);
     fn open() -> Watchdog {
         let Ok(f) = std::fs::OpenOptions::new()
             .write(true)
@@ -113,7 +115,7 @@ impl Watchdog {
         };
         let mut t = Self::TIMEOUT_S;
         // SAFETY: WDIOC_SETTIMEOUT reads/writes one int, which outlives the call.
-        unsafe { libc::ioctl(f.as_raw_fd(), 0xC004_5706u64 as _, &mut t) };
+        unsafe { libc::ioctl(f.as_raw_fd(), Self::WDIOC_SETTIMEOUT, &mut t) };
         say!("hardware watchdog armed ({t} s)");
         Watchdog(Some(f))
     }

@@ -442,11 +442,13 @@ fn running_in(slot: &str) -> bool {
 
 /// Most file descriptors the agent asks for (the soft `RLIMIT_NOFILE`),
 /// when the hard limit allows.
-pub const FD_LIMIT: u64 = 65536;
+pub const FD_LIMIT: libc::rlim_t = 65536;
 
 /// Raise the soft fd limit from the 1024 default to the hard limit, at most
 /// [`FD_LIMIT`]: the panel's connections, containers' pipes, gossip and
 /// state writes all need fds. Returns the soft limit in force.
+// `rlim_t` is 32 bits with 32-bit ARM's glibc; u64 on musl and on 64-bit targets.
+#[allow(clippy::useless_conversion)]
 fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -456,7 +458,7 @@ fn raise_fd_limit() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 1024;
     }
-    let want: u64 = lim.rlim_max.min(FD_LIMIT);
+    let want = lim.rlim_max.min(FD_LIMIT);
     if lim.rlim_cur < want {
         let new = libc::rlimit {
             rlim_cur: want,
@@ -465,7 +467,7 @@ fn raise_fd_limit() -> u64 {
         // SAFETY: setrlimit reads the rlimit we pass.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
             tracing::info!(from = lim.rlim_cur, to = want, "fd limit raised");
-            return want;
+            return want.into();
         }
         tracing::warn!(
             "could not raise the fd limit from {}: {}",
@@ -473,7 +475,7 @@ fn raise_fd_limit() -> u64 {
             std::io::Error::last_os_error()
         );
     }
-    lim.rlim_cur
+    lim.rlim_cur.into()
 }
 
 /// Print the ready line with the URL(s) the panel is reachable at. On a box,

@@ -381,7 +381,8 @@ impl Shared {
         let rec = record(&line);
         let queued = {
             let mut p = lock(&self.pending);
-            let max = PENDING_MAX.min(self.limits.file_bytes.max(1) as usize);
+            let file = usize::try_from(self.limits.file_bytes).unwrap_or(usize::MAX);
+            let max = PENDING_MAX.min(file.max(1));
             if p.len() + rec.len() > max && !p.is_empty() {
                 None
             } else {

@@ -78,12 +78,14 @@ fn parse() -> (String, Args) {
             .next()
             .unwrap_or_else(|| usage(&format!("{k} needs a value")));
         let num = |v: &str| -> u64 { v.parse().unwrap_or_else(|_| usage(&format!("bad {k}"))) };
+        // Sizes parse as usize: too large for this machine is "bad", not cut.
+        let size = |v: &str| -> usize { v.parse().unwrap_or_else(|_| usage(&format!("bad {k}"))) };
         match k.as_str() {
             "--target" => target = Some(v.parse().unwrap_or_else(|_| usage("bad --target"))),
             "--count" => a.count = num(&v),
             "--ltime" => a.ltime = num(&v),
             "--ltimes" => a.ltimes = num(&v).max(1),
-            "--payload" => a.payload = num(&v) as usize,
+            "--payload" => a.payload = size(&v),
             "--rate" => a.rate = num(&v).max(1),
             "--source" => a.source = v.parse().unwrap_or_else(|_| usage("bad --source")),
             "--sources" => {
@@ -93,10 +95,10 @@ fn parse() -> (String, Args) {
                     .collect()
             }
             "--prefix" => a.prefix = v,
-            "--chunk" => a.chunk = num(&v).max(1) as usize,
+            "--chunk" => a.chunk = size(&v).max(1),
             "--every-ms" => a.every_ms = num(&v),
-            "--max-bytes" => a.max_bytes = num(&v) as usize,
-            "--conns" => a.conns = num(&v).max(1) as usize,
+            "--max-bytes" => a.max_bytes = size(&v),
+            "--conns" => a.conns = size(&v).max(1),
             "--shape" => a.shape = v,
             _ => usage(&format!("unknown argument {k}")),
         }

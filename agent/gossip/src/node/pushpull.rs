@@ -31,10 +31,11 @@ pub fn parse_push_pull(
         pos += used;
         nodes.push(wire::PushNodeState::decode(&v)?);
     }
-    let n = h.user_state_len as usize;
-    if body.len() - pos < n {
-        return Err(wire::WireError::Frame("short user state"));
-    }
+    // try_from, not `as`: a 32-bit usize would read 2^32 + n as n.
+    let n = usize::try_from(h.user_state_len)
+        .ok()
+        .filter(|&n| n <= body.len() - pos)
+        .ok_or(wire::WireError::Frame("short user state"))?;
     Ok((h.join, nodes, body[pos..pos + n].to_vec()))
 }
 
@@ -308,5 +309,33 @@ impl Handle {
                 base * (((n as f64).log2() - 5.0).ceil() as u32 + 1)
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(user_state_len: i64, state: &[u8]) -> Vec<u8> {
+        let mut w = Writer::new();
+        wire::PushPullHeader {
+            nodes: 0,
+            user_state_len,
+            join: false,
+        }
+        .encode(&mut w);
+        w.extend(state);
+        w.into_bytes()
+    }
+
+    #[test]
+    fn user_state_length_is_taken_whole() {
+        let (_, nodes, user) = parse_push_pull(&body(3, b"abc")).unwrap();
+        assert!(nodes.is_empty());
+        assert_eq!(user, b"abc");
+        // 2^32 + 3 is not 3, whatever the width of usize.
+        assert!(parse_push_pull(&body((1 << 32) + 3, b"abc")).is_err());
+        assert!(parse_push_pull(&body(-1, b"abc")).is_err());
+        assert!(parse_push_pull(&body(4, b"abc")).is_err());
     }
 }

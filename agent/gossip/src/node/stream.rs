@@ -293,19 +293,17 @@ pub(super) async fn read_stream<R: AsyncRead + Unpin>(
         } else if t == ty::PUSH_PULL {
             let hv = sb.value(s).await?;
             let h = wire::PushPullHeader::decode(&hv)?;
-            if h.nodes < 0
-                || h.nodes > 65_536
-                || h.user_state_len < 0
-                || h.user_state_len as usize > wire::MAX_STREAM
-            {
-                return Err(WireError::Frame("push/pull header out of range").into());
-            }
+            // try_from, not `as`: a 32-bit usize would read 2^32 + n as n.
+            let state_len = usize::try_from(h.user_state_len)
+                .ok()
+                .filter(|&n| n <= wire::MAX_STREAM && (0..=65_536).contains(&h.nodes))
+                .ok_or(WireError::Frame("push/pull header out of range"))?;
             let start = sb.pos;
             for _ in 0..h.nodes {
                 sb.skip(s).await?;
             }
-            sb.fill(s, h.user_state_len as usize).await?;
-            let end = sb.pos + h.user_state_len as usize;
+            sb.fill(s, state_len).await?;
+            let end = sb.pos + state_len;
             let mut w = Writer::new();
             h.encode(&mut w);
             w.extend(&sb.buf[start..end]);
@@ -332,12 +330,12 @@ pub(super) async fn read_stream<R: AsyncRead + Unpin>(
         .ok_or(WireError::Frame("empty stream"))?;
     if t == ty::USER {
         let (hv, used) = msgpack::decode(rest)?;
-        let n = hv.i64_field("UserMsgLen")?;
         let body = &rest[used..];
-        if n < 0 || n as usize > body.len() {
-            return Err(WireError::Frame("user msg length").into());
-        }
-        return Ok((ty::USER, body[..n as usize].to_vec()));
+        let n = usize::try_from(hv.i64_field("UserMsgLen")?)
+            .ok()
+            .filter(|&n| n <= body.len())
+            .ok_or(WireError::Frame("user msg length"))?;
+        return Ok((ty::USER, body[..n].to_vec()));
     }
     Ok((t, rest.to_vec()))
 }

@@ -83,7 +83,7 @@ impl Agent {
         config: &str,
         https: bool,
         env: &[(&str, &str)],
-        nofile: Option<u64>,
+        nofile: Option<libc::rlim_t>,
     ) -> Agent {
         std::fs::write(dir.join("nuvol.toml"), config).unwrap();
         let port = free_port();
