@@ -396,6 +396,15 @@ impl Vm {
         })
     }
 
+    /// Wait until the box's last update is marked good; `GET
+    /// /api/v1/update` then.
+    pub fn wait_update_good(&self, timeout: Duration) -> serde_json::Value {
+        self.wait_for("update marked good", timeout, || {
+            let v = self.update_status();
+            (v["update"]["phase"] == "good").then_some(v)
+        })
+    }
+
     /// Whether the service `name` runs on the box.
     pub fn service_running(&self, name: &str) -> bool {
         match self.http_admin("GET", "/api/v1/local-services") {
@@ -926,6 +935,16 @@ pub fn boot_files(disk: &Path) -> Vec<String> {
         .map(|l| l.trim().trim_start_matches("::/").to_string())
         .filter(|l| !l.is_empty())
         .collect()
+}
+
+/// What became of the update file `name` (`boot_files` of `GET
+/// /api/v1/update`): `applied` or a refusal's code.
+pub fn update_file_outcome(update: &serde_json::Value, name: &str) -> Option<String> {
+    update["boot_files"]
+        .as_array()?
+        .iter()
+        .find(|f| f["name"] == name)
+        .and_then(|f| f["outcome"].as_str().map(str::to_string))
 }
 
 /// Minimal HTTP/1.1 client (Connection: close).

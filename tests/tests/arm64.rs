@@ -137,10 +137,7 @@ fn arm64_boots_serves_a_bundle_reboots_and_powers_off() {
     let v = vm.update_status();
     assert_eq!(v["running_slot"], "B", "{v}");
     assert_eq!(v["running_version"], "99.0.0", "{v}");
-    let v = vm.wait_for("marked good", Duration::from_secs(240), || {
-        let v = vm.update_status();
-        (v["update"]["phase"] == "good").then_some(v)
-    });
+    let v = vm.wait_update_good(Duration::from_secs(240));
     assert_eq!(v["default_slot"], "B", "loader.conf switched: {v}");
     let body = vm.wait_for(
         "the page after the update",

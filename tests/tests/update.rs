@@ -214,10 +214,7 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
         v["armed_try"].is_null(),
         "the loader cleared the boot-once: {v}"
     );
-    let v = vm.wait_for("marked good", Duration::from_secs(120), || {
-        let v = vm.update_status();
-        (v["update"]["phase"] == "good").then_some(v)
-    });
+    let v = vm.wait_update_good(Duration::from_secs(120));
     assert_eq!(v["default_slot"], "B", "{v}");
     assert!(
         vm.console().contains("marked good"),
@@ -304,28 +301,19 @@ fn update_tries_the_other_slot_marks_it_good_and_rolls_back_a_bad_one() {
     assert!(c.contains("update/a-stranger.nvu refused"), "{}", tail(&c));
     let n = c.matches(READY).count();
     vm.wait_console(READY, n + 1, BOOT);
-    let v = vm.wait_for("99.2.0 marked good", Duration::from_secs(120), || {
-        let v = vm.update_status();
-        (v["update"]["phase"] == "good").then_some(v)
-    });
+    let v = vm.wait_update_good(Duration::from_secs(120));
     assert_eq!(v["running_slot"], "A", "{v}");
     assert_eq!(v["running_version"], "99.2.0", "{v}");
     assert_eq!(v["default_slot"], "A", "{v}");
-    let files = v["boot_files"].as_array().cloned().unwrap_or_default();
-    let outcome = |name: &str| {
-        files
-            .iter()
-            .find(|f| f["name"] == name)
-            .map(|f| f["outcome"].clone())
-    };
+    let outcome = |name: &str| nuvol_e2e::update_file_outcome(&v, name);
     assert_eq!(
         outcome("a-stranger.nvu"),
-        Some("update_untrusted".into()),
+        Some("update_untrusted".to_string()),
         "{v}"
     );
     assert_eq!(
         outcome("nuvol-x86_64-99.2.0.nvu"),
-        Some("applied".into()),
+        Some("applied".to_string()),
         "{v}"
     );
     // Each file once: the next boot leaves them be.

@@ -67,10 +67,7 @@ fn try_reboot(vm: &Vm) -> bool {
 
 fn wait_good(vm: &Vm) -> (Value, Duration) {
     let t = Instant::now();
-    let v = vm.wait_for("marked good", Duration::from_secs(180), || {
-        let v = vm.update_status();
-        (v["update"]["phase"] == "good").then_some(v)
-    });
+    let v = vm.wait_update_good(Duration::from_secs(180));
     (v, t.elapsed())
 }
 

@@ -90,28 +90,19 @@ fn a_usb_stick_plugged_into_the_running_box_updates_it() {
         tail(&c)
     );
     vm.wait_console(READY, 2, BOOT);
-    let v = vm.wait_for("99.0.0 marked good", Duration::from_secs(120), || {
-        let v = vm.update_status();
-        (v["update"]["phase"] == "good").then_some(v)
-    });
+    let v = vm.wait_update_good(Duration::from_secs(120));
     assert_eq!(v["running_slot"], "B", "{v}");
     assert_eq!(v["running_version"], "99.0.0", "{v}");
     assert_eq!(v["default_slot"], "B", "{v}");
-    let files = v["boot_files"].as_array().cloned().unwrap_or_default();
-    let outcome = |name: &str| {
-        files
-            .iter()
-            .find(|f| f["name"] == name)
-            .map(|f| f["outcome"].clone())
-    };
+    let outcome = |name: &str| nuvol_e2e::update_file_outcome(&v, name);
     assert_eq!(
         outcome("sda1:update/a-stranger.nvu"),
-        Some("update_untrusted".into()),
+        Some("update_untrusted".to_string()),
         "{v}"
     );
     assert_eq!(
         outcome("sda1:update/nuvol-x86_64-99.0.0.nvu"),
-        Some("applied".into()),
+        Some("applied".to_string()),
         "{v}"
     );
     // The stick is still in: this boot looked at it again (after the
