@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use nuvol_e2e::{
-    disk_copy, fat_stick, key_line, os_part, tail, write_config, BootOptions, Scratch, TestKey, Vm,
+    copy_to_boot, disk_copy, fat_stick, key_line, os_part, tail, write_config, BootOptions,
+    Scratch, TestKey, Vm,
 };
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -40,6 +41,11 @@ fn a_usb_stick_plugged_into_the_running_box_updates_it() {
             key_line(&key.public)
         ),
     );
+    // An `update/` folder on the box's own boot partition (no artefact in
+    // it): were the box's own disk taken for a stick, the stick watcher
+    // would say it looked there.
+    std::fs::write(d("README.txt"), "updates go here\n").unwrap();
+    copy_to_boot(&disk, &d("README.txt"), "update/README.txt");
     let (k, i) = (d("bzImage"), d("initrd.img"));
     let good = d("good.nvu");
     nuvol_e2e::update_artefact(&key.secret, &k, &i, "99.0.0", "x86_64", &good);
