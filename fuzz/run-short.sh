@@ -1,5 +1,5 @@
 #!/bin/sh
-# Short fuzz run of every target (default 20 s each; `make test` passes 10,
+# Short fuzz run of every target (default 20 s each; `make test` passes 5,
 # `make test-full` 60).
 #   fuzz/run-short.sh [SECONDS]
 # Installs what it needs (nightly toolchain, cargo-fuzz) only if missing.

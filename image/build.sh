@@ -3,15 +3,19 @@
 #
 #   image/build.sh ARCH NUVOL_BINARY KERNEL OUT_IMAGE
 #
-# ARCH is x86_64 or arm64. Layout (GPT, 512-byte sectors):
+# ARCH is x86_64, arm64 or armv7. Layout (GPT, 512-byte sectors):
 #   p1 nuvol-boot  FAT16 ESP: systemd-boot (UEFI), OS slots /A and /B
 #                  (kernel `bzImage` + initrd.img), nuvol.toml; on x86_64 also
 #                  legacy-BIOS bootable through syslinux
 #   p2 nuvol-data  ext4, small in the image; grown to fill the disk at first boot
-# On arm64 p1 starts at 16 MiB: a board's own U-Boot goes in front of it
-# (Rockchip: idbloader at sector 64, u-boot.itb at 8 MiB). The slot's kernel
-# file keeps the name `bzImage` on every architecture (it is the OS update's
-# part name); on arm64 it holds an EFI zboot image.
+# On arm64 and armv7 p1 starts at 16 MiB: a board's own U-Boot goes in front
+# of it (Rockchip: idbloader at sector 64, u-boot.itb at 8 MiB). ARM images
+# carry a hybrid MBR: beside the GPT's protective entry (type 0xEE from
+# sector 1), an MBR entry for p1 (FAT16, type 0x0E), for firmware that reads
+# only an MBR (the Raspberry Pi's); UEFI and Linux still take the GPT. The
+# slot's kernel file keeps the name `bzImage` on every architecture (it is
+# the OS update's part name); on arm64 it holds an EFI zboot image, on armv7
+# a zImage with the EFI stub.
 # Same inputs and SOURCE_DATE_EPOCH give the same bytes: every timestamp is
 # SOURCE_DATE_EPOCH, every UUID and volume id is derived from the content.
 set -euo pipefail
@@ -46,7 +50,17 @@ case "$arch" in
         # Its busybox and nuvol run here under qemu-user (applet list, version).
         busybox=$foreign/bin/busybox bb_run=qemu-aarch64-static
         efi_loader=$foreign/usr/lib/systemd/boot/efi/systemd-bootaa64.efi efi_name=BOOTAA64.EFI ;;
-    *) echo "build.sh: no image for ARCH=$arch (x86_64 or arm64)" >&2; exit 2 ;;
+    armv7)
+        # As arm64, with Debian's armhf builds (armhf: the hard-float ARMv7
+        # port) and systemd-boot's ARM loader.
+        BOOT_MIB=40      # two OS slots of 16 MiB each, the loader
+        SLOT_KERNEL_MIB=8 SLOT_INITRD_MIB=8
+        BOOT_START=32768 # sectors: 16 MiB, room for a board's U-Boot
+        CMDLINE="loglevel=4 panic=10"
+        foreign=$("$here/foreign.sh" armhf)
+        busybox=$foreign/bin/busybox bb_run=qemu-arm-static
+        efi_loader=$foreign/usr/lib/systemd/boot/efi/systemd-bootarm.efi efi_name=BOOTARM.EFI ;;
+    *) echo "build.sh: no image for ARCH=$arch (x86_64, arm64 or armv7)" >&2; exit 2 ;;
 esac
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/nuvol-image.XXXXXX")
@@ -185,6 +199,19 @@ start=$boot_start, size=$boot_sectors, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B
 start=$data_start, size=$data_sectors, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=$(uuid part-data), name=nuvol-data
 LAYOUT
 [ "$arch" != x86_64 ] || dd if=/usr/lib/syslinux/mbr/gptmbr.bin of="$img" bs=440 count=1 conv=notrunc status=none
+if [ "$arch" != x86_64 ]; then
+    # The hybrid MBR (see the top): entry 1 the protective 0xEE over the
+    # GPT and the gap before p1, entry 2 p1 as FAT16 (LBA); CHS unused.
+    python3 - "$img" "$boot_start" "$boot_sectors" <<'PY'
+import struct, sys
+img, start, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def entry(kind, lba, sectors):
+    return struct.pack("<B3sB3sII", 0, b"\xfe\xff\xff", kind, b"\xfe\xff\xff", lba, sectors)
+with open(img, "r+b") as f:
+    f.seek(446)
+    f.write(entry(0xEE, 1, start - 1) + entry(0x0E, start, size) + bytes(32) + b"\x55\xaa")
+PY
+fi
 dd if="$fat" of="$img" bs=512 seek=$boot_start conv=notrunc status=none
 dd if="$data" of="$img" bs=512 seek=$data_start conv=notrunc status=none
 

@@ -2,7 +2,7 @@
 # Debian's own builds of what an image for another architecture needs from
 # Debian, unpacked once into the cache; prints the directory.
 #
-#   image/foreign.sh ARCH      (arm64)
+#   image/foreign.sh DEBARCH   (Debian's name: arm64, or armhf for armv7)
 #
 # busybox-static (the rescue shell) and systemd-boot-efi (the UEFI loader),
 # both at apt's candidate version for ARCH: the same release as the host's
@@ -10,7 +10,7 @@
 # SHA-256); cached under $NUVOL_CACHE/foreign/ARCH/KEY, KEY = the versions.
 set -euo pipefail
 arch=${1:?usage: foreign.sh ARCH}
-case "$arch" in arm64) ;; *) echo "foreign.sh: ARCH=$arch: only arm64" >&2; exit 2 ;; esac
+case "$arch" in arm64|armhf) ;; *) echo "foreign.sh: ARCH=$arch: only arm64 or armhf" >&2; exit 2 ;; esac
 cache=${NUVOL_CACHE:-/var/cache/nuvol}
 pkgs=(busybox-static systemd-boot-efi)
 specs=()

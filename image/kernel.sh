@@ -3,8 +3,9 @@
 #
 #   image/kernel.sh ARCH OUT_KERNEL FRAGMENT...
 #
-# ARCH is x86_64 (a bzImage) or arm64 (vmlinuz.efi: an EFI zboot image,
-# cross-built with Debian's aarch64 gcc). The kernel comes from Debian's
+# ARCH is x86_64 (a bzImage), arm64 (vmlinuz.efi: an EFI zboot image,
+# cross-built with Debian's aarch64 gcc) or armv7 (a zImage with the EFI stub,
+# cross-built with Debian's armhf gcc). The kernel comes from Debian's
 # linux-source-6.1 tarball and the config fragments under kernel-config/. It is
 # cached under $NUVOL_CACHE/kernel/KEY, where KEY hashes the architecture, the
 # source package version, the fragments and this script, so an unchanged kernel
@@ -16,7 +17,8 @@ arch=$1 out=$2; shift 2
 case "$arch" in
     x86_64) karch=x86_64 cross= target=bzImage built=arch/x86/boot/bzImage ;;
     arm64) karch=arm64 cross=aarch64-linux-gnu- target=vmlinuz.efi built=arch/arm64/boot/vmlinuz.efi ;;
-    *) echo "kernel.sh: no kernel for ARCH=$arch (x86_64 or arm64)" >&2; exit 2 ;;
+    armv7) karch=arm cross=arm-linux-gnueabihf- target=zImage built=arch/arm/boot/zImage ;;
+    *) echo "kernel.sh: no kernel for ARCH=$arch (x86_64, arm64 or armv7)" >&2; exit 2 ;;
 esac
 [ $# -gt 0 ] || { echo "kernel.sh: no config fragments given" >&2; exit 2; }
 cache=${NUVOL_CACHE:-/var/cache/nuvol}
@@ -43,13 +45,27 @@ if [ ! -f "$dest/kernel" ]; then
     (cd "$build" && "$src/scripts/kconfig/merge_config.sh" -m -O "$build" "$build/.config" "$build/nuvol.fragment" >/dev/null)
     make -s -C "$src" O="$build" ARCH=$karch CROSS_COMPILE=$cross olddefconfig >/dev/null
     # merge_config.sh drops options whose dependencies are unmet, silently: check every one.
-    missing=0
+    # A later fragment may redefine an option (armv7: no zstd kernel), or
+    # turn it off ("# CONFIG_X is not set"), as merge_config.sh does: the
+    # last definition is the one checked.
+    declare -A want=()
+    order=()
     while IFS= read -r line; do
-        case "$line" in CONFIG_*=*) ;; *) continue ;; esac
-        opt=${line%%=*}; want=${line#*=}
-        have=$(grep -E "^$opt=" "$build/.config" | head -1 | cut -d= -f2- || true)
-        if [ "$have" != "$want" ]; then echo "kernel.sh: $opt wanted $want, got '${have:-unset}'" >&2; missing=1; fi
+        case "$line" in
+            CONFIG_*=*) opt=${line%%=*} val=${line#*=} ;;
+            "# CONFIG_"*" is not set") opt=${line#\# }; opt=${opt%% *}; val= ;;
+            *) continue ;;
+        esac
+        [ -n "${want[$opt]+set}" ] || order+=("$opt")
+        want[$opt]=$val
     done < "$build/nuvol.fragment"
+    missing=0
+    for opt in "${order[@]}"; do
+        have=$(grep -E "^$opt=" "$build/.config" | head -1 | cut -d= -f2- || true)
+        if [ "$have" != "${want[$opt]}" ]; then
+            echo "kernel.sh: $opt wanted '${want[$opt]:-unset}', got '${have:-unset}'" >&2; missing=1
+        fi
+    done
     [ $missing = 0 ] || { echo "kernel.sh: config fragments not satisfied; fix kernel-config/" >&2; exit 1; }
     make -C "$src" O="$build" ARCH=$karch CROSS_COMPILE=$cross -j"$(nproc)" $target >"$build/build.log" 2>&1 \
         || { tail -40 "$build/build.log" >&2; exit 1; }

@@ -10,7 +10,8 @@
 #                        its data partition at the next boot
 #     --reset            start over: a fresh copy of IMAGE
 #     --nuvol PATH       the nuvol binary to name in the next steps
-#     --bundles DIR      where `make bundles` put the recipes (out/bundles)
+#     --bundles DIR      where `make bundles` put the recipes (out/bundles);
+#                        empty: print no recipe steps
 #     everything else (--firmware, --port, --https-port, --forward H:G) goes
 #     to qemu/run.sh
 #
@@ -78,6 +79,7 @@ else
 fi
 case $(basename "$image") in
     *arm64*) arch=arm64 firmware=uefi vars_template=/usr/share/AAVMF/AAVMF_VARS.fd ;;
+    *armv7*) arch=armv7 firmware=uefi vars_template=/usr/share/AAVMF/AAVMF32_VARS.fd ;;
     *) arch=x86_64 vars_template=/usr/share/OVMF/OVMF_VARS_4M.fd ;;
 esac
 pass+=(--arch "$arch")
@@ -111,8 +113,10 @@ next_steps() {
         echo "  In another terminal:"
         echo "    export NUVOL_HOST=$url${token:+ NUVOL_TOKEN=$token}${fp:+ NUVOL_FINGERPRINT=$fp}"
         echo "    $nuvol ctl status"
-        echo "    $nuvol ctl keys add $bundles/dev.pub          # trust the recipes' DEVELOPMENT key"
-        echo "    $nuvol ctl bundles install --yes $bundles/web.nvb"
+        if [ -n "$bundles" ]; then
+            echo "    $nuvol ctl keys add $bundles/dev.pub          # trust the recipes' DEVELOPMENT key"
+            echo "    $nuvol ctl bundles install --yes $bundles/web.nvb"
+        fi
         for f in "${fwds[@]:-}"; do
             [ -n "$f" ] && echo "    service port ${f##*:} of the box is at http://127.0.0.1:${f%%:*}/"
         done

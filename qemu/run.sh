@@ -2,9 +2,11 @@
 # Boot a nuvol disk image in QEMU.
 #
 #   qemu/run.sh [options] IMAGE
-#     --arch x86_64|arm64    the image's architecture; default from its name
-#                            (nuvol-arm64.img), else x86_64. arm64 boots
-#                            qemu-system-aarch64 -M virt with edk2 (UEFI only)
+#     --arch x86_64|arm64|armv7
+#                            the image's architecture; default from its name
+#                            (nuvol-arm64.img, nuvol-armv7.img), else x86_64.
+#                            arm64 boots qemu-system-aarch64 -M virt, armv7
+#                            qemu-system-arm -M virt, both with edk2 (UEFI only)
 #     --firmware bios|uefi   SeaBIOS (default) or OVMF
 #     --port N               host port forwarded to the guest's panel (port 80); default 8080
 #     --https-port N         host port forwarded to the guest's HTTPS panel (443); default none
@@ -67,11 +69,11 @@ while [ $# -gt 1 ]; do
         *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-[ $# -eq 1 ] || { sed -n '2,36p' "$0" >&2; exit 2; }
+[ $# -eq 1 ] || { sed -n '2,38p' "$0" >&2; exit 2; }
 image=$1
 [ -f "$image" ] || { echo "run.sh: no image at $image (run 'make image')" >&2; exit 1; }
 if [ -z "$arch" ]; then
-    case $(basename "$image") in *arm64*) arch=arm64 ;; *) arch=x86_64 ;; esac
+    case $(basename "$image") in *arm64*) arch=arm64 ;; *armv7*) arch=armv7 ;; *) arch=x86_64 ;; esac
 fi
 
 case $arch in
@@ -86,7 +88,14 @@ case $arch in
         # acpi=off: edk2 then hands the kernel QEMU's device tree, as U-Boot
         # does on the boards (the kernel has no ACPI for arm64).
         args=(-machine virt,acpi=off -cpu cortex-a53) ;;
-    *) echo "run.sh: --arch must be x86_64 or arm64" >&2; exit 2 ;;
+    armv7)
+        # TCG, UEFI only, as arm64. A Cortex-A7 (Raspberry Pi 2, Allwinner
+        # H3: most 32-bit boards), no LPAE in the kernel: highmem=off keeps
+        # every device below 4 GiB (the high PCI window and ECAM above it
+        # are out of a 32-bit physical address's reach).
+        accel=tcg qemu=qemu-system-arm firmware=uefi
+        args=(-machine virt,highmem=off -cpu cortex-a7) ;;
+    *) echo "run.sh: --arch must be x86_64, arm64 or armv7" >&2; exit 2 ;;
 esac
 args+=(-accel "$accel" -m "$mem" -smp "$smp" -nographic -no-user-config -nodefaults)
 if [ ${#drives[@]} -eq 0 ]; then
@@ -127,6 +136,8 @@ case $firmware in
     uefi)
         if [ "$arch" = arm64 ]; then
             code=/usr/share/AAVMF/AAVMF_CODE.fd vars_template=/usr/share/AAVMF/AAVMF_VARS.fd
+        elif [ "$arch" = armv7 ]; then
+            code=/usr/share/AAVMF/AAVMF32_CODE.fd vars_template=/usr/share/AAVMF/AAVMF32_VARS.fd
         else
             code=/usr/share/OVMF/OVMF_CODE_4M.fd vars_template=/usr/share/OVMF/OVMF_VARS_4M.fd
         fi

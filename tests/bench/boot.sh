@@ -5,7 +5,9 @@
 #   boot; and the same boot-to-HTTP figure for a minimal Debian 12 with
 #   systemd serving one static page (debootstrap, same QEMU flags, same run).
 #   The arm64 image's sizes and boot-to-HTTP (qemu-system-aarch64 -M virt,
-#   edk2, TCG) beside x86's, when out/nuvol-arm64.img exists.
+#   edk2, TCG) beside x86's, when out/nuvol-arm64.img exists; the same for
+#   armv7 (qemu-system-arm -M virt, edk2, 128 MiB) when out/nuvol-armv7.img
+#   exists.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 image=${NUVOL_IMAGE:-$here/out/nuvol-x86_64.img}
@@ -113,11 +115,23 @@ fi
 arm_image=${NUVOL_IMAGE_ARM64:-$here/out/nuvol-arm64.img}
 if [ -f "$arm_image" ]; then
     echo "== arm64 (qemu-system-aarch64 -M virt, Cortex-A53, TCG) ==" >&2
-    arm_bin=${CARGO_TARGET_DIR:-$cache/target}/aarch64-unknown-linux-musl/release/nuvol
+    arm_bin=$here/out/nuvol-arm64
     echo "  image: $(mib "$(stat -c %s "$arm_image")") MiB; kernel (vmlinuz.efi): $(mib "$(stat -c %s out/arm64/vmlinuz.efi)") MiB; initramfs: $(mib "$(stat -c %s out/arm64/initrd.img)") MiB" >&2
     [ -f "$arm_bin" ] && echo "  nuvol binary: $(mib "$(stat -c %s "$arm_bin")") MiB (x86_64: $(mib "$(stat -c %s "$bin")") MiB; target <= 8)" >&2
     BOOT_DISK=$arm_image
     if arm=$(series "nuvol arm64 edk2 boot-to-HTTP" --arch arm64); then
         echo "  ratio arm64/x86 (OVMF) boot-to-HTTP: $(awk -v a="$arm" -v x="$uefi" 'BEGIN { printf "%.1fx", a / x }') (TCG emulates every arm64 instruction)" >&2
+    fi
+fi
+
+armv7_image=${NUVOL_IMAGE_ARMV7:-$here/out/nuvol-armv7.img}
+if [ -f "$armv7_image" ]; then
+    echo "== armv7 (qemu-system-arm -M virt, 128 MiB, TCG) ==" >&2
+    v7_bin=$here/out/nuvol-armv7
+    echo "  image: $(mib "$(stat -c %s "$armv7_image")") MiB; kernel (zImage): $(mib "$(stat -c %s out/armv7/zImage)") MiB; initramfs: $(mib "$(stat -c %s out/armv7/initrd.img)") MiB" >&2
+    [ -f "$v7_bin" ] && echo "  nuvol binary: $(mib "$(stat -c %s "$v7_bin")") MiB (x86_64: $(mib "$(stat -c %s "$bin")") MiB; target <= 8)" >&2
+    BOOT_DISK=$armv7_image
+    if v7=$(series "nuvol armv7 edk2 boot-to-HTTP (128 MiB)" --arch armv7 --mem 128); then
+        echo "  ratio armv7/x86 (OVMF) boot-to-HTTP: $(awk -v a="$v7" -v x="$uefi" 'BEGIN { printf "%.1fx", a / x }') (TCG emulates every ARM instruction)" >&2
     fi
 fi

@@ -191,25 +191,10 @@ pub fn http(
             if h.to_ascii_lowercase()
                 .contains("transfer-encoding: chunked") =>
         {
-            dechunk(b)
+            crate::rest::dechunk(b)
         }
         Some((_, b)) => b.to_string(),
         None => String::new(),
     };
     Ok((code, body))
-}
-
-fn dechunk(mut b: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = b.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        b = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }

@@ -10,8 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod arm;
 pub mod community;
+pub mod etcd;
 pub mod host_http;
+pub mod rest;
+pub mod syncthing;
 
 /// The repository root (this crate lives in `tests/`).
 pub fn repo() -> PathBuf {
@@ -32,6 +36,15 @@ pub fn image_arm64() -> PathBuf {
         "NUVOL_IMAGE_ARM64",
         "out/nuvol-arm64.img",
         "make image ARCH=arm64",
+    )
+}
+
+/// The armv7 image: `$NUVOL_IMAGE_ARMV7` or `out/nuvol-armv7.img`.
+pub fn image_armv7() -> PathBuf {
+    image_from(
+        "NUVOL_IMAGE_ARMV7",
+        "out/nuvol-armv7.img",
+        "make image ARCH=armv7",
     )
 }
 
@@ -133,7 +146,8 @@ pub struct BootOptions {
     /// console is still logged to [`Vm::serial`].
     pub serial_input: bool,
     /// The image's architecture (`qemu/run.sh --arch`): `None` is x86_64;
-    /// `Some("arm64")` boots `qemu-system-aarch64 -M virt` with edk2.
+    /// `Some("arm64")` boots `qemu-system-aarch64 -M virt` with edk2,
+    /// `Some("armv7")` `qemu-system-arm -M virt` with edk2's 32-bit build.
     pub arch: Option<&'static str>,
 }
 
@@ -242,13 +256,14 @@ impl Vm {
         ];
         if firmware == "uefi" {
             // The variable store persists across boots of this disk, like NVRAM.
-            let arm64 = run_args
+            let arch = run_args
                 .windows(2)
-                .any(|w| w[0] == "--arch" && w[1] == "arm64");
-            let template = if arm64 {
-                "/usr/share/AAVMF/AAVMF_VARS.fd"
-            } else {
-                "/usr/share/OVMF/OVMF_VARS_4M.fd"
+                .find(|w| w[0] == "--arch")
+                .and_then(|w| w[1].to_str());
+            let template = match arch {
+                Some("arm64") => "/usr/share/AAVMF/AAVMF_VARS.fd",
+                Some("armv7") => "/usr/share/AAVMF/AAVMF32_VARS.fd",
+                _ => "/usr/share/OVMF/OVMF_VARS_4M.fd",
             };
             let vars = dir.join("ovmf-vars.fd");
             if !vars.exists() {
@@ -746,8 +761,6 @@ pub fn nuvol_bin() -> PathBuf {
     p
 }
 
-/// The signed recipes (`$NUVOL_BUNDLES`, else `out/bundles`): NAME.nvb and
-/// the development key dev.pub.
 /// The base64 line of a public key file (what `trusted_keys` takes).
 pub fn key_line(public: &Path) -> String {
     fs::read_to_string(public)
@@ -759,13 +772,29 @@ pub fn key_line(public: &Path) -> String {
         .to_string()
 }
 
+/// The signed recipes (`$NUVOL_BUNDLES`, else `out/bundles`): NAME.nvb and
+/// the development key dev.pub.
 pub fn recipes() -> PathBuf {
-    let p = std::env::var_os("NUVOL_BUNDLES")
+    recipes_from("NUVOL_BUNDLES", "out/bundles", "make bundles")
+}
+
+/// The recipes built for another architecture of the Makefile (`arm64`,
+/// `armv7`): `$NUVOL_BUNDLES_ARM64` or `out/bundles-arm64`, and so on.
+pub fn recipes_for(arch: &str) -> PathBuf {
+    recipes_from(
+        &format!("NUVOL_BUNDLES_{}", arch.to_uppercase()),
+        &format!("out/bundles-{arch}"),
+        &format!("make bundles ARCH={arch}"),
+    )
+}
+
+fn recipes_from(var: &str, default: &str, make: &str) -> PathBuf {
+    let p = std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("out/bundles"));
+        .unwrap_or_else(|| repo().join(default));
     assert!(
-        p.join("dev.pub").exists(),
-        "no recipes in {} — run `make bundles`",
+        p.join("dev.pub").exists() && p.join("web.nvb").exists(),
+        "no recipes in {} — run `{make}`",
         p.display()
     );
     p
@@ -1003,8 +1032,32 @@ pub fn http_request_full(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
+    http_request_within(
+        port,
+        method,
+        path,
+        token,
+        headers,
+        body,
+        Duration::from_secs(30),
+    )
+}
+
+/// [`http_request_full`] waiting up to `silence` for each part of the
+/// answer: for requests the box answers only after a budget of its own
+/// runs out (a stalled download's 30 s of silence), which the client's
+/// own patience must clearly exceed.
+pub fn http_request_within(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    silence: Duration,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_read_timeout(Some(silence))?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let extra: String = headers
         .iter()

@@ -17,7 +17,6 @@ use std::time::Duration;
 use nuvol_e2e::{
     copy_to_boot, disk_copy, key_line, recipes, write_config, BootOptions, Scratch, TestKey, Vm,
 };
-use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(240);
 /// Go services start slowly under TCG on a loaded 2-core host.
@@ -36,93 +35,24 @@ fn web_page(vm: &Vm) -> Option<String> {
     }
 }
 
-/// Syncthing's REST API answers, asked the way its own GUI asks: Debian's
-/// 1.19.2 has no `/rest/noauth/health` yet (it answers 404) and wants the
-/// CSRF token its GUI page sets as a cookie on every `/rest` call, so: GET
-/// `/`, then `/rest/system/ping` with `X-CSRF-Token-<id>`.
+/// Syncthing's REST API answers (`/rest/system/ping`), asked as its GUI asks.
 fn syncthing_healthy(vm: &Vm) -> bool {
-    let Ok((200, text)) = nuvol_e2e::http_full(vm.fwd(SYNCTHING), "GET", "/", None) else {
-        return false;
-    };
-    let Some(cookie) = text.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("set-cookie")
-            .then(|| v.trim().split(';').next().unwrap_or("").to_string())
-    }) else {
-        return false;
-    };
-    let Some((name, token)) = cookie.split_once('=') else {
-        return false;
-    };
-    let Some(id) = name.strip_prefix("CSRF-Token-") else {
-        return false;
-    };
-    let header = format!("X-CSRF-Token-{id}");
-    matches!(
-        nuvol_e2e::http_request(vm.fwd(SYNCTHING), "GET", "/rest/system/ping", None, &[(&header, token)], b""),
-        Ok((200, body)) if body.contains("pong")
-    )
+    let at = std::net::SocketAddr::from(([127, 0, 0, 1], vm.fwd(SYNCTHING)));
+    nuvol_e2e::syncthing::Gui::open(at)
+        .and_then(|g| g.get("/rest/system/ping"))
+        .is_some_and(|v| v["ping"] == "pong")
 }
 
-fn b64(s: &str) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in s.as_bytes().chunks(3) {
-        let n = c
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn unb64(s: &str) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for ch in s.bytes().filter(|b| *b != b'=') {
-        let Some(v) = T.iter().position(|t| *t == ch) else {
-            continue;
-        };
-        bits = (bits << 6) | v as u32;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// etcd v3 over its HTTP/JSON gateway on the client port.
-fn etcd(vm: &Vm, path: &str, body: &Value) -> Option<Value> {
-    let (code, text) = nuvol_e2e::http_request(
-        vm.fwd(ETCD),
-        "POST",
-        path,
-        None,
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .ok()?;
-    (code == 200).then(|| serde_json::from_str(&text).ok())?
+fn etcd_at(vm: &Vm) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], vm.fwd(ETCD)))
 }
 
 fn etcd_put(vm: &Vm, k: &str, v: &str) -> bool {
-    etcd(vm, "/v3/kv/put", &json!({"key": b64(k), "value": b64(v)})).is_some()
+    nuvol_e2e::etcd::put(etcd_at(vm), k, v)
 }
 
 fn etcd_get(vm: &Vm, k: &str) -> Option<String> {
-    let v = etcd(vm, "/v3/kv/range", &json!({"key": b64(k)}))?;
-    v["kvs"][0]["value"].as_str().map(unb64)
+    nuvol_e2e::etcd::get(etcd_at(vm), k)
 }
 
 /// Wait until all three recipes answer on their forwarded ports.

@@ -12,141 +12,33 @@
 //!   systemd-boot's one-shot, marks it good (the web service runs again) and
 //!   makes B the default in `loader.conf`;
 //! - the power button powers it off cleanly;
+//! - the image's hybrid MBR leads a reader of MBRs only (the Raspberry
+//!   Pi's firmware) to the boot partition: mtools at that entry's offset
+//!   reads the image's `nuvol.toml`, while sfdisk (like UEFI and Linux,
+//!   which boot it above) still sees the GPT;
 //! - an x86_64 box and an arm64 box on one LAN find each other through
 //!   gossip and list each other's services; each sees the other's bundle
 //!   as built for another architecture and a fetch of it is refused.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use nuvol_e2e::arm::{Arch, ArmBox};
 use nuvol_e2e::community::Community;
-use nuvol_e2e::{
-    copy_from_boot, disk_copy_of, image_arm64, key_line, recipes, write_config, BootOptions,
-    Scratch, TestKey, Vm,
-};
+use nuvol_e2e::{image_arm64, recipes, recipes_for};
 use serde_json::Value;
 
-/// TCG emulates every arm64 instruction: slower than the x86 boots.
-const BOOT: Duration = Duration::from_secs(400);
-const READY: &str = "nuvol: ready: panel at";
-
-/// The recipes built for aarch64: `$NUVOL_BUNDLES_ARM64` or `out/bundles-arm64`.
-fn recipes_arm64() -> PathBuf {
-    let p = std::env::var_os("NUVOL_BUNDLES_ARM64")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| nuvol_e2e::repo().join("out/bundles-arm64"));
-    assert!(
-        p.join("web.nvb").exists(),
-        "no arm64 recipes in {} — run `make bundles ARCH=arm64`",
-        p.display()
-    );
-    p
-}
-
-fn page(vm: &Vm) -> Option<String> {
-    nuvol_e2e::http(vm.fwd(8080), "GET", "/")
-        .ok()
-        .filter(|(c, _)| *c == 200)
-        .map(|(_, b)| b)
-}
+const ARM64: Arch = Arch {
+    make: "arm64",
+    rust: "aarch64",
+};
 
 #[test]
 fn arm64_boots_serves_a_bundle_reboots_and_powers_off() {
-    let dir = Scratch::new("arm64");
-    let disk = disk_copy_of(&image_arm64(), &dir.0, 1024);
-    let key = TestKey::new(&dir.0);
-    write_config(
-        &disk,
-        &format!(
-            "hostname = \"e2e-arm64\"\n[panel]\nallow_plain_http = true\n\
-             [debug]\ntest_hooks = true\nupdate_settle_secs = 5\n\
-             [update]\ntrusted_keys = [\"{}\"]\n",
-            key_line(&key.public)
-        ),
-    );
-    // The image's own OS (slot A's files) as update 99.0.0 for aarch64.
-    let (kernel, initrd) = (dir.0.join("bzImage"), dir.0.join("initrd.img"));
-    copy_from_boot(&disk, "A/bzImage", &kernel);
-    copy_from_boot(&disk, "A/initrd.img", &initrd);
-    let update = dir.0.join("nuvol-arm64-99.0.0.nvu");
-    nuvol_e2e::update_artefact(&key.secret, &kernel, &initrd, "99.0.0", "aarch64", &update);
-    let opts = BootOptions {
-        forwards: vec![8080],
-        arch: Some("arm64"),
-        ..BootOptions::default()
-    };
-    let mut vm = Vm::boot_opts_args(
-        &disk,
-        "uefi",
-        &dir.0,
-        &opts,
-        &["--mem".as_ref(), "256".as_ref()],
-    );
-    let took = vm.wait_console(READY, 1, BOOT);
-    eprintln!("arm64: ready in {} s", took.as_secs());
-
-    let (code, body) = vm.http("GET", "/api/v1/status").unwrap();
-    assert_eq!(code, 200, "{body}");
-    let status: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(status["arch"], "aarch64", "{status}");
-    assert_eq!(status["hostname"], "e2e-arm64", "{status}");
-    let (_, out, _) = vm.ctl(&["status"]);
-    assert!(
-        out.contains("(aarch64)"),
-        "ctl status names the architecture:\n{out}"
-    );
-
-    let arm = recipes_arm64();
-    vm.ctl_ok(&["keys", "add", arm.join("dev.pub").to_str().unwrap()]);
-
-    // The x86_64 build of the recipe: refused, nothing installed.
-    let x86 = recipes().join("web.nvb");
-    let (rc, out, err) = vm.ctl(&["bundles", "install", "--yes", x86.to_str().unwrap()]);
-    assert_ne!(rc, 0, "an x86_64 bundle installs on arm64:\n{out}{err}");
-    let said = format!("{out}{err}");
-    assert!(
-        said.contains("x86_64") && said.contains("aarch64"),
-        "the refusal names both architectures:\n{said}"
-    );
-    let (_, list, _) = vm.ctl(&["bundles", "list"]);
-    assert!(!list.contains("web"), "nothing half-installed:\n{list}");
-
-    vm.ctl_ok(&[
-        "bundles",
-        "install",
-        "--yes",
-        arm.join("web.nvb").to_str().unwrap(),
-    ]);
-    let body = vm.wait_for("the web bundle's page", Duration::from_secs(180), || {
-        page(&vm)
-    });
-    assert!(body.contains("It works"), "{body}");
-
-    // The OS update: slot B, a try through systemd-boot's one-shot.
-    let v = vm.update_status();
-    assert_eq!(v["running_slot"], "A", "{v}");
-    assert_eq!(v["available"], true, "updates work on arm64: {v}");
-    assert_eq!(v["loader"], "uefi", "{v}");
-    let out = vm.ctl_ok(&["update", update.to_str().unwrap()]);
-    assert!(out.contains("written to slot B"), "{out}");
-    let v = vm.update_status();
-    assert_eq!(v["armed_try"], "nuvol-B.conf", "{v}");
-    assert_eq!(v["default_slot"], "A", "{v}");
-    let took = vm.reboot_via_api_within(BOOT);
-    eprintln!("arm64: rebooted into the try in {} s", took.as_secs());
-    let v = vm.update_status();
-    assert_eq!(v["running_slot"], "B", "{v}");
-    assert_eq!(v["running_version"], "99.0.0", "{v}");
-    let v = vm.wait_update_good(Duration::from_secs(240));
-    assert_eq!(v["default_slot"], "B", "loader.conf switched: {v}");
-    let body = vm.wait_for(
-        "the page after the update",
-        Duration::from_secs(180),
-        || page(&vm),
-    );
-    assert!(body.contains("It works"), "{body}");
-
-    vm.power_off();
+    let mut b = ArmBox::boot(ARM64, image_arm64(), 256);
+    b.status_names_the_arch();
+    b.web_bundle_refused_then_served();
+    b.update_tried_and_kept();
+    b.vm.power_off();
 }
 
 /// The services of type `_http._tcp` box `n` lists, as (node, name).
@@ -170,9 +62,58 @@ fn http_services(c: &Community, n: usize) -> Vec<(String, String)> {
 /// each runs its architecture's web bundle; gossip makes them members of
 /// one community and each lists the other's service.
 #[test]
+fn the_hybrid_mbr_leads_to_the_boot_partition() {
+    let img = image_arm64();
+    let mut head = [0u8; 512];
+    use std::io::Read;
+    std::fs::File::open(&img)
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    assert_eq!(&head[510..], &[0x55, 0xaa], "MBR signature");
+    let entry = |i: usize| {
+        let e = &head[446 + 16 * i..446 + 16 * (i + 1)];
+        let u32_at = |o: usize| u32::from_le_bytes(e[o..o + 4].try_into().unwrap());
+        (e[4], u32_at(8), u32_at(12))
+    };
+    let (kind, lba, _) = entry(0);
+    assert_eq!((kind, lba), (0xEE, 1), "the protective entry from sector 1");
+    let (kind, fat_lba, fat_sectors) = entry(1);
+    assert_eq!(kind, 0x0E, "the boot partition as FAT16 (LBA)");
+    // sfdisk reads the GPT (a hybrid MBR does not hide it), whose first
+    // partition is the one the MBR entry points at.
+    let out = std::process::Command::new("sfdisk")
+        .arg("--json")
+        .arg(&img)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["partitiontable"]["label"], "gpt");
+    let p1 = &v["partitiontable"]["partitions"][0];
+    assert_eq!(p1["name"], "nuvol-boot");
+    assert_eq!(p1["start"].as_u64(), Some(fat_lba as u64));
+    assert_eq!(p1["size"].as_u64(), Some(fat_sectors as u64));
+    // A reader of the MBR alone finds the files there.
+    let out = std::process::Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(format!("{}@@{}", img.display(), fat_lba as u64 * 512))
+        .arg("::/nuvol.toml")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shipped = std::fs::read(nuvol_e2e::repo().join("image/nuvol.toml")).unwrap();
+    assert_eq!(out.stdout, shipped, "nuvol.toml through the MBR entry");
+}
+
+#[test]
 fn an_x86_box_and_an_arm64_box_see_each_other_and_their_services() {
     let x86 = recipes();
-    let arm = recipes_arm64();
+    let arm = recipes_for("arm64");
     let arm64_image = image_arm64();
     let c = Community::up(
         "mixed-arch",

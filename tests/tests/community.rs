@@ -8,7 +8,12 @@
 //! the overlay, also from zone-a into the NATed zone-b; a gossip member that
 //! claims another box's overlay address is refused everywhere and the
 //! address stays pinned to its owner; a box killed hard is seen failed
-//! everywhere, and rejoins gossip and the overlay when it boots again.
+//! everywhere, and rejoins gossip and the overlay when it boots again;
+//! etcd installed on three boxes forms one cluster by itself, stays
+//! writable without the killed box, which catches up when back, and a
+//! fourth box that installs etcd joins the running cluster; Syncthing on
+//! the relayed pair finds the other's device through the catalog and a
+//! folder shared on one appears on the other.
 //! Timings are printed as benchmark lines (`bench: ...`).
 
 use std::process::Stdio;
@@ -16,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use nuvol_e2e::community::Community;
+use nuvol_e2e::{etcd, syncthing};
 use serde_json::Value;
 
 const N: usize = 4;
@@ -146,6 +152,32 @@ fn community_overlay_across_zones_nat_and_relay() {
             "install web on box{n}: {code} {body}"
         );
     }
+    // etcd on three boxes in both zones: one cluster over the overlay.
+    let etcd_nvb = std::fs::read(recipes.join("etcd.nvb")).expect("etcd.nvb");
+    let t_etcd = Instant::now();
+    for n in [1, 2, 3] {
+        let (code, body) = c
+            .http(n, "POST", "/api/v1/bundles", &etcd_nvb)
+            .expect("upload");
+        assert!(
+            (200..300).contains(&code),
+            "install etcd on box{n}: {code} {body}"
+        );
+        if n == 1 {
+            // Alone, box1's member waits, and says so (not as trouble).
+            let waiting = c.wait_for(
+                "box1's etcd waiting for its cluster",
+                Duration::from_secs(60),
+                || {
+                    let v = c.get(1, "/api/v1/local-services");
+                    let l = v.as_array().or_else(|| v["services"].as_array())?.clone();
+                    let e = l.into_iter().find(|s| s["name"] == "etcd")?;
+                    e["waiting"].as_str().map(str::to_string)
+                },
+            );
+            assert!(waiting.starts_with("cluster: "), "{waiting}");
+        }
+    }
     let t0 = Instant::now();
     for (n, near) in [(2, "box1"), (3, "box4")] {
         let list = c.wait_for(
@@ -261,6 +293,67 @@ fn community_overlay_across_zones_nat_and_relay() {
         "{text}"
     );
 
+    // --- etcd: one cluster of box1, box2 and box3 ---------------------------
+    c.wait_for(
+        "a value written on box1 read on box3",
+        Duration::from_secs(300),
+        || {
+            (etcd::put(etcd_at(&c, 1), "community", "one")
+                && etcd::get(etcd_at(&c, 3), "community").as_deref() == Some("one"))
+            .then_some(())
+        },
+    );
+    eprintln!(
+        "bench: etcd installed on 3 boxes to one cluster serving: {:.1} s",
+        t_etcd.elapsed().as_secs_f64()
+    );
+    // Two members make a quorum: box2's may still be starting.
+    c.wait_for(
+        "box2 a started member, listing all three",
+        Duration::from_secs(240),
+        || {
+            let mut names = etcd::members(etcd_at(&c, 2))?;
+            names.sort();
+            (names == ["box1", "box2", "box3"]).then_some(())
+        },
+    );
+    // Write latency through box1 (consensus with box2 and box3 over the
+    // overlay), beside a plain HTTP round trip to box1's panel.
+    let timed = |f: &dyn Fn() -> bool| -> Vec<f64> {
+        let mut ms: Vec<f64> = (0..15)
+            .filter_map(|_| {
+                let t = Instant::now();
+                f().then(|| t.elapsed().as_secs_f64() * 1000.0)
+            })
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        ms
+    };
+    let writes = timed(&|| etcd::put(etcd_at(&c, 1), "latency", "x"));
+    let pings = timed(&|| {
+        c.http(1, "GET", "/api/v1/status", b"")
+            .is_ok_and(|(code, _)| code == 200)
+    });
+    if let (Some(w), Some(p)) = (writes.get(writes.len() / 2), pings.get(pings.len() / 2)) {
+        eprintln!(
+            "bench: etcd write across 3 boxes: median {w:.0} ms = {:.1}x a panel round trip ({p:.0} ms), {} of 15 writes took",
+            w / p,
+            writes.len()
+        );
+    }
+    let local = c.get(1, "/api/v1/local-services");
+    let member = local
+        .as_array()
+        .or_else(|| local["services"].as_array())
+        .and_then(|l| l.iter().find(|s| s["name"] == "etcd").cloned())
+        .unwrap_or_default();
+    eprintln!(
+        "bench: memory of one etcd member of three (box1, 192 MiB box): {:.1} MiB",
+        member["memory_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+    );
+    // box4 has no etcd: it is not a member.
+    assert!(etcd::get(etcd_at(&c, 4), "community").is_none());
+
     // --- a member claiming box1's overlay address -------------------------
     let secret = base64::engine::general_purpose::STANDARD
         .decode(&c.key)
@@ -353,6 +446,16 @@ fn community_overlay_across_zones_nat_and_relay() {
         "bench: box2 seen failed everywhere {:.1} s after the kill",
         t_kill.elapsed().as_secs_f64()
     );
+    // etcd keeps its quorum without box2: still writable.
+    c.wait_for(
+        "etcd writable without box2",
+        Duration::from_secs(120),
+        || {
+            (etcd::put(etcd_at(&c, 1), "without-box2", "two")
+                && etcd::get(etcd_at(&c, 3), "without-box2").as_deref() == Some("two"))
+            .then_some(())
+        },
+    );
     c.start(2);
     let t_back = Instant::now();
     c.wait_for(
@@ -374,4 +477,106 @@ fn community_overlay_across_zones_nat_and_relay() {
     );
     // Same key, same address after the reboot.
     assert_eq!(overlay(&c, 2)["address"], ovs[1]["address"]);
+    // box2's etcd member is back and has caught up.
+    c.wait_for("box2's etcd caught up", Duration::from_secs(240), || {
+        (etcd::get(etcd_at(&c, 2), "without-box2").as_deref() == Some("two")).then_some(())
+    });
+
+    // --- a fourth box installs etcd: it joins the running cluster ----------
+    let t_join = Instant::now();
+    let (code, body) = c
+        .http(4, "POST", "/api/v1/bundles", &etcd_nvb)
+        .expect("upload");
+    assert!(
+        (200..300).contains(&code),
+        "install etcd on box4: {code} {body}"
+    );
+    c.wait_for(
+        "box4 a member, serving the cluster's data",
+        Duration::from_secs(300),
+        || (etcd::get(etcd_at(&c, 4), "community").as_deref() == Some("one")).then_some(()),
+    );
+    let mut names = etcd::members(etcd_at(&c, 1)).expect("member list");
+    names.sort();
+    assert_eq!(names, ["box1", "box2", "box3", "box4"]);
+    eprintln!(
+        "bench: etcd on a fourth box joined the running cluster in {:.1} s",
+        t_join.elapsed().as_secs_f64()
+    );
+
+    // --- Syncthing on box2 and box4 (the pair that meets only through a
+    // relay): each box's agent adds the other's device, no id typed --------
+    let st_nvb = std::fs::read(recipes.join("syncthing.nvb")).expect("syncthing.nvb");
+    let t_st = Instant::now();
+    for n in [2, 4] {
+        let (code, body) = c
+            .http(n, "POST", "/api/v1/bundles", &st_nvb)
+            .expect("upload");
+        assert!(
+            (200..300).contains(&code),
+            "install syncthing on box{n}: {code} {body}"
+        );
+    }
+    let gui = |n: usize| {
+        syncthing::Gui::open(std::net::SocketAddr::new(
+            c.ip(n).parse().expect("box address"),
+            8384,
+        ))
+    };
+    // The device each box's agent added for the other: named by its node,
+    // at its overlay address.
+    let device_of = |n: usize, node: &str| -> Option<Value> {
+        let devices = gui(n)?.get("/rest/config/devices")?;
+        devices
+            .as_array()?
+            .iter()
+            .find(|d| d["name"] == node)
+            .cloned()
+    };
+    let (d24, _d42) = c.wait_for(
+        "box2 and box4 each have the other's Syncthing as a device",
+        Duration::from_secs(300),
+        || Some((device_of(2, "box4")?, device_of(4, "box2")?)),
+    );
+    let want = format!("tcp://{}:22000", ovs[3]["address4"].as_str().unwrap_or("?"));
+    assert_eq!(d24["addresses"][0], want.as_str(), "{d24}");
+    let id4 = d24["deviceID"].as_str().expect("device id").to_string();
+    c.wait_for(
+        "box2's Syncthing connected to box4's",
+        Duration::from_secs(240),
+        || {
+            let conns = gui(2)?.get("/rest/system/connections")?;
+            (conns["connections"][&id4]["connected"] == true).then_some(())
+        },
+    );
+    // A folder shared from box2 with box4 appears on box4 by itself.
+    let folder = serde_json::json!({
+        "id": "community-docs",
+        "label": "community docs",
+        "path": "/var/lib/syncthing/community-docs",
+        "devices": [{"deviceID": id4}],
+    });
+    gui(2)
+        .and_then(|g| g.call("POST", "/rest/config/folders", Some(&folder)))
+        .expect("add a folder on box2");
+    c.wait_for(
+        "the folder on box4, accepted",
+        Duration::from_secs(180),
+        || {
+            let folders = gui(4)?.get("/rest/config/folders")?;
+            folders
+                .as_array()?
+                .iter()
+                .any(|f| f["id"] == "community-docs")
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "bench: Syncthing on two boxes to a shared folder, no id typed: {:.1} s",
+        t_st.elapsed().as_secs_f64()
+    );
+}
+
+fn etcd_at(c: &Community, n: usize) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(c.ip(n).parse().expect("box address"), 2379)
 }

@@ -476,14 +476,21 @@ fn url_attacks(
             std::thread::spawn(move || {
                 let t = Instant::now();
                 let body = format!("{{\"url\": \"{url}\"}}");
-                let r = nuvol_e2e::http_request(
+                // The box answers once its own budget is spent (30 s of
+                // silence for the stalled one): wait clearly longer.
+                let r = nuvol_e2e::http_request_within(
                     port,
                     "POST",
                     "/api/v1/update/fetch",
                     token.as_deref(),
                     &[],
                     body.as_bytes(),
-                );
+                    Duration::from_secs(120),
+                )
+                .map(|(st, text)| {
+                    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+                    (st, body.unwrap_or_default())
+                });
                 (url, r, t.elapsed())
             })
         })

@@ -108,6 +108,12 @@ pub trait Node: Send + Sync + 'static {
     fn bundles_generation(&self) -> u64 {
         0
     }
+    /// The id each bundle's service is known by to its peers on other
+    /// boxes (Syncthing's device id), published in the share index; a
+    /// change must move [`Node::bundles_generation`].
+    fn peer_ids(&self) -> std::collections::BTreeMap<String, String> {
+        std::collections::BTreeMap::new()
+    }
     /// Extra alerts for the dashboard (update pending, …).
     fn alerts(&self) -> Vec<String> {
         Vec::new()

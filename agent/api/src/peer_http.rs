@@ -107,11 +107,71 @@ pub async fn http_get(
     budget: Budget,
     sink: &mut Sink<'_>,
 ) -> Result<(), PeerError> {
-    let host = match addr {
+    let host = authority(addr, port);
+    get(
+        SocketAddr::new(addr, port),
+        &host,
+        path,
+        &Outgoing::GET,
+        budget,
+        sink,
+    )
+    .await
+}
+
+/// `ip:port` as a Host header writes it (IPv6 in brackets).
+fn authority(addr: IpAddr, port: u16) -> String {
+    match addr {
         IpAddr::V6(a) => format!("[{a}]:{port}"),
         IpAddr::V4(a) => format!("{a}:{port}"),
+    }
+}
+
+/// What a request sends besides its path: GET with nothing, or a method
+/// with headers and a JSON body.
+pub struct Outgoing<'a> {
+    pub method: hyper::Method,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub json: Option<Bytes>,
+}
+
+impl Outgoing<'_> {
+    const GET: Outgoing<'static> = Outgoing {
+        method: hyper::Method::GET,
+        headers: &[],
+        json: None,
     };
-    get(SocketAddr::new(addr, port), &host, path, budget, sink).await
+}
+
+/// POST a JSON `body` to `addr:port` `path`; the answer as [`http_get`]'s.
+pub async fn http_post_json(
+    addr: IpAddr,
+    port: u16,
+    path: &str,
+    body: Bytes,
+    budget: Budget,
+    sink: &mut Sink<'_>,
+) -> Result<(), PeerError> {
+    let send = Outgoing {
+        method: hyper::Method::POST,
+        headers: &[],
+        json: Some(body),
+    };
+    http_send(addr, port, path, &send, budget, sink).await
+}
+
+/// Any request to `addr:port` `path`; the answer as [`http_get`]'s (a
+/// status other than 2xx is an error).
+pub async fn http_send(
+    addr: IpAddr,
+    port: u16,
+    path: &str,
+    send: &Outgoing<'_>,
+    budget: Budget,
+    sink: &mut Sink<'_>,
+) -> Result<(), PeerError> {
+    let host = authority(addr, port);
+    get(SocketAddr::new(addr, port), &host, path, send, budget, sink).await
 }
 
 /// An `http://host[:port]/path` URL taken apart.
@@ -183,17 +243,26 @@ pub async fn get_url(url: &HttpUrl, budget: Budget, sink: &mut Sink<'_>) -> Resu
     .map_err(|e| f(format!("{}: {e}", url.host)))?
     .next()
     .ok_or_else(|| f(format!("{}: no address", url.host)))?;
-    get(addr, &url.authority, &url.path, budget, sink).await
+    get(
+        addr,
+        &url.authority,
+        &url.path,
+        &Outgoing::GET,
+        budget,
+        sink,
+    )
+    .await
 }
 
 async fn get(
     addr: SocketAddr,
     host: &str,
     path: &str,
+    send: &Outgoing<'_>,
     b: Budget,
     sink: &mut Sink<'_>,
 ) -> Result<(), PeerError> {
-    match tokio::time::timeout(b.deadline(), get_inner(addr, host, path, b, sink)).await {
+    match tokio::time::timeout(b.deadline(), get_inner(addr, host, path, send, b, sink)).await {
         Ok(r) => r,
         Err(_) => Err(PeerError::Failed(format!(
             "too slow: {} bytes at most must come in {} s (at least {} KiB/s)",
@@ -208,6 +277,7 @@ async fn get_inner(
     addr: SocketAddr,
     host: &str,
     path: &str,
+    send: &Outgoing<'_>,
     b: Budget,
     sink: &mut Sink<'_>,
 ) -> Result<(), PeerError> {
@@ -222,13 +292,24 @@ async fn get_inner(
         .map_err(|e| f(e.to_string()))?;
     let conn_task = tokio::spawn(conn);
     let result = async {
-        let req = Request::get(path)
+        let mut req = Request::builder()
+            .method(send.method.clone())
+            .uri(path)
             .header(hyper::header::HOST, host)
             .header(
                 hyper::header::USER_AGENT,
                 concat!("nuvol/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(http_body_util::Empty::<Bytes>::new())
+            );
+        if send.json.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        for (k, v) in send.headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(http_body_util::Full::new(
+                send.json.clone().unwrap_or_default(),
+            ))
             .map_err(|e| f(e.to_string()))?;
         let resp = tokio::time::timeout(timeout, sender.send_request(req))
             .await
@@ -316,6 +397,59 @@ mod tests {
             assert!(e.contains(why), "{bad}: {e}");
         }
         assert!(HttpUrl::parse(&format!("http://m/{}", "a".repeat(MAX_URL))).is_err());
+    }
+
+    /// A POST carries its JSON body and type; an answer over the budget is
+    /// refused however the peer frames it.
+    #[tokio::test]
+    async fn a_post_sends_json_and_its_answer_is_budgeted() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let peer = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for answer in ["{\"ok\":1}", &"x".repeat(5000)] {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut req = vec![0u8; 4096];
+                let mut got = 0;
+                while !String::from_utf8_lossy(&req[..got]).contains("{\"a\":1}") {
+                    got += s.read(&mut req[got..]).await.unwrap();
+                }
+                seen.push(String::from_utf8_lossy(&req[..got]).into_owned());
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    answer.len()
+                );
+                s.write_all(head.as_bytes()).await.unwrap();
+                s.write_all(answer.as_bytes()).await.unwrap();
+            }
+            seen
+        });
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let budget = Budget::small(4096, Duration::from_secs(5));
+        let mut buf = Vec::new();
+        let body = Bytes::from_static(b"{\"a\":1}");
+        http_post_json(
+            ip,
+            port,
+            "/v3/x",
+            body.clone(),
+            budget,
+            &mut Sink::Memory(&mut buf),
+        )
+        .await
+        .unwrap();
+        assert_eq!(buf, b"{\"ok\":1}");
+        let mut buf = Vec::new();
+        let e = http_post_json(ip, port, "/v3/x", body, budget, &mut Sink::Memory(&mut buf))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PeerError::TooLarge(_)), "{e}");
+        let seen = peer.await.unwrap();
+        let req = seen[0].to_ascii_lowercase();
+        assert!(req.starts_with("post /v3/x http/1.1"), "{req}");
+        assert!(req.contains("content-type: application/json"), "{req}");
+        assert!(req.contains(&format!("host: 127.0.0.1:{port}")), "{req}");
     }
 
     #[test]

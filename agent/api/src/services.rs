@@ -47,6 +47,10 @@ pub struct LocalService {
     pub digest: Option<String>,
     /// Why the agent could not run it (e.g. a revoked publisher key).
     pub problem: Option<String>,
+    /// Why it does not run yet, when nothing is wrong: a service that
+    /// spans boxes waiting for its cluster to be decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     /// The supervisor's clock when this was read, in the milliseconds of
     /// `started_ms` and `last_exit.at_ms` (`None` without a supervisor).
     pub now_ms: Option<u64>,
@@ -64,6 +68,9 @@ pub enum Condition {
     Failed,
     /// The agent cannot run it (a revoked key, a bad bundle, no cgroups).
     Broken,
+    /// Not started yet, for a reason that is not trouble: its cluster is
+    /// being decided (other boxes must install it too).
+    Waiting,
     Starting,
     Running,
     Stopping,
@@ -77,6 +84,7 @@ impl Condition {
             Condition::Failing => "failing",
             Condition::Failed => "failed",
             Condition::Broken => "broken",
+            Condition::Waiting => "waiting",
             Condition::Starting => "starting",
             Condition::Running => "running",
             Condition::Stopping => "stopping",
@@ -188,6 +196,9 @@ impl LocalService {
         let live = matches!(st.state, State::Running | State::Starting);
         if let (Some(p), false) = (&self.problem, live) {
             return (Condition::Broken, p.clone());
+        }
+        if let (Some(w), false) = (&self.waiting, live) {
+            return (Condition::Waiting, w.clone());
         }
         let crash_looping = live
             && unrequested

@@ -85,6 +85,11 @@ pub struct IndexEntry {
     /// store reads the signed manifest itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
+    /// The id the bundle's running service is known by to its peers
+    /// (`[peers]` in its manifest: Syncthing's device id). A peer's word,
+    /// checked by whoever uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<String>,
 }
 
 fn is_hex(s: &str, n: usize) -> bool {
@@ -187,7 +192,11 @@ pub fn owns(path: &str) -> bool {
 }
 
 /// Our own index: the installed bundles whose signature still verifies.
-pub fn index(store: &Store, share: &Share) -> Result<Vec<IndexEntry>, BundleError> {
+pub fn index(
+    store: &Store,
+    share: &Share,
+    peer_ids: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<IndexEntry>, BundleError> {
     let mut out = Vec::new();
     for b in store.list()?.bundles {
         if b.state != "installed" {
@@ -212,6 +221,7 @@ pub fn index(store: &Store, share: &Share) -> Result<Vec<IndexEntry>, BundleErro
             }
         };
         out.push(IndexEntry {
+            peer_id: peer_ids.get(&b.name).cloned(),
             name: b.name,
             version: b.version,
             publisher: b.publisher,
@@ -241,7 +251,8 @@ async fn cached_index(ctx: &Arc<Ctx>, store: Arc<Store>) -> Result<Bytes, Resp> 
     }
     ctx.share.computations.fetch_add(1, Ordering::Relaxed);
     let c = ctx.clone();
-    let list = match crate::bulk::spawn(move || index(&store, &c.share)).await {
+    let peer_ids = ctx.node.peer_ids();
+    let list = match crate::bulk::spawn(move || index(&store, &c.share, &peer_ids)).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             return Err(error(
@@ -433,7 +444,7 @@ pub fn providers(d: &nuvol_catalog::DiscoveryHandle) -> Vec<Provider> {
 }
 
 /// Ask one provider for its index.
-async fn fetch_index(p: &Provider) -> Result<Vec<IndexEntry>, String> {
+pub async fn fetch_index(p: &Provider) -> Result<Vec<IndexEntry>, String> {
     let mut buf = Vec::new();
     http_get(
         p.addr,
@@ -781,6 +792,7 @@ mod tests {
             sha256: "b".repeat(64),
             size: 4096,
             arch: None,
+            peer_id: None,
         }
     }
 

@@ -45,6 +45,12 @@ pub struct Manifest {
     /// Special file kinds the image needs; refused by default policy.
     #[serde(default)]
     pub privileges: Privileges,
+    /// A service that spans boxes: how its members find each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+    /// A service whose instances on other boxes are added as its peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Peers>,
 }
 
 /// Entrypoint, environment, user, restart policy.
@@ -188,6 +194,217 @@ pub struct Announce {
     /// Gossip tags.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+}
+
+/// A service whose members are the boxes of the community overlay that
+/// install the same bundle (docs/community-services.md). On a box with the
+/// overlay on, the service does not start until its cluster is decided:
+/// the first `size` boxes (by node name) that have the bundle form a new
+/// one; a box that finds one running joins it (`join`). `env` is then
+/// added to `run.env`, with `{node}` (this box's node name), `{addr}` (its
+/// overlay IPv4 address), `{members}` (every member written as `member`,
+/// joined by `separator`) and `{state}` (`new` or `existing`) filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Members of a new cluster (1-9).
+    pub size: u8,
+    /// One member in `{members}`, from `{node}` and `{addr}`.
+    pub member: String,
+    #[serde(default = "default_separator")]
+    pub separator: String,
+    /// How a box joins a cluster that already runs; `None`: it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinKind>,
+    /// The DNS-SD type a running member announces, where a join is asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_service: Option<String>,
+    /// Added to `run.env` when the service runs in its cluster.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_separator() -> String {
+    ",".into()
+}
+
+/// Join protocols the agent speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinKind {
+    /// etcd's v3 JSON gateway: `POST /v3/cluster/member/add` on a member's
+    /// client port, then start with the member list it answers.
+    #[serde(rename = "etcd-v3")]
+    EtcdV3,
+}
+
+/// A service that knows its peers by an id of its own (Syncthing's device
+/// id): the agent learns this box's id from the service, publishes it in
+/// the bundle share index, and adds the other boxes' ids to the service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peers {
+    /// The service's protocol for ids and peers.
+    pub kind: PeersKind,
+    /// The port of its REST API in the container.
+    pub api_port: u16,
+    /// Where its API key is, as `VOLUME/PATH` (a file of the bundle's volume).
+    pub api_key_file: String,
+    /// The port peers connect to (on the peer's overlay address).
+    pub peer_port: u16,
+}
+
+/// Peer protocols the agent speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeersKind {
+    /// Syncthing's REST API: `GET /rest/system/status` (`myID`), `PUT
+    /// /rest/config/devices/ID`, key from `config.xml`'s `<apikey>`.
+    Syncthing,
+}
+
+impl Peers {
+    /// The volume and the path inside it of the API key file.
+    pub fn key_file(&self) -> Option<(&str, &str)> {
+        self.api_key_file.split_once('/')
+    }
+
+    fn validate(&self, volumes: &[Volume]) -> Result<(), BundleError> {
+        if self.api_port == 0 || self.peer_port == 0 {
+            return Err(invalid("peers", "port 0"));
+        }
+        check_str("peers.api_key_file", &self.api_key_file)?;
+        let Some((vol, rel)) = self.key_file() else {
+            return Err(invalid("peers.api_key_file", "want VOLUME/PATH"));
+        };
+        if !volumes.iter().any(|v| v.name == vol) {
+            return Err(invalid(
+                "peers.api_key_file",
+                format!("{vol:?} is not a volume of this bundle"),
+            ));
+        }
+        if rel.is_empty()
+            || rel.starts_with('/')
+            || rel
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(invalid(
+                "peers.api_key_file",
+                format!("{rel:?}: want a plain relative path"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The placeholders `[cluster]` strings may use.
+pub const CLUSTER_PLACEHOLDERS: [&str; 4] = ["{node}", "{addr}", "{members}", "{state}"];
+
+impl Cluster {
+    fn validate(&self) -> Result<(), BundleError> {
+        if !(1..=9).contains(&self.size) {
+            return Err(invalid("cluster.size", "want 1..=9"));
+        }
+        check_str("cluster.member", &self.member)?;
+        check_str("cluster.separator", &self.separator)?;
+        check_map("cluster.env", &self.env)?;
+        if !(self.member.contains("{node}") && self.member.contains("{addr}")) {
+            return Err(invalid(
+                "cluster.member",
+                "must name the member by {node} and {addr}",
+            ));
+        }
+        if self.member.contains("{members}") || self.member.contains("{state}") {
+            return Err(invalid("cluster.member", "only {node} and {addr} here"));
+        }
+        for (k, v) in &self.env {
+            let mut rest = v.clone();
+            for p in CLUSTER_PLACEHOLDERS {
+                rest = rest.replace(p, "");
+            }
+            if rest.contains('{') || rest.contains('}') {
+                return Err(invalid(
+                    "cluster.env",
+                    format!(
+                        "{k}: unknown placeholder in {v:?} (known: {})",
+                        CLUSTER_PLACEHOLDERS.join(" ")
+                    ),
+                ));
+            }
+        }
+        match (&self.join, &self.join_service) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "cluster.join_service",
+                    "a join needs the type to ask",
+                ))
+            }
+            (_, Some(t)) => validate_service_type(t)?,
+            (None, None) => {}
+        }
+        if self.join == Some(JoinKind::EtcdV3) && !self.member.starts_with("{node}=") {
+            return Err(invalid(
+                "cluster.member",
+                "etcd-v3 members are written {node}=<peer URL>",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a box fills `[cluster]` placeholders with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterPlace {
+    /// This box's node name.
+    pub node: String,
+    /// This box's overlay address.
+    pub addr: std::net::IpAddr,
+    /// Every member, written as `member` already.
+    pub members: Vec<String>,
+    /// `true`: the cluster runs already and this box joined it.
+    pub existing: bool,
+}
+
+impl Cluster {
+    /// One member written as [`Cluster::member`] says.
+    pub fn member_of(&self, node: &str, addr: std::net::IpAddr) -> String {
+        self.member
+            .replace("{node}", node)
+            .replace("{addr}", &addr.to_string())
+    }
+
+    /// `env` with the placeholders filled in.
+    pub fn env_for(&self, p: &ClusterPlace) -> BTreeMap<String, String> {
+        let members = p.members.join(&self.separator);
+        let state = if p.existing { "existing" } else { "new" };
+        self.env
+            .iter()
+            .map(|(k, v)| {
+                // One pass, so a filled-in value is never read as a placeholder.
+                let mut out = String::new();
+                let mut rest = v.as_str();
+                while let Some(i) = rest.find('{') {
+                    out.push_str(&rest[..i]);
+                    let tail = &rest[i..];
+                    let (with, len) = if tail.starts_with("{node}") {
+                        (p.node.clone(), 6)
+                    } else if tail.starts_with("{addr}") {
+                        (p.addr.to_string(), 6)
+                    } else if tail.starts_with("{members}") {
+                        (members.clone(), 9)
+                    } else if tail.starts_with("{state}") {
+                        (state.to_string(), 7)
+                    } else {
+                        ("{".to_string(), 1)
+                    };
+                    out.push_str(&with);
+                    rest = &tail[len..];
+                }
+                out.push_str(rest);
+                (k.clone(), out)
+            })
+            .collect()
+    }
 }
 
 /// Things the default policy forbids; a bundle must declare them.
@@ -488,6 +705,12 @@ impl Manifest {
             }
             check_map("announce.tags", &a.tags)?;
         }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
+        if let Some(p) = &self.peers {
+            p.validate(&self.volumes)?;
+        }
         Ok(())
     }
 
@@ -606,6 +829,93 @@ txt = { path = "/" }
     fn deep_nesting_does_not_overflow() {
         let t = format!("name = {}1{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(Manifest::parse(&t.as_bytes()[..60_000]).is_err());
+    }
+
+    const ETCD: &str = r#"
+[cluster]
+size = 3
+member = "{node}=http://{addr}:2380"
+join = "etcd-v3"
+join_service = "_etcd-client._tcp"
+env = { ETCD_NAME = "{node}", ETCD_INITIAL_CLUSTER = "{members}", ETCD_INITIAL_CLUSTER_STATE = "{state}" }
+"#;
+
+    #[test]
+    fn cluster_env_is_filled_in() {
+        let m = Manifest::parse(format!("{EXAMPLE}{ETCD}").as_bytes()).unwrap();
+        let c = m.cluster.clone().unwrap();
+        let addr = "100.64.0.7".parse().unwrap();
+        assert_eq!(c.member_of("box1", addr), "box1=http://100.64.0.7:2380");
+        let env = c.env_for(&ClusterPlace {
+            node: "box1".into(),
+            addr,
+            // A member text holding a placeholder is not filled in again.
+            members: vec!["box1=http://a".into(), "{state}=http://b".into()],
+            existing: true,
+        });
+        assert_eq!(env["ETCD_NAME"], "box1");
+        assert_eq!(
+            env["ETCD_INITIAL_CLUSTER"],
+            "box1=http://a,{state}=http://b"
+        );
+        assert_eq!(env["ETCD_INITIAL_CLUSTER_STATE"], "existing");
+        let again = Manifest::parse(m.to_toml().unwrap().as_bytes()).unwrap();
+        assert_eq!(again, m);
+    }
+
+    #[test]
+    fn bad_clusters_are_named() {
+        let bad = |from: &str, to: &str, field: &str| {
+            let t = format!("{EXAMPLE}{}", ETCD.replace(from, to));
+            match Manifest::parse(t.as_bytes()) {
+                Err(BundleError::ManifestInvalid { field: f, .. }) => assert_eq!(f, field, "{to}"),
+                other => panic!("{to}: {other:?}"),
+            }
+        };
+        bad("size = 3", "size = 0", "cluster.size");
+        bad("size = 3", "size = 10", "cluster.size");
+        bad(
+            "{node}=http://{addr}:2380",
+            "http://{addr}:2380",
+            "cluster.member",
+        );
+        bad(
+            "{node}=http://{addr}:2380",
+            "{addr}={node}",
+            "cluster.member",
+        );
+        bad("\"{members}\"", "\"{everyone}\"", "cluster.env");
+        bad(
+            "join_service = \"_etcd-client._tcp\"\n",
+            "",
+            "cluster.join_service",
+        );
+        let t = format!("{EXAMPLE}{}", ETCD.replace("etcd-v3", "zookeeper"));
+        assert!(Manifest::parse(t.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn peers_are_checked() {
+        let peers = |file: &str| {
+            format!("{EXAMPLE}\n[peers]\nkind = \"syncthing\"\napi_port = 8384\napi_key_file = \"{file}\"\npeer_port = 22000\n")
+        };
+        let m = Manifest::parse(peers("data/config.xml").as_bytes()).unwrap();
+        assert_eq!(m.peers.unwrap().key_file(), Some(("data", "config.xml")));
+        for bad in [
+            "config.xml",
+            "other/config.xml",
+            "data/../etc/passwd",
+            "data//x",
+            "data/",
+        ] {
+            match Manifest::parse(peers(bad).as_bytes()) {
+                Err(BundleError::ManifestInvalid { field, .. }) => {
+                    assert_eq!(field, "peers.api_key_file", "{bad}")
+                }
+                Err(BundleError::PathTraversal(_)) => {}
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -76,6 +76,16 @@ pub const KEYS: &[SettingKey] = &[
     },
 ];
 
+/// Every typed value of the file: (section, key).
+const LEAVES: [(Option<&str>, &str); 6] = [
+    (None, "hostname"),
+    (Some("discovery"), "zone"),
+    (Some("discovery"), "role"),
+    (Some("panel"), "allow_plain_http"),
+    (Some("admin"), "password_hash"),
+    (Some("overlay"), "enabled"),
+];
+
 /// Whether `key` is a changeable setting.
 pub fn known_key(key: &str) -> bool {
     KEYS.iter().any(|k| k.key == key)
@@ -203,13 +213,32 @@ fn invalid(key: &str, message: impl Into<String>) -> SettingError {
 impl Settings {
     /// Read the overlay; a missing file is an empty overlay.
     pub fn load(path: &Path) -> Result<Settings, SettingError> {
+        let (s, refused) = Settings::load_keeping(path)?;
+        match refused.into_iter().next() {
+            None => Ok(s),
+            Some(e) => Err(SettingError::File {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Read the overlay as [`Settings::load`], except that a value this
+    /// agent refuses (a role or a hostname a newer agent allows, after a
+    /// rollback) costs only its own key: it is not in force, it is kept as
+    /// written (in `extra`, so the next save writes it back), and it is
+    /// returned with why. Every other key is in force. Only a file that is
+    /// not TOML at all, too big or unreadable is refused whole.
+    pub fn load_keeping(path: &Path) -> Result<(Settings, Vec<SettingError>), SettingError> {
         let io = |source| SettingError::Io {
             path: path.to_path_buf(),
             source,
         };
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Settings::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Settings::default(), Vec::new()))
+            }
             Err(e) => return Err(io(e)),
         };
         if meta.len() > MAX_SETTINGS_BYTES {
@@ -219,21 +248,84 @@ impl Settings {
             });
         }
         let text = std::fs::read_to_string(path).map_err(io)?;
-        let s: Settings = toml::from_str(&text).map_err(|e| SettingError::File {
+        Settings::parse_keeping(&text).map_err(|message| SettingError::File {
             path: path.to_path_buf(),
-            message: e.message().trim().to_string(),
-        })?;
-        s.validate().map_err(|e| SettingError::File {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        Ok(s)
+            message,
+        })
+    }
+
+    /// The text's settings with each refused value set aside (see
+    /// [`Settings::load_keeping`]); `Err` only for text that is not TOML.
+    fn parse_keeping(text: &str) -> Result<(Settings, Vec<SettingError>), String> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| e.message().trim().to_string())?;
+        let mut refused = Vec::new();
+        let mut aside: Vec<(Option<&str>, &str, toml::Value)> = Vec::new();
+        for (section, key) in LEAVES {
+            let name = section.map_or(key.to_string(), |s| format!("{s}.{key}"));
+            let value = match section {
+                None => table.get(key),
+                Some(s) => table
+                    .get(s)
+                    .and_then(|t| t.as_table())
+                    .and_then(|t| t.get(key)),
+            };
+            let Some(value) = value.cloned() else {
+                continue;
+            };
+            // The value alone, read and checked as this agent would.
+            let mut alone = toml::Table::new();
+            match section {
+                None => {
+                    alone.insert(key.to_string(), value.clone());
+                }
+                Some(s) => {
+                    let mut t = toml::Table::new();
+                    t.insert(key.to_string(), value.clone());
+                    alone.insert(s.to_string(), toml::Value::Table(t));
+                }
+            }
+            let why = match toml::Value::Table(alone).try_into::<Settings>() {
+                Ok(one) => one.validate().err().map(|e| e.to_string()),
+                Err(e) => Some(e.message().trim().to_string()),
+            };
+            if let Some(why) = why {
+                match section {
+                    None => table.remove(key),
+                    Some(s) => table
+                        .get_mut(s)
+                        .and_then(|t| t.as_table_mut())
+                        .and_then(|t| t.remove(key)),
+                };
+                refused.push(invalid(
+                    &name,
+                    format!("{why}; kept in the file, not in force"),
+                ));
+                aside.push((section, key, value));
+            }
+        }
+        // A section that is not a table at all is refused whole.
+        let mut s: Settings = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().trim().to_string())?;
+        for (section, key, value) in aside {
+            let extra = match section {
+                None => &mut s.extra,
+                Some("discovery") => &mut s.discovery.extra,
+                Some("panel") => &mut s.panel.extra,
+                Some("admin") => &mut s.admin.extra,
+                Some(_) => &mut s.overlay.extra,
+            };
+            extra.insert(key.to_string(), value);
+        }
+        Ok((s, refused))
     }
 
     /// Write the overlay atomically (temp file, fsync, rename, fsync of the
     /// directory), mode 0600: it may hold the password hash.
     pub fn save(&self, path: &Path) -> Result<(), SettingError> {
-        let text = toml::to_string(self).map_err(|e| SettingError::File {
+        let this = self;
+        let text = toml::to_string(this).map_err(|e| SettingError::File {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -291,6 +383,33 @@ impl Settings {
     /// `admin.password` is set with [`Settings::set_password_hash`] (it
     /// needs hashing); here it can only be dropped.
     pub fn set(&mut self, key: &str, value: Option<&str>) -> Result<(), SettingError> {
+        self.set_typed(key, value)?;
+        self.forget_kept(key);
+        Ok(())
+    }
+
+    /// Drop a value kept aside from the file (refused when it was read):
+    /// the key is this agent's now, set or dropped.
+    fn forget_kept(&mut self, key: &str) {
+        if !known_key(key) {
+            return;
+        }
+        let (section, leaf) = match key.split_once('.') {
+            Some(("admin", _)) => (Some("admin"), "password_hash"),
+            Some((s, l)) => (Some(s), l),
+            None => (None, key),
+        };
+        let extra = match section {
+            None => &mut self.extra,
+            Some("discovery") => &mut self.discovery.extra,
+            Some("panel") => &mut self.panel.extra,
+            Some("admin") => &mut self.admin.extra,
+            Some(_) => &mut self.overlay.extra,
+        };
+        extra.remove(leaf);
+    }
+
+    fn set_typed(&mut self, key: &str, value: Option<&str>) -> Result<(), SettingError> {
         let v = value.map(str::trim);
         match key {
             "hostname" => {
@@ -358,6 +477,7 @@ impl Settings {
         a.validate()
             .map_err(|(_, m)| invalid("admin.password", m))?;
         self.admin.password_hash = Some(phc);
+        self.forget_kept("admin.password");
         Ok(())
     }
 
@@ -524,6 +644,63 @@ mod tests {
     /// After an update the newer agent may have written keys this one does
     /// not know; after a rollback this agent reads them. They must neither
     /// cost the keys it knows nor be lost when it saves the overlay.
+    #[test]
+    fn a_value_this_agent_refuses_costs_only_its_key() {
+        let dir = std::env::temp_dir().join(format!("nuvol-overlay-keep-{}", std::process::id()));
+        let path = dir.join(SETTINGS_FILE);
+        std::fs::create_dir_all(&dir).unwrap();
+        // After a rollback: a newer agent allowed a third role and a zone
+        // this one finds too long; the password hash and the rest stand.
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g";
+        let long_zone = "z".repeat(100);
+        std::fs::write(
+            &path,
+            format!(
+                "[discovery]\nrole = \"relay-node\"\nzone = \"{long_zone}\"\n\
+                 [panel]\nallow_plain_http = true\n\
+                 [admin]\npassword_hash = \"{hash}\"\n"
+            ),
+        )
+        .unwrap();
+        assert!(Settings::load(&path).is_err(), "the strict reader refuses");
+        let (mut s, refused) = Settings::load_keeping(&path).unwrap();
+        let keys: Vec<_> = refused.iter().filter_map(|e| e.key()).collect();
+        assert_eq!(keys, ["discovery.zone", "discovery.role"], "{refused:?}");
+        assert!(
+            refused[1].to_string().contains("relay-node"),
+            "{}",
+            refused[1]
+        );
+        assert_eq!(s.panel.allow_plain_http, Some(true));
+        assert_eq!(s.admin.password_hash.as_deref(), Some(hash));
+        assert_eq!(
+            (s.discovery.role, s.discovery.zone.as_deref()),
+            (None, None)
+        );
+        // Saved again, the refused values are written back as they were.
+        s.save(&path).unwrap();
+        let back: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back["discovery"]["role"].as_str(), Some("relay-node"));
+        assert_eq!(back["discovery"]["zone"].as_str(), Some(long_zone.as_str()));
+        // A role set here replaces the kept one: one key, this agent's.
+        s.set("discovery.role", Some("super-node")).unwrap();
+        s.save(&path).unwrap();
+        let (again, refused) = Settings::load_keeping(&path).unwrap();
+        assert_eq!(again.discovery.role, Some(Role::SuperNode));
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        // Dropping the zone drops the kept value too.
+        let mut again = again;
+        again.set("discovery.zone", None).unwrap();
+        again.save(&path).unwrap();
+        let (_, refused) = Settings::load_keeping(&path).unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+        // Not TOML at all: refused whole, naming the file.
+        std::fs::write(&path, "[discovery\n").unwrap();
+        let e = Settings::load_keeping(&path).unwrap_err();
+        assert_eq!(e.code(), "bad_settings_file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn settings_of_a_newer_agent_are_read_and_kept() {
         let dir = std::env::temp_dir().join(format!("nuvol-overlay-new-{}", std::process::id()));

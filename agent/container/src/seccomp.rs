@@ -27,8 +27,9 @@
 //! takes a `time_t`, which musl 1.2+ and glibc with 64-bit time call
 //! instead of the old one. Being a deny-list, the filter allows all of
 //! those without naming them; but where a denied call has such a twin,
-//! the twin is denied too (`clock_settime64`, `clock_adjtime64`), or the
-//! libc's own choice would walk around the rule.
+//! the twin is denied too (`clock_settime64`, `clock_adjtime64`, the
+//! latter also what such a libc's `adjtimex` calls), or the libc's own
+//! choice would walk around the rule.
 
 use crate::error::{ContainerError, Result};
 
@@ -37,6 +38,9 @@ pub fn denied_syscalls() -> Vec<(&'static str, libc::c_long)> {
     let mut v: Vec<(&'static str, libc::c_long)> = vec![
         ("acct", libc::SYS_acct),
         ("add_key", libc::SYS_add_key),
+        // Sets the clock as `clock_adjtime(CLOCK_REALTIME)` does. On 32-bit
+        // ARM its 64-bit-time form is `clock_adjtime64`, denied there.
+        ("adjtimex", libc::SYS_adjtimex),
         ("bpf", libc::SYS_bpf),
         ("clock_adjtime", libc::SYS_clock_adjtime),
         ("clock_settime", libc::SYS_clock_settime),
@@ -290,10 +294,24 @@ mod tests {
         }
     }
 
-    /// Install the filter in a forked child (no_new_privs, as an unprivileged
-    /// process may) and report what each call answered through the exit code.
+    /// `adjtimex` sets the clock like `clock_adjtime`: denied on every
+    /// architecture, by the libc crate's number.
     #[test]
-    fn filter_refuses_namespaces_and_clone3_and_allows_fork() {
+    fn adjtimex_is_denied_like_clock_adjtime() {
+        let denied = denied_syscalls();
+        for call in [
+            ("adjtimex", libc::SYS_adjtimex),
+            ("clock_adjtime", libc::SYS_clock_adjtime),
+        ] {
+            assert!(denied.contains(&call), "{call:?} not denied");
+        }
+    }
+
+    /// Fork a child that installs the default filter (no_new_privs, as an
+    /// unprivileged process may), runs `body` and leaves with its value as
+    /// the exit code, which is returned; 100: the filter did not install.
+    /// `body` must make raw system calls only.
+    fn in_filtered_child(body: impl FnOnce() -> i32) -> i32 {
         let prog = default_filter().unwrap();
         let fprog = libc::sock_fprog {
             len: prog.len() as u16,
@@ -305,13 +323,47 @@ mod tests {
         if pid == 0 {
             // SAFETY: in the child; every pointer refers to memory of this process.
             unsafe {
-                let errno = || *libc::__errno_location();
                 if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
                     || libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog)
                         < 0
                 {
                     libc::_exit(100);
                 }
+                libc::_exit(body());
+            }
+        }
+        let mut st = 0;
+        // SAFETY: reaping our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
+        assert!(libc::WIFEXITED(st), "status {st:#x}");
+        let code = libc::WEXITSTATUS(st);
+        assert_ne!(code, 100, "installing the filter failed");
+        code
+    }
+
+    /// The filter answers `adjtimex` with EPERM even when it would only
+    /// read the clock's state (`modes` 0: harmless if it were let through).
+    #[test]
+    fn filter_refuses_adjtimex() {
+        let code = in_filtered_child(|| {
+            // SAFETY: a raw system call on a zeroed struct of this process.
+            unsafe {
+                let mut tx: libc::timex = std::mem::zeroed();
+                let r = libc::syscall(libc::SYS_adjtimex, &mut tx);
+                i32::from(r < 0 && *libc::__errno_location() == libc::EPERM)
+            }
+        });
+        assert_eq!(code, 1, "adjtimex was not refused with EPERM");
+    }
+
+    /// Install the filter in a forked child and report what each call
+    /// answered through the exit code.
+    #[test]
+    fn filter_refuses_namespaces_and_clone3_and_allows_fork() {
+        let bits = in_filtered_child(|| {
+            // SAFETY: raw system calls; children made here leave at once.
+            unsafe {
+                let errno = || *libc::__errno_location();
                 let mut bits = 0;
                 // unshare: EPERM.
                 if libc::unshare(libc::CLONE_NEWUSER) < 0 && errno() == libc::EPERM {
@@ -351,15 +403,9 @@ mod tests {
                 if r > 0 && libc::waitpid(r as i32, &mut st, 0) == r as i32 && st == 9 << 8 {
                     bits |= 8;
                 }
-                libc::_exit(bits);
+                bits
             }
-        }
-        let mut st = 0;
-        // SAFETY: reaping our own child.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut st, 0) }, pid);
-        assert!(libc::WIFEXITED(st), "status {st:#x}");
-        let bits = libc::WEXITSTATUS(st);
-        assert_ne!(bits, 100, "installing the filter failed");
+        });
         assert_eq!(bits & 1, 1, "unshare(CLONE_NEWUSER) not refused with EPERM");
         assert_eq!(bits & 2, 2, "clone(CLONE_NEWUSER) not refused with EPERM");
         assert_eq!(bits & 4, 4, "clone3 did not answer ENOSYS");

@@ -128,7 +128,10 @@ pub fn grow_partition(
         )));
     }
     let es = hdr.entry_size as usize;
-    let idx = (partn - 1) as usize * es;
+    // The partition's entry: its index in the array, and where its bytes
+    // start.
+    let own = (partn - 1) as usize;
+    let idx = own * es;
     let entry = &entries[idx..idx + es];
     if entry[..16].iter().all(|&b| b == 0) {
         return Err(bad(format!("partition {partn} is unused")));
@@ -138,7 +141,7 @@ pub fn grow_partition(
     // Refuse if any other partition lies after this one.
     for i in 0..hdr.n_entries as usize {
         let e = &entries[i * es..(i + 1) * es];
-        if i != idx && !e[..16].iter().all(|&b| b == 0) && u64_at(e, 32) > end {
+        if i != own && !e[..16].iter().all(|&b| b == 0) && u64_at(e, 32) > end {
             return Ok(None);
         }
     }
@@ -249,4 +252,78 @@ pub fn partition_names(f: &File, sector: u64) -> Result<Vec<(u32, String)>, Disk
         .into_iter()
         .map(|e| (e.number, e.name))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    const SECTOR: u64 = 512;
+
+    struct TempFile(PathBuf);
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// A disk of `total` sectors with a primary GPT of 256 entries of 128
+    /// bytes (64 sectors from LBA 2), the used ones `parts`: (number,
+    /// first LBA, last LBA). Grown afterwards to `grown` sectors.
+    fn disk(tag: &str, total: u64, grown: u64, parts: &[(u32, u64, u64)]) -> (TempFile, File) {
+        let (n, es) = (256u32, 128usize);
+        let array_sectors = (n as u64 * es as u64).div_ceil(SECTOR);
+        let mut entries = vec![0u8; n as usize * es];
+        for &(num, first, last) in parts {
+            let e = &mut entries[(num as usize - 1) * es..num as usize * es];
+            e[..16].copy_from_slice(&[0x11; 16]);
+            e[16..32].copy_from_slice(&[num as u8; 16]);
+            e[32..40].copy_from_slice(&first.to_le_bytes());
+            e[40..48].copy_from_slice(&last.to_le_bytes());
+        }
+        let mut h = vec![0u8; HEADER_SIZE];
+        h[..8].copy_from_slice(SIGNATURE);
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        h[24..32].copy_from_slice(&1u64.to_le_bytes());
+        h[32..40].copy_from_slice(&(total - 1).to_le_bytes());
+        h[40..48].copy_from_slice(&(2 + array_sectors).to_le_bytes());
+        h[48..56].copy_from_slice(&(total - 2 - array_sectors).to_le_bytes());
+        h[72..80].copy_from_slice(&2u64.to_le_bytes());
+        h[80..84].copy_from_slice(&n.to_le_bytes());
+        h[84..88].copy_from_slice(&(es as u32).to_le_bytes());
+        h[88..92].copy_from_slice(&crc32fast::hash(&entries).to_le_bytes());
+        seal(&mut h);
+        let path = std::env::temp_dir().join(format!("nuvol-gpt-{tag}-{}.img", std::process::id()));
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(grown * SECTOR).unwrap();
+        f.write_all_at(&h, SECTOR).unwrap();
+        f.write_all_at(&entries, 2 * SECTOR).unwrap();
+        (TempFile(path), f)
+    }
+
+    /// Partition 2 is followed on the disk by partition 129, whose entry
+    /// is the 129th (index 128: 128 bytes is also partition 2's offset in
+    /// the array). Growing partition 2 would overlap it.
+    #[test]
+    fn a_partition_is_never_grown_over_the_one_after_it() {
+        let parts = [(1, 66, 99), (2, 100, 199), (129, 300, 399)];
+        let (t, f) = disk("follows", 1000, 2000, &parts);
+        let before = std::fs::read(&t.0).unwrap();
+        assert_eq!(grow_partition(&f, 2000 * SECTOR, SECTOR, 2).unwrap(), None);
+        assert_eq!(std::fs::read(&t.0).unwrap(), before, "nothing written");
+        // The last one grows to the new end (the table is sound).
+        let g = grow_partition(&f, 2000 * SECTOR, SECTOR, 129)
+            .unwrap()
+            .expect("grew");
+        assert_eq!((g.start_lba, g.old_end_lba), (300, 399));
+        assert_eq!(g.new_end_lba, 2000 - 2 - 64);
+    }
 }

@@ -20,7 +20,7 @@ pub use bind::{
     loader_partuuid, normalize_partuuid, partuuid_from_cmdline, select, Binding, BindingSource,
     Selection, LOADER_DEVICE_PARTUUID,
 };
-pub use other::{other_volumes, Volume, MAX_VOLUMES};
+pub use other::{other_volumes, other_volumes_seen, GptSeen, Volume, MAX_VOLUMES};
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;

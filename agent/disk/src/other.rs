@@ -7,6 +7,7 @@
 //! or a copy of it, which PID 1 refuses to touch) yields its partitions,
 //! or the disk itself when it has none (a stick formatted whole).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
@@ -35,10 +36,24 @@ const VIRTUAL: &[&str] = &[
 /// looked at 16 volumes at a time.
 pub const MAX_VOLUMES: usize = 16;
 
+/// What the GPT of each disk said, by `disk@<diskseq>` (the plug-in):
+/// whether it names a nuvol partition. A watcher that lists the disks
+/// every few seconds keeps one, so a disk's GPT is read once per plug-in,
+/// not at every look; disks that are gone are forgotten.
+#[derive(Debug, Default)]
+pub struct GptSeen(BTreeMap<String, bool>);
+
 /// The volumes of every disk under `sys_block` (normally
 /// `/sys/class/block`) that is not a nuvol disk, by device name.
 pub fn other_volumes(sys_block: &Path, dev_dir: &Path) -> Vec<Volume> {
+    other_volumes_seen(sys_block, dev_dir, &mut GptSeen::default())
+}
+
+/// [`other_volumes`], reading a disk's GPT only if `seen` has no answer
+/// for this plug-in of it yet.
+pub fn other_volumes_seen(sys_block: &Path, dev_dir: &Path, seen: &mut GptSeen) -> Vec<Volume> {
     let Ok(dir) = fs::read_dir(sys_block) else {
+        seen.0.clear();
         return Vec::new();
     };
     let mut disks: Vec<(String, PathBuf)> = Vec::new();
@@ -63,6 +78,7 @@ pub fn other_volumes(sys_block: &Path, dev_dir: &Path) -> Vec<Volume> {
         disks.push((name.to_string(), real));
     }
     disks.sort();
+    let mut present = BTreeSet::new();
     let mut out = Vec::new();
     for (disk, sysdir) in disks {
         let seq = fs::read_to_string(sysdir.join("diskseq"))
@@ -96,11 +112,17 @@ pub fn other_volumes(sys_block: &Path, dev_dir: &Path) -> Vec<Volume> {
         }
         // Partitions added without a name in the uevent (BLKPG): the
         // disk's own GPT says.
-        let gpt_names = File::open(dev_dir.join(&disk))
-            .ok()
-            .and_then(|f| gpt::partition_names(&f, sector_size(&f).ok()?).ok())
-            .unwrap_or_default();
-        if gpt_names.iter().any(|(_, n)| nuvol_name(n)) {
+        let plug = format!("{disk}@{seq}");
+        let is_nuvol = *seen.0.entry(plug.clone()).or_insert_with(|| {
+            File::open(dev_dir.join(&disk))
+                .ok()
+                .and_then(|f| gpt::partition_names(&f, sector_size(&f).ok()?).ok())
+                .unwrap_or_default()
+                .iter()
+                .any(|(_, n)| nuvol_name(n))
+        });
+        present.insert(plug);
+        if is_nuvol {
             continue;
         }
         let vols: Vec<String> = if parts.is_empty() {
@@ -116,6 +138,7 @@ pub fn other_volumes(sys_block: &Path, dev_dir: &Path) -> Vec<Volume> {
             });
         }
     }
+    seen.0.retain(|k, _| present.contains(k));
     out.truncate(MAX_VOLUMES);
     out
 }
@@ -202,6 +225,35 @@ mod tests {
             ]
         );
         assert_eq!(got[0].dev, dev.join("sda1"));
+    }
+
+    #[test]
+    fn a_disks_gpt_is_read_once_per_plug_in() {
+        let root = std::env::temp_dir().join(format!("nuvol-other-seen-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let _t = Tree(root.clone());
+        let (sys, dev) = (root.join("sys"), root.join("dev"));
+        fs::create_dir_all(&dev).unwrap();
+        disk(&sys, "sda", 60_000, Some(7), &[("sda1", None)]);
+        disk(&sys, "sdb", 30_000, Some(8), &[]);
+        // What an earlier look found in sda's GPT (this plug-in, seq 7):
+        // a nuvol disk. It is not read again (/dev/sda does not even
+        // exist here), so it stays skipped.
+        let mut seen = GptSeen::default();
+        seen.0.insert("sda@7".into(), true);
+        seen.0.insert("sdz@1".into(), false);
+        let names = |v: Vec<Volume>| v.into_iter().map(|v| v.name).collect::<Vec<_>>();
+        assert_eq!(names(other_volumes_seen(&sys, &dev, &mut seen)), ["sdb"]);
+        // sdb's answer is kept; a disk that is gone is forgotten.
+        assert_eq!(seen.0.get("sdb@8"), Some(&false));
+        assert!(!seen.0.contains_key("sdz@1"));
+        // Plugged in again (a new diskseq): its GPT is read afresh.
+        fs::write(sys.join("sda/diskseq"), "9\n").unwrap();
+        assert_eq!(
+            names(other_volumes_seen(&sys, &dev, &mut seen)),
+            ["sda1", "sdb"]
+        );
+        assert!(!seen.0.contains_key("sda@7"));
     }
 
     #[test]

@@ -8,8 +8,11 @@ use std::os::unix::fs::OpenOptionsExt;
 
 const EV_KEY: u16 = 1;
 const KEY_POWER: u16 = 116;
-/// `struct input_event` on 64-bit: timeval (16) + type (2) + code (2) + value (4).
-const EVENT_SIZE: usize = 24;
+/// `struct input_event`: the time as two `unsigned long`s (16 bytes on 64-bit,
+/// 8 on 32-bit ARM, even with a 64-bit time_t), then type (2), code (2),
+/// value (4).
+const TIME_SIZE: usize = 2 * std::mem::size_of::<libc::c_ulong>();
+const EVENT_SIZE: usize = TIME_SIZE + 8;
 
 pub struct Buttons {
     devs: Vec<File>,
@@ -64,9 +67,10 @@ impl Buttons {
 }
 
 fn is_power_press(ev: &[u8]) -> bool {
-    let ty = u16::from_ne_bytes([ev[16], ev[17]]);
-    let code = u16::from_ne_bytes([ev[18], ev[19]]);
-    let value = i32::from_ne_bytes([ev[20], ev[21], ev[22], ev[23]]);
+    let e = &ev[TIME_SIZE..];
+    let ty = u16::from_ne_bytes([e[0], e[1]]);
+    let code = u16::from_ne_bytes([e[2], e[3]]);
+    let value = i32::from_ne_bytes([e[4], e[5], e[6], e[7]]);
     ty == EV_KEY && code == KEY_POWER && value == 1
 }
 
@@ -76,9 +80,9 @@ mod tests {
 
     fn ev(ty: u16, code: u16, value: i32) -> [u8; EVENT_SIZE] {
         let mut b = [0u8; EVENT_SIZE];
-        b[16..18].copy_from_slice(&ty.to_ne_bytes());
-        b[18..20].copy_from_slice(&code.to_ne_bytes());
-        b[20..24].copy_from_slice(&value.to_ne_bytes());
+        b[TIME_SIZE..TIME_SIZE + 2].copy_from_slice(&ty.to_ne_bytes());
+        b[TIME_SIZE + 2..TIME_SIZE + 4].copy_from_slice(&code.to_ne_bytes());
+        b[TIME_SIZE + 4..].copy_from_slice(&value.to_ne_bytes());
         b
     }
 

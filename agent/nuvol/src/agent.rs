@@ -55,6 +55,8 @@ struct Node {
     share: bool,
     /// Bumped when the store changes outside the API (provisioning).
     bundles_generation: std::sync::atomic::AtomicU64,
+    /// The ids services with `[peers]` are known by (share index).
+    peer_ids: Arc<crate::peers::PeerIds>,
     overlay: Option<crate::overlay::StatusSlot>,
     update: Arc<crate::update::Updater>,
     /// Keys of nuvol.toml this nuvol does not know (skipped): alerts.
@@ -150,6 +152,10 @@ impl nuvol_api::Node for Node {
     fn bundles_generation(&self) -> u64 {
         self.bundles_generation
             .load(std::sync::atomic::Ordering::SeqCst)
+            .wrapping_add(self.peer_ids.generation())
+    }
+    fn peer_ids(&self) -> std::collections::BTreeMap<String, String> {
+        self.peer_ids.get()
     }
     fn bundles_changed(&self) {
         self.bundles_generation
@@ -289,18 +295,20 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         } else {
             None
         };
+        // The overlay's key and tags exist before gossip starts.
+        let node_name = loaded
+            .config
+            .discovery
+            .node_name_for(loaded.config.hostname(), &node_id);
+        let overlay = crate::overlay::prepare(&loaded.config, &args.state_dir, &node_name);
+        // Services that span boxes form their clusters over the overlay.
+        let cluster_me = overlay.as_ref().map(|p| crate::cluster::Me {
+            node: node_name.clone(),
+            addr: std::net::IpAddr::V4(p.address4),
+        });
         let services = store
             .clone()
-            .map(|s| crate::services::start(s, &args.state_dir, net.clone()));
-        // The overlay's key and tags exist before gossip starts.
-        let overlay = crate::overlay::prepare(
-            &loaded.config,
-            &args.state_dir,
-            &loaded
-                .config
-                .discovery
-                .node_name_for(loaded.config.hostname(), &node_id),
-        );
+            .map(|s| crate::services::start(s, &args.state_dir, net.clone(), cluster_me.clone()));
         let discovery = crate::discovery::spawn(
             crate::overlay::with_tags(loaded.config.discovery.clone(), overlay.as_ref()),
             loaded.config.hostname().to_string(),
@@ -316,6 +324,22 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             Some(args.state_dir.join(crate::discovery::KEYRING_FILE)),
         );
         let overlay = overlay.map(|p| crate::overlay::spawn(p, discovery.clone()));
+        let peer_ids = Arc::new(crate::peers::PeerIds::default());
+        if let (Some(store), Some(services), Some(me)) = (&store, &services, cluster_me) {
+            crate::cluster::spawn(
+                store.clone(),
+                args.state_dir.clone(),
+                services.clone(),
+                discovery.clone(),
+                me,
+            );
+            crate::peers::spawn(
+                store.clone(),
+                services.clone(),
+                discovery.clone(),
+                peer_ids.clone(),
+            );
+        }
         if loaded.config.discovery.enabled && loaded.config.discovery.mdns {
             crate::mdns_share::spawn(discovery.clone());
         }
@@ -336,6 +360,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             discovery: discovery.clone(),
             share: loaded.config.bundles.share,
             bundles_generation: std::sync::atomic::AtomicU64::new(0),
+            peer_ids,
             overlay,
             update: update.clone(),
             config_skipped: loaded.skipped.clone(),

@@ -37,6 +37,8 @@ struct Known {
     digest: Option<String>,
     /// Why it is not running under the supervisor, if it is not.
     problem: Option<String>,
+    /// Why it does not run yet though nothing is wrong (its cluster).
+    waiting: Option<String>,
 }
 
 struct Inner {
@@ -48,6 +50,11 @@ struct Inner {
     known: Mutex<BTreeMap<String, Known>>,
     ports: Arc<Mutex<BTreeMap<String, Vec<nuvol_bundle::manifest::Port>>>>,
     sync_lock: tokio::sync::Mutex<()>,
+    /// This box in the overlay: `[cluster]` bundles wait for their cluster
+    /// ([`crate::cluster`]); `None`: they run alone, as any other.
+    cluster: Option<crate::cluster::Me>,
+    /// Why each waiting cluster member waits (from the cluster task).
+    cluster_notes: Mutex<BTreeMap<String, String>>,
 }
 
 /// The running services. Cheap to clone.
@@ -129,7 +136,12 @@ fn rmdir_tree(dir: &Path) -> bool {
 /// Start the supervisor and (in a task) every installed bundle. Must be
 /// called inside the agent's tokio runtime. Never fails: a supervisor that
 /// cannot start (no cgroups) is reported per service and in the log.
-pub fn start(store: Arc<Store>, state_dir: &Path, net: Option<crate::net::Net>) -> ServicesHandle {
+pub fn start(
+    store: Arc<Store>,
+    state_dir: &Path,
+    net: Option<crate::net::Net>,
+    cluster: Option<crate::cluster::Me>,
+) -> ServicesHandle {
     let ports = Arc::new(Mutex::new(BTreeMap::new()));
     let (sup, owns_cgroup_root) = match cgroup_root() {
         Ok((root, owned)) => match Supervisor::new(state_dir, root) {
@@ -160,6 +172,8 @@ pub fn start(store: Arc<Store>, state_dir: &Path, net: Option<crate::net::Net>) 
             known: Mutex::new(BTreeMap::new()),
             ports,
             sync_lock: tokio::sync::Mutex::new(()),
+            cluster,
+            cluster_notes: Mutex::new(BTreeMap::new()),
         }),
     };
     let first = h.clone();
@@ -219,6 +233,7 @@ impl ServicesHandle {
                     version: None,
                     digest: None,
                     problem: Some(problem),
+                    waiting: None,
                 },
             );
         }
@@ -230,23 +245,31 @@ impl ServicesHandle {
             };
             let same = before
                 .as_ref()
-                .is_some_and(|k| is(k) && k.problem.is_none());
+                .is_some_and(|k| is(k) && k.problem.is_none() && k.waiting.is_none());
             if same {
                 continue;
             }
             let version_changed = before.as_ref().is_some_and(|k| !is(k));
-            let problem = match image {
-                Ok(image) => self
-                    .run_bundle(&b.name, &b.manifest, &image, volumes, version_changed)
-                    .await
-                    .err(),
-                Err(e) => {
+            let (problem, waiting) = match (image, self.cluster_env(&b.name, &b.manifest)) {
+                (Ok(image), Ok(env)) => (
+                    self.run_bundle(&b.name, &b.manifest, &image, volumes, version_changed, env)
+                        .await
+                        .err(),
+                    None,
+                ),
+                (Ok(_), Err(why)) => {
                     self.stop_and_remove(&b.name).await;
-                    Some(e)
+                    (None, Some(why))
+                }
+                (Err(e), _) => {
+                    self.stop_and_remove(&b.name).await;
+                    (Some(e), None)
                 }
             };
             if let Some(p) = &problem {
                 problems.push(self.problem(&b.name, p));
+            } else if let Some(w) = &waiting {
+                tracing::info!(service = %b.name, "not started yet: {w}");
             } else {
                 tracing::info!(service = %b.name, version = %b.version, "service started");
             }
@@ -256,6 +279,7 @@ impl ServicesHandle {
                     version: Some(b.version.clone()),
                     digest: Some(b.digest.clone()),
                     problem,
+                    waiting,
                 },
             );
         }
@@ -294,6 +318,50 @@ impl ServicesHandle {
         }
     }
 
+    /// The environment a `[cluster]` bundle runs with, once its cluster is
+    /// decided; `Err`: why it does not run yet (waiting, not trouble).
+    /// Empty for other bundles and on a box outside the overlay.
+    fn cluster_env(
+        &self,
+        name: &str,
+        manifest: &nuvol_bundle::manifest::Manifest,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let (Some(c), Some(_)) = (&manifest.cluster, &self.inner.cluster) else {
+            return Ok(BTreeMap::new());
+        };
+        match crate::cluster::read(&self.inner.state_dir, name) {
+            Ok(Some(d)) => Ok(c.env_for(&d.place())),
+            Ok(None) => Err(format!(
+                "cluster: {}",
+                lock(&self.inner.cluster_notes)
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| format!(
+                        "waiting for its cluster of {} boxes to be decided",
+                        c.size
+                    ))
+            )),
+            // Set aside as .bad: the cluster task decides again.
+            Err(e) => Err(format!(
+                "cluster: the decision could not be read ({e}); deciding again"
+            )),
+        }
+    }
+
+    /// Say why a cluster member waits (shown as its problem).
+    pub fn set_cluster_note(&self, name: &str, note: &str) {
+        let changed = lock(&self.inner.cluster_notes).insert(name.to_string(), note.to_string())
+            != Some(note.to_string());
+        if changed {
+            tracing::info!(service = %name, "cluster: {note}");
+            if let Some(k) = lock(&self.inner.known).get_mut(name) {
+                if k.waiting.is_some() {
+                    k.waiting = Some(format!("cluster: {note}"));
+                }
+            }
+        }
+    }
+
     fn problem(&self, what: &str, e: &str) -> String {
         let line = format!("service {what}: {e}");
         tracing::error!("{line}");
@@ -308,9 +376,11 @@ impl ServicesHandle {
         image: &Path,
         volumes: PathBuf,
         version_changed: bool,
+        cluster_env: BTreeMap<String, String>,
     ) -> Result<(), String> {
         let sup = self.inner.sup.as_ref().map_err(Clone::clone)?;
         let mut spec = ServiceSpec::from_manifest(manifest, image).map_err(|e| e.to_string())?;
+        spec.env.extend(cluster_env);
         spec.writable_rootfs = true;
         spec.volumes_dir = Some(volumes);
         // A running older version goes first (SIGTERM, grace, SIGKILL).
@@ -375,8 +445,9 @@ impl ServicesHandle {
     }
 }
 
-/// A status for a bundle the supervisor does not run.
-fn not_running(name: &str, problem: &str) -> ServiceStatus {
+/// A status for a bundle the supervisor does not run (`problem`: why it
+/// cannot; `None` for one that waits).
+fn not_running(name: &str, problem: Option<&str>) -> ServiceStatus {
     ServiceStatus {
         name: name.to_string(),
         state: State::Stopped,
@@ -385,11 +456,11 @@ fn not_running(name: &str, problem: &str) -> ServiceStatus {
         last_health_error: None,
         restarts: 0,
         oom_kills: 0,
-        last_exit: Some(ExitRecord {
+        last_exit: problem.map(|p| ExitRecord {
             at_ms: 0,
             reason: ExitReason::StartFailed,
             status: None,
-            detail: problem.to_string(),
+            detail: p.to_string(),
         }),
         started_ms: Vec::new(),
         backoff_ms: Vec::new(),
@@ -424,6 +495,7 @@ impl Services for ServicesHandle {
                         version: k.and_then(|k| k.version.clone()),
                         digest: k.and_then(|k| k.digest.clone()),
                         problem: k.and_then(|k| k.problem.clone()),
+                        waiting: None,
                         now_ms,
                         ports: ports_of(&st.name),
                         status: st,
@@ -432,19 +504,26 @@ impl Services for ServicesHandle {
             }
         }
         for (name, k) in known {
-            if let (false, Some(p)) = (out.contains_key(&name), &k.problem) {
-                out.insert(
-                    name.clone(),
-                    LocalService {
-                        status: not_running(&name, p),
-                        version: k.version.clone(),
-                        digest: k.digest.clone(),
-                        problem: Some(p.clone()),
-                        now_ms: None,
-                        ports: ports_of(&name),
-                    },
-                );
+            if out.contains_key(&name) {
+                continue;
             }
+            let status = match (&k.problem, &k.waiting) {
+                (Some(p), _) => not_running(&name, Some(p)),
+                (None, Some(_)) => not_running(&name, None),
+                (None, None) => continue,
+            };
+            out.insert(
+                name.clone(),
+                LocalService {
+                    status,
+                    version: k.version.clone(),
+                    digest: k.digest.clone(),
+                    problem: k.problem.clone(),
+                    waiting: k.waiting.clone(),
+                    now_ms: None,
+                    ports: ports_of(&name),
+                },
+            );
         }
         out.into_values().collect()
     }

@@ -8,12 +8,20 @@ use std::time::Duration;
 use nuvol_config::{overlay, Loaded, Settings};
 
 /// Put the overlay's keys in force in `loaded.config` and return what the
-/// API needs to show and change them. A bad overlay is reported on the
-/// console and ignored (nuvol.toml alone is in force).
+/// API needs to show and change them. A value this agent refuses is
+/// reported on the console and only that key is left out; an overlay that
+/// is not TOML at all is reported and ignored (nuvol.toml alone is in force).
 pub fn overlay(mut loaded: Loaded, state_dir: &Path) -> (Loaded, nuvol_api::settings::Setup) {
     let path = state_dir.join(overlay::SETTINGS_FILE);
-    let settings = match Settings::load(&path) {
-        Ok(s) => s,
+    let settings = match Settings::load_keeping(&path) {
+        Ok((s, refused)) => {
+            // A value of a newer agent (after a rollback) costs its key only.
+            for e in refused {
+                tracing::error!("settings overlay: {e}");
+                eprintln!("nuvol: SETTINGS PROBLEM: {}: {e}", path.display());
+            }
+            s
+        }
         Err(e) => {
             tracing::error!("settings overlay: {e}; ignoring it");
             eprintln!("nuvol: SETTINGS PROBLEM: {e}; using nuvol.toml alone");

@@ -313,7 +313,9 @@ impl Updater {
     /// (`stick` is `None`) or on a USB stick's volume (`Some("sda1")`).
     /// Each file once (known by its SHA-256, remembered on the data
     /// partition; the file itself is never changed, nothing is written
-    /// where it lies). The first acceptable one in name order is written
+    /// where it lies). A file longer than an artefact can be is refused
+    /// (`update_too_big`) without being read, and known by its name and
+    /// length instead. The first acceptable one in name order is written
     /// to the inactive slot, and its version returned so the caller
     /// reboots to try it. Refusals are printed and shown with the update
     /// state. `busy` when a file was put off because this boot is itself
@@ -349,24 +351,59 @@ impl Updater {
                     (n.clone(), n)
                 }
             };
-            let Ok(sha) = sha256_file(&f) else { continue };
-            if known.iter().any(|k| k.value.sha256 == sha) {
+            // The length and the hash are of the one file opened here.
+            let Ok(mut opened) = std::fs::File::open(&f) else {
                 continue;
-            }
-            let (outcome, message) = match self.apply(&f, false, services.clone()) {
-                Ok(v) => {
-                    out.applied = v["version"].as_str().map(str::to_string);
-                    (
-                        "applied".to_string(),
-                        format!("{shown}: {}", v["message"].as_str().unwrap_or("written")),
-                    )
-                }
-                // On trial now: looked at again at a later start.
-                Err(Refusal::Busy(_)) => {
-                    out.busy = true;
+            };
+            let Ok(len) = opened.metadata().map(|m| m.len()) else {
+                continue;
+            };
+            let (sha, size, outcome, message) = if len > artefact::MAX_ARTEFACT {
+                // Refused by its length alone, never read: hashing a
+                // multi-GB file at every plug-in only to refuse it costs
+                // minutes of a stick's bandwidth. Without a hash it is
+                // known by its name and length: the refusal depends on
+                // nothing else, so another file of that name and length
+                // would be refused the same way, and one of another
+                // length is looked at again.
+                if known.iter().any(|k| {
+                    k.value.sha256.is_empty() && k.value.name == name && k.value.size == Some(len)
+                }) {
                     continue;
                 }
-                Err(e) => (e.code().to_string(), format!("{shown} refused: {e}")),
+                let e = Refusal::TooBig(format!(
+                    "the file is {len} bytes; update artefacts are at most {}",
+                    artefact::MAX_ARTEFACT
+                ));
+                let message = format!("{shown} refused: {e}");
+                (String::new(), Some(len), e.code().to_string(), message)
+            } else {
+                let Ok(sha) = sha256_of(&mut opened) else {
+                    continue;
+                };
+                drop(opened);
+                if known.iter().any(|k| k.value.sha256 == sha) {
+                    continue;
+                }
+                match self.apply(&f, false, services.clone()) {
+                    Ok(v) => {
+                        out.applied = v["version"].as_str().map(str::to_string);
+                        let message =
+                            format!("{shown}: {}", v["message"].as_str().unwrap_or("written"));
+                        (sha, None, "applied".to_string(), message)
+                    }
+                    // On trial now: looked at again at a later start.
+                    Err(Refusal::Busy(_)) => {
+                        out.busy = true;
+                        continue;
+                    }
+                    Err(e) => (
+                        sha,
+                        None,
+                        e.code().to_string(),
+                        format!("{shown} refused: {e}"),
+                    ),
+                }
             };
             eprintln!("nuvol: {message}");
             known.push(Entry::new(
@@ -376,6 +413,7 @@ impl Updater {
                     sha256: sha,
                     outcome,
                     message,
+                    size,
                 },
             ));
             if known.len() > MAX_REMEMBERED {
@@ -671,10 +709,13 @@ fn no_keys() -> Refusal {
 }
 
 fn sha256_file(p: &Path) -> std::io::Result<String> {
+    sha256_of(&mut std::fs::File::open(p)?)
+}
+
+fn sha256_of(f: &mut impl Read) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(p)?;
     let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
+    std::io::copy(f, &mut h)?;
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -803,5 +844,87 @@ pub async fn watch_trial(
             Err(e) => tracing::warn!("update trial not healthy yet: {e}"),
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An updater of a box booted from slot A of a BIOS boot partition in
+    /// `d/boot`, its state in `d/data`, trusting no key.
+    fn updater(d: &Path) -> Updater {
+        let boot = d.join("boot");
+        for sub in ["A", "B", "syslinux", BOOT_DIR] {
+            std::fs::create_dir_all(boot.join(sub)).unwrap();
+        }
+        std::fs::write(boot.join(slots::SYSLINUX_CFG), b"").unwrap();
+        std::fs::write(boot.join(slots::LDLINUX_SYS), b"").unwrap();
+        std::fs::create_dir_all(d.join("data")).unwrap();
+        let cfg = nuvol_config::Config::default();
+        let mut u = Updater::new(&cfg, &boot.join("nuvol.toml"), &d.join("data"), false);
+        u.boot = BootFs::new(&boot);
+        u.running = Some('A');
+        u.under_init = true;
+        assert!(u.available().is_some());
+        u
+    }
+
+    #[test]
+    fn a_file_too_long_for_an_artefact_is_refused_unread_and_remembered() {
+        let d = tempfile::tempdir().unwrap();
+        let u = updater(d.path());
+        let dir = d.path().join("boot").join(BOOT_DIR);
+        // Sparse: no disk space, and reading it would find zeros.
+        let big = std::fs::File::create(dir.join("big.nvu")).unwrap();
+        big.set_len(artefact::MAX_ARTEFACT + 1).unwrap();
+        // At the limit it is read (and refused for another reason).
+        let edge = std::fs::File::create(dir.join("edge.nvu")).unwrap();
+        edge.set_len(artefact::MAX_ARTEFACT).unwrap();
+
+        let out = u.apply_dir(&dir, Some("sda1"), Vec::new());
+        assert!(out.applied.is_none() && !out.busy);
+        let files = u.boot_files();
+        assert_eq!(files.len(), 2, "{files:?}");
+        let f = &files[0].value;
+        assert_eq!(
+            (
+                f.name.as_str(),
+                f.outcome.as_str(),
+                f.sha256.as_str(),
+                f.size
+            ),
+            (
+                "sda1:update/big.nvu",
+                "update_too_big",
+                "",
+                Some(artefact::MAX_ARTEFACT + 1)
+            )
+        );
+        assert_eq!(
+            f.message,
+            format!(
+                "sda1:update/big.nvu refused: the file is {} bytes; update artefacts are at most {}",
+                artefact::MAX_ARTEFACT + 1,
+                artefact::MAX_ARTEFACT
+            )
+        );
+        let e = &files[1].value;
+        assert_eq!(e.name, "sda1:update/edge.nvu");
+        assert_ne!(e.outcome, "update_too_big");
+        assert_eq!((e.sha256.len(), e.size), (64, None));
+
+        // The next plug-in: known, nothing recorded again.
+        std::fs::remove_file(dir.join("edge.nvu")).unwrap();
+        u.apply_dir(&dir, Some("sda1"), Vec::new());
+        assert_eq!(u.boot_files(), files);
+
+        // Another length under that name: looked at again.
+        big.set_len(artefact::MAX_ARTEFACT + 2).unwrap();
+        u.apply_dir(&dir, Some("sda1"), Vec::new());
+        let again = u.boot_files();
+        assert_eq!(again.len(), 3, "{again:?}");
+        assert_eq!(again[2].value.size, Some(artefact::MAX_ARTEFACT + 2));
+        assert_eq!(again[2].value.outcome, "update_too_big");
     }
 }

@@ -19,7 +19,8 @@ use crate::update::{running_services, Updater, BOOT_DIR, BOOT_DIR_DELAY};
 
 /// Where a stick's volume is mounted while it is read.
 const MOUNT_POINT: &str = "/run/nuvol/stick";
-/// How often the disks are listed (a sysfs walk, no disk i/o).
+/// How often the disks are listed (a sysfs walk; a disk's GPT is read
+/// once per plug-in).
 const POLL: Duration = Duration::from_secs(5);
 
 /// Watch for sticks for the agent's whole life.
@@ -31,16 +32,28 @@ pub async fn stick_watch(u: Arc<Updater>, svc: Option<crate::services::ServicesH
     // the update, so let them start first.
     tokio::time::sleep(BOOT_DIR_DELAY).await;
     let mut seen: Vec<String> = Vec::new();
+    // Each disk's GPT is read once per plug-in, not at every look.
+    let mut gpts_kept = nuvol_disk::GptSeen::default();
     loop {
         // On trial: no update is taken before the running one is judged.
         while u.on_trial() {
             tokio::time::sleep(POLL).await;
         }
-        let vols = tokio::task::spawn_blocking(|| {
-            nuvol_disk::other_volumes(Path::new("/sys/class/block"), Path::new("/dev"))
+        let mut gpts = std::mem::take(&mut gpts_kept);
+        let look = tokio::task::spawn_blocking(move || {
+            let v = nuvol_disk::other_volumes_seen(
+                Path::new("/sys/class/block"),
+                Path::new("/dev"),
+                &mut gpts,
+            );
+            (v, gpts)
         })
-        .await
-        .unwrap_or_default();
+        .await;
+        let Ok((vols, kept)) = look else {
+            tokio::time::sleep(POLL).await;
+            continue;
+        };
+        gpts_kept = kept;
         // Unplugged: forget it, so the next plug-in is looked at.
         seen.retain(|s| vols.iter().any(|v| &v.seen_as == s));
         for v in vols {

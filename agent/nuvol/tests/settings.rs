@@ -133,6 +133,33 @@ fn settings_get_put_validate_and_persist() {
         r.json()["settings"]["discovery.role"]["value"],
         "ordinary-node"
     );
+
+    // After a rollback: a newer agent wrote a role this one does not know.
+    // It costs that key only; the zone stays in force, the console names
+    // the key, and the next save writes the role back as it was.
+    let dir = a.stop_keep();
+    let f = dir.join("state/settings.toml");
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(
+        &f,
+        text.replace("[discovery]", "[discovery]\nrole = \"relay-node\""),
+    )
+    .unwrap();
+    let a = Agent::start_in(dir, NO_GOSSIP, false);
+    let v = a.bearer("GET", "/api/v1/settings", b"").json();
+    assert_eq!(v["settings"]["discovery.zone"]["value"], "north", "{v}");
+    assert_eq!(v["settings"]["discovery.role"]["source"], "nuvol.toml");
+    let console = a.console();
+    assert!(
+        console.contains("SETTINGS PROBLEM") && console.contains("discovery.role"),
+        "{console}"
+    );
+    assert_eq!(put(&a, r#"{"discovery.zone": "south"}"#).code, 200);
+    let text = std::fs::read_to_string(a.dir.join("state/settings.toml")).unwrap();
+    assert!(
+        text.contains("role = \"relay-node\"") && text.contains("zone = \"south\""),
+        "{text}"
+    );
 }
 
 #[test]

@@ -15,7 +15,8 @@ pub use identity::{Identity, IdentityError};
 pub struct Status {
     pub hostname: String,
     pub version: String,
-    /// The CPU architecture nuvol runs on: `x86_64`, `aarch64`.
+    /// The CPU architecture nuvol runs on, as Rust names it
+    /// (`std::env::consts::ARCH`): `x86_64`, `aarch64`, `arm` (armv7).
     pub arch: String,
     pub node_id: String,
     pub boot_count: u64,

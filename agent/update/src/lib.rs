@@ -27,3 +27,27 @@ pub use artefact::{Manifest, Refusal, Verified};
 
 /// The architecture this build runs on, as artefacts name it.
 pub const ARCH: &str = std::env::consts::ARCH;
+
+/// The name the build gives an architecture in file names (`make ARCH=`,
+/// `nuvol-ARCH-VERSION.nvu`, `nuvol-ARCH.img`) for Rust's name of it (what
+/// artefacts and bundles record): arm64 for aarch64, armv7 for arm.
+pub fn file_arch(rust_arch: &str) -> &str {
+    match rust_arch {
+        "aarch64" => "arm64",
+        "arm" => "armv7",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod arch_tests {
+    use super::file_arch;
+
+    #[test]
+    fn file_names_use_the_make_arch() {
+        assert_eq!(file_arch("x86_64"), "x86_64");
+        assert_eq!(file_arch("aarch64"), "arm64");
+        assert_eq!(file_arch("arm"), "armv7");
+        assert_eq!(file_arch("riscv64"), "riscv64");
+    }
+}

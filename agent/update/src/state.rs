@@ -158,10 +158,17 @@ pub fn save(path: &Path, rec: &Record) -> std::io::Result<()> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BootFile {
     pub name: String,
+    /// Empty when the file was refused by its length alone, unread.
     pub sha256: String,
     /// `applied`, or the refusal's code.
     pub outcome: String,
     pub message: String,
+    /// The file's length, when it was refused by it alone without being
+    /// read (`update_too_big`, `sha256` empty): such a file is known by
+    /// its name and this length. Absent otherwise, and in the entries of
+    /// older agents (which skip it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 /// The format of the boot files' entries this agent writes.
@@ -307,7 +314,17 @@ mod tests {
             sha256: format!("sha-{name}"),
             outcome: "applied".into(),
             message: format!("update/{name}: written"),
+            size: None,
         }
+    }
+
+    /// An entry as the agents released before `size` read it.
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct ReleasedBootFile {
+        name: String,
+        sha256: String,
+        outcome: String,
+        message: String,
     }
 
     #[test]
@@ -348,9 +365,36 @@ mod tests {
         assert_eq!(raw[1]["signer"], "k2");
         assert_eq!(raw[2]["sha256"], "sha-c.nvu");
         // Still what the agents before formats read.
-        let released: Vec<BootFile> = serde_json::from_value(raw).unwrap();
-        assert_eq!(released[2], boot_file("c.nvu"));
+        let released: Vec<ReleasedBootFile> = serde_json::from_value(raw).unwrap();
+        assert_eq!(released[2].sha256, "sha-c.nvu");
         assert_eq!(released[1].sha256, "sha-b.nvu");
+    }
+
+    #[test]
+    fn a_file_refused_by_its_length_is_recorded_for_every_agent() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("update-files.json");
+        let big = BootFile {
+            name: "big.nvu".into(),
+            sha256: String::new(),
+            outcome: "update_too_big".into(),
+            message: "update/big.nvu refused: too big".into(),
+            size: Some(1 << 40),
+        };
+        let files = [
+            Entry::new(BOOT_FILES_FORMAT, boot_file("a.nvu")),
+            Entry::new(BOOT_FILES_FORMAT, big.clone()),
+        ];
+        save_boot_files(&p, &files).unwrap();
+        let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        // No `size` where the file was hashed.
+        assert!(raw[0].get("size").is_none(), "{raw}");
+        assert_eq!(raw[1]["size"], 1u64 << 40);
+        assert_eq!(load_boot_files(&p).unwrap()[1].value, big);
+        // The released agents read it (an empty hash matches no file).
+        let released: Vec<ReleasedBootFile> = serde_json::from_value(raw).unwrap();
+        assert_eq!(released[1].sha256, "");
+        assert_eq!(released[1].outcome, "update_too_big");
     }
 
     #[test]

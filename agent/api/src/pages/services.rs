@@ -230,7 +230,7 @@ pub(super) fn dashboard_section(list: Option<&[LocalService]>) -> String {
 fn actions(s: &LocalService, csrf: &str) -> String {
     let base = format!("/api/v1/services/{}", parse::percent_encode(&s.status.name));
     let verbs: &[&str] = match (s.condition().0, s.status.state) {
-        (Condition::Broken, _) => &[],
+        (Condition::Broken | Condition::Waiting, _) => &[],
         (_, State::Stopped | State::Exited) => &["start"],
         (_, State::Stopping) => &[],
         _ => &["stop", "restart"],
@@ -299,6 +299,7 @@ mod tests {
             version: Some("1.0".into()),
             digest: Some("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into()),
             problem: None,
+            waiting: None,
             now_ms: Some(600_000),
             ports: vec![],
         }
@@ -351,6 +352,22 @@ mod tests {
         h.split("<tr")
             .find(|r| r.contains(&format!("><td>{name}</td>")))
             .unwrap_or_else(|| panic!("no row for {name}: {h}"))
+    }
+
+    /// A cluster member waiting for its cluster is not trouble and offers
+    /// no button (the agent starts it when the cluster is decided).
+    #[test]
+    fn a_waiting_cluster_member_is_not_trouble() {
+        let mut s = svc("etcd", State::Stopped);
+        s.waiting = Some("cluster: waiting for 3 boxes with etcd".into());
+        let (c, why) = s.condition();
+        assert_eq!(
+            (c, why.as_str()),
+            (Condition::Waiting, "cluster: waiting for 3 boxes with etcd")
+        );
+        assert_eq!(c.word(), "waiting");
+        assert!(alerts(std::slice::from_ref(&s)).is_empty());
+        assert!(!actions(&s, "t").contains("/start"), "{}", actions(&s, "t"));
     }
 
     #[test]

@@ -76,9 +76,9 @@ Updates other boxes of the community offer: <code>nuvol ctl update --offers</cod
         },
         esc(&policy),
         esc(&with_csrf("/api/v1/update", csrf, "/update")),
-        std::env::consts::ARCH,
+        nuvol_update::file_arch(std::env::consts::ARCH),
         esc(&with_csrf("/api/v1/update/fetch", csrf, "/update")),
-        std::env::consts::ARCH,
+        nuvol_update::file_arch(std::env::consts::ARCH),
         button("/api/v1/system/reboot", csrf, "/update", "Reboot now")
     );
     b
