@@ -14,13 +14,13 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Agent;
 use nuvol_testkit::dom::{table_rows, text};
+use nuvol_testkit::serf::{free_gossip_port, GoSerf, SerfArgs};
 use nuvol_testkit::{debug_login_url, Chromium};
 
 #[test]
@@ -108,86 +108,6 @@ fn chromium_renders_every_page_logged_in() {
     eprintln!("screenshots: {}", out_dir.display());
 }
 
-/// A UDP+TCP port pair that is free on 127.0.0.1 (gossip uses both).
-fn free_gossip_port() -> u16 {
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let p = u.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
-
-/// A Go serf agent, killed on drop.
-struct GoSerf {
-    child: Child,
-    bind: SocketAddr,
-}
-
-impl GoSerf {
-    /// Start one and wait for its RPC. A serf that exits at once (its
-    /// port, picked free a moment earlier, was taken meanwhile by a test
-    /// running beside this one) is started again on other ports.
-    fn start(dir: &Path, name: &str, tags: &[&str], join: Option<SocketAddr>) -> GoSerf {
-        let mut last_log = String::new();
-        for attempt in 1..=3 {
-            let bind = SocketAddr::from(([127, 0, 0, 1], free_gossip_port()));
-            let rpc = format!("127.0.0.1:{}", free_gossip_port());
-            let mut cmd = Command::new("serf");
-            cmd.arg("agent")
-                .arg(format!("-node={name}"))
-                .arg(format!("-bind={bind}"))
-                .arg(format!("-rpc-addr={rpc}"));
-            for t in tags {
-                cmd.args(["-tag", t]);
-            }
-            if let Some(j) = join {
-                cmd.arg(format!("-join={j}"));
-            }
-            let log_path = dir.join(format!("{name}-{attempt}.log"));
-            let log = std::fs::File::create(&log_path).expect("log");
-            let child = cmd
-                .stdout(Stdio::from(log.try_clone().expect("log")))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .expect("serf (tests/apt-packages.txt)");
-            let mut g = GoSerf { child, bind };
-            let t0 = Instant::now();
-            loop {
-                let up = Command::new("serf")
-                    .args(["members", &format!("-rpc-addr={rpc}")])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if up {
-                    return g;
-                }
-                if g.child.try_wait().ok().flatten().is_some() {
-                    break; // exited: try other ports
-                }
-                assert!(
-                    t0.elapsed() < Duration::from_secs(20),
-                    "serf {name} did not start: {}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            eprintln!("serf {name} exited at start (attempt {attempt}): {last_log}");
-        }
-        panic!("serf {name} did not start in 3 attempts: {last_log}");
-    }
-}
-
-impl Drop for GoSerf {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The `<tr>` of the table in the element with `id` whose cells include
 /// one that is exactly `first`; the row's cell texts, HTML unescaped enough
 /// for names and links.
@@ -210,17 +130,23 @@ fn chromium_renders_live_peers_and_services() {
     let dir = common::Agent::fresh_dir("chromium-live");
     let go_a_name = format!("go-a-{pid}");
     let go_b_name = format!("go-b-{pid}");
+    let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect();
     let go_a = GoSerf::start(
         &dir,
         &go_a_name,
-        &["role=super-node", "zone=north", "svc:web=_http._tcp:8080"],
-        None,
+        &SerfArgs {
+            tags: tags(&["role=super-node", "zone=north", "svc:web=_http._tcp:8080"]),
+            ..SerfArgs::default()
+        },
     );
     let mut go_b = GoSerf::start(
         &dir,
         &go_b_name,
-        &["role=ordinary-node", "zone=south"],
-        Some(go_a.bind),
+        &SerfArgs {
+            tags: tags(&["role=ordinary-node", "zone=south"]),
+            join: Some(go_a.bind),
+            ..SerfArgs::default()
+        },
     );
     let config = format!(
         "[debug]\ntest_hooks = true\n\n[discovery]\nbind = \"127.0.0.1\"\nport = {gossip}\n\
@@ -300,8 +226,7 @@ fn chromium_renders_live_peers_and_services() {
     assert_eq!(size.expect("screenshot"), (1280, 900));
 
     // Kill go-b: the page shows it failed.
-    let _ = go_b.child.kill();
-    let _ = go_b.child.wait();
+    go_b.kill();
     let killed = Instant::now();
     let row = loop {
         let dom = browser.dump_dom(&login).expect("chromium");

@@ -16,23 +16,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{keygen, signed_bundle as bundle, Agent};
+use nuvol_testkit::serf::{free_gossip_port as free_port, GoSerf, SerfArgs};
 use serde_json::Value;
 use sha2::Digest;
-
-fn free_port() -> u16 {
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let p = u.local_addr().expect("addr").port();
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
 
 fn sha256_hex(b: &[u8]) -> String {
     sha2::Sha256::digest(b)
@@ -158,29 +149,14 @@ fn os_liar(kind: &'static str) -> u16 {
 
 /// A Go `serf agent` named `name` announcing a share on `port` (the
 /// service tag a nuvol box would send) and joining gossip at `join`.
-fn serf_sharing(name: &str, port: u16, join: u16, dir: &std::path::Path) -> Serf {
-    Serf(
-        Command::new("serf")
-            .arg("agent")
-            .arg(format!("-node={name}"))
-            .arg(format!("-bind=127.0.0.1:{}", free_port()))
-            .arg(format!("-rpc-addr=127.0.0.1:{}", free_port()))
-            .arg("-tag")
-            .arg(format!("svc:nuvol.bundles=_nuvol-bundles._tcp:{port}"))
-            .arg(format!("-join=127.0.0.1:{join}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("serf-{name}.log"))).unwrap())
-            .spawn()
-            .expect("serf is installed (tests/apt-packages.txt)"),
-    )
-}
-
-struct Serf(std::process::Child);
-impl Drop for Serf {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A Go serf agent that joins `join` and announces a bundle share on `port`.
+fn serf_sharing(name: &str, port: u16, join: u16, dir: &std::path::Path) -> GoSerf {
+    let args = SerfArgs {
+        tags: vec![format!("svc:nuvol.bundles=_nuvol-bundles._tcp:{port}")],
+        join: Some(SocketAddr::from(([127, 0, 0, 1], join))),
+        extra: vec![],
+    };
+    GoSerf::start(dir, name, &args)
 }
 
 #[test]
@@ -478,7 +454,7 @@ fn community_bundles_offer_fetch_review_install() {
     // Peers that lie about the OS update they offer: each is listed with
     // its error, within the description's budget (4 KiB, 3 s to connect
     // and answer, 6 s in all), none as an offer.
-    let liars: Vec<Serf> = ["big", "drip", "bad"]
+    let liars: Vec<GoSerf> = ["big", "drip", "bad"]
         .into_iter()
         .map(|k| serf_sharing(&format!("os-{k}"), os_liar(k), gb, &serf_dir))
         .collect();

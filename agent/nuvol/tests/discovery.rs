@@ -23,22 +23,14 @@
 //! published.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let p = u.local_addr().expect("addr").port();
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
+use nuvol_testkit::serf::{free_gossip_port as free_port, GoSerf, SerfArgs};
 
 /// A temporary directory removed on drop.
 struct TmpDir(PathBuf);
@@ -48,91 +40,44 @@ impl Drop for TmpDir {
     }
 }
 
-/// A Go serf agent, killed on drop.
-struct GoSerf {
-    child: Child,
-    rpc: String,
-    bind: SocketAddr,
+/// A Go serf agent tagged `lang=go` that appends the user events it sees
+/// to `events.log` in its directory.
+struct GoPeer {
+    serf: GoSerf,
     dir: PathBuf,
 }
 
-impl Drop for GoSerf {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for GoPeer {
+    type Target = GoSerf;
+    fn deref(&self) -> &GoSerf {
+        &self.serf
     }
 }
 
-impl GoSerf {
-    fn start(dir: &Path, name: &str, key: Option<&str>, join: Option<SocketAddr>) -> GoSerf {
+impl GoPeer {
+    fn start(dir: &Path, name: &str, key: Option<&str>, join: Option<SocketAddr>) -> GoPeer {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).expect("dir");
-        let bind = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let rpc = format!("127.0.0.1:{}", free_port());
-        let events = dir.join("events.log");
-        let mut cmd = Command::new("serf");
-        cmd.arg("agent")
-            .arg(format!("-node={name}"))
-            .arg(format!("-bind={bind}"))
-            .arg(format!("-rpc-addr={rpc}"))
-            .arg("-tag")
-            .arg("lang=go")
-            .arg(format!(
-                "-event-handler=user=sh -c 'echo \"$SERF_USER_EVENT $(cat)\" >> {}'",
-                events.display()
-            ));
+        let mut extra = vec![format!(
+            "-event-handler=user=sh -c 'echo \"$SERF_USER_EVENT $(cat)\" >> {}'",
+            dir.join("events.log").display()
+        )];
         if let Some(k) = key {
-            cmd.arg(format!("-encrypt={k}"));
+            extra.push(format!("-encrypt={k}"));
         }
-        if let Some(j) = join {
-            cmd.arg(format!("-join={j}"));
-        }
-        let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-        let child = cmd
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("serf is installed (tests/apt-packages.txt)");
-        let g = GoSerf {
-            child,
-            rpc,
-            bind,
-            dir,
+        let args = SerfArgs {
+            tags: vec!["lang=go".into()],
+            join,
+            extra,
         };
-        let t0 = Instant::now();
-        while g.members().is_none() && t0.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(100));
+        GoPeer {
+            serf: GoSerf::start(&dir, name, &args),
+            dir,
         }
-        g
-    }
-
-    fn members(&self) -> Option<serde_json::Value> {
-        let out = Command::new("serf")
-            .args([
-                "members",
-                "-format=json",
-                &format!("-rpc-addr={}", self.rpc),
-            ])
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn member(&self, node: &str) -> Option<serde_json::Value> {
-        self.members()?["members"]
-            .as_array()?
-            .iter()
-            .find(|m| m["name"] == node)
-            .cloned()
     }
 
     fn status_of(&self, node: &str) -> String {
-        self.member(node)
-            .and_then(|m| m["status"].as_str().map(str::to_string))
-            .unwrap_or_default()
+        self.serf.status_of(node).unwrap_or_default()
     }
 
     fn events_log(&self) -> String {
@@ -397,8 +342,8 @@ fn scenario(tag: &str, key: Option<&str>) {
     std::fs::create_dir_all(&tmp.0).expect("tmp");
     let (bundle, pubkey) = make_bundle(&tmp.0);
 
-    let go_a = GoSerf::start(&tmp.0, &format!("go-a-{pid}"), key, None);
-    let go_b = GoSerf::start(&tmp.0, &format!("go-b-{pid}"), key, Some(go_a.bind));
+    let go_a = GoPeer::start(&tmp.0, &format!("go-a-{pid}"), key, None);
+    let go_b = GoPeer::start(&tmp.0, &format!("go-b-{pid}"), key, Some(go_a.bind));
     let extra = |join: SocketAddr| {
         let mut s = format!("join = [\"{join}\"]\n");
         if let Some(k) = key {
@@ -731,12 +676,7 @@ fn cloudy_services_tag_both_ways() {
         .stderr(Stdio::from(log))
         .spawn()
         .expect("serf is installed (tests/apt-packages.txt)");
-    let go = GoSerf {
-        child,
-        rpc: rpc.clone(),
-        bind,
-        dir,
-    };
+    let go = GoSerf::adopt(child, rpc.clone(), bind, dir.join("agent.log"));
     assert!(wait_for("Cloudy serf up", Duration::from_secs(10), || go
         .members()
         .is_some()));

@@ -9,12 +9,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{free_port, Agent};
 use nuvol_testkit::debug_login_url;
 use nuvol_testkit::devtools::{wait_until, Browser};
+use nuvol_testkit::serf::{GoSerf, SerfArgs};
 use serde_json::json;
 
 fn text(b: &mut Browser, id: &str) -> String {
@@ -29,24 +29,13 @@ fn wait_for(what: &str, limit: Duration, f: impl FnMut() -> bool) {
     assert!(wait_until(limit, f), "timed out after {limit:?}: {what}");
 }
 
-fn go_serf(dir: &Path, name: &str, join: SocketAddr) -> Child {
-    let bind = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    Command::new("serf")
-        .args([
-            "agent",
-            &format!("-node={name}"),
-            &format!("-bind={bind}"),
-            &format!("-rpc-addr=127.0.0.1:{}", free_port()),
-            &format!("-join={join}"),
-            "-tag",
-            "role=super-node",
-            "-tag",
-            "zone=north",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).expect("log"))
-        .spawn()
-        .expect("serf (tests/apt-packages.txt)")
+fn go_serf(dir: &Path, name: &str, join: SocketAddr) -> GoSerf {
+    let args = SerfArgs {
+        tags: vec!["role=super-node".into(), "zone=north".into()],
+        join: Some(join),
+        extra: vec![],
+    };
+    GoSerf::start(dir, name, &args)
 }
 
 #[test]
@@ -89,8 +78,7 @@ fn chromium_community_page_follows_membership_events_live() {
     );
     assert!(text(&mut b, "events").contains("go-live"));
 
-    let _ = serf.kill();
-    let _ = serf.wait();
+    serf.kill();
     let t0 = Instant::now();
     wait_for(
         "go-live failed on the open page",

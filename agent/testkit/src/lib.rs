@@ -9,10 +9,13 @@
 //!   DevTools pipe, to watch a page change or measure it in JavaScript;
 //! - [`png_size`]: a screenshot's width and height;
 //! - [`debug_login_url`]: the panel's `[debug] test_hooks` login route;
-//! - [`dom`]: a table's rows and a cell's text out of a DOM dump.
+//! - [`dom`]: a table's rows and a cell's text out of a DOM dump;
+//! - [`serf::GoSerf`]: a real Go `serf agent` as a gossip peer, started
+//!   again on other ports when the ones picked were taken meanwhile.
 
 pub mod devtools;
 pub mod dom;
+pub mod serf;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
