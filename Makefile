@@ -181,7 +181,8 @@ test-unit: deps-test
 
 # The suite boots copies only: the release images must come out unchanged.
 # The arm64 and armv7 images and recipes are built too (tests/tests/arm64.rs,
-# armv7.rs).
+# armv7.rs). Boxes boot in parallel lanes, one per core (tests/e2e-lanes.sh;
+# E2E="update rescue" runs only those, NUVOL_E2E_LANES=1 one at a time).
 test-e2e: deps-test image bundles
 	$(MAKE) --no-print-directory image bundles ARCH=arm64
 	$(MAKE) --no-print-directory image bundles ARCH=armv7
@@ -189,7 +190,7 @@ test-e2e: deps-test image bundles
 	NUVOL_IMAGE=$(CURDIR)/$(IMAGE) NUVOL_BIN=$(NUVOL_BIN) NUVOL_BUNDLES=$(CURDIR)/out/bundles \
 		NUVOL_IMAGE_ARM64=$(CURDIR)/out/nuvol-arm64.img NUVOL_BUNDLES_ARM64=$(CURDIR)/out/bundles-arm64 \
 		NUVOL_IMAGE_ARMV7=$(CURDIR)/out/nuvol-armv7.img NUVOL_BUNDLES_ARMV7=$(CURDIR)/out/bundles-armv7 \
-		cargo test -p nuvol-e2e --locked -- --test-threads=1
+		tests/e2e-lanes.sh $(E2E)
 	@sha256sum --quiet -c out/image.sha256 || { echo "FAIL: the boots of the suite changed a release image" >&2; exit 1; }
 	@echo "release images unchanged after the suite's boots: $$(cut -c1-16 out/image.sha256 | tr "\n" " ")"
 
