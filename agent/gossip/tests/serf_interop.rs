@@ -1,131 +1,52 @@
 //! Interop with the real HashiCorp Serf (Debian package `serf`, a Go
 //! binary): two Go agents and two nuvol nodes on 127.0.0.1 ports.
 
+mod common;
+
+use common::GoSerf;
 use nuvol_gossip::{Config, Event, Handle, Profile, Status};
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A Go serf agent, killed on drop.
-struct GoSerf {
-    child: Child,
-    rpc: String,
-    bind: SocketAddr,
-    dir: PathBuf,
+/// A Go serf agent tagged `tags`, appending the user events it sees to
+/// `events.log` in its directory.
+fn go_serf(
+    name: &str,
+    tags: &[(&str, &str)],
+    key: Option<&str>,
+    join: Option<SocketAddr>,
+) -> GoSerf {
+    let events = GoSerf::dir_for(name).join("events.log");
+    let mut extra = vec![format!(
+        "-event-handler=user=sh -c 'echo \"$SERF_USER_EVENT $(cat)\" >> {}'",
+        events.display()
+    )];
+    for (k, v) in tags {
+        extra.push("-tag".into());
+        extra.push(format!("{k}={v}"));
+    }
+    if let Some(k) = key {
+        extra.push(format!("-encrypt={k}"));
+    }
+    if let Some(j) = join {
+        extra.push(format!("-join={j}"));
+    }
+    GoSerf::start(name, &extra)
 }
 
-impl Drop for GoSerf {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn events_log(g: &GoSerf) -> String {
+    std::fs::read_to_string(g.dir().join("events.log")).unwrap_or_default()
 }
 
-fn free_port() -> u16 {
-    // a port free for both UDP and TCP
-    loop {
-        let u = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let p = u.local_addr().expect("addr").port();
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
-
-impl GoSerf {
-    fn start(
-        name: &str,
-        tags: &[(&str, &str)],
-        key: Option<&str>,
-        join: Option<SocketAddr>,
-    ) -> GoSerf {
-        let port = free_port();
-        let rpc_port = free_port();
-        let dir = std::env::temp_dir().join(format!("nuvol-serf-{}-{}", std::process::id(), name));
-        std::fs::create_dir_all(&dir).expect("tmp dir");
-        let events = dir.join("events.log");
-        let bind = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut cmd = Command::new("serf");
-        cmd.arg("agent")
-            .arg(format!("-node={name}"))
-            .arg(format!("-bind={bind}"))
-            .arg(format!("-rpc-addr=127.0.0.1:{rpc_port}"))
-            .arg("-log-level=debug")
-            .arg(format!(
-                "-event-handler=user=sh -c 'echo \"$SERF_USER_EVENT $(cat)\" >> {}'",
-                events.display()
-            ));
-        for (k, v) in tags {
-            cmd.arg("-tag").arg(format!("{k}={v}"));
-        }
-        if let Some(k) = key {
-            cmd.arg(format!("-encrypt={k}"));
-        }
-        if let Some(j) = join {
-            cmd.arg(format!("-join={j}"));
-        }
-        let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-        let child = cmd
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("serf is installed (tests/apt-packages.txt)");
-        let g = GoSerf {
-            child,
-            rpc: format!("127.0.0.1:{rpc_port}"),
-            bind,
-            dir,
-        };
-        // wait for RPC
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(10) {
-            if g.members().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        g
-    }
-
-    fn members(&self) -> Option<serde_json::Value> {
-        let out = Command::new("serf")
-            .args([
-                "members",
-                "-format=json",
-                &format!("-rpc-addr={}", self.rpc),
-            ])
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn status_of(&self, node: &str) -> Option<(String, serde_json::Value)> {
-        let m = self.members()?;
-        m["members"]
-            .as_array()?
-            .iter()
-            .find(|x| x["name"] == node)
-            .map(|x| {
-                (
-                    x["status"].as_str().unwrap_or("").to_string(),
-                    x["tags"].clone(),
-                )
-            })
-    }
-
-    fn events_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("events.log")).unwrap_or_default()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-    }
+/// `node`'s status and tags as Go sees them.
+fn status_of(g: &GoSerf, node: &str) -> Option<(String, serde_json::Value)> {
+    let m = g.member(node)?;
+    Some((
+        m["status"].as_str().unwrap_or("").to_string(),
+        m["tags"].clone(),
+    ))
 }
 
 /// Polls `f`; `None` (after printing what timed out) if it never held.
@@ -175,13 +96,13 @@ async fn scenario(key: Option<Vec<u8>>) {
     let pid = std::process::id();
     let kb64 = key.as_ref().map(|k| b64(k));
     let sfx = if key.is_some() { "enc" } else { "clr" };
-    let go1 = GoSerf::start(
+    let go1 = go_serf(
         &format!("go1-{sfx}-{pid}"),
         &[("role", "gorole")],
         kb64.as_deref(),
         None,
     );
-    let go2 = GoSerf::start(
+    let go2 = go_serf(
         &format!("go2-{sfx}-{pid}"),
         &[("role", "gorole2")],
         kb64.as_deref(),
@@ -195,8 +116,8 @@ async fn scenario(key: Option<Vec<u8>>) {
 
     // Go lists both nuvol nodes alive with their tags
     wait_for("go1 to see nuvol nodes alive", Duration::from_secs(20), || {
-        matches!(go1.status_of(&n1name), Some((s, t)) if s == "alive" && t["role"] == "web")
-            && matches!(go1.status_of(&n2name), Some((s, t)) if s == "alive" && t["role"] == "db")
+        matches!(status_of(&go1, &n1name), Some((s, t)) if s == "alive" && t["role"] == "web")
+            && matches!(status_of(&go1, &n2name), Some((s, t)) if s == "alive" && t["role"] == "db")
     })
     .await
     .unwrap_or_else(|| panic!("go1 log:\n{}\nmembers {:?}", go1.log(), go1.members()));
@@ -245,7 +166,7 @@ async fn scenario(key: Option<Vec<u8>>) {
     n2.user_event("hello", b"from-nuvol", false)
         .expect("user event");
     wait_for("go1 event handler to run", Duration::from_secs(10), || {
-        go1.events_log().contains("hello from-nuvol")
+        events_log(&go1).contains("hello from-nuvol")
     })
     .await
     .unwrap_or_else(|| panic!("go1 log:\n{}", go1.log()));
@@ -306,7 +227,7 @@ async fn scenario(key: Option<Vec<u8>>) {
     wait_for(
         "go1 to see nuvol2 left",
         Duration::from_secs(15),
-        || matches!(go1.status_of(&n2name), Some((s, _)) if s == "left"),
+        || matches!(status_of(&go1, &n2name), Some((s, _)) if s == "left"),
     )
     .await
     .unwrap_or_else(|| panic!("go1 log:\n{}", go1.log()));
@@ -321,7 +242,7 @@ async fn scenario(key: Option<Vec<u8>>) {
             n1.members()
                 .iter()
                 .any(|x| x.name == go2name && x.status == Status::Failed)
-                && matches!(go1.status_of(&go2name), Some((s, _)) if s == "failed")
+                && matches!(status_of(&go1, &go2name), Some((s, _)) if s == "failed")
         },
     )
     .await
@@ -335,7 +256,7 @@ async fn scenario(key: Option<Vec<u8>>) {
     wait_for(
         "go1 to see nuvol3",
         Duration::from_secs(15),
-        || matches!(go1.status_of(&n3name), Some((s, _)) if s == "alive"),
+        || matches!(status_of(&go1, &n3name), Some((s, _)) if s == "alive"),
     )
     .await
     .unwrap_or_else(|| panic!("go1 log:\n{}", go1.log()));
@@ -344,7 +265,7 @@ async fn scenario(key: Option<Vec<u8>>) {
     wait_for(
         "go1 to see nuvol3 failed",
         Duration::from_secs(30),
-        || matches!(go1.status_of(&n3name), Some((s, _)) if s == "failed"),
+        || matches!(status_of(&go1, &n3name), Some((s, _)) if s == "failed"),
     )
     .await
     .unwrap_or_else(|| panic!("go1 log:\n{}", go1.log()));

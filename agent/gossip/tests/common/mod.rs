@@ -229,98 +229,60 @@ pub fn attack(args: &[&str]) -> BTreeMap<String, String> {
     Node::pairs(&line)
 }
 
-/// A Go serf agent, killed on drop.
+/// A Go serf agent (the testkit's, started again on other ports when the
+/// ones it picked were taken) at `-log-level=debug`, with a directory of
+/// its own for logs and event files, removed on drop.
 pub struct GoSerf {
-    child: Child,
-    /// RPC address for the `serf` CLI
-    pub rpc: String,
-    /// gossip address
-    pub bind: SocketAddr,
+    serf: nuvol_testkit::serf::GoSerf,
     dir: PathBuf,
+}
+
+impl std::ops::Deref for GoSerf {
+    type Target = nuvol_testkit::serf::GoSerf;
+    fn deref(&self) -> &Self::Target {
+        &self.serf
+    }
 }
 
 impl Drop for GoSerf {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.serf.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 impl GoSerf {
-    /// `serf agent -node=NAME` on a free 127.0.0.1 port, with extra flags.
-    pub fn start(name: &str, extra: &[String]) -> GoSerf {
-        let port = free_port();
-        let rpc_port = free_port();
-        let dir = std::env::temp_dir().join(format!("nuvol-serf-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("tmp dir");
-        let bind = SocketAddr::from(([127, 0, 0, 1], port));
-        let log = std::fs::File::create(dir.join("agent.log")).expect("log");
-        let child = Command::new("serf")
-            .arg("agent")
-            .arg(format!("-node={name}"))
-            .arg(format!("-bind={bind}"))
-            .arg(format!("-rpc-addr=127.0.0.1:{rpc_port}"))
-            .arg("-log-level=debug")
-            .args(extra)
-            .stdout(Stdio::from(log.try_clone().expect("log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("serf is installed (tests/apt-packages.txt)");
-        let g = GoSerf {
-            child,
-            rpc: format!("127.0.0.1:{rpc_port}"),
-            bind,
-            dir,
-        };
-        wait_for(Duration::from_secs(10), || g.members().is_some());
-        g
+    /// The directory `start(name, ..)` uses, known before it starts (for
+    /// an event handler's file).
+    pub fn dir_for(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("nuvol-serf-{}-{name}", std::process::id()))
     }
 
-    /// The agent's data directory (logs, keyring file).
+    /// `serf agent -node=NAME` on free 127.0.0.1 ports, with extra flags;
+    /// `-join=ADDR` among them is waited for.
+    pub fn start(name: &str, extra: &[String]) -> GoSerf {
+        let dir = Self::dir_for(name);
+        let mut args = nuvol_testkit::serf::SerfArgs {
+            extra: vec!["-log-level=debug".into()],
+            ..Default::default()
+        };
+        for e in extra {
+            match e.strip_prefix("-join=").map(str::parse::<SocketAddr>) {
+                Some(Ok(a)) => args.join = Some(a),
+                _ => args.extra.push(e.clone()),
+            }
+        }
+        let serf = nuvol_testkit::serf::GoSerf::start(&dir, name, &args);
+        GoSerf { serf, dir }
+    }
+
+    /// The agent's directory (logs, event files).
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
     }
 
-    /// Run the `serf` CLI against this agent: (success, stdout + stderr).
-    pub fn cli(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("serf")
-            .args(&args[..1])
-            .arg(format!("-rpc-addr={}", self.rpc))
-            .args(&args[1..])
-            .output()
-            .expect("serf cli");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    }
-
-    /// `serf members -format=json`.
-    pub fn members(&self) -> Option<serde_json::Value> {
-        let (ok, out) = self.cli(&["members", "-format=json"]);
-        if !ok {
-            return None;
-        }
-        serde_json::from_str(&out).ok()
-    }
-
-    /// Status of `node` as Go sees it.
-    pub fn status_of(&self, node: &str) -> Option<String> {
-        let m = self.members()?;
-        m["members"]
-            .as_array()?
-            .iter()
-            .find(|x| x["name"] == node)
-            .and_then(|x| x["status"].as_str().map(str::to_string))
-    }
-
-    /// The agent's log.
+    /// What serf logged.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+        self.serf.log_text()
     }
 }
