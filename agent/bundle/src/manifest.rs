@@ -97,6 +97,12 @@ pub struct Port {
     pub port: u16,
     #[serde(default)]
     pub protocol: Protocol,
+    /// Published only on the box's overlay address and only to packets
+    /// that come through the overlay (WireGuard, from admitted boxes):
+    /// for what only the community's boxes may reach. Not published at all
+    /// while the overlay is off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overlay_only: bool,
 }
 
 /// Transport protocol.
@@ -235,6 +241,13 @@ pub enum JoinKind {
     /// client port, then start with the member list it answers.
     #[serde(rename = "etcd-v3")]
     EtcdV3,
+    /// Follow a running member: `{members}` is that member alone (written
+    /// as `member`, from its node name and overlay address) and `{state}`
+    /// is `existing`; nothing is asked of it. For services whose members
+    /// learn the rest from the one they follow (a Tahoe-LAFS storage node
+    /// gets the grid's introducer fURL from a box already in the grid).
+    #[serde(rename = "follow")]
+    Follow,
 }
 
 /// A service that knows its peers by an id of its own (Syncthing's device
@@ -861,6 +874,39 @@ env = { ETCD_NAME = "{node}", ETCD_INITIAL_CLUSTER = "{members}", ETCD_INITIAL_C
         assert_eq!(env["ETCD_INITIAL_CLUSTER_STATE"], "existing");
         let again = Manifest::parse(m.to_toml().unwrap().as_bytes()).unwrap();
         assert_eq!(again, m);
+    }
+
+    #[test]
+    fn a_follower_cluster_and_overlay_ports_read_and_write_back() {
+        let t = format!(
+            "{EXAMPLE}{}",
+            r#"
+[[ports]]
+name = "grid"
+port = 3459
+overlay_only = true
+
+[cluster]
+size = 1
+member = "{node}={addr}"
+join = "follow"
+join_service = "_tahoe-grid._tcp"
+"#
+        );
+        let m = Manifest::parse(t.as_bytes()).unwrap();
+        assert_eq!(m.cluster.as_ref().unwrap().join, Some(JoinKind::Follow));
+        let grid = m.ports.iter().find(|p| p.name == "grid").unwrap();
+        assert!(grid.overlay_only);
+        assert!(m
+            .ports
+            .iter()
+            .filter(|p| p.name != "grid")
+            .all(|p| !p.overlay_only));
+        let back = m.to_toml().unwrap();
+        assert_eq!(back.matches("overlay_only").count(), 1, "{back}");
+        assert_eq!(Manifest::parse(back.as_bytes()).unwrap(), m);
+        let bad = t.replace("\"follow\"", "\"gossip\"");
+        assert!(Manifest::parse(bad.as_bytes()).is_err());
     }
 
     #[test]

@@ -58,6 +58,7 @@ fn main() {
                     proto: if k % 2 == 0 { Proto::Tcp } else { Proto::Udp },
                     host_port: 10_000 + i * 10 + k,
                     container_port: 80 + k,
+                    only_via: None,
                 })
                 .collect();
             let t0 = Instant::now();

@@ -154,7 +154,7 @@ impl Containers {
                     out.push(Forward {
                         container: name.clone(),
                         address: c.address.addr(),
-                        port: *p,
+                        port: p.clone(),
                     });
                 }
             }

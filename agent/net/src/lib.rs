@@ -127,11 +127,16 @@ impl std::fmt::Display for Proto {
 
 /// A port of the host forwarded to a container (DNAT on every address of
 /// the host except the container bridge).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct PublishedPort {
     pub proto: Proto,
     pub host_port: u16,
     pub container_port: u16,
+    /// Only on the addresses of this link, and only for packets that come in
+    /// through it (and from the host itself): a port for the overlay's
+    /// members, never on the LAN. `None`: every host address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only_via: Option<String>,
 }
 
 /// A container's network namespace: the PID of a process in it, or an
@@ -471,13 +476,14 @@ impl Manager {
         let host_addrs = st
             .addrs
             .iter()
-            .filter(|a| {
-                st.link(a.index)
-                    .is_some_and(|l| !l.loopback && l.name != BRIDGE)
-            })
-            .filter_map(|a| match a.net.addr() {
-                std::net::IpAddr::V4(v) if !v.is_loopback() => Some(v),
-                _ => None,
+            .filter_map(|a| {
+                let l = st
+                    .link(a.index)
+                    .filter(|l| !l.loopback && l.name != BRIDGE)?;
+                match a.net.addr() {
+                    std::net::IpAddr::V4(v) if !v.is_loopback() => Some((v, l.name.clone())),
+                    _ => None,
+                }
             })
             .collect();
         Some(nat::NatSpec {

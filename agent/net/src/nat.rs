@@ -3,7 +3,7 @@
 //! host's own addresses, and a forward filter so that only published ports
 //! and replies reach the containers from outside.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -29,9 +29,9 @@ pub(crate) struct Forward {
 pub(crate) struct NatSpec {
     pub subnet: Ipv4Net,
     pub bridge: String,
-    /// IPv4 addresses of the host itself (not the bridge, not loopback):
-    /// published ports answer on these.
-    pub host_addrs: BTreeSet<Ipv4Addr>,
+    /// IPv4 addresses of the host itself (not the bridge, not loopback)
+    /// with the link each is on: published ports answer on these.
+    pub host_addrs: BTreeMap<Ipv4Addr, String>,
     pub forwards: Vec<Forward>,
 }
 
@@ -178,56 +178,71 @@ pub(crate) fn ruleset(spec: &NatSpec) -> Ruleset {
     });
 
     // Published ports, on every host address, for packets arriving from
-    // outside (prerouting) and from the host itself (output).
+    // outside (prerouting) and from the host itself (output). A port
+    // published only via one link: on that link's addresses, and from
+    // outside only through that link or from the containers (hairpin).
     for chain in [PREROUTING, OUTPUT] {
         for f in &spec.forwards {
-            for host in &spec.host_addrs {
-                let mut e = ip_in(16, &Ipv4Net::from(*host));
-                e.push(Expr::Meta {
-                    key: nft::META_L4PROTO,
-                    dreg: nft::REG_1,
-                });
-                e.push(Expr::Cmp {
-                    sreg: nft::REG_1,
-                    op: nft::CMP_EQ,
-                    data: vec![proto_num(f.port.proto)],
-                });
-                e.push(Expr::Payload {
-                    base: nft::BASE_TRANSPORT,
-                    offset: 2,
-                    len: 2,
-                    dreg: nft::REG_1,
-                });
-                e.push(Expr::Cmp {
-                    sreg: nft::REG_1,
-                    op: nft::CMP_EQ,
-                    data: f.port.host_port.to_be_bytes().to_vec(),
-                });
-                e.push(Expr::Immediate {
-                    dreg: nft::REG_1,
-                    data: f.address.octets().to_vec(),
-                });
-                e.push(Expr::Immediate {
-                    dreg: nft::REG_2,
-                    data: f.port.container_port.to_be_bytes().to_vec(),
-                });
-                e.push(Expr::Dnat {
-                    addr_reg: nft::REG_1,
-                    port_reg: nft::REG_2,
-                });
-                rules.push(Rule {
-                    chain,
-                    exprs: e,
-                    comment: format!(
-                        "dnat {} {}:{} to {}:{} ({})",
-                        proto_name(f.port.proto),
-                        host,
-                        f.port.host_port,
-                        f.address,
-                        f.port.container_port,
-                        f.container
-                    ),
-                });
+            for (host, link) in &spec.host_addrs {
+                let ways_in: Vec<Option<&str>> = match &f.port.only_via {
+                    None => vec![None],
+                    Some(via) if via != link => continue,
+                    Some(_) if chain == OUTPUT => vec![None],
+                    Some(via) => vec![Some(via.as_str()), Some(spec.bridge.as_str())],
+                };
+                for way_in in ways_in {
+                    let mut e = Vec::new();
+                    if let Some(i) = way_in {
+                        e.extend(iifname(nft::CMP_EQ, i));
+                    }
+                    e.extend(ip_in(16, &Ipv4Net::from(*host)));
+                    e.push(Expr::Meta {
+                        key: nft::META_L4PROTO,
+                        dreg: nft::REG_1,
+                    });
+                    e.push(Expr::Cmp {
+                        sreg: nft::REG_1,
+                        op: nft::CMP_EQ,
+                        data: vec![proto_num(f.port.proto)],
+                    });
+                    e.push(Expr::Payload {
+                        base: nft::BASE_TRANSPORT,
+                        offset: 2,
+                        len: 2,
+                        dreg: nft::REG_1,
+                    });
+                    e.push(Expr::Cmp {
+                        sreg: nft::REG_1,
+                        op: nft::CMP_EQ,
+                        data: f.port.host_port.to_be_bytes().to_vec(),
+                    });
+                    e.push(Expr::Immediate {
+                        dreg: nft::REG_1,
+                        data: f.address.octets().to_vec(),
+                    });
+                    e.push(Expr::Immediate {
+                        dreg: nft::REG_2,
+                        data: f.port.container_port.to_be_bytes().to_vec(),
+                    });
+                    e.push(Expr::Dnat {
+                        addr_reg: nft::REG_1,
+                        port_reg: nft::REG_2,
+                    });
+                    rules.push(Rule {
+                        chain,
+                        exprs: e,
+                        comment: format!(
+                            "dnat {} {}:{}{} to {}:{} ({})",
+                            proto_name(f.port.proto),
+                            host,
+                            f.port.host_port,
+                            way_in.map(|i| format!(" in via {i}")).unwrap_or_default(),
+                            f.address,
+                            f.port.container_port,
+                            f.container
+                        ),
+                    });
+                }
             }
         }
     }
@@ -275,8 +290,8 @@ mod tests {
             subnet: "10.88.0.0/24".parse().unwrap(),
             bridge: "nuvol0".into(),
             host_addrs: [
-                "192.0.2.1".parse().unwrap(),
-                "198.51.100.1".parse().unwrap(),
+                ("192.0.2.1".parse().unwrap(), "eth0".to_string()),
+                ("198.51.100.1".parse().unwrap(), "eth1".to_string()),
             ]
             .into_iter()
             .collect(),
@@ -287,6 +302,7 @@ mod tests {
                     proto: Proto::Tcp,
                     host_port: 8080,
                     container_port: 80,
+                    only_via: None,
                 },
             }],
         };
@@ -307,5 +323,66 @@ mod tests {
         let mut none = spec;
         none.host_addrs.clear();
         assert_eq!(ruleset(&none).rules.len(), 4);
+    }
+
+    #[test]
+    fn a_port_only_via_a_link_is_on_its_address_and_checks_the_way_in() {
+        let mut spec = NatSpec {
+            subnet: "10.88.0.0/24".parse().unwrap(),
+            bridge: "nuvol0".into(),
+            host_addrs: [
+                ("192.0.2.1".parse().unwrap(), "eth0".to_string()),
+                ("100.64.1.2".parse().unwrap(), "nv0".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            forwards: vec![Forward {
+                container: "tahoe".into(),
+                address: "10.88.0.2".parse().unwrap(),
+                port: PublishedPort {
+                    proto: Proto::Tcp,
+                    host_port: 3459,
+                    container_port: 3459,
+                    only_via: Some("nv0".into()),
+                },
+            }],
+        };
+        let rs = ruleset(&spec);
+        let dnats: Vec<&Rule> = rs
+            .rules
+            .iter()
+            .filter(|r| r.exprs.iter().any(|e| matches!(e, Expr::Dnat { .. })))
+            .collect();
+        // On the overlay address only, none on the LAN's: in through the
+        // link or from the containers (prerouting), and from the host.
+        assert_eq!(dnats.len(), 3, "{dnats:#?}");
+        assert!(dnats.iter().all(|r| r.comment.contains("100.64.1.2:3459")));
+        let iif = |r: &Rule| {
+            r.exprs
+                .iter()
+                .any(|e| matches!(e, Expr::Meta { key, .. } if *key == nft::META_IIFNAME))
+        };
+        let pre: Vec<&&Rule> = dnats.iter().filter(|r| r.chain == PREROUTING).collect();
+        assert!(
+            pre.iter().all(|r| iif(r)),
+            "from outside only in through nv0: {pre:?}"
+        );
+        assert!(
+            pre.iter().any(|r| r.comment.contains("in via nv0")),
+            "{pre:?}"
+        );
+        assert!(
+            pre.iter().any(|r| r.comment.contains("in via nuvol0")),
+            "{pre:?}"
+        );
+        let out = dnats.iter().find(|r| r.chain == OUTPUT).unwrap();
+        assert!(!iif(out), "the host itself reaches it: {out:?}");
+        // The overlay is down (no nv0 address): not published anywhere.
+        spec.host_addrs.retain(|_, l| l != "nv0");
+        let rs = ruleset(&spec);
+        assert!(!rs
+            .rules
+            .iter()
+            .any(|r| r.exprs.iter().any(|e| matches!(e, Expr::Dnat { .. }))));
     }
 }

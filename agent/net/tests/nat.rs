@@ -158,6 +158,7 @@ fn port(proto: Proto, host_port: u16, container_port: u16) -> PublishedPort {
         proto,
         host_port,
         container_port,
+        only_via: None,
     }
 }
 
@@ -167,6 +168,7 @@ fn nat_and_published_ports_through_nftables() {
     let upstream = Netns::new();
     let ctr = Netns::new();
     let ctr2 = Netns::new();
+    let peer = Netns::new();
     let (hif, uif) = (common::unique("vh"), common::unique("vu"));
     host.ip(&["link", "add", &hif, "type", "veth", "peer", "name", &uif]);
     host.ip(&["link", "set", &uif, "netns", &upstream.name]);
@@ -190,6 +192,7 @@ fn nat_and_published_ports_through_nftables() {
     let (resolv, state) = (dir.0.join("resolv.conf"), dir.0.join("state"));
     let (ctr_p, ctr2_p, up_p, host_p) = (ctr.path(), ctr2.path(), upstream.path(), host.path());
     let host_name = host.name.clone();
+    let (peer_p, peer_name) = (peer.path(), peer.name.clone());
     host.run_in(move || async move {
         common::run(&[
             "ip",
@@ -294,6 +297,69 @@ fn nat_and_published_ports_through_nftables() {
         let t0 = Instant::now();
         assert!(tcp_get(&up_p, "10.66.0.2:8000").is_err(), "forward filter");
         assert!(t0.elapsed() < Duration::from_secs(3));
+
+        // A port published only via one link (the overlay's, here a veth to
+        // a peer): reached through that link, from the host itself, and not
+        // from the LAN, not even by a neighbour that routes the link's
+        // address via the host.
+        let (oif, pif) = (common::unique("vo"), common::unique("vp"));
+        common::run(&[
+            "ip", "-n", &host_name, "link", "add", &oif, "type", "veth", "peer", "name", &pif,
+        ]);
+        common::run(&[
+            "ip", "-n", &host_name, "link", "set", &pif, "netns", &peer_name,
+        ]);
+        common::run(&[
+            "ip",
+            "-n",
+            &host_name,
+            "addr",
+            "add",
+            "100.64.0.1/24",
+            "dev",
+            &oif,
+        ]);
+        common::run(&["ip", "-n", &host_name, "link", "set", &oif, "up"]);
+        common::run(&[
+            "ip",
+            "-n",
+            &peer_name,
+            "addr",
+            "add",
+            "100.64.0.2/24",
+            "dev",
+            &pif,
+        ]);
+        common::run(&["ip", "-n", &peer_name, "link", "set", &pif, "up"]);
+        let mut only = port(Proto::Tcp, 8081, 8000);
+        only.only_via = Some(oif.clone());
+        h.publish("web", &[ports[0].clone(), ports[1].clone(), only])
+            .await
+            .unwrap();
+        h.reconcile().await.unwrap();
+        let seen = tcp_get(&peer_p, "100.64.0.1:8081").expect("in via the link");
+        assert_eq!(seen, "100.64.0.2");
+        tcp_get(&host_p, "100.64.0.1:8081").expect("host → port only via the link");
+        tcp_get(&ctr2_p, "100.64.0.1:8081").expect("a container → port only via the link");
+        assert!(
+            tcp_get(&up_p, &format!("{HOST_UP}:8081")).is_err(),
+            "not on the LAN address"
+        );
+        common::run(&[
+            "ip",
+            "-n",
+            &upstream.name,
+            "route",
+            "add",
+            "100.64.0.0/24",
+            "via",
+            HOST_UP,
+        ]);
+        assert!(
+            tcp_get(&up_p, "100.64.0.1:8081").is_err(),
+            "not in from the LAN"
+        );
+        h.publish("web", &ports).await.unwrap();
 
         // Steady state: reads only.
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -306,9 +306,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             node: node_name.clone(),
             addr: std::net::IpAddr::V4(p.address4),
         });
-        let services = store
-            .clone()
-            .map(|s| crate::services::start(s, &args.state_dir, net.clone(), cluster_me.clone()));
+        let services = store.clone().map(|s| {
+            let link = overlay.as_ref().map(|p| p.cfg.interface.clone());
+            crate::services::start(s, &args.state_dir, net.clone(), cluster_me.clone(), link)
+        });
         let discovery = crate::discovery::spawn(
             crate::overlay::with_tags(loaded.config.discovery.clone(), overlay.as_ref()),
             loaded.config.hostname().to_string(),

@@ -121,8 +121,15 @@ pub enum Next {
     Wait(String),
     /// Start a new cluster of these members (written).
     Form(Vec<String>),
-    /// Ask this running member to add us.
-    Join(SocketAddr),
+    /// Ask this running member to add us (or follow it).
+    Join(Running),
+}
+
+/// A member that runs: where its `join_service` answers, and its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub node: String,
+    pub at: SocketAddr,
 }
 
 /// A gossip node name fit to be written into a service's environment.
@@ -139,11 +146,11 @@ pub fn decide(
     c: &Cluster,
     me: &Me,
     with_bundle: &[Peer],
-    running: &[SocketAddr],
+    running: &[Running],
 ) -> Next {
-    if let Some(at) = running.first() {
+    if let Some(r) = running.iter().find(|r| plain_name(&r.node)) {
         return match c.join {
-            Some(_) => Next::Join(*at),
+            Some(_) => Next::Join(r.clone()),
             None => Next::Wait(format!(
                 "a {bundle} cluster runs already and this bundle cannot join one"
             )),
@@ -285,7 +292,7 @@ async fn look(
     d: &nuvol_catalog::DiscoveryHandle,
     bundle: &str,
     c: &Cluster,
-) -> (Vec<Peer>, Vec<SocketAddr>) {
+) -> (Vec<Peer>, Vec<Running>) {
     let me = d.gossip().name().to_string();
     let of_type = |t: &str| {
         d.services(&nuvol_catalog::ServiceQuery {
@@ -305,7 +312,12 @@ async fn look(
         .map(|t| {
             of_type(t)
                 .into_iter()
-                .filter_map(|s| Some(SocketAddr::new(s.overlay_addr?, s.port)))
+                .filter_map(|s| {
+                    Some(Running {
+                        at: SocketAddr::new(s.overlay_addr?, s.port),
+                        node: s.node,
+                    })
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -423,9 +435,10 @@ pub fn spawn(
                         }
                         Decision::new(&me, members, false)
                     }
-                    Next::Join(at) => {
+                    Next::Join(r) => {
                         let joined = match c.join {
-                            Some(JoinKind::EtcdV3) => join_etcd(at, &c, &me).await,
+                            Some(JoinKind::EtcdV3) => join_etcd(r.at, &c, &me).await,
+                            Some(JoinKind::Follow) => Ok(vec![c.member_of(&r.node, r.at.ip())]),
                             None => Err("no join protocol".into()),
                         };
                         match joined {
@@ -527,18 +540,81 @@ mod tests {
     #[test]
     fn a_running_cluster_is_joined() {
         let c = etcd();
-        let at: SocketAddr = "100.64.0.1:2379".parse().unwrap();
+        let at = Running {
+            node: "box1".into(),
+            at: "100.64.0.1:2379".parse().unwrap(),
+        };
         let others = [peer("box1", 1), peer("box3", 3)];
         assert_eq!(
-            decide("etcd", &c, &me("box2", 2), &others, &[at]),
-            Next::Join(at)
+            decide(
+                "etcd",
+                &c,
+                &me("box2", 2),
+                &others,
+                std::slice::from_ref(&at)
+            ),
+            Next::Join(at.clone())
         );
         let mut plain = etcd();
         plain.join = None;
         assert!(matches!(
-            decide("etcd", &plain, &me("box2", 2), &others, &[at]),
+            decide(
+                "etcd",
+                &plain,
+                &me("box2", 2),
+                &others,
+                std::slice::from_ref(&at)
+            ),
             Next::Wait(_)
         ));
+        // A member whose node name is not fit for an environment is passed
+        // over, for the next one.
+        let odd = Running {
+            node: "box 1; rm".into(),
+            at: "100.64.0.9:2379".parse().unwrap(),
+        };
+        assert_eq!(
+            decide("etcd", &c, &me("box2", 2), &others, &[odd, at.clone()]),
+            Next::Join(at)
+        );
+    }
+
+    #[test]
+    fn a_follower_takes_the_running_member_as_its_cluster() {
+        // Tahoe's rule: a grid of one (the introducer's box); later boxes
+        // follow a box already in the grid.
+        let c = Cluster {
+            size: 1,
+            member: "{node}={addr}".into(),
+            separator: ",".into(),
+            join: Some(JoinKind::Follow),
+            join_service: Some("_tahoe-grid._tcp".into()),
+            env: Default::default(),
+        };
+        // Alone, or first by name: the box forms it.
+        assert_eq!(
+            decide("tahoe", &c, &me("box1", 1), &[], &[]),
+            Next::Form(vec!["box1=100.64.0.1".into()])
+        );
+        assert!(matches!(
+            decide("tahoe", &c, &me("box2", 2), &[peer("box1", 1)], &[]),
+            Next::Wait(_)
+        ));
+        let r = Running {
+            node: "box1".into(),
+            at: "100.64.0.1:3459".parse().unwrap(),
+        };
+        assert_eq!(
+            decide(
+                "tahoe",
+                &c,
+                &me("box2", 2),
+                &[peer("box1", 1)],
+                std::slice::from_ref(&r)
+            ),
+            Next::Join(r.clone())
+        );
+        assert_eq!(c.member_of(&r.node, r.at.ip()), "box1=100.64.0.1");
     }
 
     #[test]

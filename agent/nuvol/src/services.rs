@@ -141,6 +141,7 @@ pub fn start(
     state_dir: &Path,
     net: Option<crate::net::Net>,
     cluster: Option<crate::cluster::Me>,
+    overlay_link: Option<String>,
 ) -> ServicesHandle {
     let ports = Arc::new(Mutex::new(BTreeMap::new()));
     let (sup, owns_cgroup_root) = match cgroup_root() {
@@ -150,6 +151,7 @@ pub fn start(
                     Some(net) => s.with_network(Arc::new(NetHook {
                         net,
                         ports: ports.clone(),
+                        overlay_link,
                     })),
                     None => s,
                 };
@@ -575,6 +577,9 @@ struct NetHook {
     net: crate::net::Net,
     /// Each service's declared ports, for publishing.
     ports: Arc<Mutex<BTreeMap<String, Vec<nuvol_bundle::manifest::Port>>>>,
+    /// The overlay's WireGuard link, where `overlay_only` ports go (`None`:
+    /// the overlay is off and they are not published).
+    overlay_link: Option<String>,
 }
 
 impl NetworkHook for NetHook {
@@ -595,7 +600,7 @@ impl NetworkHook for NetHook {
                 .await
                 .map_err(|e| e.to_string())?;
             let ports = lock(&self.ports).get(service).cloned().unwrap_or_default();
-            publish_ports(h, service, &ports).await;
+            publish_ports(h, service, &ports, self.overlay_link.as_deref()).await;
             Ok(cn.address.to_string())
         })
     }
@@ -615,19 +620,31 @@ impl NetworkHook for NetHook {
 }
 
 /// Publish a service's declared ports on the host (DNAT to the container):
-/// each manifest port on the same host port. A port another service or the
-/// panel already holds is refused by `nuvol-net`; the service then runs
-/// reachable on its container address only, and the log says why.
+/// each manifest port on the same host port; an `overlay_only` one only via
+/// the overlay's link, and not at all while the overlay is off. A port
+/// another service or the panel already holds is refused by `nuvol-net`;
+/// the service then runs reachable on its container address only, and the
+/// log says why.
 async fn publish_ports(
     net: &nuvol_net::NetHandle,
     service: &str,
     ports: &[nuvol_bundle::manifest::Port],
+    overlay_link: Option<&str>,
 ) {
-    if ports.is_empty() {
-        return;
-    }
     let published: Vec<nuvol_net::PublishedPort> = ports
         .iter()
+        .filter(|p| {
+            let off = p.overlay_only && overlay_link.is_none();
+            if off {
+                tracing::info!(
+                    service,
+                    port = p.port,
+                    "port {} is for the overlay only, which is off: not published",
+                    p.name
+                );
+            }
+            !off
+        })
         .map(|p| nuvol_net::PublishedPort {
             proto: match p.protocol {
                 nuvol_bundle::manifest::Protocol::Tcp => nuvol_net::Proto::Tcp,
@@ -635,8 +652,15 @@ async fn publish_ports(
             },
             host_port: p.port,
             container_port: p.port,
+            only_via: p
+                .overlay_only
+                .then(|| overlay_link.map(str::to_string))
+                .flatten(),
         })
         .collect();
+    if published.is_empty() {
+        return;
+    }
     match net.publish(service, &published).await {
         Ok(()) => tracing::info!(
             service,

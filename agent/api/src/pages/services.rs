@@ -115,7 +115,8 @@ fn state_cell(s: &LocalService) -> String {
     t
 }
 
-/// Its address on the bridge (if any), then its declared ports.
+/// Its address on the bridge (if any), then its declared ports, those for
+/// the overlay's boxes only marked so.
 fn ports_cell(s: &LocalService) -> String {
     let ports: Vec<String> = s
         .ports
@@ -125,7 +126,8 @@ fn ports_cell(s: &LocalService) -> String {
                 nuvol_bundle::manifest::Protocol::Tcp => "tcp",
                 nuvol_bundle::manifest::Protocol::Udp => "udp",
             };
-            format!("{}/{proto}", p.port)
+            let only = if p.overlay_only { " (overlay)" } else { "" };
+            format!("{}/{proto}{only}", p.port)
         })
         .collect();
     let ports = if ports.is_empty() {
@@ -311,11 +313,20 @@ mod tests {
         s.status.started_ms = vec![475_000];
         s.status.memory_bytes = 12 << 20;
         s.status.cpu_usec = 3_500_000;
-        s.ports = vec![Port {
-            name: "gui".into(),
-            port: 8384,
-            protocol: Protocol::Tcp,
-        }];
+        s.ports = vec![
+            Port {
+                name: "gui".into(),
+                port: 8384,
+                protocol: Protocol::Tcp,
+                overlay_only: false,
+            },
+            Port {
+                name: "sync".into(),
+                port: 22000,
+                protocol: Protocol::Tcp,
+                overlay_only: true,
+            },
+        ];
         s
     }
 
@@ -397,7 +408,7 @@ mod tests {
         assert_eq!(web[3], "0");
         assert_eq!(web[4], "12.0 MiB");
         assert_eq!(web[5], "3.5 s", "CPU time");
-        assert_eq!(web[6], "8384/tcp");
+        assert_eq!(web[6], "8384/tcp 22000/tcp (overlay)");
         assert_eq!(web[7], "–", "never exited");
         assert_eq!(
             web[8],
