@@ -27,7 +27,7 @@ lanes=${NUVOL_E2E_LANES:-$(nproc)}
 [ "$lanes" -ge 1 ] || lanes=1
 
 # Boot several boxes at once: run alone.
-alone="community update_peer arm64"
+alone="community tahoe_grid update_peer arm64"
 # The rest, longest first (as measured in CI under TCG; a test missing here
 # goes last).
 order="update appliance update_powercut tahoe reset armv7 panel_on_box hardening
