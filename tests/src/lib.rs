@@ -16,6 +16,7 @@ pub mod etcd;
 pub mod host_http;
 pub mod rest;
 pub mod syncthing;
+pub mod tahoe;
 
 /// The repository root (this crate lives in `tests/`).
 pub fn repo() -> PathBuf {

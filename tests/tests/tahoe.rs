@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use nuvol_e2e::tahoe::{connected_servers, get, payload, put};
 use nuvol_e2e::{disk_copy, recipes, write_config, BootOptions, Scratch, Vm};
 use serde_json::Value;
 
@@ -22,6 +23,7 @@ const BOOT: Duration = Duration::from_secs(240);
 const SERVE: Duration = Duration::from_secs(600);
 const READY: &str = "nuvol: ready: panel at";
 const WEB: u16 = 3456;
+const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 fn gateway(vm: &Vm) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], vm.fwd(WEB)))
@@ -44,52 +46,6 @@ fn wait_healthy(vm: &Vm) -> Value {
     vm.wait_for("the tahoe service healthy", SERVE, || {
         tahoe_service(vm).filter(|s| s["state"] == "running" && s["health"] == "healthy")
     })
-}
-
-/// Text of `len` bytes that no two runs of a broken store would share by
-/// chance, and long enough to be stored as shares (Tahoe keeps files under
-/// 56 bytes inside the capability itself: a LIT cap, no storage used).
-fn payload(len: usize) -> String {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'!' + (x % 94) as u8)
-        })
-        .collect()
-}
-
-/// `PUT /uri`: the file's read capability, once the gateway answers 200
-/// or 201 with one (until the storage node has found itself through the
-/// introducer, Tahoe answers 500: not enough servers).
-fn put(vm: &Vm, data: &str) -> Option<String> {
-    let a = nuvol_e2e::rest::request(gateway(vm), "PUT", "/uri", &[], Some(data))?;
-    let cap = a.body.trim().to_string();
-    ((a.status == 200 || a.status == 201) && cap.starts_with("URI:")).then_some(cap)
-}
-
-fn get(vm: &Vm, cap: &str) -> Option<String> {
-    let a = nuvol_e2e::rest::request(gateway(vm), "GET", &format!("/uri/{cap}"), &[], None)?;
-    (a.status == 200).then_some(a.body)
-}
-
-/// The gateway's own view (`/?t=json`): the storage servers it is
-/// connected to.
-fn connected_servers(vm: &Vm) -> usize {
-    nuvol_e2e::rest::request(gateway(vm), "GET", "/?t=json", &[], None)
-        .and_then(|a| a.json())
-        .and_then(|v| {
-            Some(
-                v["servers"]
-                    .as_array()?
-                    .iter()
-                    .filter(|s| s["connection_status"] == "connected")
-                    .count(),
-            )
-        })
-        .unwrap_or(0)
 }
 
 fn mib(bytes: &Value) -> f64 {
@@ -134,24 +90,26 @@ fn tahoe_one_box_grid_stores_a_file_that_survives_a_reboot() {
     let healthy = wait_healthy(&vm);
     let to_healthy = installed.elapsed();
 
-    let data = payload(200_000);
-    let cap = vm.wait_for("a PUT /uri the grid takes", SERVE, || put(&vm, &data));
+    let data = payload(200_000, SEED);
+    let cap = vm.wait_for("a PUT /uri the grid takes", SERVE, || {
+        put(gateway(&vm), &data)
+    });
     let to_stored = installed.elapsed();
     assert!(
         cap.starts_with("URI:CHK:"),
         "stored as shares on the storage node, not inside the cap: {cap}"
     );
     assert_eq!(
-        connected_servers(&vm),
+        connected_servers(gateway(&vm)),
         1,
         "the gateway knows its one storage server through the introducer"
     );
-    let back = get(&vm, &cap).expect("GET /uri/<cap> answers 200");
+    let back = get(gateway(&vm), &cap).expect("GET /uri/<cap> answers 200");
     assert!(back == data, "the bytes read back are the bytes stored");
     // Another file is another capability (the cap is the file's, not a
     // constant of the gateway).
     let other = vm.wait_for("a second PUT", Duration::from_secs(120), || {
-        put(&vm, &payload(1000))
+        put(gateway(&vm), &payload(1000, SEED))
     });
     assert_ne!(other, cap);
 
@@ -172,7 +130,9 @@ fn tahoe_one_box_grid_stores_a_file_that_survives_a_reboot() {
     let rebooted = Instant::now();
     vm.reboot_via_api();
     wait_healthy(&vm);
-    let again = vm.wait_for("GET of the cap after the reboot", SERVE, || get(&vm, &cap));
+    let again = vm.wait_for("GET of the cap after the reboot", SERVE, || {
+        get(gateway(&vm), &cap)
+    });
     eprintln!(
         "tahoe: reboot to the file read again {:.1} s",
         rebooted.elapsed().as_secs_f64()

@@ -19,6 +19,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use nuvol_e2e::community::Community;
+use nuvol_e2e::tahoe::{connected_servers, get, payload, put};
 use serde_json::Value;
 
 /// Both boxes' Pythons start under TCG on 2 cores, the follower after the
@@ -44,46 +45,6 @@ fn logs(c: &Community, n: usize) -> String {
     c.http(n, "GET", "/api/v1/services/tahoe/logs?lines=200", b"")
         .map(|(_, b)| b)
         .unwrap_or_default()
-}
-
-/// Text Tahoe stores as shares (56 bytes or less would live in the cap).
-fn payload(len: usize) -> String {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'!' + (x % 94) as u8)
-        })
-        .collect()
-}
-
-fn put(c: &Community, n: usize, data: &str) -> Option<String> {
-    let a = nuvol_e2e::rest::request(gateway(c, n), "PUT", "/uri", &[], Some(data))?;
-    let cap = a.body.trim().to_string();
-    ((a.status == 200 || a.status == 201) && cap.starts_with("URI:")).then_some(cap)
-}
-
-fn get(c: &Community, n: usize, cap: &str) -> Option<String> {
-    let a = nuvol_e2e::rest::request(gateway(c, n), "GET", &format!("/uri/{cap}"), &[], None)?;
-    (a.status == 200).then_some(a.body)
-}
-
-/// The gateway's storage servers it is connected to.
-fn connected(c: &Community, n: usize) -> usize {
-    nuvol_e2e::rest::request(gateway(c, n), "GET", "/?t=json", &[], None)
-        .and_then(|a| a.json())
-        .and_then(|v| {
-            Some(
-                v["servers"]
-                    .as_array()?
-                    .iter()
-                    .filter(|s| s["connection_status"] == "connected")
-                    .count(),
-            )
-        })
-        .unwrap_or(0)
 }
 
 #[test]
@@ -152,7 +113,8 @@ fn tahoe_grid_spans_two_boxes_of_the_overlay() {
         "box2 got the fURL over the overlay:\n{l2}"
     );
     c.wait_for("both gateways see both storage servers", SERVE, || {
-        (connected(&c, 1) == 2 && connected(&c, 2) == 2).then_some(())
+        (connected_servers(gateway(&c, 1)) == 2 && connected_servers(gateway(&c, 2)) == 2)
+            .then_some(())
     });
 
     // --- 2. the fURL is not on the LAN --------------------------------------
@@ -164,8 +126,10 @@ fn tahoe_grid_spans_two_boxes_of_the_overlay() {
     assert!(TcpStream::connect_timeout(&gateway(&c, 1), Duration::from_secs(5)).is_ok());
 
     // --- 3. a file across the grid ------------------------------------------
-    let data = payload(300_000);
-    let cap = c.wait_for("a PUT through box2's gateway", SERVE, || put(&c, 2, &data));
+    let data = payload(300_000, 0x2545_f491_4f6c_dd1d);
+    let cap = c.wait_for("a PUT through box2's gateway", SERVE, || {
+        put(gateway(&c, 2), &data)
+    });
     assert!(cap.starts_with("URI:CHK:"), "stored as shares: {cap}");
     let check = nuvol_e2e::rest::request(
         gateway(&c, 2),
@@ -180,13 +144,13 @@ fn tahoe_grid_spans_two_boxes_of_the_overlay() {
         check["results"]["count-good-share-hosts"], 2,
         "shares on both boxes: {check}"
     );
-    let back = get(&c, 1, &cap).expect("box1's gateway reads box2's upload");
+    let back = get(gateway(&c, 1), &cap).expect("box1's gateway reads box2's upload");
     assert!(back == data, "the same bytes through the other box");
 
     // --- 4. one box down, the file still reads ------------------------------
     c.kill(1);
     let again = c.wait_for("box2 reads the file with box1 down", SERVE, || {
-        get(&c, 2, &cap)
+        get(gateway(&c, 2), &cap)
     });
     assert!(again == data, "the same bytes from box2's own shares");
     eprintln!(
